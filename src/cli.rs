@@ -1,0 +1,129 @@
+//! The command line: every clap type in one place, one `*Args` struct per subcommand.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "prenv",
+    version,
+    about = "One preview environment per GitHub pull request, the GitOps way"
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "prenv.toml", env = "PRENV_CONFIG")]
+    pub config: PathBuf,
+
+    /// Log filter for stderr (`error`, `warn`, `info`, `debug`, or a `tracing` filter).
+    #[arg(long, global = true, default_value = "warn", env = "PRENV_LOG")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Write the desired tree (base/, overlays/, environments/, wiring) for a PR snapshot into a directory.
+    Render(RenderArgs),
+    /// Print what a sync would create, update, keep, pin and prune, without writing anything.
+    Plan(PlanArgs),
+    /// Make the environments repository match the PRs: one commit when something changed, pushed.
+    Sync(SyncArgs),
+}
+
+/// Which environments repository, and where remote ones are cached.
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    /// Path or URL of the environments repository (overrides `git.url`). Unset and unconfigured:
+    /// a local bare repository at `$XDG_DATA_HOME/prenv/environments.git`, created on first use.
+    #[arg(long)]
+    pub repo: Option<String>,
+
+    /// Where clones of remote repositories are cached (overrides `git.cache_dir`).
+    #[arg(long, env = "PRENV_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Where pull requests and the time come from.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// A JSON array of pull requests in GitHub's REST shape (`GET /repos/{o}/{r}/pulls?state=all`).
+    #[arg(long)]
+    pub prs: PathBuf,
+
+    /// The time to decide with (RFC 3339), for reproducible runs; defaults to the system clock.
+    #[arg(long, value_parser = parse_time)]
+    pub now: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub snapshot: SnapshotArgs,
+
+    /// The directory to write; environments already rendered there are updated or pruned.
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// Write nothing; exit 1 when the directory differs from what would be written.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub snapshot: SnapshotArgs,
+
+    #[command(flatten)]
+    pub repo: RepoArgs,
+
+    #[command(flatten)]
+    pub view: PlanView,
+
+    /// Also print a unified diff of every file that would change.
+    #[arg(long)]
+    pub diff: bool,
+}
+
+/// How a plan is shown and what it may do; shared by `plan` and `sync`.
+#[derive(Debug, Args)]
+pub struct PlanView {
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+
+    /// Also list PRs that get no environment and never had one.
+    #[arg(long)]
+    pub show_skipped: bool,
+
+    /// Prune even when more than `sync.max_prune_share` of the environments would go in one run.
+    #[arg(long)]
+    pub allow_mass_prune: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub snapshot: SnapshotArgs,
+
+    #[command(flatten)]
+    pub repo: RepoArgs,
+
+    #[command(flatten)]
+    pub view: PlanView,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{e}; write it like 2026-11-24T12:00:00Z"))
+}

@@ -1,0 +1,504 @@
+//! The environments repository, through git2: read what prenv owns at the branch tip, build one
+//! commit from the desired tree in git objects, and publish it with compare-and-swap semantics,
+//! re-planning on the new tip when another writer got there first.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
+
+use crate::config::Git as GitConfig;
+use crate::error::{Error, Result};
+use crate::naming::EnvName;
+use crate::plan::{EnvMeta, META_FILE};
+use crate::render::{ARGOCD_DIR, ENVIRONMENTS_DIR, FLUX_DIR};
+use crate::state;
+use crate::tree::Tree;
+
+/// Environment variables an HTTPS token is read from, in order.
+pub const TOKEN_VARS: [&str; 2] = ["PRENV_GIT_TOKEN", "GITHUB_TOKEN"];
+/// First backoff after a rejected publish; doubles each attempt, with jitter.
+const BACKOFF_START: Duration = Duration::from_millis(20);
+/// Longest backoff between two attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How many times git may ask for credentials before we stop offering the same ones again.
+const CREDENTIAL_TRIES: u32 = 3;
+
+/// What prenv owns at one commit of the repository.
+#[derive(Debug, Default)]
+pub struct RepoState {
+    /// The branch tip; `None` for a branch (or repository) with no commit yet.
+    pub tip: Option<Oid>,
+    /// The environments prenv created (their metadata files carry its mark).
+    pub envs: BTreeMap<EnvName, EnvMeta>,
+    /// Blob ids of every file prenv owns: its environment directories and the wiring.
+    pub owned: BTreeMap<String, Oid>,
+    /// Top-level entries, so templates are added only where the repository has none.
+    pub top_level: Vec<String>,
+}
+
+/// Where the branch lives and how a commit is published there.
+enum Target {
+    /// A repository on this machine, updated in place: the compare-and-swap of the branch ref is the push.
+    Local,
+    /// A remote (URL), mirrored into a cache repository and pushed to.
+    Remote { url: String },
+}
+
+/// The environments repository, opened for one run.
+pub struct EnvRepo {
+    repo: Repository,
+    target: Target,
+    /// For messages: the path or URL, credentials removed.
+    display: String,
+    branch: String,
+    ssh_key: Option<PathBuf>,
+    /// Held for the run so two prenv processes on one machine never share a cache clone at once.
+    _cache_lock: Option<std::fs::File>,
+}
+
+/// The outcome of a publish attempt.
+pub enum Published {
+    Done,
+    /// Another writer moved the branch; re-read and try again.
+    Rejected,
+}
+
+impl EnvRepo {
+    /// Opens `location`: a local path (a bare repository is best; it is created when `create` is set
+    /// and nothing exists there) or a URL (`https://`, `ssh://`, `git@host:path`, `file://`), which is
+    /// mirrored into a cache below `cache_dir`.
+    pub fn open(location: &str, git: &GitConfig, cache_dir: &Path, create: bool) -> Result<EnvRepo> {
+        let display = redact_url(location);
+        let ssh_key = git.ssh_key.as_ref().map(PathBuf::from);
+        // libgit2's file:// transport updates refs without a compare-and-swap; a local repository
+        // opened in place gets one, so file:// URLs are opened as paths.
+        let location = location.strip_prefix("file://").unwrap_or(location);
+        if is_url(location) {
+            std::fs::create_dir_all(cache_dir).map_err(|e| Error::io("creating cache directory", cache_dir, e))?;
+            let name = format!("{}.git", &hex::encode(sha2_digest(location.as_bytes()))[..16]);
+            let path = cache_dir.join(name);
+            let lock = lock_file(&path.with_extension("lock"))?;
+            let repo = match Repository::open_bare(&path) {
+                Ok(repo) => repo,
+                Err(_) => Repository::init_bare(&path).map_err(|e| git_err("creating cache clone of", &display, e))?,
+            };
+            return Ok(EnvRepo {
+                repo,
+                target: Target::Remote {
+                    url: location.to_string(),
+                },
+                display,
+                branch: git.branch.clone(),
+                ssh_key,
+                _cache_lock: Some(lock),
+            });
+        }
+        let path = Path::new(location);
+        let repo = match Repository::open(path) {
+            Ok(repo) => repo,
+            Err(e)
+                if create
+                    && e.code() == ErrorCode::NotFound
+                    && !path.join("HEAD").exists()
+                    && is_empty_or_missing(path) =>
+            {
+                let repo = Repository::init_bare(path).map_err(|e| git_err("creating repository", &display, e))?;
+                repo.set_head(&format!("refs/heads/{}", git.branch))
+                    .map_err(|e| git_err("setting HEAD of", &display, e))?;
+                tracing::info!(repo = %location, "created the local environments repository");
+                repo
+            }
+            Err(e) => {
+                return Err(Error::Git {
+                    action: "opening",
+                    repo: display,
+                    message: format!(
+                        "{}; pass --repo with a git repository (a bare one is best) or a URL",
+                        e.message()
+                    ),
+                });
+            }
+        };
+        Ok(EnvRepo {
+            repo,
+            target: Target::Local,
+            display,
+            branch: git.branch.clone(),
+            ssh_key,
+            _cache_lock: None,
+        })
+    }
+
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    pub fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    fn branch_ref(&self) -> String {
+        format!("refs/heads/{}", self.branch)
+    }
+
+    fn tracking_ref(&self) -> String {
+        format!("refs/remotes/origin/{}", self.branch)
+    }
+
+    /// The current tip of the branch, fetched first for a remote.
+    pub fn tip(&self) -> Result<Option<Oid>> {
+        let name = match &self.target {
+            Target::Local => self.branch_ref(),
+            Target::Remote { url } => {
+                let mut remote = self
+                    .repo
+                    .remote_anonymous(url)
+                    .map_err(|e| git_err("reaching", &self.display, e))?;
+                let refspec = format!("+{}:{}", self.branch_ref(), self.tracking_ref());
+                let mut options = git2::FetchOptions::new();
+                options.remote_callbacks(self.callbacks());
+                remote
+                    .fetch(&[refspec.as_str()], Some(&mut options), None)
+                    .map_err(|e| git_err("fetching from", &self.display, e))?;
+                // A remote without the branch yet leaves the tracking ref as it was: clear it.
+                let advertised = remote
+                    .list()
+                    .map_err(|e| git_err("listing branches of", &self.display, e))?;
+                if !advertised.iter().any(|h| h.name() == self.branch_ref()) {
+                    if let Ok(mut r) = self.repo.find_reference(&self.tracking_ref()) {
+                        r.delete()
+                            .map_err(|e| git_err("clearing tracking branch of", &self.display, e))?;
+                    }
+                    return Ok(None);
+                }
+                self.tracking_ref()
+            }
+        };
+        match self.repo.refname_to_id(&name) {
+            Ok(id) => Ok(Some(id)),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(git_err("reading branch of", &self.display, e)),
+        }
+    }
+
+    /// Reads what prenv owns at `tip` without reading any file it does not need: metadata files are
+    /// parsed, every other owned file is known by its blob id only.
+    pub fn read_state(&self, tip: Option<Oid>) -> Result<RepoState> {
+        let mut state = RepoState {
+            tip,
+            ..RepoState::default()
+        };
+        let Some(tip) = tip else { return Ok(state) };
+        let err = |e| git_err("reading the tree of", &self.display, e);
+        let root = self.repo.find_commit(tip).and_then(|c| c.tree()).map_err(err)?;
+        state.top_level = root.iter().filter_map(|e| e.name().ok().map(String::from)).collect();
+        if let Some(envs) = self.subtree(&root, ENVIRONMENTS_DIR)? {
+            for entry in envs.iter().filter(|e| e.kind() == Some(ObjectType::Tree)) {
+                let Ok(name) = entry.name() else { continue };
+                let dir = self.repo.find_tree(entry.id()).map_err(err)?;
+                let Some(meta_entry) = dir.get_name(META_FILE) else {
+                    continue;
+                };
+                let blob = self.repo.find_blob(meta_entry.id()).map_err(err)?;
+                if let Some(meta) = state::owned_meta(name, blob.content()) {
+                    self.collect(&dir, &format!("{ENVIRONMENTS_DIR}/{name}"), &mut state.owned)?;
+                    state.envs.insert(meta.env.clone(), meta);
+                }
+            }
+        }
+        for wiring in [FLUX_DIR, ARGOCD_DIR] {
+            if let Some(tree) = self.subtree(&root, wiring)? {
+                self.collect(&tree, wiring, &mut state.owned)?;
+            }
+        }
+        Ok(state)
+    }
+
+    fn subtree(&self, root: &git2::Tree<'_>, path: &str) -> Result<Option<git2::Tree<'_>>> {
+        match root.get_path(Path::new(path)) {
+            Ok(entry) if entry.kind() == Some(ObjectType::Tree) => self
+                .repo
+                .find_tree(entry.id())
+                .map(Some)
+                .map_err(|e| git_err("reading the tree of", &self.display, e)),
+            Ok(_) => Ok(None),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(git_err("reading the tree of", &self.display, e)),
+        }
+    }
+
+    fn collect(&self, tree: &git2::Tree<'_>, prefix: &str, out: &mut BTreeMap<String, Oid>) -> Result<()> {
+        for entry in tree.iter() {
+            let Ok(name) = entry.name() else { continue };
+            let path = format!("{prefix}/{name}");
+            match entry.kind() {
+                Some(ObjectType::Tree) => {
+                    let sub = self
+                        .repo
+                        .find_tree(entry.id())
+                        .map_err(|e| git_err("reading the tree of", &self.display, e))?;
+                    self.collect(&sub, &path, out)?;
+                }
+                _ => {
+                    out.insert(path, entry.id());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of a file at `tip` (for diffs); `None` when it is absent.
+    pub fn read_file(&self, tip: Option<Oid>, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(tip) = tip else { return Ok(None) };
+        let err = |e| git_err("reading a file of", &self.display, e);
+        let root = self.repo.find_commit(tip).and_then(|c| c.tree()).map_err(err)?;
+        match root.get_path(Path::new(path)) {
+            Ok(entry) => Ok(Some(self.repo.find_blob(entry.id()).map_err(err)?.content().to_vec())),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Writes one commit on top of `base` that adds or replaces `upserts` and deletes `removals`;
+    /// only the trees on changed paths are rewritten.
+    pub fn commit(
+        &self,
+        base: Option<Oid>,
+        upserts: &Tree,
+        removals: &[String],
+        message: &str,
+        author: &Signature<'_>,
+    ) -> Result<Oid> {
+        let err = |e| git_err("writing a commit to", &self.display, e);
+        let parent = base.map(|id| self.repo.find_commit(id)).transpose().map_err(err)?;
+        let base_tree = match &parent {
+            Some(commit) => commit.tree().map_err(err)?,
+            None => {
+                let empty = self.repo.treebuilder(None).and_then(|b| b.write()).map_err(err)?;
+                self.repo.find_tree(empty).map_err(err)?
+            }
+        };
+        let mut update = git2::build::TreeUpdateBuilder::new();
+        for (path, bytes) in upserts.iter() {
+            let blob = self.repo.blob(bytes).map_err(err)?;
+            update.upsert(path, blob, FileMode::Blob);
+        }
+        for path in removals {
+            update.remove(path.as_str());
+        }
+        let tree_id = update.create_updated(&self.repo, &base_tree).map_err(err)?;
+        let tree = self.repo.find_tree(tree_id).map_err(err)?;
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        self.repo
+            .commit(None, author, author, message, &tree, &parents)
+            .map_err(err)
+    }
+
+    /// Moves the branch from `old` to `new`, only if it still points at `old`.
+    pub fn publish(&self, new: Oid, old: Option<Oid>) -> Result<Published> {
+        match &self.target {
+            Target::Local => {
+                let name = self.branch_ref();
+                let result = match old {
+                    Some(old) => self.repo.reference_matching(&name, new, true, old, "prenv sync"),
+                    None => self.repo.reference(&name, new, false, "prenv sync"),
+                };
+                match result {
+                    Ok(_) => Ok(Published::Done),
+                    Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists | ErrorCode::Locked) => {
+                        Ok(Published::Rejected)
+                    }
+                    Err(e) => Err(git_err("updating the branch of", &self.display, e)),
+                }
+            }
+            Target::Remote { url } => self.push(url, new),
+        }
+    }
+
+    fn push(&self, url: &str, new: Oid) -> Result<Published> {
+        let staging = "refs/prenv/publish";
+        self.repo
+            .reference(staging, new, true, "prenv publish")
+            .map_err(|e| git_err("staging a commit in the cache of", &self.display, e))?;
+        let mut remote = self
+            .repo
+            .remote_anonymous(url)
+            .map_err(|e| git_err("reaching", &self.display, e))?;
+        let rejected = std::cell::RefCell::new(None::<String>);
+        let mut callbacks = self.callbacks();
+        callbacks.push_update_reference(|_, status| {
+            if let Some(status) = status {
+                *rejected.borrow_mut() = Some(status.to_string());
+            }
+            Ok(())
+        });
+        let mut options = git2::PushOptions::new();
+        options.remote_callbacks(callbacks);
+        let refspec = format!("{staging}:{}", self.branch_ref());
+        match remote.push(&[refspec.as_str()], Some(&mut options)) {
+            Ok(()) => {}
+            Err(e) if e.code() == ErrorCode::NotFastForward => return Ok(Published::Rejected),
+            Err(e) => return Err(git_err("pushing to", &self.display, e)),
+        }
+        drop(options);
+        if let Some(status) = rejected.into_inner() {
+            tracing::info!(repo = %self.display, status, "push rejected");
+            return Ok(Published::Rejected);
+        }
+        // Keep the tracking ref current so the next run's fetch has nothing to bring.
+        self.repo
+            .reference(&self.tracking_ref(), new, true, "prenv publish")
+            .map_err(|e| git_err("updating the cache of", &self.display, e))?;
+        Ok(Published::Done)
+    }
+
+    /// Credentials: a token for HTTPS from the environment, a key file or the agent for SSH.
+    fn callbacks(&self) -> git2::RemoteCallbacks<'_> {
+        let mut callbacks = git2::RemoteCallbacks::new();
+        let mut tries = 0;
+        callbacks.credentials(move |_url, username, allowed| {
+            tries += 1;
+            if tries > CREDENTIAL_TRIES {
+                return Err(git2::Error::from_str(
+                    "the repository refused the credentials; check PRENV_GIT_TOKEN / GITHUB_TOKEN or git.ssh_key",
+                ));
+            }
+            if allowed.contains(git2::CredentialType::SSH_KEY) {
+                let user = username.unwrap_or("git");
+                return match &self.ssh_key {
+                    Some(key) => git2::Cred::ssh_key(user, None, key, None),
+                    None => git2::Cred::ssh_key_from_agent(user),
+                };
+            }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(token) = TOKEN_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|t| !t.is_empty()))
+            {
+                return git2::Cred::userpass_plaintext("x-access-token", &token);
+            }
+            Err(git2::Error::from_str(
+                "the repository needs credentials: set PRENV_GIT_TOKEN (or GITHUB_TOKEN) for HTTPS, or git.ssh_key / an SSH agent for SSH",
+            ))
+        });
+        callbacks
+    }
+}
+
+/// The author of prenv's commits.
+pub fn signature(git: &GitConfig) -> Result<Signature<'static>> {
+    Signature::now(&git.author_name, &git.author_email).map_err(|e| Error::Config {
+        path: "git.author_name / git.author_email".into(),
+        message: e.message().to_string(),
+    })
+}
+
+/// Waits before the next attempt: exponential backoff with full jitter, so racing writers spread out.
+pub fn backoff(attempt: u32) {
+    let cap = BACKOFF_START.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let seed = u64::from(nanos) ^ u64::from(std::process::id()).rotate_left(32);
+    let jitter = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) % (cap.as_micros() as u64 + 1);
+    std::thread::sleep(Duration::from_micros(jitter));
+}
+
+fn is_url(location: &str) -> bool {
+    location.contains("://") || (location.contains('@') && location.contains(':') && !Path::new(location).exists())
+}
+
+fn is_empty_or_missing(path: &Path) -> bool {
+    std::fs::read_dir(path).map_or(true, |mut d| d.next().is_none())
+}
+
+fn lock_file(path: &Path) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening lock file", path, e))?;
+    file.lock().map_err(|e| Error::io("locking", path, e))?;
+    Ok(file)
+}
+
+fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+/// Removes credentials from a URL (`https://user:token@host/...` → `https://***@host/...`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!(
+            "{scheme}://***@{host}{}{path}",
+            if rest.contains('/') { "/" } else { "" }
+        ),
+        None => url.to_string(),
+    }
+}
+
+fn git_err(action: &'static str, repo: &str, e: git2::Error) -> Error {
+    Error::Git {
+        action,
+        repo: repo.to_string(),
+        message: redact_tokens(e.message()),
+    }
+}
+
+/// Removes any token from the environment that a message might echo.
+fn redact_tokens(message: &str) -> String {
+    let mut out = message.to_string();
+    for var in TOKEN_VARS {
+        if let Ok(token) = std::env::var(var)
+            && token.len() >= 8
+        {
+            out = out.replace(&token, "***");
+        }
+    }
+    out
+}
+
+/// Computes blob ids for desired files without writing them, to compare with the current tree.
+pub fn blob_id(bytes: &[u8]) -> Oid {
+    Oid::hash_object(ObjectType::Blob, bytes).expect("hashing bytes in memory cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_survive_in_a_displayed_url() {
+        let table = [
+            (
+                "https://x-access-token:ghs_secret@github.com/acme/envs.git",
+                "https://***@github.com/acme/envs.git",
+            ),
+            ("https://github.com/acme/envs.git", "https://github.com/acme/envs.git"),
+            (
+                "ssh://git@github.com/acme/envs.git",
+                "ssh://***@github.com/acme/envs.git",
+            ),
+            ("/srv/envs.git", "/srv/envs.git"),
+        ];
+        for (url, want) in table {
+            assert_eq!(redact_url(url), want);
+        }
+    }
+
+    #[test]
+    fn urls_and_paths_are_told_apart() {
+        assert!(is_url("https://github.com/a/b.git"));
+        assert!(is_url("git://127.0.0.1/x.git"));
+        assert!(is_url("git@github.com:acme/envs.git"));
+        assert!(!is_url("/tmp/envs.git"));
+        assert!(!is_url("relative/dir"));
+    }
+}

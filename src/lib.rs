@@ -1,0 +1,21 @@
+//! prenv: one preview environment per GitHub pull request, written as Kustomize overlays into an
+//! environments repository that Flux or Argo CD reconciles.
+//!
+//! The core (`naming`, `plan`, `render`, `yaml`) is pure; adapters sit at the edge.
+
+pub mod config;
+pub mod envrepo;
+pub mod error;
+pub mod kinds;
+pub mod naming;
+pub mod plan;
+pub mod pr;
+pub mod quantity;
+pub mod render;
+pub mod state;
+pub mod sync;
+pub mod templates;
+pub mod tree;
+pub mod yaml;
+
+pub use error::{Error, Result};

@@ -1,0 +1,316 @@
+//! The `prenv` binary: parse the command line, run one command, print errors once with their chain.
+
+mod cli;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use prenv::config::Config;
+use prenv::plan::{self, Action, Plan};
+use prenv::pr::{self, PullRequest};
+use prenv::render::{self, ARGOCD_DIR, ENVIRONMENTS_DIR, FLUX_DIR};
+use prenv::state::{self, Changes};
+use prenv::tree::Tree;
+
+use cli::{Cli, Commands, Output, PlanArgs, RenderArgs, RepoArgs, SnapshotArgs, SyncArgs};
+use prenv::envrepo::EnvRepo;
+use prenv::sync::{self, SyncOptions};
+
+/// What a successful command found.
+enum Outcome {
+    Clean,
+    /// `--check` found a difference.
+    Differs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match run(&cli) {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Differs) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    let config = Config::load(&cli.config)?;
+    match &cli.command {
+        Commands::Render(args) => render_cmd(&config, args),
+        Commands::Plan(args) => plan_cmd(&config, args),
+        Commands::Sync(args) => sync_cmd(&config, args),
+    }
+}
+
+struct Inputs {
+    prs: Vec<PullRequest>,
+    now: DateTime<Utc>,
+}
+
+fn load_snapshot(args: &SnapshotArgs) -> anyhow::Result<Inputs> {
+    let text = std::fs::read_to_string(&args.prs)
+        .with_context(|| format!("reading pull-request snapshot {}", args.prs.display()))?;
+    let prs = pr::parse_snapshot(&text, &args.prs.display().to_string())?;
+    Ok(Inputs {
+        prs,
+        now: args.now.unwrap_or_else(Utc::now),
+    })
+}
+
+/// The parts of a rendered directory prenv may own: environments and wiring.
+fn read_current(dir: &Path) -> anyhow::Result<Tree> {
+    let mut tree = Tree::new();
+    for sub in [ENVIRONMENTS_DIR, FLUX_DIR, ARGOCD_DIR] {
+        tree.extend(Tree::read_dir(dir, sub)?);
+    }
+    Ok(tree)
+}
+
+/// The plan and the desired owned tree for a current tree.
+fn desire(config: &Config, inputs: &Inputs, current: &Tree) -> anyhow::Result<(Plan, Tree, Changes)> {
+    let existing = state::existing_envs(current);
+    let plan = plan::plan(config, &inputs.prs, &existing, inputs.now);
+    let desired = render::render_owned(config, &plan)?;
+    let changes = state::changes(&state::owned_part(current, &existing), &desired);
+    Ok((plan, desired, changes))
+}
+
+fn render_cmd(config: &Config, args: &RenderArgs) -> anyhow::Result<Outcome> {
+    let inputs = load_snapshot(&args.snapshot)?;
+    let current = read_current(&args.out)?;
+    let (_plan, desired, changes) = desire(config, &inputs, &current)?;
+    let templates = prenv::templates::missing(|top| args.out.join(top).exists())?;
+    if args.check {
+        return Ok(check(&args.out, &changes, &templates));
+    }
+    write_render(&args.out, &desired, &templates, &changes)?;
+    eprintln!(
+        "rendered {} environments into {} ({} files added, {} changed, {} removed)",
+        desired
+            .under(ENVIRONMENTS_DIR)
+            .filter(|(p, _)| p.ends_with(plan::META_FILE))
+            .count(),
+        args.out.display(),
+        changes.added.len() + templates.len(),
+        changes.modified.len(),
+        changes.removed.len()
+    );
+    Ok(Outcome::Clean)
+}
+
+fn check(dir: &Path, changes: &Changes, templates: &Tree) -> Outcome {
+    let mut stderr = std::io::stderr().lock();
+    let lines = [
+        ("missing", &changes.added),
+        ("differs", &changes.modified),
+        ("stale", &changes.removed),
+    ];
+    for (what, paths) in lines {
+        for path in paths {
+            let _ = writeln!(stderr, "{what}: {}", dir.join(path).display());
+        }
+    }
+    for path in templates.paths() {
+        let _ = writeln!(stderr, "missing: {}", dir.join(path).display());
+    }
+    if changes.is_empty() && templates.is_empty() {
+        Outcome::Clean
+    } else {
+        let _ = writeln!(
+            stderr,
+            "{} is out of date; run `prenv render` without --check to update it",
+            dir.display()
+        );
+        Outcome::Differs
+    }
+}
+
+fn write_render(dir: &Path, desired: &Tree, templates: &Tree, changes: &Changes) -> anyhow::Result<()> {
+    templates.write_to(dir)?;
+    desired.write_to(dir)?;
+    for path in &changes.removed {
+        let file = dir.join(path);
+        std::fs::remove_file(&file).with_context(|| format!("removing stale file {}", file.display()))?;
+        // Empty environment directories go too; a directory still holding other files stays.
+        if let Some(parent) = file.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+    Ok(())
+}
+
+/// Opens the repository named by `--repo`, the config, or the embedded default (created on first use).
+fn open_repo(config: &Config, args: &RepoArgs) -> anyhow::Result<EnvRepo> {
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .or_else(|| config.git.cache_dir.as_ref().map(PathBuf::from))
+        .unwrap_or_else(|| xdg_dir("XDG_CACHE_HOME", ".cache").join("prenv"));
+    let (location, create) = match args.repo.as_ref().or(config.git.url.as_ref()) {
+        Some(location) => (location.clone(), false),
+        None => {
+            let path = default_repo_path();
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            (path.display().to_string(), true)
+        }
+    };
+    Ok(EnvRepo::open(&location, &config.git, &cache_dir, create)?)
+}
+
+/// The embedded default environments repository: `$XDG_DATA_HOME/prenv/environments.git`.
+fn default_repo_path() -> PathBuf {
+    xdg_dir("XDG_DATA_HOME", ".local/share").join("prenv/environments.git")
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+            .join(fallback),
+    }
+}
+
+fn plan_cmd(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
+    let inputs = load_snapshot(&args.snapshot)?;
+    let repo = open_repo(config, &args.repo)?;
+    let opts = SyncOptions {
+        allow_mass_prune: args.view.allow_mass_prune,
+    };
+    let prepared = sync::prepare(&repo, config, &inputs.prs, inputs.now, opts)?;
+    let mut out = std::io::stdout().lock();
+    match args.view.output {
+        Output::Json => {
+            let doc = serde_json::json!({
+                "repo": repo.display(),
+                "branch": repo.branch(),
+                "base": prepared.state.tip.map(|t| t.to_string()),
+                "decisions": prepared.plan.decisions,
+                "files": {"added": prepared.changes.added, "modified": prepared.changes.modified, "removed": prepared.changes.removed},
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        }
+        Output::Text => {
+            write!(
+                out,
+                "{}",
+                plan_text(&prepared.plan, &prepared.changes, args.view.show_skipped)
+            )?;
+            if args.diff {
+                write!(out, "{}", unified_diff(&repo, &prepared)?)?;
+            }
+        }
+    }
+    Ok(Outcome::Clean)
+}
+
+fn unified_diff(repo: &EnvRepo, prepared: &sync::Prepared) -> anyhow::Result<String> {
+    let c = &prepared.changes;
+    let mut text = String::new();
+    for path in c.added.iter().chain(&c.modified).chain(&c.removed) {
+        let old = repo.read_file(prepared.state.tip, path)?.unwrap_or_default();
+        let new = prepared.upserts.get(path).unwrap_or_default();
+        let (old, new) = (String::from_utf8_lossy(&old), String::from_utf8_lossy(new));
+        let diff = similar::TextDiff::from_lines(old.as_ref(), new.as_ref());
+        let (a, b) = (
+            if c.added.contains(path) {
+                "/dev/null".to_string()
+            } else {
+                format!("a/{path}")
+            },
+            if c.removed.contains(path) {
+                "/dev/null".to_string()
+            } else {
+                format!("b/{path}")
+            },
+        );
+        text.push_str(&diff.unified_diff().header(&a, &b).to_string());
+    }
+    Ok(text)
+}
+
+fn sync_cmd(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
+    let inputs = load_snapshot(&args.snapshot)?;
+    let repo = open_repo(config, &args.repo)?;
+    let opts = SyncOptions {
+        allow_mass_prune: args.view.allow_mass_prune,
+    };
+    let report = sync::sync(&repo, config, &inputs.prs, inputs.now, opts)?;
+    let mut out = std::io::stdout().lock();
+    match args.view.output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+        Output::Text => {
+            write!(
+                out,
+                "{}",
+                plan_text(&report.plan, &report.changes, args.view.show_skipped)
+            )?;
+            match &report.commit {
+                Some(commit) => writeln!(
+                    out,
+                    "committed {} to {} of {} (attempt {})",
+                    &commit[..12],
+                    report.branch,
+                    report.repo,
+                    report.attempts
+                )?,
+                None => writeln!(out, "no change: {} of {} already matches", report.branch, report.repo)?,
+            }
+        }
+    }
+    Ok(Outcome::Clean)
+}
+
+fn plan_text(plan: &Plan, changes: &Changes, show_skipped: bool) -> String {
+    let mut text = String::new();
+    for d in plan
+        .decisions
+        .iter()
+        .filter(|d| show_skipped || d.action != Action::Skip)
+    {
+        text.push_str(&format!(
+            "{:<7} {:<24} #{:<7} {}\n",
+            d.action.to_string(),
+            d.env,
+            d.pr,
+            d.reason
+        ));
+    }
+    let mut counts = BTreeMap::new();
+    for d in &plan.decisions {
+        *counts.entry(d.action).or_insert(0usize) += 1;
+    }
+    let summary: Vec<String> = counts.iter().map(|(a, n)| format!("{n} {a}")).collect();
+    text.push_str(&format!(
+        "plan: {}; {} files to add, {} to change, {} to remove\n",
+        if summary.is_empty() {
+            "no pull requests".to_string()
+        } else {
+            summary.join(", ")
+        },
+        changes.added.len(),
+        changes.modified.len(),
+        changes.removed.len()
+    ));
+    text
+}

@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests: the real binary, real kubectl, temp directories.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const NOW: &str = "2026-11-24T12:00:00Z";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the real `prenv` binary.
+pub fn prenv(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_prenv"))
+        .args(args)
+        .env_remove("PRENV_CONFIG")
+        .env("PRENV_LOG", "warn")
+        .output()
+        .expect("running the prenv binary")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The kubectl the tests use: `$PRENV_KUBECTL`, else `kubectl` on PATH (scripts/test installs it).
+pub fn kubectl() -> String {
+    std::env::var("PRENV_KUBECTL").unwrap_or_else(|_| "kubectl".into())
+}
+
+/// `kubectl kustomize DIR`, parsed into its objects; panics with kubectl's message when the build fails.
+pub fn kustomize(dir: &Path) -> Vec<serde_yaml::Value> {
+    let out = Command::new(kubectl())
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running `{} kustomize`: {e}; run the tests with scripts/test, which installs kubectl",
+                kubectl()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed:\n{}",
+        dir.display(),
+        text(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("kustomize output is YAML"))
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
+
+pub fn str_at<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for key in path {
+        cur = match key.parse::<usize>() {
+            Ok(i) => cur.get(i)?,
+            Err(_) => cur.get(*key)?,
+        };
+    }
+    cur.as_str()
+}
+
+/// Writes a GitHub-shaped PR list to a file.
+pub fn write_prs(dir: &Path, prs: &[serde_json::Value]) -> PathBuf {
+    let path = dir.join("prs.json");
+    std::fs::write(&path, serde_json::to_string_pretty(prs).unwrap()).unwrap();
+    path
+}
+
+/// A pull request in GitHub's REST shape.
+pub fn gh_pr(number: u64, branch: &str, sha: &str, labels: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "number": number, "state": "open", "draft": false, "title": format!("PR {number}"),
+        "labels": labels.iter().map(|l| serde_json::json!({"name": l})).collect::<Vec<_>>(),
+        "head": {"sha": sha, "ref": branch, "repo": {"full_name": "acme/shop"}},
+        "base": {"ref": "main", "repo": {"full_name": "acme/shop"}},
+        "user": {"login": "dev"}, "closed_at": null, "merged_at": null,
+        "updated_at": "2026-11-24T10:00:00Z"
+    })
+}
+
+pub fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("prenv.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
