@@ -28,6 +28,7 @@ fn snapshot(bumped: Option<u64>) -> String {
 }
 
 /// Runs a command to completion; returns its wall time and peak RSS (KiB) from wait4.
+#[allow(clippy::zombie_processes, reason = "wait4 reaps the child to read its rusage")]
 fn measure(cmd: &mut Command) -> (Duration, i64) {
     let start = Instant::now();
     let child = cmd.stdout(std::process::Stdio::null()).spawn().expect("spawning");
@@ -36,12 +37,21 @@ fn measure(cmd: &mut Command) -> (Duration, i64) {
     // SAFETY: wait4 on our own child's pid, writing into locals we own.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let elapsed = start.elapsed();
-    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    assert!(
+        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed"
+    );
     (elapsed, usage.ru_maxrss)
 }
 
 fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git").arg("-C").arg(dir).args(args).stdout(std::process::Stdio::null()).status().unwrap();
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
     assert!(status.success(), "git {args:?}");
 }
 
@@ -89,7 +99,16 @@ fn main() {
     let (mut full, mut full_floor, mut incr, mut incr_floor) = (vec![], vec![], vec![], vec![]);
     for round in 0..ROUNDS {
         let repo = d.join(format!("envs-{round}.git"));
-        git(d, &["init", "--quiet", "--bare", "--initial-branch=main", repo.to_str().unwrap()]);
+        git(
+            d,
+            &[
+                "init",
+                "--quiet",
+                "--bare",
+                "--initial-branch=main",
+                repo.to_str().unwrap(),
+            ],
+        );
         full.push(measure(&mut sync(d, &repo, "base.json")));
         incr.push(measure(&mut sync(d, &repo, "bumped.json")));
 
@@ -100,7 +119,11 @@ fn main() {
         let export = |rev: &str| {
             let status = Command::new("sh")
                 .arg("-c")
-                .arg(format!("git -C {} archive {rev} | tar -x -C {}", repo.display(), work.display()))
+                .arg(format!(
+                    "git -C {} archive {rev} | tar -x -C {}",
+                    repo.display(),
+                    work.display()
+                ))
                 .status()
                 .unwrap();
             assert!(status.success());
@@ -112,5 +135,9 @@ fn main() {
     }
     println!("{PRS} open PRs, postgres + mariadb, {ROUNDS} rounds, medians (peak = highest of the rounds):");
     report("full sync into an empty repository", median(full), median(full_floor));
-    report("incremental sync, 1 of 1,000 PRs has a new commit", median(incr), median(incr_floor));
+    report(
+        "incremental sync, 1 of 1,000 PRs has a new commit",
+        median(incr),
+        median(incr_floor),
+    );
 }

@@ -39,7 +39,7 @@ pub enum Engine {
 }
 
 /// The whole configuration. Only `project_id`, `domain`, `image` and `engine` are required.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Prefix of every environment name and namespace: `{project_id}-pr-{number}`.
@@ -73,14 +73,15 @@ pub struct Config {
     pub flux: Flux,
     #[serde(default)]
     pub argocd: ArgoCd,
-    #[serde(default)]
+    /// Not part of [`Config::render_digest`]: where and how to commit changes no rendered file.
+    #[serde(default, skip_serializing)]
     pub git: Git,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub sync: Sync,
 }
 
 /// The environments repository and how prenv commits to it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Git {
     /// Path or URL of the environments repository; `--repo` overrides it. Unset: a local bare
@@ -111,7 +112,7 @@ impl Default for Git {
 }
 
 /// Safety limits of one sync.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Sync {
     /// The circuit breaker: one run may prune at most this share of the existing environments ...
@@ -132,7 +133,7 @@ impl Default for Sync {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GithubConfig {
     /// `owner/name` of the application repository; PRs whose head lives elsewhere are forks.
@@ -140,7 +141,7 @@ pub struct GithubConfig {
     pub repository: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Lifecycle {
     /// The PR label that keeps a closed PR's environment for `pin_hours` after close.
@@ -168,7 +169,7 @@ impl Default for Lifecycle {
 }
 
 /// Per-namespace quota (RF-06, RNF-13): the base plus one step per enabled database.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Quota {
     pub cpu: String,
@@ -183,7 +184,7 @@ pub struct Quota {
     pub default_request_memory: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaStep {
     pub cpu: String,
@@ -214,7 +215,7 @@ impl Default for Quota {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ingress {
     pub class: String,
@@ -240,7 +241,7 @@ impl Default for Ingress {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Network {
     /// Namespaces whose pods may reach every pod of an environment (metrics scraping).
@@ -264,7 +265,7 @@ impl Default for Network {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Flux {
     pub namespace: String,
@@ -288,7 +289,7 @@ impl Default for Flux {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArgoCd {
     pub namespace: String,
@@ -562,6 +563,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// A short digest of the prenv version and every setting, recorded in each environment's metadata:
+    /// an environment whose metadata (digest included) is unchanged renders to the same files, so
+    /// a sync need not render or compare it again; a new version or setting re-renders all of them.
+    pub fn render_digest(&self) -> String {
+        use sha2::Digest;
+        let settings = serde_json::to_string(self).expect("the config serializes");
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+        hasher.update([0]);
+        hasher.update(settings.as_bytes());
+        hex::encode(hasher.finalize())[..16].to_string()
     }
 
     /// The quota step of one database.

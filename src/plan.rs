@@ -39,6 +39,9 @@ pub struct EnvMeta {
     pub merged: bool,
     /// Set on a closed, pinned PR: the environment is removed after this instant.
     pub preserve_until: Option<DateTime<Utc>>,
+    /// [`Config::render_digest`] of the settings the environment was rendered with.
+    #[serde(default)]
+    pub render_digest: String,
 }
 
 impl EnvMeta {
@@ -150,8 +153,9 @@ enum Want {
 pub fn plan(config: &Config, prs: &[PullRequest], existing: &BTreeMap<EnvName, EnvMeta>, now: DateTime<Utc>) -> Plan {
     let mut decisions = Vec::with_capacity(prs.len() + existing.len());
     let mut seen = std::collections::BTreeSet::new();
+    let digest = config.render_digest();
     for pr in prs {
-        let decision = decide(config, pr, existing, now);
+        let decision = decide(config, &digest, pr, existing, now);
         if let Ok(env) = EnvName::try_from(decision.env.clone()) {
             seen.insert(env);
         }
@@ -159,22 +163,47 @@ pub fn plan(config: &Config, prs: &[PullRequest], existing: &BTreeMap<EnvName, E
         decisions.push(decision);
     }
     for (env, meta) in existing.iter().filter(|(env, _)| !seen.contains(*env)) {
+        // Kept as it is, but rendered with the current settings like every other environment.
+        let desired = EnvMeta {
+            render_digest: digest.clone(),
+            ..meta.clone()
+        };
+        let (action, reason) = if &desired == meta {
+            (
+                Action::Keep,
+                format!(
+                    "PR #{} is not in the snapshot: no evidence it closed, so it is kept",
+                    meta.pr
+                ),
+            )
+        } else {
+            (
+                Action::Update,
+                format!(
+                    "PR #{} is not in the snapshot, so it is kept; settings changed",
+                    meta.pr
+                ),
+            )
+        };
         decisions.push(Decision {
             pr: meta.pr,
             env: env.to_string(),
-            action: Action::Keep,
-            reason: format!(
-                "PR #{} is not in the snapshot: no evidence it closed, so it is kept",
-                meta.pr
-            ),
-            desired: Some(meta.clone()),
+            action,
+            reason,
+            desired: Some(desired),
         });
     }
     decisions.sort_by(|a, b| a.pr.cmp(&b.pr).then_with(|| a.env.cmp(&b.env)));
     Plan { decisions }
 }
 
-fn decide(config: &Config, pr: &PullRequest, existing: &BTreeMap<EnvName, EnvMeta>, now: DateTime<Utc>) -> Decision {
+fn decide(
+    config: &Config,
+    digest: &str,
+    pr: &PullRequest,
+    existing: &BTreeMap<EnvName, EnvMeta>,
+    now: DateTime<Utc>,
+) -> Decision {
     let decision = |env: String, action, reason: String, desired| Decision {
         pr: pr.number,
         env,
@@ -195,7 +224,8 @@ fn decide(config: &Config, pr: &PullRequest, existing: &BTreeMap<EnvName, EnvMet
         (Want::Absent(why), None) => decision(env.to_string(), Action::Skip, why, None),
         (Want::Deploy { preserve_until }, prior) => {
             let created_at = prior.map_or(now, |p| p.created_at);
-            let meta = env_meta(config, pr, env.clone(), created_at, preserve_until);
+            let mut meta = env_meta(config, pr, env.clone(), created_at, preserve_until);
+            meta.render_digest = digest.to_string();
             let (action, reason) = classify(pr, &meta, prior);
             decision(env.to_string(), action, reason, Some(meta))
         }
@@ -296,6 +326,7 @@ fn env_meta(
         closed_at: preserve_until.and(pr.closed_at),
         merged: preserve_until.is_some() && pr.merged_at.is_some(),
         preserve_until,
+        render_digest: config.render_digest(),
     }
 }
 

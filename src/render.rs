@@ -59,16 +59,53 @@ pub fn render_all(config: &Config, plan: &Plan) -> Result<Tree> {
 
 /// Only the paths prenv owns: one directory per environment and the engine wiring.
 pub fn render_owned(config: &Config, plan: &Plan) -> Result<Tree> {
+    render_selected(config, plan, |_| true)
+}
+
+/// Like [`render_owned`], but writes the files of only the environments `wanted` selects (a sync
+/// skips the ones whose metadata did not change); the wiring index still lists every environment.
+pub fn render_selected(config: &Config, plan: &Plan, wanted: impl Fn(&EnvMeta) -> bool) -> Result<Tree> {
     let mut tree = Tree::new();
     let envs: Vec<&EnvMeta> = plan.desired().collect();
-    for meta in &envs {
-        render_env(config, meta, &mut tree)?;
+    // Quota, limits and policies depend only on the settings and databases: render them once.
+    let mut shared: BTreeMap<Vec<Database>, SharedFiles> = BTreeMap::new();
+    for meta in envs.iter().filter(|m| wanted(m)) {
+        if !shared.contains_key(&meta.databases) {
+            shared.insert(meta.databases.clone(), SharedFiles::render(config, &meta.databases)?);
+        }
+        render_env(config, meta, &shared[&meta.databases], &mut tree)?;
+        if config.engine == Engine::Flux {
+            let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), env_annotations(meta));
+            tree.insert(flux_file(meta.env.as_str()), yaml::to_string(&object)?)?;
+        }
     }
     match config.engine {
-        Engine::Flux => render_flux(config, &envs, &mut tree)?,
+        Engine::Flux => render_flux_index(&envs, &mut tree)?,
         Engine::Argocd => render_argocd(config, &mut tree)?,
     }
     Ok(tree)
+}
+
+/// The files that are the same for every environment with the same databases.
+struct SharedFiles {
+    quota: String,
+    limits: String,
+    policies: String,
+}
+
+impl SharedFiles {
+    fn render(config: &Config, databases: &[Database]) -> Result<SharedFiles> {
+        Ok(SharedFiles {
+            quota: yaml::to_string(&resource_quota(config, databases))?,
+            limits: yaml::to_string(&limit_range(config))?,
+            policies: yaml::to_multi_doc(&network_policies(config, databases))?,
+        })
+    }
+}
+
+/// The Flux Kustomization file of one environment.
+pub fn flux_file(env: &str) -> String {
+    format!("{FLUX_DIR}/{env}.yaml")
 }
 
 /// The directory of one environment.
@@ -76,7 +113,7 @@ pub fn env_dir(env: &str) -> String {
     format!("{ENVIRONMENTS_DIR}/{env}")
 }
 
-fn render_env(config: &Config, meta: &EnvMeta, tree: &mut Tree) -> Result<()> {
+fn render_env(config: &Config, meta: &EnvMeta, shared: &SharedFiles, tree: &mut Tree) -> Result<()> {
     let span = tracing::debug_span!("render", pr = meta.pr, env = %meta.env);
     let _guard = span.enter();
     let dir = env_dir(meta.env.as_str());
@@ -87,21 +124,15 @@ fn render_env(config: &Config, meta: &EnvMeta, tree: &mut Tree) -> Result<()> {
             message: format!("preview host of PR #{}: {problem}", meta.pr),
         });
     }
-    let files: [(&str, String); 5] = [
+    let files: [(&str, &str); 5] = [
         (
             "kustomization.yaml",
-            yaml::to_string(&env_kustomization(config, meta)?)?,
+            &yaml::to_string(&env_kustomization(config, meta)?)?,
         ),
-        ("namespace.yaml", yaml::to_string(&namespace(meta))?),
-        (
-            "resourcequota.yaml",
-            yaml::to_string(&resource_quota(config, &meta.databases))?,
-        ),
-        ("limitrange.yaml", yaml::to_string(&limit_range(config))?),
-        (
-            "networkpolicies.yaml",
-            yaml::to_multi_doc(&network_policies(config, &meta.databases))?,
-        ),
+        ("namespace.yaml", &yaml::to_string(&namespace(meta))?),
+        ("resourcequota.yaml", &shared.quota),
+        ("limitrange.yaml", &shared.limits),
+        ("networkpolicies.yaml", &shared.policies),
     ];
     for (name, text) in files {
         tree.insert(format!("{dir}/{name}"), text)?;
@@ -442,16 +473,9 @@ fn network_policies(config: &Config, databases: &[Database]) -> Vec<NetworkPolic
     policies
 }
 
-fn render_flux(config: &Config, envs: &[&EnvMeta], tree: &mut Tree) -> Result<()> {
-    let mut resources = Vec::with_capacity(envs.len());
-    for meta in envs {
-        let file = format!("{}.yaml", meta.env);
-        let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), env_annotations(meta));
-        tree.insert(format!("{FLUX_DIR}/{file}"), yaml::to_string(&object)?)?;
-        resources.push(file);
-    }
+fn render_flux_index(envs: &[&EnvMeta], tree: &mut Tree) -> Result<()> {
     let index = KustomizeFile {
-        resources,
+        resources: envs.iter().map(|m| format!("{}.yaml", m.env)).collect(),
         ..KustomizeFile::default()
     };
     tree.insert(format!("{FLUX_DIR}/kustomization.yaml"), yaml::to_string(&index)?)

@@ -1,7 +1,7 @@
 //! One sync: plan against the branch tip, render, commit what changed in one commit, publish, and on
 //! a lost race re-plan on the new tip. The decisions stay in the pure core; this module sequences I/O.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -68,8 +68,21 @@ pub fn prepare(
     let state = repo.read_state(tip)?;
     let mut plan = plan::plan(config, prs, &state.envs, now);
     plan::check_mass_prune(&plan, state.envs.len(), &config.sync, opts.allow_mass_prune)?;
-    let mut desired = render::render_owned(config, &plan)?;
-    let mut changes = state::changes_with(&state.owned, &desired, |id, bytes| *id == envrepo::blob_id(bytes));
+    // An environment whose metadata (settings digest included) is unchanged renders to the files it
+    // has: neither render nor compare it. This keeps a sync of one changed PR among thousands fast.
+    let unchanged: BTreeSet<&str> = plan
+        .desired()
+        .filter(|m| state.envs.get(&m.env) == Some(*m))
+        .map(|m| m.env.as_str())
+        .collect();
+    let mut desired = render::render_selected(config, &plan, |m| !unchanged.contains(m.env.as_str()))?;
+    let compared: BTreeMap<&str, git2::Oid> = state
+        .owned
+        .iter()
+        .filter(|(path, _)| !owned_by_any(path, &unchanged))
+        .map(|(p, id)| (p.as_str(), *id))
+        .collect();
+    let mut changes = state::changes_with(&compared, &desired, |id, bytes| *id == envrepo::blob_id(bytes));
     let templates = templates::missing(|top| state.top_level.iter().any(|t| t == top))?;
     for path in templates.paths() {
         changes.added.insert(path.to_string());
@@ -87,6 +100,16 @@ pub fn prepare(
         changes,
         upserts,
     })
+}
+
+/// True for a path inside one of `envs`' directories or their Flux Kustomization file.
+fn owned_by_any(path: &str, envs: &BTreeSet<&str>) -> bool {
+    if let Some(rest) = path.strip_prefix(&format!("{ENVIRONMENTS_DIR}/")) {
+        return rest.split('/').next().is_some_and(|env| envs.contains(env));
+    }
+    path.strip_prefix(&format!("{}/", render::FLUX_DIR))
+        .and_then(|file| file.strip_suffix(".yaml"))
+        .is_some_and(|env| envs.contains(env))
 }
 
 /// Kept environments whose files change anyway (new settings or templates) are updates.

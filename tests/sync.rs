@@ -255,6 +255,20 @@ fn a_new_commit_on_a_pr_updates_only_that_environment() {
 }
 
 #[test]
+fn a_settings_change_rerenders_every_environment_in_one_commit() {
+    let f = Fixture::new();
+    let prs = f.prs("a.json", &(1..=3).map(open).collect::<Vec<_>>());
+    f.sync(&prs, &[]);
+    std::fs::write(&f.config, format!("{CONFIG}[quota]\ncpu = \"400m\"\n")).unwrap();
+    let out = f.sync(&prs, &[]);
+    assert!(text(&out.stdout).contains("plan: 3 update"), "{}", text(&out.stdout));
+    assert_eq!(f.commits(), 2);
+    let quota = git(&f.remote, &["show", "main:environments/shop-pr-2/resourcequota.yaml"]);
+    assert!(quota.contains("requests.cpu: \"900m\""), "{quota}");
+    assert!(text(&f.sync(&prs, &[]).stdout).contains("no change"));
+}
+
+#[test]
 fn a_pinned_environment_survives_until_its_deadline() {
     let f = Fixture::new();
     f.sync(&f.prs("a.json", &[open(1), open(2)]), &[]);
