@@ -33,10 +33,10 @@ fn violations(value: &Value, schema: &Value, path: &str, out: &mut Vec<String>) 
         }
         return;
     }
-    if let Some(options) = schema.get("enum").and_then(Value::as_sequence) {
-        if !options.contains(value) {
-            out.push(format!("{path}: {value:?} is not one of {options:?}"));
-        }
+    if let Some(options) = schema.get("enum").and_then(Value::as_sequence)
+        && !options.contains(value)
+    {
+        out.push(format!("{path}: {value:?} is not one of {options:?}"));
     }
     if let (Some(pattern), Some(s)) = (schema.get("pattern").and_then(Value::as_str), value.as_str()) {
         // Only the anchored duration pattern Flux uses matters here; check it literally.
