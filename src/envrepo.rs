@@ -22,6 +22,10 @@ pub const TOKEN_VARS: [&str; 2] = ["PRENV_GIT_TOKEN", "GITHUB_TOKEN"];
 const BACKOFF_START: Duration = Duration::from_millis(20);
 /// Longest backoff between two attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Commits writing more files than this are packed in memory; smaller ones are written loose.
+const PACK_THRESHOLD: usize = 64;
+/// Above the loose (1) and packed (2) backends, so new objects are written to memory first.
+const MEMPACK_PRIORITY: i32 = 1000;
 /// How many times git may ask for credentials before we stop offering the same ones again.
 const CREDENTIAL_TRIES: u32 = 3;
 
@@ -49,6 +53,8 @@ enum Target {
 /// The environments repository, opened for one run.
 pub struct EnvRepo {
     repo: Repository,
+    /// Where `repo` lives, to open a fresh handle.
+    git_dir: PathBuf,
     target: Target,
     /// For messages: the path or URL, credentials removed.
     display: String,
@@ -70,6 +76,8 @@ impl EnvRepo {
     /// and nothing exists there) or a URL (`https://`, `ssh://`, `git@host:path`, `file://`), which is
     /// mirrored into a cache below `cache_dir`.
     pub fn open(location: &str, git: &GitConfig, cache_dir: &Path, create: bool) -> Result<EnvRepo> {
+        // prenv only links objects it has just written or read: skip libgit2's existence check per entry.
+        git2::opts::strict_object_creation(false);
         let display = redact_url(location);
         let ssh_key = git.ssh_key.as_ref().map(PathBuf::from);
         // libgit2's file:// transport updates refs without a compare-and-swap; a local repository
@@ -85,6 +93,7 @@ impl EnvRepo {
                 Err(_) => Repository::init_bare(&path).map_err(|e| git_err("creating cache clone of", &display, e))?,
             };
             return Ok(EnvRepo {
+                git_dir: repo.path().to_path_buf(),
                 repo,
                 target: Target::Remote {
                     url: location.to_string(),
@@ -122,6 +131,7 @@ impl EnvRepo {
             }
         };
         Ok(EnvRepo {
+            git_dir: repo.path().to_path_buf(),
             repo,
             target: Target::Local,
             display,
@@ -148,7 +158,7 @@ impl EnvRepo {
     }
 
     /// The current tip of the branch, fetched first for a remote.
-    pub fn tip(&self) -> Result<Option<Oid>> {
+    pub fn tip(&mut self) -> Result<Option<Oid>> {
         let name = match &self.target {
             Target::Local => self.branch_ref(),
             Target::Remote { url } => {
@@ -176,11 +186,16 @@ impl EnvRepo {
                 self.tracking_ref()
             }
         };
-        match self.repo.refname_to_id(&name) {
-            Ok(id) => Ok(Some(id)),
-            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
-            Err(e) => Err(git_err("reading branch of", &self.display, e)),
-        }
+        let id = match self.repo.refname_to_id(&name) {
+            Ok(id) => Some(id),
+            Err(e) if e.code() == ErrorCode::NotFound => None,
+            Err(e) => return Err(git_err("reading branch of", &self.display, e)),
+        };
+        // The tip's objects may sit in a pack written a moment ago (by another process, or by the
+        // fetch); libgit2 notices new packs by the pack directory's mtime, in whole seconds. A fresh
+        // handle opened after reading the ref sees every object the tip needs.
+        self.repo = Repository::open(&self.git_dir).map_err(|e| git_err("reopening", &self.display, e))?;
+        Ok(id)
     }
 
     /// Reads what prenv owns at `tip` without reading any file it does not need: metadata files are
@@ -280,6 +295,13 @@ impl EnvRepo {
                 self.repo.find_tree(empty).map_err(err)?
             }
         };
+        // Many new objects go to memory first and reach the disk as one pack, not thousands of loose
+        // files; a few are cheaper written loose than delta-compressed into a pack.
+        let odb = self.repo.odb().map_err(err)?;
+        let mempack = match upserts.len() > PACK_THRESHOLD {
+            true => Some(odb.add_new_mempack_backend(MEMPACK_PRIORITY).map_err(err)?),
+            false => None,
+        };
         let mut update = git2::build::TreeUpdateBuilder::new();
         for (path, bytes) in upserts.iter() {
             let blob = self.repo.blob(bytes).map_err(err)?;
@@ -291,9 +313,20 @@ impl EnvRepo {
         let tree_id = update.create_updated(&self.repo, &base_tree).map_err(err)?;
         let tree = self.repo.find_tree(tree_id).map_err(err)?;
         let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-        self.repo
+        let commit = self
+            .repo
             .commit(None, author, author, message, &tree, &parents)
-            .map_err(err)
+            .map_err(err)?;
+        if let Some(mempack) = mempack {
+            let mut pack = git2::Buf::new();
+            mempack.dump(&self.repo, &mut pack).map_err(err)?;
+            let mut writer = odb.packwriter().map_err(err)?;
+            std::io::Write::write_all(&mut writer, &pack)
+                .map_err(|e| Error::io("writing a pack to", &self.display, e))?;
+            writer.commit().map_err(err)?;
+            mempack.reset().map_err(err)?;
+        }
+        Ok(commit)
     }
 
     /// Moves the branch from `old` to `new`, only if it still points at `old`.

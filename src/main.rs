@@ -193,11 +193,11 @@ fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
 
 fn plan_cmd(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
     let inputs = load_snapshot(&args.snapshot)?;
-    let repo = open_repo(config, &args.repo)?;
+    let mut repo = open_repo(config, &args.repo)?;
     let opts = SyncOptions {
         allow_mass_prune: args.view.allow_mass_prune,
     };
-    let prepared = sync::prepare(&repo, config, &inputs.prs, inputs.now, opts)?;
+    let prepared = sync::prepare(&mut repo, config, &inputs.prs, inputs.now, opts)?;
     let mut out = std::io::stdout().lock();
     match args.view.output {
         Output::Json => {
@@ -251,11 +251,11 @@ fn unified_diff(repo: &EnvRepo, prepared: &sync::Prepared) -> anyhow::Result<Str
 
 fn sync_cmd(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
     let inputs = load_snapshot(&args.snapshot)?;
-    let repo = open_repo(config, &args.repo)?;
+    let mut repo = open_repo(config, &args.repo)?;
     let opts = SyncOptions {
         allow_mass_prune: args.view.allow_mass_prune,
     };
-    let report = sync::sync(&repo, config, &inputs.prs, inputs.now, opts)?;
+    let report = sync::sync(&mut repo, config, &inputs.prs, inputs.now, opts)?;
     let mut out = std::io::stdout().lock();
     match args.view.output {
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,

@@ -58,7 +58,7 @@ pub struct Prepared {
 
 /// Plans against the current tip without writing anything.
 pub fn prepare(
-    repo: &EnvRepo,
+    repo: &mut EnvRepo,
     config: &Config,
     prs: &[PullRequest],
     now: DateTime<Utc>,
@@ -135,7 +135,7 @@ fn mark_rerendered(plan: &mut Plan, changes: &Changes) {
 /// Makes the branch match the desired state: one commit when something changed, none otherwise.
 /// A publish that loses a race fetches, re-plans on the new tip and tries again, with backoff.
 pub fn sync(
-    repo: &EnvRepo,
+    repo: &mut EnvRepo,
     config: &Config,
     prs: &[PullRequest],
     now: DateTime<Utc>,
