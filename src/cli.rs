@@ -32,6 +32,18 @@ pub enum Commands {
     Plan(PlanArgs),
     /// Make the environments repository match the PRs: one commit when something changed, pushed.
     Sync(SyncArgs),
+    /// Scan every commit of a repository for Secrets committed in plain text; exit 1 on any.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The repository to scan (a local path; bare or not).
+    #[arg(long)]
+    pub repo: PathBuf,
+
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 /// Which environments repository, and where remote ones are cached.

@@ -3,6 +3,7 @@
 //!
 //! The core (`naming`, `plan`, `render`, `yaml`) is pure; adapters sit at the edge.
 
+pub mod audit;
 pub mod config;
 pub mod envrepo;
 pub mod error;

@@ -17,7 +17,7 @@ use prenv::render::{self, ARGOCD_DIR, ENVIRONMENTS_DIR, FLUX_DIR};
 use prenv::state::{self, Changes};
 use prenv::tree::Tree;
 
-use cli::{Cli, Commands, Output, PlanArgs, RenderArgs, RepoArgs, SnapshotArgs, SyncArgs};
+use cli::{AuditArgs, Cli, Commands, Output, PlanArgs, RenderArgs, RepoArgs, SnapshotArgs, SyncArgs};
 use prenv::envrepo::EnvRepo;
 use prenv::sync::{self, SyncOptions};
 
@@ -52,11 +52,48 @@ fn init_logging(filter: &str) {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<Outcome> {
-    let config = Config::load(&cli.config)?;
+    let config = || Config::load(&cli.config);
     match &cli.command {
-        Commands::Render(args) => render_cmd(&config, args),
-        Commands::Plan(args) => plan_cmd(&config, args),
-        Commands::Sync(args) => sync_cmd(&config, args),
+        Commands::Render(args) => render_cmd(&config()?, args),
+        Commands::Plan(args) => plan_cmd(&config()?, args),
+        Commands::Sync(args) => sync_cmd(&config()?, args),
+        Commands::Audit(args) => audit_cmd(args),
+    }
+}
+
+fn audit_cmd(args: &AuditArgs) -> anyhow::Result<Outcome> {
+    let report = prenv::audit::audit(&args.repo)?;
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+        Output::Text => {
+            for f in &report.findings {
+                writeln!(
+                    out,
+                    "plain-text Secret {} in {} at commit {}: {}",
+                    f.secret,
+                    f.path,
+                    f.commit,
+                    f.keys.join(", ")
+                )?;
+            }
+            writeln!(
+                out,
+                "audited {} commits, {} manifest files: {} plain-text Secrets",
+                report.commits,
+                report.blobs,
+                report.findings.len()
+            )?;
+        }
+    }
+    if report.findings.is_empty() {
+        Ok(Outcome::Clean)
+    } else {
+        eprintln!(
+            "{} holds Secrets in plain text in its history: rotate those credentials, then rewrite the history (git filter-repo) and encrypt them with `prenv secrets encrypt`",
+            args.repo.display()
+        );
+        Ok(Outcome::Differs)
     }
 }
 
