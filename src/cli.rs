@@ -34,6 +34,54 @@ pub enum Commands {
     Sync(SyncArgs),
     /// Scan every commit of a repository for Secrets committed in plain text; exit 1 on any.
     Audit(AuditArgs),
+    /// Encrypt, decrypt and re-key SOPS/age secrets.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Encrypt a Secret manifest for `secrets.age_recipients` (for shared secrets in base/ or overlays/).
+    Encrypt(EncryptArgs),
+    /// Decrypt a SOPS file to standard output, for debugging.
+    Decrypt(DecryptArgs),
+    /// Re-encrypt the data key of every environment's secret for the configured recipients, in one commit.
+    Rewrap(RewrapArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// The plain Secret manifest (YAML).
+    pub file: PathBuf,
+    /// Write the encrypted file here; default: standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Replace FILE with its encrypted form.
+    #[arg(long, conflicts_with = "output")]
+    pub in_place: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    /// The SOPS-encrypted file.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// An age identity file (`AGE-SECRET-KEY-...` lines); default: `$SOPS_AGE_KEY_FILE`.
+    #[arg(long, env = "SOPS_AGE_KEY_FILE", hide_env_values = true)]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RewrapArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
 }
 
 #[derive(Debug, Args)]

@@ -73,11 +73,21 @@ pub struct Config {
     pub flux: Flux,
     #[serde(default)]
     pub argocd: ArgoCd,
+    #[serde(default)]
+    pub secrets: Secrets,
     /// Not part of [`Config::render_digest`]: where and how to commit changes no rendered file.
     #[serde(default, skip_serializing)]
     pub git: Git,
     #[serde(default, skip_serializing)]
     pub sync: Sync,
+}
+
+/// How secrets are committed: SOPS-encrypted for these age recipients (Flux decrypts them natively).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Secrets {
+    /// age public keys (`age1...`); the cluster's key must be one of them.
+    pub age_recipients: Vec<String>,
 }
 
 /// The environments repository and how prenv commits to it.
@@ -467,6 +477,19 @@ impl Config {
                 "write it like \"acme/shop\"",
             ));
         }
+        for r in &self.secrets.age_recipients {
+            if <age::x25519::Recipient as std::str::FromStr>::from_str(r).is_err() {
+                return Err(key(
+                    "secrets.age_recipients",
+                    r,
+                    "is not an age public key".into(),
+                    "give the age1... line age-keygen prints as \"Public key\"",
+                ));
+            }
+        }
+        if self.databases.contains(&Database::Mariadb) && self.secrets.age_recipients.is_empty() {
+            return Err("key `secrets.age_recipients` is empty, but `databases` includes \"mariadb\": prenv commits its credentials only encrypted; add the cluster's age public key (age-keygen -y on its key file)".into());
+        }
         if !(0.0..=1.0).contains(&self.sync.max_prune_share) {
             return Err(format!(
                 "key `sync.max_prune_share` = {} is not a share; give a number from 0.0 to 1.0 (default 0.5)",
@@ -646,7 +669,7 @@ mod tests {
 project_id = "shop"
 domain = "preview.example.com"
 image = "ghcr.io/acme/shop"
-databases = ["postgres", "mariadb"]
+databases = ["postgres"]
 engine = "flux"
 "#;
 
@@ -704,6 +727,16 @@ engine = "flux"
             ("argocd without repo", "engine = \"argocd\"", &["argocd.repo_url"]),
             ("duplicate db", "databases = [\"postgres\", \"postgres\"]", &["twice"]),
             ("bad branch", "[git]\nbranch = \"a..b\"", &["git.branch"]),
+            (
+                "mariadb without recipients",
+                "databases = [\"mariadb\"]",
+                &["secrets.age_recipients", "encrypted"],
+            ),
+            (
+                "bad recipient",
+                "[secrets]\nage_recipients = [\"age1nope\"]",
+                &["secrets.age_recipients", "age-keygen"],
+            ),
             ("bad share", "[sync]\nmax_prune_share = 1.5", &["sync.max_prune_share"]),
         ];
         for (name, extra, wants) in table {

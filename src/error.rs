@@ -52,6 +52,14 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// Encrypting or decrypting a secret failed.
+    #[error("secrets: {what}: {source}")]
+    Secrets {
+        what: String,
+        #[source]
+        source: crate::sops::SopsError,
+    },
+
     /// Reading or writing a local file failed.
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -73,6 +81,7 @@ impl Error {
             Error::Git { .. } => "git",
             Error::MassPrune { .. } => "mass_prune",
             Error::Contention { .. } => "contention",
+            Error::Secrets { .. } => "secrets",
             Error::Io { .. } => "io",
         }
     }

@@ -13,6 +13,8 @@ pub mod plan;
 pub mod pr;
 pub mod quantity;
 pub mod render;
+pub mod secrets;
+pub mod sops;
 pub mod state;
 pub mod sync;
 pub mod templates;

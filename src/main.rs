@@ -17,7 +17,10 @@ use prenv::render::{self, ARGOCD_DIR, ENVIRONMENTS_DIR, FLUX_DIR};
 use prenv::state::{self, Changes};
 use prenv::tree::Tree;
 
-use cli::{AuditArgs, Cli, Commands, Output, PlanArgs, RenderArgs, RepoArgs, SnapshotArgs, SyncArgs};
+use cli::{
+    AuditArgs, Cli, Commands, DecryptArgs, EncryptArgs, IdentityArgs, Output, PlanArgs, RenderArgs, RepoArgs,
+    RewrapArgs, SecretsCommand, SnapshotArgs, SyncArgs,
+};
 use prenv::envrepo::EnvRepo;
 use prenv::sync::{self, SyncOptions};
 
@@ -58,7 +61,72 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Commands::Plan(args) => plan_cmd(&config()?, args),
         Commands::Sync(args) => sync_cmd(&config()?, args),
         Commands::Audit(args) => audit_cmd(args),
+        Commands::Secrets(SecretsCommand::Encrypt(args)) => encrypt_cmd(&config()?, args),
+        Commands::Secrets(SecretsCommand::Decrypt(args)) => decrypt_cmd(args),
+        Commands::Secrets(SecretsCommand::Rewrap(args)) => rewrap_cmd(&config()?, args),
     }
+}
+
+fn identities(args: &IdentityArgs) -> anyhow::Result<Vec<age::x25519::Identity>> {
+    let path = args
+        .identity
+        .as_ref()
+        .context("no age identity: pass --identity FILE or set SOPS_AGE_KEY_FILE")?;
+    Ok(prenv::secrets::load_identities(path)?)
+}
+
+fn encrypt_cmd(config: &Config, args: &EncryptArgs) -> anyhow::Result<Outcome> {
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let doc = prenv::sops::parse_yaml(&text).with_context(|| format!("reading {}", args.file.display()))?;
+    if config.secrets.age_recipients.is_empty() {
+        anyhow::bail!(
+            "key `secrets.age_recipients` in {} is empty; add the cluster's age public key",
+            "prenv.toml"
+        );
+    }
+    let encrypted = prenv::sops::encrypt(&doc, &config.secrets.age_recipients, Utc::now())
+        .with_context(|| format!("encrypting {}", args.file.display()))?;
+    let out = prenv::yaml::to_string(&encrypted)?;
+    let target = if args.in_place {
+        Some(&args.file)
+    } else {
+        args.output.as_ref()
+    };
+    match target {
+        Some(path) => std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{out}"),
+    }
+    Ok(Outcome::Clean)
+}
+
+fn decrypt_cmd(args: &DecryptArgs) -> anyhow::Result<Outcome> {
+    let ids = identities(&args.identity)?;
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let doc = prenv::sops::parse_yaml(&text).with_context(|| format!("reading {}", args.file.display()))?;
+    let plain = prenv::sops::decrypt(&doc, &ids).with_context(|| format!("decrypting {}", args.file.display()))?;
+    print!("{}", prenv::yaml::to_string(&plain)?);
+    Ok(Outcome::Clean)
+}
+
+fn rewrap_cmd(config: &Config, args: &RewrapArgs) -> anyhow::Result<Outcome> {
+    let ids = identities(&args.identity)?;
+    let mut repo = open_repo(config, &args.repo)?;
+    let report = sync::rewrap(&mut repo, config, &ids)?;
+    match &report.commit {
+        Some(commit) => println!(
+            "re-encrypted the data keys of {} secrets for {} recipients: committed {} to {} of {}",
+            report.rewrapped,
+            config.secrets.age_recipients.len(),
+            &commit[..12],
+            report.branch,
+            report.repo
+        ),
+        None => println!(
+            "all {} secrets are already encrypted for the configured recipients",
+            report.checked
+        ),
+    }
+    Ok(Outcome::Clean)
 }
 
 fn audit_cmd(args: &AuditArgs) -> anyhow::Result<Outcome> {
@@ -125,7 +193,15 @@ fn read_current(dir: &Path) -> anyhow::Result<Tree> {
 fn desire(config: &Config, inputs: &Inputs, current: &Tree) -> anyhow::Result<(Plan, Tree, Changes)> {
     let existing = state::existing_envs(current);
     let plan = plan::plan(config, &inputs.prs, &existing, inputs.now);
-    let desired = render::render_owned(config, &plan)?;
+    let mut desired = render::render_owned(config, &plan)?;
+    // Credentials are generated once: an existing encrypted file is kept byte for byte.
+    for (path, meta) in prenv::secrets::wanted(&plan) {
+        let bytes = match current.get(&path) {
+            Some(existing) => existing.to_vec(),
+            None => prenv::secrets::new_mariadb_secret(config, meta, inputs.now)?.into_bytes(),
+        };
+        desired.insert(path, bytes)?;
+    }
     let changes = state::changes(&state::owned_part(current, &existing), &desired);
     Ok((plan, desired, changes))
 }

@@ -210,8 +210,15 @@ fn env_kustomization(config: &Config, meta: &EnvMeta) -> Result<KustomizeFile> {
             "limitrange.yaml",
             "networkpolicies.yaml",
         ]
+        .into_iter()
+        // Written once by the secrets step, SOPS-encrypted; Flux decrypts it while building.
+        .chain(
+            meta.databases
+                .contains(&Database::Mariadb)
+                .then_some(crate::secrets::MARIADB_SECRET_FILE),
+        )
         .map(String::from)
-        .to_vec(),
+        .collect(),
         components: meta
             .databases
             .iter()

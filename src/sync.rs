@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::plan::{self, Action, Plan};
 use crate::pr::PullRequest;
 use crate::render::{self, ENVIRONMENTS_DIR};
+use crate::secrets;
 use crate::state::{self, Changes};
 use crate::templates;
 use crate::tree::Tree;
@@ -76,12 +77,18 @@ pub fn prepare(
         .map(|m| m.env.as_str())
         .collect();
     let mut desired = render::render_selected(config, &plan, |m| !unchanged.contains(m.env.as_str()))?;
-    let compared: BTreeMap<&str, git2::Oid> = state
+    let mut compared: BTreeMap<&str, git2::Oid> = state
         .owned
         .iter()
         .filter(|(path, _)| !owned_by_any(path, &unchanged))
         .map(|(p, id)| (p.as_str(), *id))
         .collect();
+    // Credentials are generated once: an existing encrypted file is kept byte for byte.
+    for (path, meta) in secrets::wanted(&plan).filter(|(_, m)| !unchanged.contains(m.env.as_str())) {
+        if compared.remove(path.as_str()).is_none() {
+            desired.insert(path, secrets::new_mariadb_secret(config, meta, now)?)?;
+        }
+    }
     let mut changes = state::changes_with(&compared, &desired, |id, bytes| *id == envrepo::blob_id(bytes));
     let templates = templates::missing(|top| state.top_level.iter().any(|t| t == top))?;
     for path in templates.paths() {
@@ -226,4 +233,77 @@ pub fn commit_message(plan: &Plan, changes: &Changes) -> String {
         ));
     }
     msg
+}
+
+/// What a rewrap did.
+#[derive(Debug, Serialize)]
+pub struct RewrapReport {
+    pub repo: String,
+    pub branch: String,
+    /// Environment secrets found.
+    pub checked: usize,
+    /// Secrets whose data key was re-encrypted.
+    pub rewrapped: usize,
+    pub commit: Option<String>,
+}
+
+/// Re-encrypts the data key of every environment secret whose recipients differ from
+/// `secrets.age_recipients`, in one commit; values, MAC and timestamps stay as they are.
+pub fn rewrap(repo: &mut EnvRepo, config: &Config, identities: &[age::x25519::Identity]) -> Result<RewrapReport> {
+    let author = envrepo::signature(&config.git)?;
+    let mut wanted = config.secrets.age_recipients.clone();
+    wanted.sort();
+    let suffix = format!("/{}", secrets::MARIADB_SECRET_FILE);
+    for attempt in 1..=config.sync.max_attempts {
+        let tip = repo.tip()?;
+        let state = repo.read_state(tip)?;
+        let mut report = RewrapReport {
+            repo: repo.display().to_string(),
+            branch: repo.branch().to_string(),
+            checked: 0,
+            rewrapped: 0,
+            commit: None,
+        };
+        let mut upserts = Tree::new();
+        for path in state.owned.keys().filter(|p| p.ends_with(&suffix)) {
+            report.checked += 1;
+            let bytes = repo.read_file(tip, path)?.unwrap_or_default();
+            let what = || format!("rewrapping {path}");
+            let doc = crate::sops::parse_yaml(&String::from_utf8_lossy(&bytes))
+                .map_err(|source| Error::Secrets { what: what(), source })?;
+            let mut current = crate::sops::recipients(&doc);
+            current.sort();
+            if current == wanted {
+                continue;
+            }
+            let rewrapped = crate::sops::rewrap(&doc, identities, &config.secrets.age_recipients)
+                .map_err(|source| Error::Secrets { what: what(), source })?;
+            upserts.insert(path.as_str(), crate::yaml::to_string(&rewrapped)?)?;
+            report.rewrapped += 1;
+        }
+        if upserts.is_empty() {
+            return Ok(report);
+        }
+        let mut message = format!(
+            "prenv: re-encrypt {} secrets for {} age recipients\n\n",
+            report.rewrapped,
+            wanted.len()
+        );
+        for path in upserts.paths() {
+            message.push_str(&format!("rewrap {path}\n"));
+        }
+        let commit = repo.commit(tip, &upserts, &[], &message, &author)?;
+        match repo.publish(commit, tip)? {
+            Published::Done => {
+                report.commit = Some(commit.to_string());
+                return Ok(report);
+            }
+            Published::Rejected => envrepo::backoff(attempt),
+        }
+    }
+    Err(Error::Contention {
+        repo: repo.display().to_string(),
+        branch: repo.branch().to_string(),
+        attempts: config.sync.max_attempts,
+    })
 }

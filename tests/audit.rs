@@ -56,7 +56,10 @@ fn audit_catches_a_plaintext_secret_planted_in_an_old_commit() {
             && stdout.contains("data.PASSWORD"),
         "{stdout}"
     );
-    assert!(!stdout.contains("aHVudGVyMg==") && !text(&out.stderr).contains("aHVudGVyMg=="), "a value leaked into the output");
+    assert!(
+        !stdout.contains("aHVudGVyMg==") && !text(&out.stderr).contains("aHVudGVyMg=="),
+        "a value leaked into the output"
+    );
     assert!(stdout.contains("audited 4 commits"), "{stdout}");
 
     let json = prenv(&["audit", "--repo", s(repo), "--output", "json"]);

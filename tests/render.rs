@@ -20,6 +20,12 @@ storage_class = "fast-ssd"
 repository = "acme/shop"
 "#;
 
+/// The hostile config with a fresh age recipient, so MariaDB credentials can be encrypted.
+fn hostile_config() -> String {
+    let recipient = age::x25519::Identity::generate().to_public();
+    format!("{HOSTILE_CONFIG}[secrets]\nage_recipients = [\"{recipient}\"]\n")
+}
+
 /// Branch names and labels no environment should be able to trip over.
 fn hostile_prs() -> Vec<(u64, &'static str, serde_json::Value)> {
     let branches: &[(u64, &str)] = &[
@@ -57,7 +63,7 @@ fn hostile_prs() -> Vec<(u64, &'static str, serde_json::Value)> {
 #[test]
 fn every_env_of_a_hostile_snapshot_builds_with_kustomize_and_reads_back_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), HOSTILE_CONFIG);
+    let config = write_config(dir.path(), &hostile_config());
     let prs = hostile_prs();
     let snapshot = write_prs(dir.path(), &prs.iter().map(|(_, _, v)| v.clone()).collect::<Vec<_>>());
     let out_dir = dir.path().join("out");
@@ -177,7 +183,7 @@ fn every_env_of_a_hostile_snapshot_builds_with_kustomize_and_reads_back_exactly(
 #[test]
 fn no_input_writes_outside_its_environment_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), HOSTILE_CONFIG);
+    let config = write_config(dir.path(), &hostile_config());
     let prs: Vec<_> = hostile_prs().into_iter().map(|(_, _, v)| v).collect();
     let snapshot = write_prs(dir.path(), &prs);
     let out_dir = dir.path().join("out");
@@ -306,7 +312,8 @@ fn quota_grows_one_step_per_database() {
         let config = write_config(
             dir.path(),
             &format!(
-                "project_id = \"q\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\ndatabases = {dbs}\n"
+                "project_id = \"q\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\ndatabases = {dbs}\n[secrets]\nage_recipients = [\"{}\"]\n",
+                age::x25519::Identity::generate().to_public()
             ),
         );
         let snapshot = write_prs(dir.path(), &[gh_pr(1, "main", &"a".repeat(40), &[])]);
@@ -342,7 +349,8 @@ fn a_rendered_environment_matches_its_snapshot() {
     let dir = render_example("prenv-argocd.toml");
     let tree = prenv::tree::Tree::read_dir(dir.path(), "environments/shop-pr-106").unwrap();
     let mut combined = String::new();
-    for (path, bytes) in tree.iter() {
+    // The credentials are random and encrypted: tests/secrets.rs checks them.
+    for (path, bytes) in tree.iter().filter(|(p, _)| !p.ends_with(".sops.yaml")) {
         combined.push_str(&format!("# ---- {path}\n{}", text(bytes)));
     }
     insta::assert_snapshot!("env_shop_pr_106_argocd_both_databases", combined);
