@@ -82,12 +82,25 @@ pub struct Config {
     pub sync: Sync,
 }
 
-/// How secrets are committed: SOPS-encrypted for these age recipients (Flux decrypts them natively).
+/// How secrets are committed: SOPS-encrypted for age recipients (Flux decrypts them natively), or
+/// sealed for the Sealed Secrets controller (the Argo CD path).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Secrets {
+    pub backend: SecretsBackend,
     /// age public keys (`age1...`); the cluster's key must be one of them.
     pub age_recipients: Vec<String>,
+    /// The Sealed Secrets controller's certificate (`kubeseal --fetch-cert > cert.pem`), a path
+    /// relative to the working directory.
+    pub sealed_secrets_cert: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretsBackend {
+    #[default]
+    Sops,
+    SealedSecrets,
 }
 
 /// The environments repository and how prenv commits to it.
@@ -487,7 +500,11 @@ impl Config {
                 ));
             }
         }
-        if self.databases.contains(&Database::Mariadb) && self.secrets.age_recipients.is_empty() {
+        let sealed = self.secrets.backend == SecretsBackend::SealedSecrets;
+        if sealed && self.secrets.sealed_secrets_cert.as_deref().is_none_or(str::is_empty) {
+            return Err("key `secrets.sealed_secrets_cert` is missing; with backend = \"sealed-secrets\" prenv seals for the controller's certificate (kubeseal --fetch-cert > cert.pem)".into());
+        }
+        if !sealed && self.databases.contains(&Database::Mariadb) && self.secrets.age_recipients.is_empty() {
             return Err("key `secrets.age_recipients` is empty, but `databases` includes \"mariadb\": prenv commits its credentials only encrypted; add the cluster's age public key (age-keygen -y on its key file)".into());
         }
         if !(0.0..=1.0).contains(&self.sync.max_prune_share) {

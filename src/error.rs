@@ -57,7 +57,7 @@ pub enum Error {
     Secrets {
         what: String,
         #[source]
-        source: crate::sops::SopsError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// Reading or writing a local file failed.

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod pr;
 pub mod quantity;
 pub mod render;
+pub mod sealed;
 pub mod secrets;
 pub mod sops;
 pub mod state;

@@ -195,7 +195,7 @@ fn desire(config: &Config, inputs: &Inputs, current: &Tree) -> anyhow::Result<(P
     let plan = plan::plan(config, &inputs.prs, &existing, inputs.now);
     let mut desired = render::render_owned(config, &plan)?;
     // Credentials are generated once: an existing encrypted file is kept byte for byte.
-    for (path, meta) in prenv::secrets::wanted(&plan) {
+    for (path, meta) in prenv::secrets::wanted(config, &plan) {
         let bytes = match current.get(&path) {
             Some(existing) => existing.to_vec(),
             None => prenv::secrets::new_mariadb_secret(config, meta, inputs.now)?.into_bytes(),

@@ -211,11 +211,11 @@ fn env_kustomization(config: &Config, meta: &EnvMeta) -> Result<KustomizeFile> {
             "networkpolicies.yaml",
         ]
         .into_iter()
-        // Written once by the secrets step, SOPS-encrypted; Flux decrypts it while building.
+        // Written once by the secrets step: SOPS-encrypted (Flux decrypts it) or sealed.
         .chain(
             meta.databases
                 .contains(&Database::Mariadb)
-                .then_some(crate::secrets::MARIADB_SECRET_FILE),
+                .then_some(crate::secrets::secret_file(config)),
         )
         .map(String::from)
         .collect(),

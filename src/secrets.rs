@@ -8,7 +8,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, SecretsBackend};
 use crate::error::{Error, Result};
 use crate::plan::{EnvMeta, Plan};
 use crate::render::env_dir;
@@ -16,22 +16,23 @@ use crate::sops;
 
 /// The Secret `overlays/mariadb` reads its credentials from.
 pub const MARIADB_SECRET_NAME: &str = "mariadb-credentials";
-/// Its file in each environment directory.
-pub const MARIADB_SECRET_FILE: &str = "mariadb-credentials.sops.yaml";
+/// Its file in each environment directory, SOPS-encrypted or sealed.
+pub fn secret_file(config: &Config) -> &'static str {
+    match config.secrets.backend {
+        SecretsBackend::Sops => "mariadb-credentials.sops.yaml",
+        SecretsBackend::SealedSecrets => "mariadb-credentials.sealed.yaml",
+    }
+}
 /// Length of generated passwords: 32 alphanumerics carry about 190 bits.
 const PASSWORD_LEN: usize = 32;
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
-/// The secret file of one environment.
-pub fn secret_path(env: &str) -> String {
-    format!("{}/{MARIADB_SECRET_FILE}", env_dir(env))
-}
-
 /// The environments of a plan that need a credentials file, with its path.
-pub fn wanted(plan: &Plan) -> impl Iterator<Item = (String, &EnvMeta)> {
+pub fn wanted<'a>(config: &Config, plan: &'a Plan) -> impl Iterator<Item = (String, &'a EnvMeta)> {
+    let file = secret_file(config);
     plan.desired()
         .filter(|m| m.databases.contains(&Database::Mariadb))
-        .map(|m| (secret_path(m.env.as_str()), m))
+        .map(move |m| (format!("{}/{file}", env_dir(m.env.as_str())), m))
 }
 
 /// A fresh, encrypted credentials Secret for one environment.
@@ -48,11 +49,34 @@ pub fn new_mariadb_secret(config: &Config, meta: &EnvMeta, now: DateTime<Utc>) -
             "MARIADB_ROOT_PASSWORD": password()?,
         },
     });
-    let encrypted = sops::encrypt(&secret, &config.secrets.age_recipients, now).map_err(|source| Error::Secrets {
-        what: format!("encrypting the credentials of {}", meta.env),
-        source,
-    })?;
-    crate::yaml::to_string(&encrypted)
+    let what = || format!("protecting the credentials of {}", meta.env);
+    let protected = match config.secrets.backend {
+        SecretsBackend::Sops => {
+            sops::encrypt(&secret, &config.secrets.age_recipients, now).map_err(|e| Error::Secrets {
+                what: what(),
+                source: Box::new(e),
+            })?
+        }
+        SecretsBackend::SealedSecrets => {
+            let key = sealing_key(config)?;
+            crate::sealed::seal(&secret, &key).map_err(|e| Error::Secrets {
+                what: what(),
+                source: Box::new(e),
+            })?
+        }
+    };
+    crate::yaml::to_string(&protected)
+}
+
+/// The Sealed Secrets controller's public key, from `secrets.sealed_secrets_cert`.
+pub fn sealing_key(config: &Config) -> Result<rsa::RsaPublicKey> {
+    let path = Path::new(config.secrets.sealed_secrets_cert.as_deref().unwrap_or_default());
+    let pem =
+        std::fs::read_to_string(path).map_err(|e| Error::io("reading the sealed-secrets certificate", path, e))?;
+    crate::sealed::public_key_from_pem(&pem).map_err(|e| Error::Secrets {
+        what: format!("reading {}", path.display()),
+        source: Box::new(e),
+    })
 }
 
 /// A uniformly random alphanumeric password from the operating system's generator.

@@ -404,11 +404,17 @@ mod tests {
         let mut bytes = B64.decode(&data).unwrap();
         bytes[0] ^= 1;
         flipped["stringData"]["MARIADB_PASSWORD"] = json!(pw.replace(&data, &B64.encode(bytes)));
-        assert!(matches!(decrypt(&flipped, std::slice::from_ref(&id)), Err(SopsError::Tampered(_))));
+        assert!(matches!(
+            decrypt(&flipped, std::slice::from_ref(&id)),
+            Err(SopsError::Tampered(_))
+        ));
 
         let mut renamed = enc.clone();
         renamed["metadata"]["name"] = json!("other");
-        assert!(matches!(decrypt(&renamed, std::slice::from_ref(&id)), Err(SopsError::MacMismatch)));
+        assert!(matches!(
+            decrypt(&renamed, std::slice::from_ref(&id)),
+            Err(SopsError::MacMismatch)
+        ));
 
         let mut moved = enc.clone();
         let user = moved["stringData"]["MARIADB_USER"].clone();

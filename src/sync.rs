@@ -84,7 +84,7 @@ pub fn prepare(
         .map(|(p, id)| (p.as_str(), *id))
         .collect();
     // Credentials are generated once: an existing encrypted file is kept byte for byte.
-    for (path, meta) in secrets::wanted(&plan).filter(|(_, m)| !unchanged.contains(m.env.as_str())) {
+    for (path, meta) in secrets::wanted(config, &plan).filter(|(_, m)| !unchanged.contains(m.env.as_str())) {
         if compared.remove(path.as_str()).is_none() {
             desired.insert(path, secrets::new_mariadb_secret(config, meta, now)?)?;
         }
@@ -253,7 +253,7 @@ pub fn rewrap(repo: &mut EnvRepo, config: &Config, identities: &[age::x25519::Id
     let author = envrepo::signature(&config.git)?;
     let mut wanted = config.secrets.age_recipients.clone();
     wanted.sort();
-    let suffix = format!("/{}", secrets::MARIADB_SECRET_FILE);
+    let suffix = format!("/{}", secrets::secret_file(config));
     for attempt in 1..=config.sync.max_attempts {
         let tip = repo.tip()?;
         let state = repo.read_state(tip)?;
@@ -269,15 +269,20 @@ pub fn rewrap(repo: &mut EnvRepo, config: &Config, identities: &[age::x25519::Id
             report.checked += 1;
             let bytes = repo.read_file(tip, path)?.unwrap_or_default();
             let what = || format!("rewrapping {path}");
-            let doc = crate::sops::parse_yaml(&String::from_utf8_lossy(&bytes))
-                .map_err(|source| Error::Secrets { what: what(), source })?;
+            let doc = crate::sops::parse_yaml(&String::from_utf8_lossy(&bytes)).map_err(|e| Error::Secrets {
+                what: what(),
+                source: Box::new(e),
+            })?;
             let mut current = crate::sops::recipients(&doc);
             current.sort();
             if current == wanted {
                 continue;
             }
-            let rewrapped = crate::sops::rewrap(&doc, identities, &config.secrets.age_recipients)
-                .map_err(|source| Error::Secrets { what: what(), source })?;
+            let rewrapped =
+                crate::sops::rewrap(&doc, identities, &config.secrets.age_recipients).map_err(|e| Error::Secrets {
+                    what: what(),
+                    source: Box::new(e),
+                })?;
             upserts.insert(path.as_str(), crate::yaml::to_string(&rewrapped)?)?;
             report.rewrapped += 1;
         }
