@@ -9,6 +9,12 @@ const ROUNDS: usize = 10;
 const NOW: &str = "2026-11-24T12:00:00Z";
 const CONFIG: &str = "project_id = \"shop\"\ndomain = \"preview.example.com\"\nimage = \"ghcr.io/acme/shop\"\ndatabases = [\"postgres\", \"mariadb\"]\nengine = \"flux\"\n";
 
+/// The config with a fresh age recipient, so every environment's MariaDB credentials are encrypted.
+fn config_text() -> String {
+    let recipient = age::x25519::Identity::generate().to_public();
+    format!("{CONFIG}[secrets]\nage_recipients = [\"{recipient}\"]\n")
+}
+
 fn snapshot() -> String {
     let prs: Vec<serde_json::Value> = (1..=PRS)
         .map(|n| {
@@ -38,7 +44,7 @@ fn stats(mut times: Vec<Duration>) -> (Duration, Duration) {
 
 fn main() {
     let json = snapshot();
-    let config = prenv::config::Config::parse(CONFIG, "bench").unwrap();
+    let config = prenv::config::Config::parse(&config_text(), "bench").unwrap();
     let now = NOW.parse().unwrap();
 
     let mut times = Vec::new();
@@ -59,7 +65,7 @@ fn main() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("prenv.toml"), CONFIG).unwrap();
+    std::fs::write(dir.path().join("prenv.toml"), config_text()).unwrap();
     std::fs::write(dir.path().join("prs.json"), &json).unwrap();
     let mut times = Vec::new();
     for round in 0..ROUNDS {

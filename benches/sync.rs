@@ -12,6 +12,12 @@ const ROUNDS: usize = 5;
 const NOW: &str = "2026-11-24T12:00:00Z";
 const CONFIG: &str = "project_id = \"shop\"\ndomain = \"preview.example.com\"\nimage = \"ghcr.io/acme/shop\"\ndatabases = [\"postgres\", \"mariadb\"]\nengine = \"flux\"\n";
 
+/// The config with a fresh age recipient, so every environment's MariaDB credentials are encrypted.
+fn config_text() -> String {
+    let recipient = age::x25519::Identity::generate().to_public();
+    format!("{CONFIG}[secrets]\nage_recipients = [\"{recipient}\"]\n")
+}
+
 fn snapshot(bumped: Option<u64>) -> String {
     let prs: Vec<serde_json::Value> = (1..=PRS)
         .map(|n| {
@@ -92,7 +98,7 @@ fn report(what: &str, ours: (Duration, i64), floor: (Duration, i64)) {
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("prenv.toml"), CONFIG).unwrap();
+    std::fs::write(d.join("prenv.toml"), config_text()).unwrap();
     std::fs::write(d.join("base.json"), snapshot(None)).unwrap();
     std::fs::write(d.join("bumped.json"), snapshot(Some(500))).unwrap();
 
