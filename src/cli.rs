@@ -111,8 +111,9 @@ pub struct RepoArgs {
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// A JSON array of pull requests in GitHub's REST shape (`GET /repos/{o}/{r}/pulls?state=all`).
+    /// Without it, PRs come from the GitHub API (`github.repository`, credentials from the environment).
     #[arg(long)]
-    pub prs: PathBuf,
+    pub prs: Option<PathBuf>,
 
     /// The time to decide with (RFC 3339), for reproducible runs; defaults to the system clock.
     #[arg(long, value_parser = parse_time)]

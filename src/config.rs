@@ -59,9 +59,11 @@ pub struct Config {
     /// Storage class for database volumes; unset means the cluster's default class.
     #[serde(default)]
     pub storage_class: Option<String>,
-    #[serde(default)]
+    /// Not part of [`Config::render_digest`]: where PRs come from and which get an environment decide
+    /// the plan, not the rendered files.
+    #[serde(default, skip_serializing)]
     pub github: GithubConfig,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub lifecycle: Lifecycle,
     #[serde(default)]
     pub quota: Quota,
@@ -160,8 +162,13 @@ impl Default for Sync {
 #[serde(deny_unknown_fields)]
 pub struct GithubConfig {
     /// `owner/name` of the application repository; PRs whose head lives elsewhere are forks.
-    /// Unset: the `base.repo.full_name` of each PR is used.
+    /// Unset: the `base.repo.full_name` of each PR is used (and `--prs` is required).
     pub repository: Option<String>,
+    /// The REST API root; unset: https://api.github.com.
+    pub api_url: Option<String>,
+    /// A GitHub App to authenticate as (its private key PEM in `PRENV_GITHUB_APP_KEY`).
+    pub app_id: Option<u64>,
+    pub installation_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -30,6 +30,10 @@ pub enum Error {
         message: String,
     },
 
+    /// GitHub refused, failed or rate-limited a request; nothing was pruned.
+    #[error("GitHub: {action}: {message}")]
+    Github { action: &'static str, message: String },
+
     /// The circuit breaker refused a run that would prune too many environments at once.
     #[error(
         "refusing to prune {prunes} of {existing} environments in one run (limit {limit_percent}% once more than {min_envs} exist): \
@@ -80,6 +84,7 @@ impl Error {
             Error::Render(_) => "render",
             Error::Git { .. } => "git",
             Error::MassPrune { .. } => "mass_prune",
+            Error::Github { .. } => "github",
             Error::Contention { .. } => "contention",
             Error::Secrets { .. } => "secrets",
             Error::Io { .. } => "io",

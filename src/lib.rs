@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod envrepo;
 pub mod error;
+pub mod github;
 pub mod kinds;
 pub mod naming;
 pub mod plan;

@@ -2,7 +2,7 @@
 
 mod cli;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -170,14 +170,34 @@ struct Inputs {
     now: DateTime<Utc>,
 }
 
-fn load_snapshot(args: &SnapshotArgs) -> anyhow::Result<Inputs> {
-    let text = std::fs::read_to_string(&args.prs)
-        .with_context(|| format!("reading pull-request snapshot {}", args.prs.display()))?;
-    let prs = pr::parse_snapshot(&text, &args.prs.display().to_string())?;
+/// The PRs from `--prs`, or from GitHub: open PRs plus a lookup of each PR in `with_envs` that the
+/// listing lacks (the positive evidence pruning needs).
+fn load_snapshot(config: &Config, args: &SnapshotArgs, with_envs: &BTreeSet<u64>) -> anyhow::Result<Inputs> {
+    let prs = match &args.prs {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading pull-request snapshot {}", path.display()))?;
+            pr::parse_snapshot(&text, &path.display().to_string())?
+        }
+        None => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            // octocrab's client must be built inside the runtime.
+            runtime.block_on(async { prenv::github::GitHub::from_env(config)?.snapshot(with_envs).await })?
+        }
+    };
     Ok(Inputs {
         prs,
         now: args.now.unwrap_or_else(Utc::now),
     })
+}
+
+/// PR numbers of the environments prenv has in a repository now.
+fn prs_with_envs(repo: &mut EnvRepo) -> anyhow::Result<BTreeSet<u64>> {
+    let tip = repo.tip()?;
+    Ok(repo.read_state(tip)?.envs.values().map(|m| m.pr).collect())
 }
 
 /// The parts of a rendered directory prenv may own: environments and wiring.
@@ -207,8 +227,9 @@ fn desire(config: &Config, inputs: &Inputs, current: &Tree) -> anyhow::Result<(P
 }
 
 fn render_cmd(config: &Config, args: &RenderArgs) -> anyhow::Result<Outcome> {
-    let inputs = load_snapshot(&args.snapshot)?;
     let current = read_current(&args.out)?;
+    let with_envs = state::existing_envs(&current).values().map(|m| m.pr).collect();
+    let inputs = load_snapshot(config, &args.snapshot, &with_envs)?;
     let (_plan, desired, changes) = desire(config, &inputs, &current)?;
     let templates = prenv::templates::missing(|top| args.out.join(top).exists())?;
     if args.check {
@@ -305,8 +326,13 @@ fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
 }
 
 fn plan_cmd(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
-    let inputs = load_snapshot(&args.snapshot)?;
     let mut repo = open_repo(config, &args.repo)?;
+    let with_envs = if args.snapshot.prs.is_none() {
+        prs_with_envs(&mut repo)?
+    } else {
+        BTreeSet::new()
+    };
+    let inputs = load_snapshot(config, &args.snapshot, &with_envs)?;
     let opts = SyncOptions {
         allow_mass_prune: args.view.allow_mass_prune,
     };
@@ -363,8 +389,13 @@ fn unified_diff(repo: &EnvRepo, prepared: &sync::Prepared) -> anyhow::Result<Str
 }
 
 fn sync_cmd(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
-    let inputs = load_snapshot(&args.snapshot)?;
     let mut repo = open_repo(config, &args.repo)?;
+    let with_envs = if args.snapshot.prs.is_none() {
+        prs_with_envs(&mut repo)?
+    } else {
+        BTreeSet::new()
+    };
+    let inputs = load_snapshot(config, &args.snapshot, &with_envs)?;
     let opts = SyncOptions {
         allow_mass_prune: args.view.allow_mass_prune,
     };
