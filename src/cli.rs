@@ -32,6 +32,8 @@ pub enum Commands {
     Plan(PlanArgs),
     /// Make the environments repository match the PRs: one commit when something changed, pushed.
     Sync(SyncArgs),
+    /// Receive GitHub webhooks and sync the affected PRs within a second (secret: PRENV_WEBHOOK_SECRET).
+    Serve(ServeArgs),
     /// Scan every commit of a repository for Secrets committed in plain text; exit 1 on any.
     Audit(AuditArgs),
     /// Encrypt, decrypt and re-key SOPS/age secrets.
@@ -82,6 +84,28 @@ pub struct RewrapArgs {
     pub repo: RepoArgs,
     #[command(flatten)]
     pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (POST /webhook, GET /healthz, GET /metrics).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+
+    #[command(flatten)]
+    pub repo: RepoArgs,
+
+    /// Wait this long for more events before syncing a burst.
+    #[arg(long, default_value_t = 200)]
+    pub debounce_ms: u64,
+
+    /// Full resync from the GitHub listing every this many seconds (the backstop); 0 disables it.
+    #[arg(long, default_value_t = 600)]
+    pub resync_secs: u64,
+
+    /// Larger webhook bodies are refused with 413.
+    #[arg(long, default_value_t = 5 * 1024 * 1024)]
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@ pub mod quantity;
 pub mod render;
 pub mod sealed;
 pub mod secrets;
+pub mod serve;
 pub mod sops;
 pub mod state;
 pub mod sync;

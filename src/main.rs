@@ -19,7 +19,7 @@ use prenv::tree::Tree;
 
 use cli::{
     AuditArgs, Cli, Commands, DecryptArgs, EncryptArgs, IdentityArgs, Output, PlanArgs, RenderArgs, RepoArgs,
-    RewrapArgs, SecretsCommand, SnapshotArgs, SyncArgs,
+    RewrapArgs, SecretsCommand, ServeArgs, SnapshotArgs, SyncArgs,
 };
 use prenv::envrepo::EnvRepo;
 use prenv::sync::{self, SyncOptions};
@@ -61,6 +61,7 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Commands::Plan(args) => plan_cmd(&config()?, args),
         Commands::Sync(args) => sync_cmd(&config()?, args),
         Commands::Audit(args) => audit_cmd(args),
+        Commands::Serve(args) => serve_cmd(&config()?, args),
         Commands::Secrets(SecretsCommand::Encrypt(args)) => encrypt_cmd(&config()?, args),
         Commands::Secrets(SecretsCommand::Decrypt(args)) => decrypt_cmd(args),
         Commands::Secrets(SecretsCommand::Rewrap(args)) => rewrap_cmd(&config()?, args),
@@ -293,6 +294,13 @@ fn write_render(dir: &Path, desired: &Tree, templates: &Tree, changes: &Changes)
 
 /// Opens the repository named by `--repo`, the config, or the embedded default (created on first use).
 fn open_repo(config: &Config, args: &RepoArgs) -> anyhow::Result<EnvRepo> {
+    let (location, create, cache_dir) = resolve_repo(config, args)?;
+    Ok(EnvRepo::open(&location, &config.git, &cache_dir, create)?)
+}
+
+/// Where the repository is (`--repo`, `git.url`, or the embedded default, which may be created),
+/// and where remote clones are cached.
+fn resolve_repo(config: &Config, args: &RepoArgs) -> anyhow::Result<(String, bool, PathBuf)> {
     let cache_dir = args
         .cache_dir
         .clone()
@@ -308,7 +316,32 @@ fn open_repo(config: &Config, args: &RepoArgs) -> anyhow::Result<EnvRepo> {
             (path.display().to_string(), true)
         }
     };
-    Ok(EnvRepo::open(&location, &config.git, &cache_dir, create)?)
+    Ok((location, create, cache_dir))
+}
+
+fn serve_cmd(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {
+    let secret = std::env::var("PRENV_WEBHOOK_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .context("PRENV_WEBHOOK_SECRET is not set: the receiver refuses to run without the webhook secret it verifies signatures with")?;
+    let (location, create, cache_dir) = resolve_repo(config, &args.repo)?;
+    // Open once now: a bad repository is an error at start, not at the first event.
+    drop(EnvRepo::open(&location, &config.git, &cache_dir, create)?);
+    let options = prenv::serve::ServeOptions {
+        listen: args.listen,
+        secret: secret.into_bytes(),
+        max_body: args.max_body_bytes,
+        debounce: std::time::Duration::from_millis(args.debounce_ms),
+        resync: (args.resync_secs > 0).then(|| std::time::Duration::from_secs(args.resync_secs)),
+        repo: location,
+        cache_dir,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(prenv::serve::serve(config.clone(), options))?;
+    Ok(Outcome::Clean)
 }
 
 /// The embedded default environments repository: `$XDG_DATA_HOME/prenv/environments.git`.
