@@ -342,3 +342,46 @@ async fn a_github_app_exchanges_its_jwt_for_installation_tokens_and_refreshes_th
         "a credential was logged"
     );
 }
+
+#[tokio::test]
+async fn the_periodic_full_resync_catches_what_no_webhook_reported() {
+    let f = Fixture::with_envs(&[open_pr(1)]);
+    let server = MockServer::start().await;
+    // PR 9 opened without a webhook reaching prenv; PR 1 was closed the same way.
+    listing(vec![open_pr(9)]).mount(&server).await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/pulls/1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(closed_pr(1)))
+        .mount(&server)
+        .await;
+    write_config(f.dir.path(), &config(&server.uri(), ""));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prenv"))
+        .args([
+            "--config",
+            s(&f.dir.path().join("prenv.toml")),
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--repo", s(&f.remote), "--resync-secs", "1"])
+        .env("PRENV_WEBHOOK_SECRET", "x")
+        .env("GITHUB_TOKEN", "ghp_test")
+        .env("PRENV_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while f.envs() != ["shop-pr-9"] {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the resync did not converge: {:?}", f.envs());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
