@@ -128,6 +128,9 @@ impl FluxKustomization {
                 "wait": true,
                 "sourceRef": {"kind": "GitRepository", "name": flux.source},
                 "decryption": {"provider": "sops", "secretRef": {"name": flux.sops_secret}},
+                // In the spec so that every new head commit bumps the generation: the watcher counts
+                // Ready only when observedGeneration has caught up, i.e. for this very commit.
+                "commonMetadata": {"annotations": {labels::HEAD_SHA: meta.head_sha}},
             }),
         }
     }

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod config;
 pub mod envrepo;
+pub mod envstate;
 pub mod error;
 pub mod github;
 pub mod kinds;
