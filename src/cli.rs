@@ -34,6 +34,9 @@ pub enum Commands {
     Sync(SyncArgs),
     /// Receive GitHub webhooks and sync the affected PRs within a second (secret: PRENV_WEBHOOK_SECRET).
     Serve(ServeArgs),
+    /// Watch the environments in the cluster and report their state onto their PRs (kubeconfig or
+    /// in-cluster credentials; GitHub credentials as for sync).
+    Watch(WatchArgs),
     /// Scan every commit of a repository for Secrets committed in plain text; exit 1 on any.
     Audit(AuditArgs),
     /// Encrypt, decrypt and re-key SOPS/age secrets.
@@ -106,6 +109,13 @@ pub struct ServeArgs {
     /// Larger webhook bodies are refused with 413.
     #[arg(long, default_value_t = 5 * 1024 * 1024)]
     pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Address for GET /healthz and GET /metrics.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]

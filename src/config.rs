@@ -77,6 +77,9 @@ pub struct Config {
     pub argocd: ArgoCd,
     #[serde(default)]
     pub secrets: Secrets,
+    /// Not part of [`Config::render_digest`]: how the watcher reports changes no rendered file.
+    #[serde(default, skip_serializing)]
+    pub watch: Watch,
     /// Not part of [`Config::render_digest`]: where and how to commit changes no rendered file.
     #[serde(default, skip_serializing)]
     pub git: Git,
@@ -103,6 +106,25 @@ pub enum SecretsBackend {
     #[default]
     Sops,
     SealedSecrets,
+}
+
+/// How `prenv watch` reports on PRs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Watch {
+    /// The commit status context on the head SHA.
+    pub status_context: String,
+    /// Grafana's base URL, for the dashboard and Loki links in the PR comment; unset omits them.
+    pub grafana_url: Option<String>,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            status_context: "prenv/preview".into(),
+            grafana_url: None,
+        }
+    }
 }
 
 /// The environments repository and how prenv commits to it.

@@ -60,6 +60,8 @@ pub struct Observed {
     pub state: EnvState,
     /// When the object was created in the cluster.
     pub created: Option<DateTime<Utc>>,
+    /// The databases of the environment, as its object's annotation lists them.
+    pub databases: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +217,7 @@ pub fn from_flux(value: &serde_json::Value) -> Result<Observed, String> {
         pr,
         head_sha,
         url,
+        databases: obj.metadata.annotations.get(labels::DATABASES).cloned(),
         state,
         created: obj.metadata.creation_timestamp,
     })
@@ -262,6 +265,7 @@ pub fn from_argo(value: &serde_json::Value) -> Result<Observed, String> {
         pr,
         head_sha,
         url,
+        databases: obj.metadata.annotations.get(labels::DATABASES).cloned(),
         state,
         created: obj.metadata.creation_timestamp,
     })

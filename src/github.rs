@@ -35,6 +35,26 @@ pub struct GitHub {
     client: Octocrab,
     owner: String,
     repo: String,
+    /// Requests by outcome and the last rate-limit budget seen, for `/metrics`.
+    pub stats: std::sync::Arc<Stats>,
+}
+
+/// What the GitHub client did, for metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub retried: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// `x-ratelimit-remaining` of the last response; -1 before any.
+    pub rate_limit_remaining: std::sync::atomic::AtomicI64,
+}
+
+/// The HTTP methods prenv uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Patch,
 }
 
 impl GitHub {
@@ -82,10 +102,15 @@ impl GitHub {
                 builder.personal_token(token).build().map_err(|e| err(e.to_string()))?
             }
         };
+        let stats = Stats::default();
+        stats
+            .rate_limit_remaining
+            .store(-1, std::sync::atomic::Ordering::Relaxed);
         Ok(GitHub {
             client,
             owner: owner.to_string(),
             repo: repo.to_string(),
+            stats: std::sync::Arc::new(stats),
         })
     }
 
@@ -129,18 +154,60 @@ impl GitHub {
 
     /// GET with retries on server errors and rate limits; returns the body and the Link header.
     async fn get(&self, url: &str) -> Result<(String, Option<String>)> {
-        let fail = |m: String| Error::Github {
-            action: "reading from GitHub",
-            message: m,
+        self.send(Method::Get, url, None).await
+    }
+
+    /// `repos/{owner}/{repo}` prefixed to `rest`.
+    pub fn repo_path(&self, rest: &str) -> String {
+        format!("/repos/{}/{}/{rest}", self.owner, self.repo)
+    }
+
+    /// A JSON request with the same retries as reads; returns the parsed body and the Link header.
+    pub async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(serde_json::Value, Option<String>)> {
+        let (text, link) = self.send(method, url, body).await?;
+        let value = if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).map_err(|e| Error::Github {
+                action: "reading a GitHub answer",
+                message: format!("{url}: {e}"),
+            })?
+        };
+        Ok((value, link))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(String, Option<String>)> {
+        use std::sync::atomic::Ordering;
+        let fail = |m: String| {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            Error::Github {
+                action: if method == Method::Get {
+                    "reading from GitHub"
+                } else {
+                    "writing to GitHub"
+                },
+                message: m,
+            }
         };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let response = self
-                .client
-                ._get(url)
-                .await
-                .map_err(|e| fail(format!("{url}: {}", short_error(&e))))?;
+            let response = match method {
+                Method::Get => self.client._get(url).await,
+                Method::Post => self.client._post(url, body).await,
+                Method::Patch => self.client._patch(url, body).await,
+            }
+            .map_err(|e| fail(format!("{url}: {}", short_error(&e))))?;
             let status = response.status();
             let header = |name: &str| {
                 response
@@ -155,6 +222,9 @@ impl GitHub {
             let link = header("link");
             if let Some(remaining) = &remaining {
                 tracing::info!(remaining = %remaining, "GitHub rate-limit budget");
+                if let Ok(n) = remaining.parse::<i64>() {
+                    self.stats.rate_limit_remaining.store(n, Ordering::Relaxed);
+                }
             }
             let body = self
                 .client
@@ -162,6 +232,7 @@ impl GitHub {
                 .await
                 .map_err(|e| fail(format!("{url}: {}", short_error(&e))))?;
             if status.is_success() {
+                self.stats.ok.fetch_add(1, Ordering::Relaxed);
                 return Ok((body, link));
             }
             let limited = status == StatusCode::TOO_MANY_REQUESTS
@@ -179,6 +250,7 @@ impl GitHub {
             };
             match wait {
                 Some(wait) if attempt < ATTEMPTS && wait <= MAX_RATE_LIMIT_WAIT => {
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         status = status.as_u16(),
                         wait_ms = wait.as_millis() as u64,
@@ -189,8 +261,13 @@ impl GitHub {
                 }
                 _ => {
                     let what = if limited { "rate limited" } else { "answered" };
+                    let consequence = if method == Method::Get {
+                        "nothing was pruned"
+                    } else {
+                        "retried on the next change"
+                    };
                     return Err(fail(format!(
-                        "{url}: {what} {} after {attempt} attempts: {}; nothing was pruned",
+                        "{url}: {what} {} after {attempt} attempts: {}; {consequence}",
                         status.as_u16(),
                         github_message(&body)
                     )));
@@ -201,7 +278,7 @@ impl GitHub {
 }
 
 /// The `rel="next"` URL of a Link header.
-fn next_link(link: &str) -> Option<String> {
+pub fn next_link(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {
         let (url, rel) = part.split_once(';')?;
         rel.contains("rel=\"next\"")

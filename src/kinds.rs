@@ -166,7 +166,11 @@ pub fn application_set(config: &Config, meta_glob: &str) -> Value {
                         labels::ENV: "{{.env}}",
                         labels::PR: "{{.pr}}",
                     },
-                    "annotations": {labels::HEAD_SHA: "{{.head_sha}}", labels::URL: "{{.url}}"},
+                    "annotations": {
+                        labels::HEAD_SHA: "{{.head_sha}}",
+                        labels::URL: "{{.url}}",
+                        labels::DATABASES: "{{ join \",\" .databases }}",
+                    },
                     // Deleting the Application deletes what it deployed, namespace included.
                     "finalizers": ["resources-finalizer.argocd.argoproj.io"],
                 },

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod pr;
 pub mod quantity;
 pub mod render;
+pub mod report;
 pub mod sealed;
 pub mod secrets;
 pub mod serve;
@@ -23,6 +24,7 @@ pub mod state;
 pub mod sync;
 pub mod templates;
 pub mod tree;
+pub mod watch;
 pub mod yaml;
 
 pub use error::{Error, Result};

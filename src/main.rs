@@ -19,7 +19,7 @@ use prenv::tree::Tree;
 
 use cli::{
     AuditArgs, Cli, Commands, DecryptArgs, EncryptArgs, IdentityArgs, Output, PlanArgs, RenderArgs, RepoArgs,
-    RewrapArgs, SecretsCommand, ServeArgs, SnapshotArgs, SyncArgs,
+    RewrapArgs, SecretsCommand, ServeArgs, SnapshotArgs, SyncArgs, WatchArgs,
 };
 use prenv::envrepo::EnvRepo;
 use prenv::sync::{self, SyncOptions};
@@ -62,6 +62,7 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Commands::Sync(args) => sync_cmd(&config()?, args),
         Commands::Audit(args) => audit_cmd(args),
         Commands::Serve(args) => serve_cmd(&config()?, args),
+        Commands::Watch(args) => watch_cmd(&config()?, args),
         Commands::Secrets(SecretsCommand::Encrypt(args)) => encrypt_cmd(&config()?, args),
         Commands::Secrets(SecretsCommand::Decrypt(args)) => decrypt_cmd(args),
         Commands::Secrets(SecretsCommand::Rewrap(args)) => rewrap_cmd(&config()?, args),
@@ -317,6 +318,33 @@ fn resolve_repo(config: &Config, args: &RepoArgs) -> anyhow::Result<(String, boo
         }
     };
     Ok((location, create, cache_dir))
+}
+
+fn watch_cmd(config: &Config, args: &WatchArgs) -> anyhow::Result<Outcome> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let github = prenv::github::GitHub::from_env(config)?;
+        let stats = github.stats.clone();
+        let settings = prenv::report::ReportSettings {
+            context: config.watch.status_context.clone(),
+            grafana_url: config.watch.grafana_url.clone(),
+        };
+        let reporter = prenv::report::Reporter::new(github, settings);
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to Kubernetes (in-cluster service account, or KUBECONFIG)")?;
+        let metrics = std::sync::Arc::new(prenv::watch::WatchMetrics::default());
+        let server = tokio::spawn(prenv::watch::serve_metrics(args.listen, metrics.clone(), stats));
+        tokio::select! {
+            result = prenv::watch::watch(config, client, reporter, metrics) => result?,
+            result = server => result.context("metrics server")??,
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        }
+        anyhow::Ok(Outcome::Clean)
+    })
 }
 
 fn serve_cmd(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {

@@ -43,6 +43,7 @@ pub mod labels {
     pub const HEAD_SHA: &str = "prenv.dev/head-sha";
     pub const HEAD_REF: &str = "prenv.dev/head-ref";
     pub const URL: &str = "prenv.dev/url";
+    pub const DATABASES: &str = "prenv.dev/databases";
 }
 
 /// Pod Security Standard every preview namespace enforces (RNF-09).
@@ -75,7 +76,11 @@ pub fn render_selected(config: &Config, plan: &Plan, wanted: impl Fn(&EnvMeta) -
         }
         render_env(config, meta, &shared[&meta.databases], &mut tree)?;
         if config.engine == Engine::Flux {
-            let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), env_annotations(meta));
+            // The watcher reads the database kinds from here for the PR comment.
+            let mut annotations = env_annotations(meta);
+            let dbs: Vec<&str> = meta.databases.iter().map(|d| d.name()).collect();
+            annotations.insert(labels::DATABASES.into(), dbs.join(","));
+            let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), annotations);
             tree.insert(flux_file(meta.env.as_str()), yaml::to_string(&object)?)?;
         }
     }

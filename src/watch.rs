@@ -1,0 +1,231 @@
+//! `prenv watch`: runs in the cluster, watches the Flux Kustomizations (or Argo CD Applications) that
+//! prenv's wiring creates, and reports each environment's state onto its PR. It never crashes on a
+//! strange object (logged and skipped), never posts on the wrong PR (the PR comes from prenv's own
+//! label), and writes to GitHub only when a state changes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::config::{Config, Engine};
+use crate::envstate::{self, EnvState, Observed};
+use crate::error::{Error, Result};
+use crate::report::Reporter;
+
+/// Buckets (seconds) of the open→ready and close→gone histograms.
+const BUCKETS: [f64; 9] = [30.0, 60.0, 120.0, 180.0, 300.0, 420.0, 600.0, 900.0, 1800.0];
+
+/// Prometheus metrics of the watcher.
+#[derive(Default)]
+pub struct WatchMetrics {
+    open_to_ready: Histogram,
+    close_to_gone: Histogram,
+    states: Mutex<BTreeMap<String, &'static str>>,
+    pub skipped_objects: AtomicU64,
+    pub report_errors: AtomicU64,
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_millis: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, seconds: f64) {
+        for (b, le) in self.buckets.iter().zip(BUCKETS) {
+            if seconds <= le {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_millis.fetch_add((seconds * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        for (b, le) in self.buckets.iter().zip(BUCKETS) {
+            out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {}\n", b.load(Ordering::Relaxed)));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
+        out.push_str(&format!(
+            "{name}_sum {}\n{name}_count {count}\n",
+            self.sum_millis.load(Ordering::Relaxed) as f64 / 1000.0
+        ));
+    }
+}
+
+impl WatchMetrics {
+    pub fn render(&self, github: &crate::github::Stats) -> String {
+        let mut out = String::new();
+        self.open_to_ready.render(
+            "prenv_open_to_ready_seconds",
+            "From the environment's object appearing to Ready.",
+            &mut out,
+        );
+        self.close_to_gone.render(
+            "prenv_close_to_gone_seconds",
+            "From deletion starting to the object gone.",
+            &mut out,
+        );
+        out.push_str("# HELP prenv_environments Environments by state.\n# TYPE prenv_environments gauge\n");
+        let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+        for state in self.states.lock().expect("metrics lock").values() {
+            *by_state.entry(state).or_default() += 1;
+        }
+        for state in ["committed", "reconciling", "ready", "failed", "destroying"] {
+            out.push_str(&format!(
+                "prenv_environments{{state=\"{state}\"}} {}\n",
+                by_state.get(state).copied().unwrap_or(0)
+            ));
+        }
+        out.push_str("# HELP prenv_github_requests_total GitHub requests by outcome.\n# TYPE prenv_github_requests_total counter\n");
+        for (outcome, n) in [
+            ("ok", &github.ok),
+            ("retried", &github.retried),
+            ("failed", &github.failed),
+        ] {
+            out.push_str(&format!(
+                "prenv_github_requests_total{{outcome=\"{outcome}\"}} {}\n",
+                n.load(Ordering::Relaxed)
+            ));
+        }
+        out.push_str("# HELP prenv_github_rate_limit_remaining The last x-ratelimit-remaining seen (-1: none yet).\n# TYPE prenv_github_rate_limit_remaining gauge\n");
+        out.push_str(&format!(
+            "prenv_github_rate_limit_remaining {}\n",
+            github.rate_limit_remaining.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP prenv_watch_skipped_objects_total Objects that could not be read.\n# TYPE prenv_watch_skipped_objects_total counter\nprenv_watch_skipped_objects_total {}\n",
+            self.skipped_objects.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP prenv_watch_report_errors_total Failed reports (retried on the next event).\n# TYPE prenv_watch_report_errors_total counter\nprenv_watch_report_errors_total {}\n",
+            self.report_errors.load(Ordering::Relaxed)
+        ));
+        out
+    }
+}
+
+/// The kind prenv's wiring creates for the configured engine.
+pub fn api_resource(engine: Engine) -> ApiResource {
+    let (group, version, kind, plural) = match engine {
+        Engine::Flux => ("kustomize.toolkit.fluxcd.io", "v1", "Kustomization", "kustomizations"),
+        Engine::Argocd => ("argoproj.io", "v1alpha1", "Application", "applications"),
+    };
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+/// Watches and reports until the stream ends (it does not, short of a shutdown).
+pub async fn watch(
+    config: &Config,
+    client: kube::Client,
+    mut reporter: Reporter,
+    metrics: Arc<WatchMetrics>,
+) -> Result<()> {
+    let namespace = match config.engine {
+        Engine::Flux => config.flux.namespace.clone(),
+        Engine::Argocd => config.argocd.namespace.clone(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &namespace, &api_resource(config.engine));
+    let selector = format!("{}={}", crate::render::labels::MANAGED_BY, crate::plan::GENERATOR);
+    let mut stream = watcher(api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .boxed();
+    let read = match config.engine {
+        Engine::Flux => envstate::from_flux,
+        Engine::Argocd => envstate::from_argo,
+    };
+    let mut ready_seen: BTreeMap<String, bool> = BTreeMap::new();
+    loop {
+        let event = match stream.try_next().await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "watch interrupted; retrying with backoff");
+                continue;
+            }
+        };
+        let (object, deleted) = match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => (o, false),
+            watcher::Event::Delete(o) => (o, true),
+            watcher::Event::Init | watcher::Event::InitDone => continue,
+        };
+        let value = match serde_json::to_value(&object) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "object not serializable; skipped");
+                metrics.skipped_objects.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let mut observed: Observed = match read(&value) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "object not readable as a prenv environment; skipped");
+                metrics.skipped_objects.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let now = Utc::now();
+        if deleted {
+            observed.state = EnvState::Destroyed;
+            if let Some(since) = object.metadata.deletion_timestamp.as_ref().map(|t| t.0) {
+                metrics
+                    .close_to_gone
+                    .observe((now.timestamp_millis() - since.as_millisecond()) as f64 / 1000.0);
+            }
+            metrics.states.lock().expect("metrics lock").remove(&observed.env);
+            ready_seen.remove(&observed.env);
+        } else {
+            metrics
+                .states
+                .lock()
+                .expect("metrics lock")
+                .insert(observed.env.clone(), observed.state.word());
+            if observed.state == EnvState::Ready && !ready_seen.get(&observed.env).copied().unwrap_or(false) {
+                ready_seen.insert(observed.env.clone(), true);
+                if let Some(created) = observed.created {
+                    metrics
+                        .open_to_ready
+                        .observe((now - created).num_milliseconds() as f64 / 1000.0);
+                }
+            }
+        }
+        if let Err(e) = reporter.report(&observed, now).await {
+            metrics.report_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(pr = observed.pr, env = %observed.env, error = %e, "reporting failed; the next event retries");
+        }
+    }
+}
+
+/// Serves `/healthz` and `/metrics` for the watcher.
+pub async fn serve_metrics(
+    listen: SocketAddr,
+    metrics: Arc<WatchMetrics>,
+    github: Arc<crate::github::Stats>,
+) -> Result<()> {
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (m, g) = (metrics.clone(), github.clone());
+                async move { m.render(&g) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::io("listening on", listen.to_string(), e))?;
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| Error::io("serving on", listen.to_string(), e))
+}
