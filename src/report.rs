@@ -143,6 +143,10 @@ impl Reporter {
     }
 
     async fn deployment(&mut self, obs: &Observed, marker: &mut Marker) -> Result<()> {
+        // Destroying already marked the deployment inactive.
+        if obs.state == EnvState::Destroyed && self.known.get(&obs.env).is_some_and(|m| m.state == "destroying") {
+            return Ok(());
+        }
         let id = match marker.deployment {
             Some(id) => id,
             None if matches!(obs.state, EnvState::Destroying | EnvState::Destroyed) => return Ok(()),
