@@ -355,10 +355,7 @@ async fn a_full_lifecycle_posts_statuses_one_deployment_and_one_comment_and_a_re
         .iter()
         .map(|d| d.1.clone())
         .collect();
-    assert_eq!(
-        deployment_states,
-        ["in_progress", "in_progress", "success", "inactive"]
-    );
+    assert_eq!(deployment_states, ["in_progress", "in_progress", "success", "inactive"]);
     let success = hub
         .deployment_statuses
         .lock()
