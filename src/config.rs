@@ -116,6 +116,9 @@ pub struct Watch {
     pub status_context: String,
     /// Grafana's base URL, for the dashboard and Loki links in the PR comment; unset omits them.
     pub grafana_url: Option<String>,
+    /// An environment still terminating this long after deletion started is flagged on the PR and
+    /// in `prenv_environments_terminating_too_long` (the product promises gone within 5 minutes).
+    pub terminating_alert_secs: u64,
 }
 
 impl Default for Watch {
@@ -123,6 +126,7 @@ impl Default for Watch {
         Watch {
             status_context: "prenv/preview".into(),
             grafana_url: None,
+            terminating_alert_secs: 300,
         }
     }
 }

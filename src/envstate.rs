@@ -62,6 +62,8 @@ pub struct Observed {
     pub created: Option<DateTime<Utc>>,
     /// The databases of the environment, as its object's annotation lists them.
     pub databases: Option<String>,
+    /// Still terminating longer than the watcher's alert threshold after deletion started.
+    pub stuck: bool,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +220,7 @@ pub fn from_flux(value: &serde_json::Value) -> Result<Observed, String> {
         head_sha,
         url,
         databases: obj.metadata.annotations.get(labels::DATABASES).cloned(),
+        stuck: false,
         state,
         created: obj.metadata.creation_timestamp,
     })
@@ -266,6 +269,7 @@ pub fn from_argo(value: &serde_json::Value) -> Result<Observed, String> {
         head_sha,
         url,
         databases: obj.metadata.annotations.get(labels::DATABASES).cloned(),
+        stuck: false,
         state,
         created: obj.metadata.creation_timestamp,
     })

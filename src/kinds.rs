@@ -126,6 +126,9 @@ impl FluxKustomization {
                 "path": format!("./{}", crate::render::env_dir(meta.env.as_str())),
                 "prune": true,
                 "wait": true,
+                // Deleting the Kustomization completes only when the namespace (volumes included) is
+                // gone, so the watcher's "destroyed" means gone and close->gone is measured honestly.
+                "deletionPolicy": "WaitForTermination",
                 "sourceRef": {"kind": "GitRepository", "name": flux.source},
                 "decryption": {"provider": "sops", "secretRef": {"name": flux.sops_secret}},
                 // In the spec so that every new head commit bumps the generation: the watcher counts

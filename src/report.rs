@@ -15,6 +15,8 @@ use crate::github::{GitHub, Method};
 /// The deployment budget the product promises (RNF-01): ready within 10 minutes.
 pub const READY_BUDGET_SECS: i64 = 600;
 const MARKER_PREFIX: &str = "<!-- prenv:";
+/// The marker state of an environment still terminating past the alert threshold.
+const STUCK: &str = "destroying-stuck";
 
 /// How the watcher reports, from `[watch]` in prenv.toml.
 #[derive(Debug, Clone)]
@@ -38,6 +40,7 @@ pub struct Marker {
 impl Marker {
     fn render(&self) -> String {
         let deployment = self.deployment.map(|d| format!(" deployment={d}")).unwrap_or_default();
+        debug_assert!(!self.state.contains(char::is_whitespace));
         format!(
             "{MARKER_PREFIX}env={} state={} sha={}{deployment} -->",
             self.env, self.state, self.sha
@@ -102,7 +105,8 @@ impl Reporter {
         if steps.last().map(|(s, _)| s.as_str()) != Some(obs.state.word()) {
             steps.push((obs.state.word().to_string(), now));
         }
-        if marker.state == obs.state.word() && marker.sha == obs.head_sha {
+        let word = if obs.stuck { STUCK } else { obs.state.word() };
+        if marker.state == word && marker.sha == obs.head_sha {
             self.known.insert(obs.env.clone(), marker);
             return Ok(false);
         }
@@ -110,15 +114,18 @@ impl Reporter {
         let _guard = span.enter();
         let mut next = Marker {
             env: obs.env.clone(),
-            state: obs.state.word().to_string(),
+            state: word.to_string(),
             sha: obs.head_sha.clone(),
             deployment: marker.deployment.filter(|_| marker.sha == obs.head_sha),
             comment: marker.comment,
         };
-        if obs.state != EnvState::Destroyed {
-            self.commit_status(obs).await?;
+        // Stuck is news for people (the comment), not a new deployment or commit state.
+        if !obs.stuck {
+            if obs.state != EnvState::Destroyed {
+                self.commit_status(obs).await?;
+            }
+            self.deployment(obs, &mut next).await?;
         }
-        self.deployment(obs, &mut next).await?;
         self.comment(obs, &mut next, now).await?;
         tracing::info!("reported");
         self.known.insert(obs.env.clone(), next);
@@ -144,7 +151,12 @@ impl Reporter {
 
     async fn deployment(&mut self, obs: &Observed, marker: &mut Marker) -> Result<()> {
         // Destroying already marked the deployment inactive.
-        if obs.state == EnvState::Destroyed && self.known.get(&obs.env).is_some_and(|m| m.state == "destroying") {
+        if obs.state == EnvState::Destroyed
+            && self
+                .known
+                .get(&obs.env)
+                .is_some_and(|m| m.state.starts_with("destroying"))
+        {
             return Ok(());
         }
         let id = match marker.deployment {
@@ -260,6 +272,9 @@ impl Reporter {
                 .map(|(s, t)| format!("{s} {}", t.format("%H:%M:%S")))
                 .collect();
             text.push_str(&format!("| Timeline | {} |\n", line.join(" → ")));
+        }
+        if obs.stuck {
+            text.push_str("| ⚠️ | The namespace is still terminating more than 5 minutes after close: check for stuck finalizers or volumes |\n");
         }
         if let Some(created) = obs.created {
             let elapsed = (now - created).num_seconds().max(0);

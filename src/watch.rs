@@ -27,6 +27,7 @@ pub struct WatchMetrics {
     open_to_ready: Histogram,
     close_to_gone: Histogram,
     states: Mutex<BTreeMap<String, &'static str>>,
+    terminating_too_long: AtomicU64,
     pub skipped_objects: AtomicU64,
     pub report_errors: AtomicU64,
 }
@@ -87,6 +88,10 @@ impl WatchMetrics {
                 by_state.get(state).copied().unwrap_or(0)
             ));
         }
+        out.push_str(&format!(
+            "# HELP prenv_environments_terminating_too_long Environments still terminating past the alert threshold.\n# TYPE prenv_environments_terminating_too_long gauge\nprenv_environments_terminating_too_long {}\n",
+            self.terminating_too_long.load(Ordering::Relaxed)
+        ));
         out.push_str("# HELP prenv_github_requests_total GitHub requests by outcome.\n# TYPE prenv_github_requests_total counter\n");
         for (outcome, n) in [
             ("ok", &github.ok),
@@ -145,8 +150,30 @@ pub async fn watch(
         Engine::Argocd => envstate::from_argo,
     };
     let mut ready_seen: BTreeMap<String, bool> = BTreeMap::new();
+    let alert = chrono::Duration::seconds(i64::try_from(config.watch.terminating_alert_secs).unwrap_or(i64::MAX));
+    // Environments being deleted: what was observed, since when, and whether it was flagged.
+    let mut terminating: BTreeMap<String, (Observed, chrono::DateTime<Utc>, bool)> = BTreeMap::new();
+    let tick_every = std::time::Duration::from_secs(config.watch.terminating_alert_secs.clamp(1, 30));
+    let mut tick = tokio::time::interval(tick_every);
     loop {
-        let event = match stream.try_next().await {
+        let next = tokio::select! {
+            next = stream.try_next() => next,
+            _ = tick.tick() => {
+                let now = Utc::now();
+                for (obs, since, flagged) in terminating.values_mut().filter(|(_, since, f)| !*f && now - *since >= alert) {
+                    *flagged = true;
+                    metrics.terminating_too_long.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(env = %obs.env, since = %since, "environment still terminating past the alert threshold");
+                    let stuck = Observed { stuck: true, ..obs.clone() };
+                    if let Err(e) = reporter.report(&stuck, now).await {
+                        metrics.report_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(env = %stuck.env, error = %e, "reporting failed");
+                    }
+                }
+                continue;
+            }
+        };
+        let event = match next {
             Ok(Some(event)) => event,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -176,7 +203,16 @@ pub async fn watch(
             }
         };
         let now = Utc::now();
+        if observed.state == EnvState::Destroying && !terminating.contains_key(&observed.env) {
+            let since = object.metadata.deletion_timestamp.as_ref().map_or(now, |t| {
+                chrono::DateTime::from_timestamp_millis(t.0.as_millisecond()).unwrap_or(now)
+            });
+            terminating.insert(observed.env.clone(), (observed.clone(), since, false));
+        }
         if deleted {
+            if terminating.remove(&observed.env).is_some_and(|(_, _, flagged)| flagged) {
+                metrics.terminating_too_long.fetch_sub(1, Ordering::Relaxed);
+            }
             observed.state = EnvState::Destroyed;
             if let Some(since) = object.metadata.deletion_timestamp.as_ref().map(|t| t.0) {
                 metrics

@@ -203,7 +203,8 @@ fn kustomization(generation: i64, observed: i64, ready: Option<&str>, deleting: 
         o["status"]["conditions"] = json!([{"type": "Ready", "status": status, "reason": if status == "True" { "ReconciliationSucceeded" } else { "Progressing" }, "message": "", "lastTransitionTime": "2026-11-24T12:01:00Z"}]);
     }
     if deleting {
-        o["metadata"]["deletionTimestamp"] = json!("2026-11-24T13:00:00Z");
+        o["metadata"]["deletionTimestamp"] =
+            json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     }
     o
 }
@@ -217,7 +218,7 @@ impl Drop for Watcher {
     }
 }
 
-fn start_watcher(dir: &std::path::Path, kube_port: u16, hub_port: u16) -> Watcher {
+fn start_watcher(dir: &std::path::Path, kube_port: u16, hub_port: u16, alert_secs: u64) -> Watcher {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -229,7 +230,7 @@ fn start_watcher(dir: &std::path::Path, kube_port: u16, hub_port: u16) -> Watche
     let config = write_config(
         dir,
         &format!(
-            "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\n[github]\nrepository = \"acme/shop\"\napi_url = \"http://127.0.0.1:{hub_port}\"\n[watch]\ngrafana_url = \"https://grafana.example.com\"\n"
+            "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\n[github]\nrepository = \"acme/shop\"\napi_url = \"http://127.0.0.1:{hub_port}\"\n[watch]\ngrafana_url = \"https://grafana.example.com\"\nterminating_alert_secs = {alert_secs}\n"
         ),
     );
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
@@ -262,9 +263,8 @@ async fn until(what: &str, check: impl Fn() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_lifecycle_posts_statuses_one_deployment_and_one_comment_and_a_restart_posts_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+/// The fake Kubernetes API (with `shop-pr-7` committed) and the fake GitHub, both serving.
+async fn fakes() -> (Kube, u16, Hub, u16) {
     let kube = Kube::new();
     kube.put("ADDED", kustomization(1, 0, None, false));
     let kube_port = serve(
@@ -294,8 +294,14 @@ async fn a_full_lifecycle_posts_statuses_one_deployment_and_one_comment_and_a_re
             .with_state(hub.clone()),
     )
     .await;
+    (kube, kube_port, hub, hub_port)
+}
 
-    let watcher = start_watcher(dir.path(), kube_port, hub_port);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_lifecycle_posts_statuses_one_deployment_and_one_comment_and_a_restart_posts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kube_port, hub, hub_port) = fakes().await;
+    let watcher = start_watcher(dir.path(), kube_port, hub_port, 300);
     until("the committed report", || hub.prenv_comments().len() == 1).await;
     // A garbage object in between must be skipped, not crash the watcher.
     kube.put("ADDED", json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": "junk", "namespace": "flux-system", "labels": {"app.kubernetes.io/managed-by": "prenv"}}}));
@@ -314,7 +320,7 @@ async fn a_full_lifecycle_posts_statuses_one_deployment_and_one_comment_and_a_re
 
     // Restart: the new watcher lists the Ready object and finds its marker: nothing to write.
     drop(watcher);
-    let watcher = start_watcher(dir.path(), kube_port, hub_port);
+    let watcher = start_watcher(dir.path(), kube_port, hub_port, 300);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(hub.writes(), before, "a restart posted again");
 
@@ -380,4 +386,33 @@ async fn a_full_lifecycle_posts_statuses_one_deployment_and_one_comment_and_a_re
         assert!(comment.contains(want), "comment lacks {want:?}:\n{comment}");
     }
     println!("GitHub writes for one environment lifecycle: {}", hub.writes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_still_terminating_past_the_threshold_is_flagged_on_the_pr() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kube_port, hub, hub_port) = fakes().await;
+    let _watcher = start_watcher(dir.path(), kube_port, hub_port, 1);
+    until("the committed report", || hub.prenv_comments().len() == 1).await;
+    kube.put("MODIFIED", kustomization(1, 1, Some("True"), true));
+    until("the stuck note", || {
+        hub.prenv_comments()
+            .first()
+            .is_some_and(|c| c.contains("still terminating"))
+    })
+    .await;
+    assert!(hub.prenv_comments()[0].contains("state=destroying-stuck"));
+    let deployments_before = hub.deployment_statuses.lock().unwrap().len();
+    kube.put("DELETED", kustomization(1, 1, Some("True"), true));
+    until("destroyed", || {
+        hub.prenv_comments()
+            .first()
+            .is_some_and(|c| c.contains("state=destroyed"))
+    })
+    .await;
+    assert_eq!(
+        hub.deployment_statuses.lock().unwrap().len(),
+        deployments_before,
+        "no second inactive status"
+    );
 }
