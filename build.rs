@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for dir in ["base", "overlays"] {
+    for dir in ["base", "overlays", "platform"] {
         println!("cargo:rerun-if-changed={dir}");
         collect(&root, Path::new(dir), &mut files);
     }

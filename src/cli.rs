@@ -26,6 +26,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Commands {
+    /// Scaffold an environments repository: templates, engine wiring and cluster infrastructure.
+    Init(InitArgs),
     /// Write the desired tree (base/, overlays/, environments/, wiring) for a PR snapshot into a directory.
     Render(RenderArgs),
     /// Print what a sync would create, update, keep, pin and prune, without writing anything.
@@ -87,6 +89,21 @@ pub struct RewrapArgs {
     pub repo: RepoArgs,
     #[command(flatten)]
     pub identity: IdentityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The directory of the environments repository (created if missing).
+    #[arg(long)]
+    pub repo: PathBuf,
+
+    /// Overrides `engine` from the config.
+    #[arg(long, value_parser = ["flux", "argocd"])]
+    pub engine: Option<String>,
+
+    /// Overwrite files whose content differs from the scaffold (edited files are kept otherwise).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

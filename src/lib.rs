@@ -9,6 +9,7 @@ pub mod envrepo;
 pub mod envstate;
 pub mod error;
 pub mod github;
+pub mod init;
 pub mod kinds;
 pub mod naming;
 pub mod plan;

@@ -18,7 +18,7 @@ use prenv::state::{self, Changes};
 use prenv::tree::Tree;
 
 use cli::{
-    AuditArgs, Cli, Commands, DecryptArgs, EncryptArgs, IdentityArgs, Output, PlanArgs, RenderArgs, RepoArgs,
+    AuditArgs, Cli, Commands, DecryptArgs, EncryptArgs, IdentityArgs, InitArgs, Output, PlanArgs, RenderArgs, RepoArgs,
     RewrapArgs, SecretsCommand, ServeArgs, SnapshotArgs, SyncArgs, WatchArgs,
 };
 use prenv::envrepo::EnvRepo;
@@ -57,6 +57,7 @@ fn init_logging(filter: &str) {
 fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     let config = || Config::load(&cli.config);
     match &cli.command {
+        Commands::Init(args) => init_cmd(&config()?, args),
         Commands::Render(args) => render_cmd(&config()?, args),
         Commands::Plan(args) => plan_cmd(&config()?, args),
         Commands::Sync(args) => sync_cmd(&config()?, args),
@@ -318,6 +319,33 @@ fn resolve_repo(config: &Config, args: &RepoArgs) -> anyhow::Result<(String, boo
         }
     };
     Ok((location, create, cache_dir))
+}
+
+fn init_cmd(config: &Config, args: &InitArgs) -> anyhow::Result<Outcome> {
+    let mut config = config.clone();
+    if let Some(engine) = &args.engine {
+        config.engine = if engine == "argocd" {
+            prenv::config::Engine::Argocd
+        } else {
+            prenv::config::Engine::Flux
+        };
+    }
+    let tree = prenv::init::scaffold(&config)?;
+    let done = prenv::init::write(&tree, &args.repo, args.force)?;
+    for path in &done.kept {
+        eprintln!(
+            "kept {}: it differs from the scaffold (your edit?); --force overwrites it",
+            args.repo.join(path).display()
+        );
+    }
+    println!(
+        "scaffolded {}: {} files written, {} unchanged, {} kept",
+        args.repo.display(),
+        done.written.len(),
+        done.unchanged,
+        done.kept.len()
+    );
+    Ok(Outcome::Clean)
 }
 
 fn watch_cmd(config: &Config, args: &WatchArgs) -> anyhow::Result<Outcome> {

@@ -7,11 +7,23 @@ use crate::tree::Tree;
 /// Every template file, by its path in the repository.
 pub const FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/templates.rs"));
 
-/// The templates as a tree.
+/// The environment templates (`base/`, `overlays/`) as a tree.
 pub fn tree() -> Result<Tree> {
     let mut tree = Tree::new();
-    for (path, bytes) in FILES {
+    for (path, bytes) in FILES.iter().filter(|(p, _)| !p.starts_with("platform/")) {
         tree.insert(*path, *bytes)?;
+    }
+    Ok(tree)
+}
+
+/// The platform scaffold of one engine (`platform/<engine>/…`), with that prefix removed.
+pub fn platform(engine: &str) -> Result<Tree> {
+    let prefix = format!("platform/{engine}/");
+    let mut tree = Tree::new();
+    for (path, bytes) in FILES {
+        if let Some(rest) = path.strip_prefix(&prefix) {
+            tree.insert(rest, *bytes)?;
+        }
     }
     Ok(tree)
 }
@@ -19,7 +31,7 @@ pub fn tree() -> Result<Tree> {
 /// The templates whose top-level directory (`base`, `overlays`) is absent: a team's own win.
 pub fn missing(exists: impl Fn(&str) -> bool) -> Result<Tree> {
     let mut tree = Tree::new();
-    for (path, bytes) in FILES {
+    for (path, bytes) in FILES.iter().filter(|(p, _)| !p.starts_with("platform/")) {
         let top = path.split('/').next().unwrap_or(path);
         if !exists(top) {
             tree.insert(*path, *bytes)?;
