@@ -20,10 +20,7 @@ const PLACEHOLDER_URL: &str = "ssh://git@github.com/acme/environments.git";
 /// Everything `init` writes, by path.
 pub fn scaffold(config: &Config) -> Result<Tree> {
     if config.engine == Engine::Argocd {
-        return Err(Error::Config {
-            path: "prenv.toml".into(),
-            message: "`prenv init` scaffolds the Flux platform only so far; with engine = \"argocd\" use `prenv render` for the ApplicationSet and install the infrastructure charts with Argo CD".into(),
-        });
+        return scaffold_argocd(config);
     }
     let mut tree = templates::tree()?;
     tree.extend(templates::platform("flux")?);
@@ -103,6 +100,145 @@ pub fn scaffold(config: &Config) -> Result<Tree> {
         tree.insert(".sops.yaml", yaml::to_string(&rules)?)?;
     }
     Ok(tree)
+}
+
+/// The Argo CD platform: the same infrastructure, each Flux HelmRelease turned into an Argo CD
+/// Application with the same chart, pinned version and values (one source of truth), a root
+/// Application over `infrastructure/`, the Sealed Secrets controller, and the environments'
+/// ApplicationSet.
+fn scaffold_argocd(config: &Config) -> Result<Tree> {
+    let mut flux_config = config.clone();
+    flux_config.engine = Engine::Flux;
+    let flux = scaffold(&flux_config)?;
+    let argo = &config.argocd;
+    let repo_url = argo.repo_url.clone().unwrap_or_else(|| PLACEHOLDER_URL.into());
+    let mut repositories = std::collections::BTreeMap::new();
+    for (path, bytes) in flux
+        .iter()
+        .filter(|(p, _)| p.starts_with("infrastructure/") && p.ends_with(".yaml"))
+    {
+        for doc in parse_docs(path, bytes)? {
+            if doc["kind"] == "HelmRepository" {
+                let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let url = doc["spec"]["url"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim_start_matches("oci://")
+                    .to_string();
+                repositories.insert(name, url);
+            }
+        }
+    }
+    let mut tree = Tree::new();
+    for (path, bytes) in flux.iter() {
+        if path.starts_with("clusters/") || path.starts_with("flux/") {
+            continue;
+        }
+        if !(path.starts_with("infrastructure/") && path.ends_with(".yaml") && !path.ends_with("kustomization.yaml")) {
+            tree.insert(path, bytes)?;
+            continue;
+        }
+        let mut out = Vec::new();
+        for doc in parse_docs(path, bytes)? {
+            match doc["kind"].as_str() {
+                Some("HelmRepository") => {}
+                Some("HelmRelease") => out.push(helm_application(&doc, &repositories, &argo.namespace, &argo.project)?),
+                _ => out.push(doc),
+            }
+        }
+        if path.ends_with("sources.yaml") {
+            out.push(helm_app(
+                "sealed-secrets",
+                "kube-system",
+                "https://bitnami-labs.github.io/sealed-secrets",
+                "sealed-secrets",
+                "2.16.2",
+                json!({"fullnameOverride": "sealed-secrets-controller", "resources": {"limits": {"memory": "128Mi"}}}),
+                &argo.namespace,
+                &argo.project,
+            ));
+        }
+        tree.insert(path, yaml::to_multi_doc(&out)?)?;
+    }
+    let root = json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": "prenv-infrastructure", "namespace": argo.namespace, "finalizers": ["resources-finalizer.argocd.argoproj.io"]},
+        "spec": {
+            "project": argo.project,
+            "source": {"repoURL": repo_url, "targetRevision": argo.target_revision, "path": "infrastructure"},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": argo.namespace},
+            "syncPolicy": {"automated": {"prune": true, "selfHeal": true}, "syncOptions": ["ServerSideApply=true"]},
+        },
+    });
+    tree.insert("argocd/infrastructure.yaml", yaml::to_string(&root)?)?;
+    let set = kinds::application_set(
+        config,
+        &format!("{}/*/{}", crate::render::ENVIRONMENTS_DIR, crate::plan::META_FILE),
+    );
+    tree.insert("argocd/applicationset.yaml", yaml::to_string(&set)?)?;
+    let index = kinds::KustomizeFile {
+        resources: vec!["infrastructure.yaml".into(), "applicationset.yaml".into()],
+        ..kinds::KustomizeFile::default()
+    };
+    tree.insert("argocd/kustomization.yaml", yaml::to_string(&index)?)?;
+    Ok(tree)
+}
+
+fn parse_docs(path: &str, bytes: &[u8]) -> Result<Vec<serde_json::Value>> {
+    serde_yaml::Deserializer::from_slice(bytes)
+        .map(|d| serde::Deserialize::deserialize(d).map_err(|e| Error::Render(format!("scaffold file {path}: {e}"))))
+        .filter(|v: &Result<serde_json::Value>| !matches!(v, Ok(serde_json::Value::Null)))
+        .collect()
+}
+
+fn helm_application(
+    release: &serde_json::Value,
+    repositories: &std::collections::BTreeMap<String, String>,
+    argo_namespace: &str,
+    project: &str,
+) -> Result<serde_json::Value> {
+    let name = release["metadata"]["name"].as_str().unwrap_or_default();
+    let namespace = release["metadata"]["namespace"].as_str().unwrap_or("monitoring");
+    let chart = &release["spec"]["chart"]["spec"];
+    let repo = chart["sourceRef"]["name"].as_str().unwrap_or_default();
+    let url = repositories
+        .get(repo)
+        .ok_or_else(|| Error::Render(format!("HelmRelease {name} refers to unknown HelmRepository {repo}")))?;
+    Ok(helm_app(
+        name,
+        namespace,
+        url,
+        chart["chart"].as_str().unwrap_or_default(),
+        chart["version"].as_str().unwrap_or_default(),
+        release["spec"]["values"].clone(),
+        argo_namespace,
+        project,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn helm_app(
+    name: &str,
+    namespace: &str,
+    repo_url: &str,
+    chart: &str,
+    version: &str,
+    values: serde_json::Value,
+    argo_namespace: &str,
+    project: &str,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {"name": name, "namespace": argo_namespace},
+        "spec": {
+            "project": project,
+            "source": {"repoURL": repo_url, "chart": chart, "targetRevision": version, "helm": {"releaseName": name, "valuesObject": values}},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
+            "syncPolicy": {"automated": {"prune": true, "selfHeal": true}, "syncOptions": ["CreateNamespace=true", "ServerSideApply=true"]},
+        },
+    })
 }
 
 /// What writing the scaffold did.

@@ -279,3 +279,65 @@ fn the_scripts_pass_shellcheck_and_run_dry() {
     let age = dry("setup-age", &[]);
     assert!(age.contains("create secret generic sops-age"), "{age}");
 }
+
+#[test]
+fn the_argocd_scaffold_installs_the_same_pinned_charts_as_applications() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = repo_root().join("examples/prenv-argocd.toml");
+    let out = prenv(&["--config", s(&config), "init", "--repo", s(dir.path())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!dir.path().join("clusters").exists(), "no Flux wiring for Argo CD");
+    let objects = kustomize(&dir.path().join("infrastructure"));
+    assert!(
+        !objects
+            .iter()
+            .any(|o| matches!(str_at(o, &["kind"]), Some("HelmRelease" | "HelmRepository")))
+    );
+    let apps: Vec<&serde_yaml::Value> = objects
+        .iter()
+        .filter(|o| str_at(o, &["kind"]) == Some("Application"))
+        .collect();
+    let names: Vec<&str> = apps.iter().filter_map(|a| str_at(a, &["metadata", "name"])).collect();
+    for want in [
+        "cert-manager",
+        "kube-prometheus-stack",
+        "loki",
+        "alloy",
+        "cloudnative-pg",
+        "arc",
+        "preview-runners",
+        "sealed-secrets",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    for app in &apps {
+        assert_eq!(str_at(app, &["metadata", "namespace"]), Some("argocd"));
+        let version = str_at(app, &["spec", "source", "targetRevision"]).unwrap();
+        assert!(
+            version.chars().next().is_some_and(|c| c.is_ascii_digit() || c == 'v'),
+            "unpinned {version}"
+        );
+    }
+    let kps = apps
+        .iter()
+        .find(|a| str_at(a, &["metadata", "name"]) == Some("kube-prometheus-stack"))
+        .unwrap();
+    assert_eq!(
+        str_at(
+            kps,
+            &[
+                "spec",
+                "source",
+                "helm",
+                "valuesObject",
+                "prometheus",
+                "prometheusSpec",
+                "retention"
+            ]
+        ),
+        Some("7d")
+    );
+    let wiring = kustomize(&dir.path().join("argocd"));
+    let kinds: Vec<&str> = wiring.iter().filter_map(|o| str_at(o, &["kind"])).collect();
+    assert_eq!(kinds, ["Application", "ApplicationSet"]);
+}
