@@ -11,6 +11,7 @@ pub mod error;
 pub mod github;
 pub mod init;
 pub mod kinds;
+pub mod metrics;
 pub mod naming;
 pub mod plan;
 pub mod pr;

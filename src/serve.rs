@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics::Histogram;
 use crate::pr::{self, PullRequest};
 
 /// The `pull_request` actions that can change an environment.
@@ -59,14 +60,22 @@ enum Work {
     FullResync,
 }
 
-#[derive(Default)]
 struct Metrics {
     deliveries: Mutex<BTreeMap<&'static str, u64>>,
     syncs_ok: AtomicU64,
     syncs_failed: AtomicU64,
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_micros: AtomicU64,
+    latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            deliveries: Mutex::default(),
+            syncs_ok: AtomicU64::new(0),
+            syncs_failed: AtomicU64::new(0),
+            latency: Histogram::new(&BUCKETS),
+        }
+    }
 }
 
 impl Metrics {
@@ -77,17 +86,6 @@ impl Metrics {
             .expect("metrics lock")
             .entry(outcome)
             .or_default() += 1;
-    }
-
-    fn observe(&self, seconds: f64) {
-        for (bucket, le) in self.latency_buckets.iter().zip(BUCKETS) {
-            if seconds <= le {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
     fn render(&self) -> String {
@@ -109,21 +107,11 @@ impl Metrics {
             "prenv_syncs_total{{outcome=\"error\"}} {}\n",
             self.syncs_failed.load(Ordering::Relaxed)
         ));
-        out.push_str("# HELP prenv_webhook_to_commit_seconds From webhook receipt to the commit published.\n# TYPE prenv_webhook_to_commit_seconds histogram\n");
-        for (bucket, le) in self.latency_buckets.iter().zip(BUCKETS) {
-            out.push_str(&format!(
-                "prenv_webhook_to_commit_seconds_bucket{{le=\"{le}\"}} {}\n",
-                bucket.load(Ordering::Relaxed)
-            ));
-        }
-        let count = self.latency_count.load(Ordering::Relaxed);
-        out.push_str(&format!(
-            "prenv_webhook_to_commit_seconds_bucket{{le=\"+Inf\"}} {count}\n"
-        ));
-        out.push_str(&format!(
-            "prenv_webhook_to_commit_seconds_sum {}\nprenv_webhook_to_commit_seconds_count {count}\n",
-            self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        ));
+        self.latency.render(
+            "prenv_webhook_to_commit_seconds",
+            "From webhook receipt to the commit published.",
+            &mut out,
+        );
         out
     }
 }
@@ -326,7 +314,7 @@ async fn worker(config: Config, options: ServeOptions, mut rx: mpsc::UnboundedRe
             Ok(Ok(())) => {
                 metrics.syncs_ok.fetch_add(1, Ordering::Relaxed);
                 for at in received {
-                    metrics.observe(at.elapsed().as_secs_f64());
+                    metrics.latency.observe(at.elapsed().as_secs_f64());
                 }
             }
             Ok(Err(e)) => {

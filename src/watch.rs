@@ -16,13 +16,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use crate::config::{Config, Engine};
 use crate::envstate::{self, EnvState, Observed};
 use crate::error::{Error, Result};
+use crate::metrics::Histogram;
 use crate::report::Reporter;
 
 /// Buckets (seconds) of the open→ready and close→gone histograms.
 const BUCKETS: [f64; 9] = [30.0, 60.0, 120.0, 180.0, 300.0, 420.0, 600.0, 900.0, 1800.0];
 
 /// Prometheus metrics of the watcher.
-#[derive(Default)]
 pub struct WatchMetrics {
     open_to_ready: Histogram,
     close_to_gone: Histogram,
@@ -32,35 +32,16 @@ pub struct WatchMetrics {
     pub report_errors: AtomicU64,
 }
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_millis: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, seconds: f64) {
-        for (b, le) in self.buckets.iter().zip(BUCKETS) {
-            if seconds <= le {
-                b.fetch_add(1, Ordering::Relaxed);
-            }
+impl Default for WatchMetrics {
+    fn default() -> Self {
+        WatchMetrics {
+            open_to_ready: Histogram::new(&BUCKETS),
+            close_to_gone: Histogram::new(&BUCKETS),
+            states: Mutex::default(),
+            terminating_too_long: AtomicU64::new(0),
+            skipped_objects: AtomicU64::new(0),
+            report_errors: AtomicU64::new(0),
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_millis.fetch_add((seconds * 1000.0) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
-        for (b, le) in self.buckets.iter().zip(BUCKETS) {
-            out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {}\n", b.load(Ordering::Relaxed)));
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
-        out.push_str(&format!(
-            "{name}_sum {}\n{name}_count {count}\n",
-            self.sum_millis.load(Ordering::Relaxed) as f64 / 1000.0
-        ));
     }
 }
 

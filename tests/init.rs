@@ -68,7 +68,11 @@ fn every_kustomization_of_the_scaffold_builds() {
     }
     assert!(built >= 6, "only {built} kustomizations");
     let runner = std::fs::read_to_string(dir.path().join("runner-image/Dockerfile")).unwrap();
-    assert!(runner.contains("kubectl") && runner.contains("helm") && runner.contains("FROM ghcr.io/actions/actions-runner:"));
+    assert!(
+        runner.contains("kubectl")
+            && runner.contains("helm")
+            && runner.contains("FROM ghcr.io/actions/actions-runner:")
+    );
     let sync = std::fs::read_to_string(dir.path().join("clusters/preview/sync.yaml")).unwrap();
     for want in [
         "kind: GitRepository",
