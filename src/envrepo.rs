@@ -198,6 +198,12 @@ impl EnvRepo {
         Ok(id)
     }
 
+    /// PR numbers of the environments prenv has at the branch tip now.
+    pub fn prs_with_envs(&mut self) -> Result<std::collections::BTreeSet<u64>> {
+        let tip = self.tip()?;
+        Ok(self.read_state(tip)?.envs.values().map(|m| m.pr).collect())
+    }
+
     /// Reads what prenv owns at `tip` without reading any file it does not need: metadata files are
     /// parsed, every other owned file is known by its blob id only.
     pub fn read_state(&self, tip: Option<Oid>) -> Result<RepoState> {

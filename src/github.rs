@@ -277,6 +277,16 @@ impl GitHub {
     }
 }
 
+/// [`GitHub::snapshot`] from synchronous code: a one-off runtime (octocrab's client must be built
+/// inside one), for the command line and the receiver's blocking sync worker.
+pub fn snapshot_blocking(config: &Config, with_envs: &BTreeSet<u64>) -> Result<Vec<PullRequest>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting a runtime for", "GitHub", e))?;
+    runtime.block_on(async { GitHub::from_env(config)?.snapshot(with_envs).await })
+}
+
 /// The `rel="next"` URL of a Link header.
 pub fn next_link(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {

@@ -182,25 +182,12 @@ fn load_snapshot(config: &Config, args: &SnapshotArgs, with_envs: &BTreeSet<u64>
                 .with_context(|| format!("reading pull-request snapshot {}", path.display()))?;
             pr::parse_snapshot(&text, &path.display().to_string())?
         }
-        None => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            // octocrab's client must be built inside the runtime.
-            runtime.block_on(async { prenv::github::GitHub::from_env(config)?.snapshot(with_envs).await })?
-        }
+        None => prenv::github::snapshot_blocking(config, with_envs)?,
     };
     Ok(Inputs {
         prs,
         now: args.now.unwrap_or_else(Utc::now),
     })
-}
-
-/// PR numbers of the environments prenv has in a repository now.
-fn prs_with_envs(repo: &mut EnvRepo) -> anyhow::Result<BTreeSet<u64>> {
-    let tip = repo.tip()?;
-    Ok(repo.read_state(tip)?.envs.values().map(|m| m.pr).collect())
 }
 
 /// The parts of a rendered directory prenv may own: environments and wiring.
@@ -417,7 +404,7 @@ fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
 fn plan_cmd(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
     let mut repo = open_repo(config, &args.repo)?;
     let with_envs = if args.snapshot.prs.is_none() {
-        prs_with_envs(&mut repo)?
+        repo.prs_with_envs()?
     } else {
         BTreeSet::new()
     };
@@ -480,7 +467,7 @@ fn unified_diff(repo: &EnvRepo, prepared: &sync::Prepared) -> anyhow::Result<Str
 fn sync_cmd(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
     let mut repo = open_repo(config, &args.repo)?;
     let with_envs = if args.snapshot.prs.is_none() {
-        prs_with_envs(&mut repo)?
+        repo.prs_with_envs()?
     } else {
         BTreeSet::new()
     };

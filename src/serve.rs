@@ -334,13 +334,7 @@ async fn worker(config: Config, options: ServeOptions, mut rx: mpsc::UnboundedRe
 fn run_sync(config: &Config, options: &ServeOptions, mut prs: Vec<PullRequest>, full: bool) -> Result<()> {
     let mut repo = crate::envrepo::EnvRepo::open(&options.repo, &config.git, &options.cache_dir, false)?;
     if full {
-        let tip = repo.tip()?;
-        let with_envs = repo.read_state(tip)?.envs.values().map(|m| m.pr).collect();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("starting a runtime for", "GitHub", e))?;
-        let listed = runtime.block_on(async { crate::github::GitHub::from_env(config)?.snapshot(&with_envs).await })?;
+        let listed = crate::github::snapshot_blocking(config, &repo.prs_with_envs()?)?;
         // Events in the same burst are at least as fresh as the listing.
         let from_events: HashSet<u64> = prs.iter().map(|p| p.number).collect();
         prs.extend(listed.into_iter().filter(|p| !from_events.contains(&p.number)));
