@@ -90,19 +90,7 @@ fn violations(value: &Value, schema: &Value, path: &str, out: &mut Vec<String>) 
 }
 
 fn rendered(config: &str) -> (tempfile::TempDir, Vec<Value>) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = prenv(&[
-        "--config",
-        s(&repo_root().join("examples").join(config)),
-        "render",
-        "--prs",
-        s(&repo_root().join("examples/prs.json")),
-        "--out",
-        s(dir.path()),
-        "--now",
-        NOW,
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = render_example(config);
     let mut objects = kustomize(&dir.path().join("environments/shop-pr-101"));
     if dir.path().join("flux/environments").exists() {
         objects.extend(kustomize(&dir.path().join("flux/environments")));

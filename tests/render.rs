@@ -216,24 +216,6 @@ fn no_input_writes_outside_its_environment_directory() {
     );
 }
 
-/// Renders examples/prs.json with one of the example configs into a fresh directory.
-fn render_example(config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let out = prenv(&[
-        "--config",
-        s(&repo_root().join("examples").join(config)),
-        "render",
-        "--prs",
-        s(&repo_root().join("examples/prs.json")),
-        "--out",
-        s(dir.path()),
-        "--now",
-        NOW,
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    dir
-}
-
 #[test]
 fn the_flux_wiring_lists_one_kustomization_per_environment() {
     let dir = render_example("prenv.toml");

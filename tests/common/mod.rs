@@ -92,3 +92,21 @@ pub fn write_config(dir: &Path, body: &str) -> PathBuf {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Renders examples/prs.json with one of the example configs into a fresh directory.
+pub fn render_example(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = prenv(&[
+        "--config",
+        s(&repo_root().join("examples").join(config)),
+        "render",
+        "--prs",
+        s(&repo_root().join("examples/prs.json")),
+        "--out",
+        s(dir.path()),
+        "--now",
+        NOW,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    dir
+}
