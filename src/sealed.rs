@@ -116,3 +116,70 @@ pub fn seal(secret: &Value, key: &RsaPublicKey) -> Result<Value, SealError> {
         },
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aes_gcm::aead::Tag;
+    use rsa::RsaPrivateKey;
+
+    /// Opens one value the way the controller does (`crypto.HybridDecrypt`).
+    fn open(private: &RsaPrivateKey, b64: &str, label: &str) -> Option<Vec<u8>> {
+        let blob = B64.decode(b64).ok()?;
+        let len = usize::from(u16::from_be_bytes([blob[0], blob[1]]));
+        let (wrapped, rest) = blob[2..].split_at(len);
+        let session = private
+            .decrypt(Oaep::new_with_label::<sha2_10::Sha256, _>(label), wrapped)
+            .ok()?;
+        let (body, tag) = rest.split_at(rest.len() - 16);
+        let mut body = body.to_vec();
+        Aes256Gcm::new_from_slice(&session)
+            .ok()?
+            .decrypt_inout_detached(
+                &Nonce::<Aes256Gcm>::default(),
+                &[],
+                body.as_mut_slice().into(),
+                &Tag::<Aes256Gcm>::try_from(tag).ok()?,
+            )
+            .ok()?;
+        Some(body)
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_the_key_and_the_namespace_as_label() {
+        // 1024 bits keeps the debug-build test fast; OAEP-SHA256 still fits the 32-byte session key.
+        let private = RsaPrivateKey::new(&mut rand_core::OsRng, 1024).unwrap();
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "creds", "namespace": "shop-pr-3"},
+            "type": "Opaque",
+            "data": {"BLOB": B64.encode([0u8, 255, 7])},
+            "stringData": {"PASSWORD": "hunter2-but-longer"},
+        });
+        let sealed = seal(&secret, &private.to_public_key()).unwrap();
+        assert_eq!(sealed["kind"], "SealedSecret");
+        assert_eq!(sealed["metadata"]["annotations"][NAMESPACE_WIDE], "true");
+        assert_eq!(sealed["spec"]["template"]["type"], "Opaque");
+        let data = &sealed["spec"]["encryptedData"];
+        let password = data["PASSWORD"].as_str().unwrap();
+        assert_eq!(open(&private, password, "shop-pr-3").unwrap(), b"hunter2-but-longer");
+        assert_eq!(
+            open(&private, data["BLOB"].as_str().unwrap(), "shop-pr-3").unwrap(),
+            [0, 255, 7]
+        );
+        assert!(open(&private, password, "other-ns").is_none(), "bound to its namespace");
+        assert!(
+            open(&private, password, "shop-pr-3/creds").is_none(),
+            "not strict scope"
+        );
+        assert!(!sealed.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_secret_without_a_namespace_is_refused() {
+        let private = RsaPrivateKey::new(&mut rand_core::OsRng, 1024).unwrap();
+        let secret = json!({"metadata": {"name": "creds"}, "stringData": {"P": "x"}});
+        let err = seal(&secret, &private.to_public_key()).unwrap_err().to_string();
+        assert!(err.contains("namespace"), "{err}");
+    }
+}
