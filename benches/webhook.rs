@@ -42,7 +42,7 @@ fn main() {
     git2::Repository::init_bare(&remote).unwrap();
     std::fs::write(
         dir.path().join("prenv.toml"),
-        "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\ndatabases = [\"postgres\"]\nengine = \"flux\"\n",
+        "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\ndatabases = [\"postgres\"]\nengine = \"flux\"\n[github]\nrepository = \"acme/shop\"\n",
     )
     .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -75,6 +75,7 @@ fn main() {
         let n = i % PRS + 1;
         let body = serde_json::to_vec(&serde_json::json!({
             "action": if i < PRS { "opened" } else { "synchronize" },
+            "repository": {"id": 1, "full_name": "acme/shop"},
             "pull_request": {
                 "number": n, "state": "open", "draft": false, "title": "bench", "labels": [],
                 "head": {"sha": format!("{:040x}", i + 1), "ref": format!("feature/{n}"), "repo": {"full_name": "acme/shop"}},

@@ -62,6 +62,8 @@ enum Work {
 
 struct Metrics {
     deliveries: Mutex<BTreeMap<&'static str, u64>>,
+    /// PRs with an environment whose state the last full resync could not confirm.
+    unconfirmed: AtomicU64,
     syncs_ok: AtomicU64,
     syncs_failed: AtomicU64,
     latency: Histogram,
@@ -71,6 +73,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             deliveries: Mutex::default(),
+            unconfirmed: AtomicU64::new(0),
             syncs_ok: AtomicU64::new(0),
             syncs_failed: AtomicU64::new(0),
             latency: Histogram::new(&BUCKETS),
@@ -107,6 +110,10 @@ impl Metrics {
             "prenv_syncs_total{{outcome=\"error\"}} {}\n",
             self.syncs_failed.load(Ordering::Relaxed)
         ));
+        out.push_str(&format!(
+            "# HELP prenv_unconfirmed_prs PRs with an environment whose state GitHub could not confirm (kept).\n# TYPE prenv_unconfirmed_prs gauge\nprenv_unconfirmed_prs {}\n",
+            self.unconfirmed.load(Ordering::Relaxed)
+        ));
         self.latency.render(
             "prenv_webhook_to_commit_seconds",
             "From webhook receipt to the commit published.",
@@ -118,6 +125,7 @@ impl Metrics {
 
 struct Shared {
     secret: Vec<u8>,
+    repository: RepositoryFilter,
     seen: Mutex<(HashSet<String>, VecDeque<String>)>,
     work: mpsc::UnboundedSender<Work>,
     metrics: Arc<Metrics>,
@@ -139,17 +147,71 @@ pub fn verify_signature(secret: &[u8], body: &[u8], signature: Option<&str>) -> 
     mac.verify_slice(&expected).is_ok()
 }
 
+/// The repository a delivery says it comes from (`repository` in every `pull_request` payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub full_name: String,
+    pub id: Option<u64>,
+}
+
 /// What a webhook delivery means for prenv.
 #[derive(Debug, PartialEq)]
 pub enum Delivery {
     /// A PR event that may change its environment.
     Pr(Box<PullRequest>),
+    /// A PR event of another repository (an organisation webhook or App sends every repository's).
+    Foreign(Origin),
     /// Signed and well-formed, but nothing for prenv (another event or action, or a ping).
     Ignored(&'static str),
 }
 
-/// Reads a verified delivery. Errors are bad payloads (400), never panics, whatever the bytes.
-pub fn parse_delivery(event: &str, body: &[u8]) -> std::result::Result<Delivery, String> {
+/// Which repository's events this receiver acts on: an organisation webhook or a GitHub App
+/// installation delivers the events of every repository, and a PR number means nothing outside
+/// its own repository.
+#[derive(Debug)]
+pub struct RepositoryFilter {
+    full_name: String,
+    /// GitHub's id of the repository, learned from the first event that matches by name. Once
+    /// known it decides: a rename keeps the id, a deleted and re-created namesake does not.
+    id: Mutex<Option<u64>>,
+}
+
+impl RepositoryFilter {
+    pub fn new(full_name: &str) -> RepositoryFilter {
+        RepositoryFilter {
+            full_name: full_name.to_string(),
+            id: Mutex::new(None),
+        }
+    }
+
+    /// True when `origin` is the configured repository (names compared case-insensitively, as GitHub does).
+    pub fn accepts(&self, origin: &Origin) -> bool {
+        let by_name = origin.full_name.eq_ignore_ascii_case(&self.full_name);
+        let mut known = self.id.lock().expect("repository id lock");
+        match (*known, origin.id) {
+            (Some(id), Some(theirs)) => {
+                if theirs == id && !by_name {
+                    tracing::warn!(configured = %self.full_name, payload = %origin.full_name, "the repository was renamed; update github.repository");
+                }
+                theirs == id
+            }
+            (None, Some(theirs)) if by_name => {
+                *known = Some(theirs);
+                true
+            }
+            _ => by_name,
+        }
+    }
+}
+
+/// Reads a verified delivery; `is_ours` says whether its repository is the configured one, and is
+/// asked before the PR is read, so another repository's event is ignored whatever its shape.
+/// Errors are bad payloads (400), never panics, whatever the bytes.
+pub fn parse_delivery(
+    event: &str,
+    body: &[u8],
+    is_ours: impl Fn(&Origin) -> bool,
+) -> std::result::Result<Delivery, String> {
     if event == "ping" {
         return Ok(Delivery::Ignored("ping"));
     }
@@ -160,6 +222,18 @@ pub fn parse_delivery(event: &str, body: &[u8]) -> std::result::Result<Delivery,
     let action = value.get("action").and_then(|a| a.as_str()).ok_or("no `action`")?;
     if !ACTIONS.contains(&action) {
         return Ok(Delivery::Ignored("action"));
+    }
+    let repository = value.get("repository").ok_or("no `repository`")?;
+    let origin = Origin {
+        full_name: repository
+            .get("full_name")
+            .and_then(|n| n.as_str())
+            .ok_or("no `repository.full_name`")?
+            .to_string(),
+        id: repository.get("id").and_then(|i| i.as_u64()),
+    };
+    if !is_ours(&origin) {
+        return Ok(Delivery::Foreign(origin));
     }
     let pr = value.get("pull_request").ok_or("no `pull_request`")?;
     let mut prs = pr::parse_snapshot(&format!("[{pr}]"), "webhook payload").map_err(|e| e.to_string())?;
@@ -188,7 +262,14 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             seen.0.remove(&old);
         }
     }
-    match parse_delivery(header("x-github-event").unwrap_or(""), &body) {
+    match parse_delivery(header("x-github-event").unwrap_or(""), &body, |o| {
+        shared.repository.accepts(o)
+    }) {
+        Ok(Delivery::Foreign(origin)) => {
+            shared.metrics.delivery("other_repository");
+            tracing::info!(repository = %origin.full_name, id = ?origin.id, "event of another repository ignored");
+            (StatusCode::ACCEPTED, "ignored: another repository\n")
+        }
         Ok(Delivery::Pr(pr)) => {
             tracing::info!(pr = pr.number, sha = %pr.head_sha, "pull_request event accepted");
             shared.metrics.delivery("accepted");
@@ -215,8 +296,13 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
 pub async fn serve(config: Config, options: ServeOptions) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let (tx, rx) = mpsc::unbounded_channel();
+    let repository = config.github.repository.as_deref().ok_or_else(|| Error::Config {
+        path: "prenv.toml".into(),
+        message: "key `github.repository` is missing; `prenv serve` acts only on the events of this owner/name (an organisation webhook or GitHub App delivers every repository's)".into(),
+    })?;
     let shared = Arc::new(Shared {
         secret: options.secret.clone(),
+        repository: RepositoryFilter::new(repository),
         seen: Mutex::new((HashSet::new(), VecDeque::new())),
         work: tx.clone(),
         metrics: metrics.clone(),
@@ -307,9 +393,11 @@ async fn worker(config: Config, options: ServeOptions, mut rx: mpsc::UnboundedRe
                 }
             }
         }
-        let (config, options2) = (config.clone(), options.clone());
-        let outcome =
-            tokio::task::spawn_blocking(move || run_sync(&config, &options2, prs.into_values().collect(), full)).await;
+        let (config, options2, metrics2) = (config.clone(), options.clone(), metrics.clone());
+        let outcome = tokio::task::spawn_blocking(move || {
+            run_sync(&config, &options2, &metrics2, prs.into_values().collect(), full)
+        })
+        .await;
         match outcome {
             Ok(Ok(())) => {
                 metrics.syncs_ok.fetch_add(1, Ordering::Relaxed);
@@ -331,15 +419,26 @@ async fn worker(config: Config, options: ServeOptions, mut rx: mpsc::UnboundedRe
 
 /// One sync: the PRs from the events (environments of other PRs are kept), or, for a full resync,
 /// the GitHub listing with positive-evidence lookups.
-fn run_sync(config: &Config, options: &ServeOptions, mut prs: Vec<PullRequest>, full: bool) -> Result<()> {
+fn run_sync(
+    config: &Config,
+    options: &ServeOptions,
+    metrics: &Metrics,
+    mut prs: Vec<PullRequest>,
+    full: bool,
+) -> Result<()> {
     let mut repo = crate::envrepo::EnvRepo::open(&options.repo, &config.git, &options.cache_dir, false)?;
+    let mut opts = crate::sync::SyncOptions::default();
     if full {
         let listed = crate::github::snapshot_blocking(config, &repo.prs_with_envs()?)?;
         // Events in the same burst are at least as fresh as the listing.
         let from_events: HashSet<u64> = prs.iter().map(|p| p.number).collect();
-        prs.extend(listed.into_iter().filter(|p| !from_events.contains(&p.number)));
+        prs.extend(listed.prs.into_iter().filter(|p| !from_events.contains(&p.number)));
+        metrics
+            .unconfirmed
+            .store(listed.unconfirmed.len() as u64, Ordering::Relaxed);
+        opts.evidence.unconfirmed = listed.unconfirmed;
     }
-    let report = crate::sync::sync(&mut repo, config, &prs, chrono::Utc::now(), Default::default())?;
+    let report = crate::sync::sync(&mut repo, config, &prs, chrono::Utc::now(), &opts)?;
     tracing::info!(commit = ?report.commit, prs = prs.len(), full, "sync done");
     Ok(())
 }
@@ -366,16 +465,43 @@ mod tests {
         assert!(!verify_signature(b"s3cret", body, Some("sha256=zz")));
     }
 
+    #[test]
+    fn only_the_configured_repository_is_accepted() {
+        let origin = |name: &str, id: Option<u64>| Origin {
+            full_name: name.into(),
+            id,
+        };
+        let filter = RepositoryFilter::new("acme/shop");
+        assert!(!filter.accepts(&origin("Codertocat/Hello-World", Some(1))));
+        assert!(
+            filter.accepts(&origin("ACME/Shop", None)),
+            "names compare case-insensitively"
+        );
+        assert!(
+            filter.accepts(&origin("acme/shop", Some(42))),
+            "the id is learned by name"
+        );
+        assert!(
+            !filter.accepts(&origin("acme/shop", Some(43))),
+            "a re-created namesake is another repository"
+        );
+        assert!(
+            filter.accepts(&origin("acme/storefront", Some(42))),
+            "a renamed repository keeps its id"
+        );
+        assert!(!filter.accepts(&origin("Codertocat/Hello-World", None)));
+    }
+
     proptest::proptest! {
         #[test]
         fn any_bytes_parse_without_panicking(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048), event in "[a-z_]{0,20}") {
-            let _ = parse_delivery(&event, &body);
-            let _ = parse_delivery("pull_request", &body);
+            let _ = parse_delivery(&event, &body, |_| true);
+            let _ = parse_delivery("pull_request", &body, |_| true);
         }
 
         #[test]
         fn any_json_shape_parses_without_panicking(json in proptest_json()) {
-            let _ = parse_delivery("pull_request", json.to_string().as_bytes());
+            let _ = parse_delivery("pull_request", json.to_string().as_bytes(), |_| true);
         }
     }
 

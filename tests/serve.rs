@@ -24,6 +24,11 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_for("acme/shop")
+    }
+
+    /// A receiver configured for one application repository.
+    fn start_for(repository: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let remote = dir.path().join("envs.git");
         assert!(
@@ -36,7 +41,9 @@ impl Server {
         );
         let config = write_config(
             dir.path(),
-            "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\n[github]\nrepository = \"acme/shop\"\n",
+            &format!(
+                "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\n[github]\nrepository = \"{repository}\"\n"
+            ),
         );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -160,11 +167,18 @@ fn sign(body: &[u8]) -> String {
 
 /// A `pull_request` delivery as GitHub sends it.
 fn event(action: &str, pr: serde_json::Value) -> Vec<u8> {
+    event_from("acme/shop", 7001, action, pr)
+}
+
+/// A delivery from a given repository: an organisation webhook or App sends every repository's.
+fn event_from(repository: &str, id: u64, action: &str, mut pr: serde_json::Value) -> Vec<u8> {
+    pr["base"]["repo"] = json!({"id": id, "full_name": repository});
+    pr["head"]["repo"] = json!({"id": id, "full_name": repository});
     serde_json::to_vec(&json!({
         "action": action,
         "number": pr["number"],
         "pull_request": pr,
-        "repository": {"full_name": "acme/shop"},
+        "repository": {"id": id, "full_name": repository, "owner": {"login": repository.split('/').next()}},
         "sender": {"login": "dev"}
     }))
     .unwrap()
@@ -233,6 +247,77 @@ fn signed_events_drive_the_lifecycle_and_bad_ones_change_nothing() {
         "{metrics}"
     );
     assert!(metrics.contains("prenv_webhook_to_commit_seconds_count"), "{metrics}");
+}
+
+/// One of GitHub's own example payloads (octokit/webhooks, see tests/fixtures/github/README.md).
+fn github_example(name: &str) -> Vec<u8> {
+    std::fs::read(repo_root().join("tests/fixtures/github").join(name)).unwrap()
+}
+
+#[test]
+fn githubs_own_example_payloads_drive_the_lifecycle_of_their_repository() {
+    let server = Server::start_for("Codertocat/Hello-World");
+    let opened = github_example("pull_request.opened.payload.json");
+    assert_eq!(
+        server.post("pull_request", "ex-1", &opened, Some(&sign(&opened))).0,
+        202
+    );
+    server.wait_for(&["shop-pr-2"]);
+    let closed = github_example("pull_request.closed.payload.json");
+    assert_eq!(
+        server.post("pull_request", "ex-2", &closed, Some(&sign(&closed))).0,
+        202
+    );
+    server.wait_for(&[]);
+}
+
+#[test]
+fn events_of_other_repositories_are_ignored_and_change_nothing() {
+    let server = Server::start();
+    for n in [2, 10, 11] {
+        let opened = event("opened", pr(n, &"a".repeat(40)));
+        assert_eq!(
+            server
+                .post("pull_request", &format!("own-{n}"), &opened, Some(&sign(&opened)))
+                .0,
+            202
+        );
+    }
+    server.wait_for(&["shop-pr-10", "shop-pr-11", "shop-pr-2"]);
+    let commits = server.commits();
+
+    // Other repositories of the organisation, the same PR numbers: GitHub's own example payloads
+    // for Codertocat/Hello-World's PR #2, then PR #10 closed and #11 opened elsewhere.
+    let mut closed = pr(10, &"b".repeat(40));
+    closed["state"] = json!("closed");
+    closed["closed_at"] = json!("2026-11-24T12:00:00Z");
+    let foreign = [
+        github_example("pull_request.closed.payload.json"),
+        github_example("pull_request.opened.with-organization.payload.json"),
+        event_from("Codertocat/Another-Repo", 186853003, "closed", closed.clone()),
+        event_from("Codertocat/Another-Repo", 186853003, "opened", pr(11, &"c".repeat(40))),
+        // The configured name but another id than the one learned: a re-created namesake.
+        event_from("acme/shop", 9999, "closed", closed),
+        // Another repository's PR of a shape prenv cannot read is still just another repository's.
+        br#"{"action":"opened","repository":{"id":5,"full_name":"other/x"},"pull_request":{"number":"two"}}"#.to_vec(),
+    ];
+    for (i, body) in foreign.iter().enumerate() {
+        let (status, text) = server.post("pull_request", &format!("foreign-{i}"), body, Some(&sign(body)));
+        assert_eq!(status, 202, "{text}");
+        assert!(text.contains("ignored: another repository"), "{i}: {text}");
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(server.envs(), ["shop-pr-10", "shop-pr-11", "shop-pr-2"]);
+    assert_eq!(
+        server.commits(),
+        commits,
+        "another repository's event changed the environments"
+    );
+    let metrics = server.get("/metrics").1;
+    assert!(
+        metrics.contains("prenv_webhook_deliveries_total{outcome=\"other_repository\"} 6"),
+        "{metrics}"
+    );
 }
 
 #[test]
