@@ -214,6 +214,11 @@ pub struct PlanView {
     /// Prune even when more than `sync.max_prune_share` of the environments would go in one run.
     #[arg(long)]
     pub allow_mass_prune: bool,
+
+    /// Treat PR N as closed although GitHub cannot confirm it (deleted, transferred, no access):
+    /// your word is the evidence, and its environment is pruned. Repeatable.
+    #[arg(long, value_name = "N")]
+    pub confirm_closed: Vec<u64>,
 }
 
 #[derive(Debug, Args)]

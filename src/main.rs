@@ -50,8 +50,17 @@ fn init_logging(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_target(false)
         .init();
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set to anything but empty (no-color.org).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn run(cli: &Cli) -> anyhow::Result<Outcome> {
@@ -171,22 +180,34 @@ fn audit_cmd(args: &AuditArgs) -> anyhow::Result<Outcome> {
 struct Inputs {
     prs: Vec<PullRequest>,
     now: DateTime<Utc>,
+    /// PRs with an environment that GitHub could not confirm, and why.
+    unconfirmed: BTreeMap<u64, String>,
 }
 
 /// The PRs from `--prs`, or from GitHub: open PRs plus a lookup of each PR in `with_envs` that the
 /// listing lacks (the positive evidence pruning needs).
 fn load_snapshot(config: &Config, args: &SnapshotArgs, with_envs: &BTreeSet<u64>) -> anyhow::Result<Inputs> {
-    let prs = match &args.prs {
+    let snapshot = match &args.prs {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading pull-request snapshot {}", path.display()))?;
-            pr::parse_snapshot(&text, &path.display().to_string())?
+            prenv::github::Snapshot {
+                prs: pr::parse_snapshot(&text, &path.display().to_string())?,
+                unconfirmed: BTreeMap::new(),
+            }
         }
         None => prenv::github::snapshot_blocking(config, with_envs)?,
     };
+    for (pr, why) in &snapshot.unconfirmed {
+        eprintln!(
+            "warning: cannot confirm the state of PR #{pr}, so its environment is kept: {why}. \
+             Fix the token's access, or if the PR is gone for good, run again with --confirm-closed {pr}"
+        );
+    }
     Ok(Inputs {
-        prs,
+        prs: snapshot.prs,
         now: args.now.unwrap_or_else(Utc::now),
+        unconfirmed: snapshot.unconfirmed,
     })
 }
 
@@ -409,10 +430,8 @@ fn plan_cmd(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
         BTreeSet::new()
     };
     let inputs = load_snapshot(config, &args.snapshot, &with_envs)?;
-    let opts = SyncOptions {
-        allow_mass_prune: args.view.allow_mass_prune,
-    };
-    let prepared = sync::prepare(&mut repo, config, &inputs.prs, inputs.now, opts)?;
+    let opts = sync_options(&args.view, &inputs);
+    let prepared = sync::prepare(&mut repo, config, &inputs.prs, inputs.now, &opts)?;
     let mut out = std::io::stdout().lock();
     match args.view.output {
         Output::Json => {
@@ -421,6 +440,7 @@ fn plan_cmd(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
                 "branch": repo.branch(),
                 "base": prepared.state.tip.map(|t| t.to_string()),
                 "decisions": prepared.plan.decisions,
+                "unconfirmed": inputs.unconfirmed,
                 "files": {"added": prepared.changes.added, "modified": prepared.changes.modified, "removed": prepared.changes.removed},
             });
             writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -472,10 +492,8 @@ fn sync_cmd(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
         BTreeSet::new()
     };
     let inputs = load_snapshot(config, &args.snapshot, &with_envs)?;
-    let opts = SyncOptions {
-        allow_mass_prune: args.view.allow_mass_prune,
-    };
-    let report = sync::sync(&mut repo, config, &inputs.prs, inputs.now, opts)?;
+    let opts = sync_options(&args.view, &inputs);
+    let report = sync::sync(&mut repo, config, &inputs.prs, inputs.now, &opts)?;
     let mut out = std::io::stdout().lock();
     match args.view.output {
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
@@ -499,6 +517,16 @@ fn sync_cmd(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Clean)
+}
+
+fn sync_options(view: &cli::PlanView, inputs: &Inputs) -> SyncOptions {
+    SyncOptions {
+        allow_mass_prune: view.allow_mass_prune,
+        evidence: plan::Evidence {
+            unconfirmed: inputs.unconfirmed.clone(),
+            closed_by_operator: view.confirm_closed.iter().copied().collect(),
+        },
+    }
 }
 
 fn plan_text(plan: &Plan, changes: &Changes, show_skipped: bool) -> String {
@@ -533,4 +561,26 @@ fn plan_text(plan: &Plan, changes: &Changes, show_skipped: bool) -> String {
         changes.removed.len()
     ));
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsString;
+        let table = [
+            (true, None, true),
+            (false, None, false),
+            (true, Some(OsString::from("1")), false),
+            (true, Some(OsString::new()), true),
+            (false, Some(OsString::from("1")), false),
+        ];
+        for (terminal, no_color, want) in table {
+            assert_eq!(
+                super::colour(terminal, no_color.clone()),
+                want,
+                "{terminal} {no_color:?}"
+            );
+        }
+    }
 }

@@ -142,6 +142,16 @@ pub fn check_mass_prune(plan: &Plan, existing: usize, sync: &config::Sync, allow
     })
 }
 
+/// What is known about PRs beyond the snapshot itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// PRs with an environment whose state the source could not confirm, and why: kept, and said so.
+    pub unconfirmed: BTreeMap<u64, String>,
+    /// PRs missing from the snapshot that the operator declares closed (`--confirm-closed N`):
+    /// the operator's word is the evidence, and their environments are pruned.
+    pub closed_by_operator: std::collections::BTreeSet<u64>,
+}
+
 /// Whether a PR should have an environment, and why not when it should not.
 enum Want {
     Deploy { preserve_until: Option<DateTime<Utc>> },
@@ -151,6 +161,18 @@ enum Want {
 /// Decides, for every PR in the snapshot and every environment that exists, what happens in this run.
 /// Environments whose PR is missing from the snapshot are kept: only positive evidence prunes.
 pub fn plan(config: &Config, prs: &[PullRequest], existing: &BTreeMap<EnvName, EnvMeta>, now: DateTime<Utc>) -> Plan {
+    plan_with(config, prs, existing, now, &Evidence::default())
+}
+
+/// [`plan`], with what is known beyond the snapshot: PRs that could not be confirmed, and PRs the
+/// operator declared closed.
+pub fn plan_with(
+    config: &Config,
+    prs: &[PullRequest],
+    existing: &BTreeMap<EnvName, EnvMeta>,
+    now: DateTime<Utc>,
+    evidence: &Evidence,
+) -> Plan {
     let mut decisions = Vec::with_capacity(prs.len() + existing.len());
     let mut seen = std::collections::BTreeSet::new();
     let digest = config.render_digest();
@@ -163,27 +185,32 @@ pub fn plan(config: &Config, prs: &[PullRequest], existing: &BTreeMap<EnvName, E
         decisions.push(decision);
     }
     for (env, meta) in existing.iter().filter(|(env, _)| !seen.contains(*env)) {
+        if evidence.closed_by_operator.contains(&meta.pr) {
+            decisions.push(Decision {
+                pr: meta.pr,
+                env: env.to_string(),
+                action: Action::Prune,
+                reason: format!(
+                    "PR #{} is not in the snapshot and the operator confirmed it closed (--confirm-closed)",
+                    meta.pr
+                ),
+                desired: None,
+            });
+            continue;
+        }
+        let missing = match evidence.unconfirmed.get(&meta.pr) {
+            Some(why) => format!("PR #{} cannot be confirmed ({why})", meta.pr),
+            None => format!("PR #{} is not in the snapshot", meta.pr),
+        };
         // Kept as it is, but rendered with the current settings like every other environment.
         let desired = EnvMeta {
             render_digest: digest.clone(),
             ..meta.clone()
         };
         let (action, reason) = if &desired == meta {
-            (
-                Action::Keep,
-                format!(
-                    "PR #{} is not in the snapshot: no evidence it closed, so it is kept",
-                    meta.pr
-                ),
-            )
+            (Action::Keep, format!("{missing}: no evidence it closed, so it is kept"))
         } else {
-            (
-                Action::Update,
-                format!(
-                    "PR #{} is not in the snapshot, so it is kept; settings changed",
-                    meta.pr
-                ),
-            )
+            (Action::Update, format!("{missing}, so it is kept; settings changed"))
         };
         decisions.push(Decision {
             pr: meta.pr,
@@ -512,6 +539,31 @@ mod tests {
         assert_eq!(plan.decisions[0].action, Action::Keep);
         assert_eq!(plan.decisions[0].desired.as_ref(), Some(&meta));
         assert!(plan.is_noop());
+    }
+
+    #[test]
+    fn an_unconfirmed_pr_is_kept_with_the_reason_and_an_operator_confirmed_one_is_pruned() {
+        let cfg = config();
+        let existing: BTreeMap<_, _> = [12, 13, 14]
+            .into_iter()
+            .map(|n| {
+                let env = EnvName::new("shop", n).unwrap();
+                (env.clone(), env_meta(&cfg, &pr(n), env, at(NOW), None))
+            })
+            .collect();
+        let evidence = Evidence {
+            unconfirmed: BTreeMap::from([(12, "GitHub answers 404".to_string())]),
+            closed_by_operator: [13].into(),
+        };
+        let plan = plan_with(&cfg, &[pr(14)], &existing, at(NOW), &evidence);
+        let got: Vec<(u64, Action)> = plan.decisions.iter().map(|d| (d.pr, d.action)).collect();
+        assert_eq!(got, [(12, Action::Keep), (13, Action::Prune), (14, Action::Keep)]);
+        assert!(
+            plan.decisions[0]
+                .reason
+                .contains("cannot be confirmed (GitHub answers 404)")
+        );
+        assert!(plan.decisions[1].reason.contains("--confirm-closed"));
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl Reporter {
                     return Ok(Some(marker));
                 }
             }
-            next = link.as_deref().and_then(crate::github::next_link);
+            next = self.github.next_page(link.as_deref())?;
         }
         Ok(None)
     }

@@ -17,11 +17,12 @@ use crate::state::{self, Changes};
 use crate::templates;
 use crate::tree::Tree;
 
-/// What the caller allows for this run.
-#[derive(Debug, Clone, Copy, Default)]
+/// What the caller allows for this run, and what it knows beyond the snapshot.
+#[derive(Debug, Clone, Default)]
 pub struct SyncOptions {
     /// Lets the circuit breaker pass a mass prune, once.
     pub allow_mass_prune: bool,
+    pub evidence: plan::Evidence,
 }
 
 /// Everything a run decided and did.
@@ -39,6 +40,8 @@ pub struct SyncReport {
     /// The tip the plan was made against.
     pub base: Option<String>,
     pub attempts: u32,
+    /// PRs with an environment whose state could not be confirmed (kept), and why.
+    pub unconfirmed: BTreeMap<u64, String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -63,11 +66,11 @@ pub fn prepare(
     config: &Config,
     prs: &[PullRequest],
     now: DateTime<Utc>,
-    opts: SyncOptions,
+    opts: &SyncOptions,
 ) -> Result<Prepared> {
     let tip = repo.tip()?;
     let state = repo.read_state(tip)?;
-    let mut plan = plan::plan(config, prs, &state.envs, now);
+    let mut plan = plan::plan_with(config, prs, &state.envs, now, &opts.evidence);
     plan::check_mass_prune(&plan, state.envs.len(), &config.sync, opts.allow_mass_prune)?;
     // An environment whose metadata (settings digest included) is unchanged renders to the files it
     // has: neither render nor compare it. This keeps a sync of one changed PR among thousands fast.
@@ -146,7 +149,7 @@ pub fn sync(
     config: &Config,
     prs: &[PullRequest],
     now: DateTime<Utc>,
-    opts: SyncOptions,
+    opts: &SyncOptions,
 ) -> Result<SyncReport> {
     let author = envrepo::signature(&config.git)?;
     let max = config.sync.max_attempts;
@@ -168,6 +171,7 @@ pub fn sync(
             commit: None,
             base: base.map(|b| b.to_string()),
             attempts: attempt,
+            unconfirmed: opts.evidence.unconfirmed.clone(),
         };
         if report.changes.is_empty() {
             tracing::info!("nothing changed; no commit");

@@ -232,18 +232,136 @@ async fn failures_and_rate_limits_never_prune() {
         );
         assert_eq!(f.envs(), ["shop-pr-1", "shop-pr-2"], "{name}");
     }
-    // A lookup that fails is no proof either.
-    let f = Fixture::with_envs(&[open_pr(1), open_pr(2)]);
+}
+
+#[tokio::test]
+async fn one_pr_that_cannot_be_looked_up_is_kept_and_reported_while_the_rest_syncs() {
+    let f = Fixture::with_envs(&[open_pr(1), open_pr(2), open_pr(5)]);
     let server = MockServer::start().await;
-    listing(vec![open_pr(1)]).mount(&server).await;
+    listing(vec![open_pr(1), open_pr(3)]).mount(&server).await;
+    // #2: deleted, transferred or invisible to the token; #5: GitHub keeps failing.
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/pulls/2"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest/pulls/pulls#get-a-pull-request", "status": "404"})))
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/pulls/5"))
         .respond_with(ResponseTemplate::new(500))
         .mount(&server)
         .await;
     let out = f.sync_from(&server).await;
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(f.envs(), ["shop-pr-1", "shop-pr-2"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(f.envs(), ["shop-pr-1", "shop-pr-2", "shop-pr-3", "shop-pr-5"], "{err}");
+    assert!(
+        err.contains("PR #2") && err.contains("404") && err.contains("--confirm-closed 2"),
+        "{err}"
+    );
+    assert!(err.contains("PR #5") && err.contains("500"), "{err}");
+    let plan = text(&out.stdout);
+    assert!(plan.contains("cannot be confirmed"), "{plan}");
+
+    // The operator's word is the evidence: --confirm-closed prunes it, and only it.
+    write_config(f.dir.path(), &config(&server.uri(), ""));
+    let (config, remote) = (f.dir.path().join("prenv.toml"), f.remote.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_prenv"))
+            .args([
+                "--config",
+                s(&config),
+                "sync",
+                "--repo",
+                s(&remote),
+                "--now",
+                NOW,
+                "--confirm-closed",
+                "2",
+            ])
+            .env("GITHUB_TOKEN", "ghp_testtoken_never_logged")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(f.envs(), ["shop-pr-1", "shop-pr-3", "shop-pr-5"]);
+}
+
+/// A responder that records when each request arrived, then answers from a script.
+struct Timed {
+    arrivals: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+    script: Vec<ResponseTemplate>,
+}
+
+impl wiremock::Respond for Timed {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let mut arrivals = self.arrivals.lock().unwrap();
+        arrivals.push(std::time::Instant::now());
+        let i = (arrivals.len() - 1).min(self.script.len() - 1);
+        self.script[i].clone()
+    }
+}
+
+/// Runs a sync against a listing that answers `script` in turn; returns the gaps between requests.
+async fn gaps_for(script: Vec<ResponseTemplate>) -> (Output, Vec<std::time::Duration>) {
+    let f = Fixture::with_envs(&[]);
+    let server = MockServer::start().await;
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    Mock::given(method("GET"))
+        .and(path("/repos/acme/shop/pulls"))
+        .respond_with(Timed {
+            arrivals: arrivals.clone(),
+            script,
+        })
+        .mount(&server)
+        .await;
+    let out = f.sync_from(&server).await;
+    let arrivals = arrivals.lock().unwrap().clone();
+    (out, arrivals.windows(2).map(|w| w[1] - w[0]).collect())
+}
+
+#[tokio::test]
+async fn retries_are_spaced_as_github_asks_and_never_burst() {
+    use std::time::Duration;
+    let ok = ResponseTemplate::new(200).set_body_json(vec![open_pr(1)]);
+    // A 429 with Retry-After: the next request comes that many seconds later, not before.
+    let limited = ResponseTemplate::new(429)
+        .insert_header("retry-after", "2")
+        .set_body_json(json!({"message": "You have exceeded a secondary rate limit."}));
+    let (out, gaps) = gaps_for(vec![limited, ok.clone()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(gaps.len(), 1, "exactly one retry: {gaps:?}");
+    assert!(
+        gaps[0] >= Duration::from_secs(2) && gaps[0] < Duration::from_millis(2900),
+        "{gaps:?}"
+    );
+
+    // An exhausted budget: nothing before x-ratelimit-reset.
+    let reset = chrono::Utc::now().timestamp() + 2;
+    let exhausted = ResponseTemplate::new(403)
+        .insert_header("x-ratelimit-remaining", "0")
+        .insert_header("x-ratelimit-reset", reset.to_string().as_str())
+        .set_body_json(json!({"message": "API rate limit exceeded for installation ID 1."}));
+    let (out, gaps) = gaps_for(vec![exhausted, ok.clone()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert!(chrono::Utc::now().timestamp() >= reset, "retried before the reset");
+
+    // Server errors: exponential backoff with jitter, each wait at least half its step.
+    let (out, gaps) = gaps_for(vec![
+        ResponseTemplate::new(502),
+        ResponseTemplate::new(503),
+        ResponseTemplate::new(500),
+        ok,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(gaps.len(), 3, "one request per attempt, no library retries: {gaps:?}");
+    for (gap, min) in gaps.iter().zip([250, 500, 1000]) {
+        assert!(*gap >= Duration::from_millis(min), "{gaps:?}");
+    }
 }
 
 #[tokio::test]
@@ -286,7 +404,7 @@ async fn a_github_app_exchanges_its_jwt_for_installation_tokens_and_refreshes_th
         .and(path("/app/installations/42/access_tokens"))
         .and(header_regex("authorization", "^Bearer ey[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$"))
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({"token": "ghs_installation", "expires_at": soon, "permissions": {"pull_requests": "read"}, "repository_selection": "selected"})))
-        .expect(2)
+        .expect(3)
         .mount(&server)
         .await;
     let with_token = |r: &Request| {
@@ -295,10 +413,28 @@ async fn a_github_app_exchanges_its_jwt_for_installation_tokens_and_refreshes_th
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.ends_with("ghs_installation"))
     };
+    // Page 2 comes as GitHub writes its Link: absolute, in the /repositories/{id} form. It must
+    // carry the installation token too (octocrab sends it only to relative URLs).
+    let next = format!(
+        "<{}/repositories/186853002/pulls?state=open&per_page=100&page=2>; rel=\"next\"",
+        server.uri()
+    );
     Mock::given(method("GET"))
         .and(path("/repos/acme/shop/pulls"))
         .and(with_token)
-        .respond_with(ResponseTemplate::new(200).set_body_json(vec![open_pr(1)]))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(vec![open_pr(1)])
+                .insert_header("link", next.as_str()),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/repositories/186853002/pulls"))
+        .and(query_param("page", "2"))
+        .and(with_token)
+        .respond_with(ResponseTemplate::new(200).set_body_json(vec![open_pr(3)]))
         .expect(1)
         .mount(&server)
         .await;
@@ -335,7 +471,7 @@ async fn a_github_app_exchanges_its_jwt_for_installation_tokens_and_refreshes_th
     .await
     .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(f.envs(), ["shop-pr-1"]);
+    assert_eq!(f.envs(), ["shop-pr-1", "shop-pr-3"]);
     let logs = text(&out.stderr);
     assert!(
         !logs.contains("ghs_installation") && !logs.contains("PRIVATE KEY"),
