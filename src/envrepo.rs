@@ -130,6 +130,7 @@ impl EnvRepo {
                 });
             }
         };
+        point_head_at_branch(&repo, &git.branch, &display)?;
         Ok(EnvRepo {
             git_dir: repo.path().to_path_buf(),
             repo,
@@ -176,7 +177,14 @@ impl EnvRepo {
                 let advertised = remote
                     .list()
                     .map_err(|e| git_err("listing branches of", &self.display, e))?;
-                if !advertised.iter().any(|h| h.name() == self.branch_ref()) {
+                let has_branch = advertised.iter().any(|h| h.name() == self.branch_ref());
+                if let Ok(head) = remote.default_branch()
+                    && has_branch
+                    && head.as_str().ok() != Some(self.branch_ref().as_str())
+                {
+                    tracing::warn!(repo = %self.display, head = ?head.as_str().ok(), branch = %self.branch, "the remote's default branch is not the one prenv commits to: a clone checks out something else; set the default branch in the repository's settings");
+                }
+                if !has_branch {
                     if let Ok(mut r) = self.repo.find_reference(&self.tracking_ref()) {
                         r.delete()
                             .map_err(|e| git_err("clearing tracking branch of", &self.display, e))?;
@@ -422,6 +430,26 @@ impl EnvRepo {
         });
         callbacks
     }
+}
+
+/// A repository with no commit yet (`git init --bare` on a host whose default branch is `master`)
+/// gets its HEAD pointed at the branch prenv commits to, so that a clone checks out what prenv
+/// wrote; so does one whose HEAD names a branch that does not exist (an unborn HEAD holds nothing).
+/// A HEAD that names an existing branch is its owner's choice and stays.
+fn point_head_at_branch(repo: &Repository, branch: &str, shown: &str) -> Result<()> {
+    let want = format!("refs/heads/{branch}");
+    let err = |action| move |e| git_err(action, shown, e);
+    let head = repo.find_reference("HEAD").map_err(err("reading HEAD of"))?;
+    let Some(target) = head.symbolic_target().map_err(err("reading HEAD of"))? else {
+        return Ok(());
+    };
+    if target == want || repo.find_reference(target).is_ok() {
+        return Ok(());
+    }
+    let from = target.to_string();
+    repo.set_head(&want).map_err(err("setting HEAD of"))?;
+    tracing::info!(repo = shown, from, to = %want, "pointed the unborn HEAD at the branch prenv commits to");
+    Ok(())
 }
 
 /// The author of prenv's commits.

@@ -544,3 +544,43 @@ fn a_sync_killed_at_any_moment_leaves_a_complete_commit() {
     assert_eq!(f.envs(), envs(1..=300));
     assert!(text(&f.sync(&prs, &[]).stdout).contains("no change"));
 }
+
+#[test]
+fn a_repository_made_on_a_master_host_checks_out_what_prenv_wrote() {
+    let f = Fixture::new();
+    let remote = f.dir.path().join("master.git");
+    git(
+        f.dir.path(),
+        &[
+            "-c",
+            "init.defaultBranch=master",
+            "init",
+            "--quiet",
+            "--bare",
+            s(&remote),
+        ],
+    );
+    let prs = f.prs("prs.json", &[open(1)]);
+    let out = f.run("sync", &prs, s(&remote), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(git(&remote, &["symbolic-ref", "HEAD"]).trim(), "refs/heads/main");
+    let clone = f.dir.path().join("clone");
+    let out = Command::new("git")
+        .args(["clone", "--quiet", s(&remote), s(&clone)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
+    assert!(clone.join("environments/shop-pr-1/kustomization.yaml").is_file());
+}
+
+#[test]
+fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let f = Fixture::new();
+    let prs = f.prs("prs.json", &[open(1)]);
+    let out = f.run("sync", &prs, s(&f.remote), &["--log", "info"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("INFO"), "info lines are logged: {err}");
+    assert!(!err.contains('\u{1b}'), "ANSI escape in piped stderr: {err:?}");
+}
