@@ -44,16 +44,17 @@ fn stats(mut times: Vec<Duration>) -> (Duration, Duration) {
 
 fn main() {
     let json = snapshot();
-    let config = prenv::config::Config::parse(&config_text(), "bench").unwrap();
+    let config = prenv::model::config::Config::parse(&config_text(), "bench").unwrap();
     let now = NOW.parse().unwrap();
 
     let mut times = Vec::new();
     let mut files = 0;
     for _ in 0..ROUNDS {
         let start = Instant::now();
-        let prs = prenv::pr::parse_snapshot(&json, "bench").unwrap();
-        let plan = prenv::plan::plan(&config, &prs, &Default::default(), now);
-        let tree = prenv::render::render_owned(&config, &plan).unwrap();
+        let prs = prenv::model::pr::parse_snapshot(&json, "bench").unwrap();
+        let plan = prenv::core::plan::plan(&config, &prs, &Default::default(), now);
+        let envs: Vec<_> = plan.desired().collect();
+        let tree = prenv::manifests::render::render_owned(&config, &envs).unwrap();
         times.push(start.elapsed());
         files = tree.len();
     }

@@ -188,13 +188,7 @@ pub struct RenderArgs {
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    pub snapshot: SnapshotArgs,
-
-    #[command(flatten)]
-    pub repo: RepoArgs,
-
-    #[command(flatten)]
-    pub view: PlanView,
+    pub run: SyncArgs,
 
     /// Also print a unified diff of every file that would change.
     #[arg(long)]
@@ -221,6 +215,7 @@ pub struct PlanView {
     pub confirm_closed: Vec<u64>,
 }
 
+/// What a sync (or a plan) runs on: the PRs, the repository, how it is shown and what it may do.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     #[command(flatten)]

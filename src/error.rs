@@ -1,4 +1,5 @@
-//! The library's one error type: every variant names the system that failed and what to do about it.
+//! The library's one error type: every variant names the system that failed, keeps its cause, and
+//! says what to do about it.
 
 use std::path::PathBuf;
 
@@ -22,17 +23,31 @@ pub enum Error {
     Render(String),
 
     /// A git operation on the environments repository failed.
-    #[error("{action} {repo}: {message}")]
+    #[error("{action} {repo}")]
     Git {
         action: &'static str,
         /// The repository, with any credentials removed from its URL.
         repo: String,
-        message: String,
+        #[source]
+        source: Sdk,
     },
 
-    /// GitHub refused, failed or rate-limited a request; nothing was pruned.
+    /// GitHub refused, failed or rate-limited a request.
     #[error("GitHub: {action}: {message}")]
-    Github { action: &'static str, message: String },
+    Github {
+        action: &'static str,
+        message: String,
+        #[source]
+        source: Option<Sdk>,
+    },
+
+    /// The Kubernetes API failed.
+    #[error("Kubernetes: {action}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: Sdk,
+    },
 
     /// The circuit breaker refused a run that would prune too many environments at once.
     #[error(
@@ -57,21 +72,45 @@ pub enum Error {
     },
 
     /// Encrypting or decrypting a secret failed.
-    #[error("secrets: {what}: {source}")]
+    #[error("secrets: {what}")]
     Secrets {
         what: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// An age identity file is unreadable as one.
+    #[error("age identity file {path}: {message}")]
+    Identity { path: String, message: String },
+
+    /// The operating system's random generator failed (credentials are never made without it).
+    #[error("no randomness for {what}: {source}")]
+    Randomness {
+        what: &'static str,
+        #[source]
+        source: getrandom::Error,
+    },
+
     /// Reading or writing a local file failed.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The error of an SDK (git2, octocrab, kube), kept as the cause with its text cleaned of
+/// credentials: such errors can echo a URL holding a token, and the whole chain is printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Sdk {
+    /// The SDK: `git2`, `octocrab`, `kube`.
+    pub system: &'static str,
+    /// The SDK's own classification (git2's class and code, an HTTP status), for logs and tests.
+    pub code: Option<String>,
+    pub message: String,
 }
 
 impl Error {
@@ -85,10 +124,25 @@ impl Error {
             Error::Git { .. } => "git",
             Error::MassPrune { .. } => "mass_prune",
             Error::Github { .. } => "github",
+            Error::Kube { .. } => "kube",
             Error::Contention { .. } => "contention",
             Error::Secrets { .. } => "secrets",
+            Error::Identity { .. } => "identity",
+            Error::Randomness { .. } => "randomness",
             Error::Io { .. } => "io",
         }
+    }
+
+    /// The error and its causes, `: `-separated, as the command line prints them.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
     }
 
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -101,3 +155,27 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_names_the_action_and_keeps_the_cause() {
+        let e = Error::Git {
+            action: "fetching from",
+            repo: "https://***@github.com/acme/envs.git".into(),
+            source: Sdk {
+                system: "git2",
+                code: Some("Net/GenericError".into()),
+                message: "could not connect".into(),
+            },
+        };
+        assert_eq!(e.to_string(), "fetching from https://***@github.com/acme/envs.git");
+        assert_eq!(
+            e.chain(),
+            "fetching from https://***@github.com/acme/envs.git: could not connect"
+        );
+        assert_eq!(e.metric_label(), "git");
+    }
+}

@@ -73,6 +73,7 @@ fn the_watcher_manifests_build_and_grant_only_read_access_to_watched_objects() {
             .find(|o| str_at(o, &["kind"]) == Some("ConfigMap"))
             .unwrap();
         let toml = str_at(config, &["data", "prenv.toml"]).unwrap();
-        prenv::config::Config::parse(toml, "deploy/watcher/prenv.toml").expect("the shipped prenv.toml is valid");
+        prenv::model::config::Config::parse(toml, "deploy/watcher/prenv.toml")
+            .expect("the shipped prenv.toml is valid");
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use prenv::quantity::Bytes;
+use prenv::model::quantity::Bytes;
 
 fn init(dir: &Path, extra: &[&str]) -> std::process::Output {
     let config = repo_root().join("examples/prenv.toml");

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use prenv::naming;
+use prenv::model::naming;
 use serde_json::json;
 
 const HOSTILE_CONFIG: &str = r#"
@@ -199,7 +199,7 @@ fn no_input_writes_outside_its_environment_directory() {
         NOW,
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let tree = prenv::tree::Tree::read_dir(&out_dir, "environments").unwrap();
+    let tree = prenv::adapters::fs::read_tree(&out_dir, "environments").unwrap();
     let envs: BTreeSet<String> = hostile_prs().iter().map(|(n, _, _)| format!("shop-pr-{n}")).collect();
     for path in tree.paths() {
         let env = path.split('/').nth(1).unwrap();
@@ -329,7 +329,7 @@ fn quota_grows_one_step_per_database() {
 #[test]
 fn a_rendered_environment_matches_its_snapshot() {
     let dir = render_example("prenv-argocd.toml");
-    let tree = prenv::tree::Tree::read_dir(dir.path(), "environments/shop-pr-106").unwrap();
+    let tree = prenv::adapters::fs::read_tree(dir.path(), "environments/shop-pr-106").unwrap();
     let mut combined = String::new();
     // The credentials are random and encrypted: tests/secrets.rs checks them.
     for (path, bytes) in tree.iter().filter(|(p, _)| !p.ends_with(".sops.yaml")) {
@@ -382,7 +382,7 @@ fn rendering_twice_writes_nothing_the_second_time() {
     let run = |a: Vec<String>| prenv(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(run(args(true)).status.code(), Some(1), "an empty directory differs");
     assert!(run(args(false)).status.success());
-    let before = prenv::tree::Tree::read_dir(dir.path(), "environments").unwrap();
+    let before = prenv::adapters::fs::read_tree(dir.path(), "environments").unwrap();
     // A later clock must not change created_at or anything else.
     let mut later = args(false);
     later[8] = "2026-11-24T13:00:00Z".into();
@@ -393,7 +393,10 @@ fn rendering_twice_writes_nothing_the_second_time() {
         "{}",
         text(&second.stderr)
     );
-    assert_eq!(prenv::tree::Tree::read_dir(dir.path(), "environments").unwrap(), before);
+    assert_eq!(
+        prenv::adapters::fs::read_tree(dir.path(), "environments").unwrap(),
+        before
+    );
     assert_eq!(run(args(true)).status.code(), Some(0));
 }
 

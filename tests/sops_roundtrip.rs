@@ -11,7 +11,7 @@ use std::str::FromStr;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
-use prenv::sops::{self, SopsError};
+use prenv::secrets::sops::{self, SopsError};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "pw-9f3Kq2LmX7vB1nZ8";
@@ -96,7 +96,7 @@ impl Scratch {
     /// Writes a value with prenv's YAML emitter, the way prenv commits it.
     fn write(&self, name: &str, doc: &Value) -> PathBuf {
         let file = self.path().join(name);
-        std::fs::write(&file, prenv::yaml::to_string(doc).unwrap()).unwrap();
+        std::fs::write(&file, prenv::manifests::yaml::to_string(doc).unwrap()).unwrap();
         file
     }
 

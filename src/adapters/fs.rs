@@ -1,0 +1,194 @@
+//! The local file system: the config file, age identities, the sealing certificate, `--prs` snapshot
+//! files, and directories prenv renders into (`render --out`) or scaffolds (`init`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::core::diff;
+use crate::core::ports::{PrSource, RepoView};
+use crate::error::{Error, Result};
+use crate::model::config::Config;
+use crate::model::layout::{ARGOCD_DIR, ENVIRONMENTS_DIR, FLUX_DIR};
+use crate::model::pr::{self, Snapshot};
+use crate::model::tree::Tree;
+use crate::secrets::{self, Material};
+
+/// Reads and validates the configuration file.
+pub fn load_config(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading config", path, e))?;
+    Config::parse(&text, &path.display().to_string())
+}
+
+/// Reads an age identity file (`AGE-SECRET-KEY-...` lines).
+pub fn load_identities(path: &Path) -> Result<Vec<age::x25519::Identity>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading age identity file", path, e))?;
+    secrets::parse_identities(&text, &path.display().to_string())
+}
+
+/// The secret material of one run: the age recipients, or the Sealed Secrets certificate read once.
+pub fn load_material(config: &Config) -> Result<Material> {
+    match config
+        .secrets
+        .sealed_secrets_cert
+        .as_deref()
+        .filter(|_| config.secrets.backend == crate::model::config::SecretsBackend::SealedSecrets)
+    {
+        Some(cert) => {
+            let path = Path::new(cert);
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| Error::io("reading the sealed-secrets certificate", path, e))?;
+            Material::new(config, Some((&pem, cert)))
+        }
+        None => Material::new(config, None),
+    }
+}
+
+/// Pull requests from a snapshot file (`--prs`): a JSON array in GitHub's REST shape.
+pub struct SnapshotFile(pub PathBuf);
+
+impl PrSource for SnapshotFile {
+    fn snapshot(&self, _with_envs: &BTreeSet<u64>) -> Result<Snapshot> {
+        let text =
+            std::fs::read_to_string(&self.0).map_err(|e| Error::io("reading pull-request snapshot", &self.0, e))?;
+        Ok(Snapshot {
+            prs: pr::parse_snapshot(&text, &self.0.display().to_string())?,
+            unconfirmed: Default::default(),
+        })
+    }
+}
+
+/// What prenv owns in a rendered directory, read the way a repository is.
+pub fn read_rendered(dir: &Path) -> Result<RepoView> {
+    let mut tree = Tree::new();
+    for sub in [ENVIRONMENTS_DIR, FLUX_DIR, ARGOCD_DIR] {
+        tree.extend(read_tree(dir, sub)?);
+    }
+    let mut view = diff::view_of(&tree, None);
+    view.top_level = top_level(dir)?;
+    Ok(view)
+}
+
+fn top_level(dir: &Path) -> Result<BTreeSet<String>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| {
+                e.map(|e| e.file_name().to_string_lossy().into_owned())
+                    .map_err(|e| Error::io("listing", dir, e))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(Error::io("listing", dir, e)),
+    }
+}
+
+/// Writes `upserts` below `dir` and removes `removals`; a directory left empty by a removal goes too.
+pub fn apply_rendered(dir: &Path, upserts: &Tree, removals: &BTreeSet<String>) -> Result<()> {
+    write_tree(upserts, dir)?;
+    for path in removals {
+        let file = dir.join(path);
+        std::fs::remove_file(&file).map_err(|e| Error::io("removing stale file", &file, e))?;
+        // Empty environment directories go too; a directory still holding other files stays.
+        if let Some(parent) = file.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+    Ok(())
+}
+
+/// Writes every file below `root`, creating directories as needed; unchanged files are not rewritten.
+pub fn write_tree(tree: &Tree, root: &Path) -> Result<usize> {
+    let mut written = 0;
+    for (path, bytes) in tree.iter() {
+        let target = root.join(path);
+        if std::fs::read(&target).is_ok_and(|old| old == bytes) {
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("creating directory", parent, e))?;
+        }
+        std::fs::write(&target, bytes).map_err(|e| Error::io("writing", &target, e))?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// Reads every regular file below `root/dir` into a tree whose paths start with `dir`.
+pub fn read_tree(root: &Path, dir: &str) -> Result<Tree> {
+    let mut tree = Tree::new();
+    let start = root.join(dir);
+    if !start.exists() {
+        return Ok(tree);
+    }
+    let mut stack = vec![(start, dir.to_string())];
+    while let Some((abs, rel)) = stack.pop() {
+        let entries = std::fs::read_dir(&abs).map_err(|e| Error::io("listing", &abs, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("listing", &abs, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (abs, rel) = (entry.path(), format!("{rel}/{name}"));
+            let kind = entry.file_type().map_err(|e| Error::io("inspecting", &abs, e))?;
+            if kind.is_dir() {
+                stack.push((abs, rel));
+            } else if kind.is_file() {
+                let bytes = std::fs::read(&abs).map_err(|e| Error::io("reading", &abs, e))?;
+                tree.insert(rel, bytes)?;
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// What writing a scaffold did.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub written: Vec<String>,
+    pub unchanged: usize,
+    /// Files that exist with other content and were left alone (no `--force`).
+    pub kept: Vec<String>,
+}
+
+/// Writes `tree` below `dir`: new files are created, identical ones skipped, and a file with other
+/// content (someone's edit) is kept as it is unless `force`.
+pub fn write_keeping_edits(tree: &Tree, dir: &Path, force: bool) -> Result<Written> {
+    let mut out = Written::default();
+    for (path, bytes) in tree.iter() {
+        let target = dir.join(path);
+        match std::fs::read(&target) {
+            Ok(existing) if existing == bytes => {
+                out.unchanged += 1;
+                continue;
+            }
+            Ok(_) if !force => {
+                out.kept.push(path.to_string());
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("creating directory", parent, e))?;
+        }
+        std::fs::write(&target, bytes).map_err(|e| Error::io("writing", &target, e))?;
+        out.written.push(path.to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_written_and_read_back_is_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = Tree::new();
+        tree.insert("d/a.yaml", "a").unwrap();
+        tree.insert("d/e/b.yaml", "b").unwrap();
+        assert_eq!(write_tree(&tree, dir.path()).unwrap(), 2);
+        assert_eq!(
+            write_tree(&tree, dir.path()).unwrap(),
+            0,
+            "unchanged files are not rewritten"
+        );
+        assert_eq!(read_tree(dir.path(), "d").unwrap(), tree);
+    }
+}

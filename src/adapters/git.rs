@@ -1,0 +1,667 @@
+//! The environments repository, through git2 ([`EnvStore`]): read what prenv owns at the branch
+//! tip, build one commit from the desired tree in git objects, and publish it with
+//! compare-and-swap semantics. Also the history walk `prenv audit` reads every blob with.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
+
+use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision};
+use crate::error::{Error, Result, Sdk};
+use crate::model::config::Git as GitConfig;
+use crate::model::layout::{ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE};
+use crate::model::meta::owned_meta;
+use crate::model::tree::Tree;
+
+/// Environment variables an HTTPS token is read from, in order.
+pub const TOKEN_VARS: [&str; 2] = ["PRENV_GIT_TOKEN", "GITHUB_TOKEN"];
+/// Commits writing more files than this are packed in memory; smaller ones are written loose.
+const PACK_THRESHOLD: usize = 64;
+/// Above the loose (1) and packed (2) backends, so new objects are written to memory first.
+const MEMPACK_PRIORITY: i32 = 1000;
+/// How many times git may ask for credentials before we stop offering the same ones again.
+const CREDENTIAL_TRIES: u32 = 3;
+
+/// Where the environments repository is: `--repo`, else `git.url`, else the embedded default (a
+/// local bare repository under `$XDG_DATA_HOME`, created on first use); and where clones of remote
+/// repositories are cached.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub location: String,
+    /// May be created when nothing is there (the embedded default only).
+    pub create: bool,
+    pub cache_dir: PathBuf,
+}
+
+impl Location {
+    pub fn resolve(git: &GitConfig, repo: Option<&str>, cache_dir: Option<&Path>) -> Result<Location> {
+        let cache_dir = cache_dir
+            .map(Path::to_path_buf)
+            .or_else(|| git.cache_dir.as_ref().map(PathBuf::from))
+            .unwrap_or_else(|| xdg_dir("XDG_CACHE_HOME", ".cache").join("prenv"));
+        let (location, create) = match repo.or(git.url.as_deref()) {
+            Some(location) => (location.to_string(), false),
+            None => {
+                let path = default_repo_path();
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
+                }
+                (path.display().to_string(), true)
+            }
+        };
+        Ok(Location {
+            location,
+            create,
+            cache_dir,
+        })
+    }
+}
+
+/// The embedded default environments repository: `$XDG_DATA_HOME/prenv/environments.git`.
+pub fn default_repo_path() -> PathBuf {
+    xdg_dir("XDG_DATA_HOME", ".local/share").join("prenv/environments.git")
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+            .join(fallback),
+    }
+}
+
+/// Where the branch lives and how a commit is published there.
+enum Target {
+    /// A repository on this machine, updated in place: the compare-and-swap of the branch ref is the push.
+    Local,
+    /// A remote (URL), mirrored into a cache repository and pushed to.
+    Remote { url: String },
+}
+
+/// The environments repository, opened for one run.
+pub struct EnvRepo {
+    repo: Repository,
+    /// Where `repo` lives, to open a fresh handle.
+    git_dir: PathBuf,
+    target: Target,
+    /// For messages: the path or URL, credentials removed.
+    display: String,
+    branch: String,
+    /// The author of prenv's commits.
+    author: Signature<'static>,
+    ssh_key: Option<PathBuf>,
+    /// Held for the run so two prenv processes on one machine never share a cache clone at once.
+    _cache_lock: Option<std::fs::File>,
+}
+
+impl EnvRepo {
+    /// Opens `location`: a local path (a bare repository is best; it is created when `create` is set
+    /// and nothing exists there) or a URL (`https://`, `ssh://`, `git@host:path`, `file://`), which is
+    /// mirrored into a cache below `cache_dir`.
+    pub fn open_at(at: &Location, git: &GitConfig) -> Result<EnvRepo> {
+        EnvRepo::open(&at.location, git, &at.cache_dir, at.create)
+    }
+
+    pub fn open(location: &str, git: &GitConfig, cache_dir: &Path, create: bool) -> Result<EnvRepo> {
+        // prenv only links objects it has just written or read: skip libgit2's existence check per entry.
+        git2::opts::strict_object_creation(false);
+        let display = redact_url(location);
+        // libgit2's file:// transport updates refs without a compare-and-swap; a local repository
+        // opened in place gets one, so file:// URLs are opened as paths.
+        let location = location.strip_prefix("file://").unwrap_or(location);
+        let (repo, target, lock) = if is_url(location) {
+            let (repo, lock) = open_cache(location, cache_dir, &display)?;
+            let url = location.to_string();
+            (repo, Target::Remote { url }, Some(lock))
+        } else {
+            let repo = open_local(Path::new(location), create, &git.branch, &display)?;
+            point_head_at_branch(&repo, &git.branch, &display)?;
+            (repo, Target::Local, None)
+        };
+        Ok(EnvRepo {
+            git_dir: repo.path().to_path_buf(),
+            repo,
+            target,
+            display,
+            branch: git.branch.clone(),
+            author: signature(git)?,
+            ssh_key: git.ssh_key.as_ref().map(PathBuf::from),
+            _cache_lock: lock,
+        })
+    }
+
+    fn branch_ref(&self) -> String {
+        format!("refs/heads/{}", self.branch)
+    }
+
+    fn tracking_ref(&self) -> String {
+        format!("refs/remotes/origin/{}", self.branch)
+    }
+
+    /// The current tip of the branch, fetched first for a remote.
+    fn tip(&mut self) -> Result<Option<Oid>> {
+        let name = match &self.target {
+            Target::Local => self.branch_ref(),
+            Target::Remote { url } => {
+                let mut remote = self
+                    .repo
+                    .remote_anonymous(url)
+                    .map_err(|e| git_err("reaching", &self.display, e))?;
+                let refspec = format!("+{}:{}", self.branch_ref(), self.tracking_ref());
+                let mut options = git2::FetchOptions::new();
+                options.remote_callbacks(self.callbacks());
+                remote
+                    .fetch(&[refspec.as_str()], Some(&mut options), None)
+                    .map_err(|e| git_err("fetching from", &self.display, e))?;
+                // A remote without the branch yet leaves the tracking ref as it was: clear it.
+                let advertised = remote
+                    .list()
+                    .map_err(|e| git_err("listing branches of", &self.display, e))?;
+                let has_branch = advertised.iter().any(|h| h.name() == self.branch_ref());
+                if let Ok(head) = remote.default_branch()
+                    && has_branch
+                    && head.as_str().ok() != Some(self.branch_ref().as_str())
+                {
+                    tracing::warn!(repo = %self.display, head = ?head.as_str().ok(), branch = %self.branch, "the remote's default branch is not the one prenv commits to: a clone checks out something else; set the default branch in the repository's settings");
+                }
+                if !has_branch {
+                    if let Ok(mut r) = self.repo.find_reference(&self.tracking_ref()) {
+                        r.delete()
+                            .map_err(|e| git_err("clearing tracking branch of", &self.display, e))?;
+                    }
+                    return Ok(None);
+                }
+                self.tracking_ref()
+            }
+        };
+        let id = match self.repo.refname_to_id(&name) {
+            Ok(id) => Some(id),
+            Err(e) if e.code() == ErrorCode::NotFound => None,
+            Err(e) => return Err(git_err("reading branch of", &self.display, e)),
+        };
+        // The tip's objects may sit in a pack written a moment ago (by another process, or by the
+        // fetch); libgit2 notices new packs by the pack directory's mtime, in whole seconds. A fresh
+        // handle opened after reading the ref sees every object the tip needs.
+        self.repo = Repository::open(&self.git_dir).map_err(|e| git_err("reopening", &self.display, e))?;
+        Ok(id)
+    }
+
+    /// Reads what prenv owns at `tip` without reading any file it does not need: metadata files are
+    /// parsed, every other owned file is known by its blob id only.
+    fn read_at(&self, tip: Option<Oid>) -> Result<RepoView> {
+        let mut view = RepoView {
+            tip: tip.map(|t| Revision(t.to_string())),
+            ..RepoView::default()
+        };
+        let Some(tip) = tip else { return Ok(view) };
+        let err = |e| git_err("reading the tree of", &self.display, e);
+        let root = self.repo.find_commit(tip).and_then(|c| c.tree()).map_err(err)?;
+        view.top_level = root.iter().filter_map(|e| e.name().ok().map(String::from)).collect();
+        if let Some(envs) = self.subtree(&root, ENVIRONMENTS_DIR)? {
+            for entry in envs.iter().filter(|e| e.kind() == Some(ObjectType::Tree)) {
+                let Ok(name) = entry.name() else { continue };
+                let dir = self.repo.find_tree(entry.id()).map_err(err)?;
+                let Some(meta_entry) = dir.get_name(META_FILE) else {
+                    continue;
+                };
+                let blob = self.repo.find_blob(meta_entry.id()).map_err(err)?;
+                if let Some(meta) = owned_meta(name, blob.content()) {
+                    self.collect(&dir, &format!("{ENVIRONMENTS_DIR}/{name}"), &mut view.owned)?;
+                    view.envs.insert(meta.env.clone(), meta);
+                }
+            }
+        }
+        for wiring in [FLUX_DIR, ARGOCD_DIR] {
+            if let Some(tree) = self.subtree(&root, wiring)? {
+                self.collect(&tree, wiring, &mut view.owned)?;
+            }
+        }
+        Ok(view)
+    }
+
+    fn subtree(&self, root: &git2::Tree<'_>, path: &str) -> Result<Option<git2::Tree<'_>>> {
+        match root.get_path(Path::new(path)) {
+            Ok(entry) if entry.kind() == Some(ObjectType::Tree) => self
+                .repo
+                .find_tree(entry.id())
+                .map(Some)
+                .map_err(|e| git_err("reading the tree of", &self.display, e)),
+            Ok(_) => Ok(None),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(git_err("reading the tree of", &self.display, e)),
+        }
+    }
+
+    fn collect(&self, tree: &git2::Tree<'_>, prefix: &str, out: &mut BTreeMap<String, BlobId>) -> Result<()> {
+        for entry in tree.iter() {
+            let Ok(name) = entry.name() else { continue };
+            let path = format!("{prefix}/{name}");
+            match entry.kind() {
+                Some(ObjectType::Tree) => {
+                    let sub = self
+                        .repo
+                        .find_tree(entry.id())
+                        .map_err(|e| git_err("reading the tree of", &self.display, e))?;
+                    self.collect(&sub, &path, out)?;
+                }
+                _ => {
+                    out.insert(path, blob_id(entry.id()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of a file at `tip` (for diffs); `None` when it is absent.
+    fn read_file_at(&self, tip: Option<Oid>, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(tip) = tip else { return Ok(None) };
+        let err = |e| git_err("reading a file of", &self.display, e);
+        let root = self.repo.find_commit(tip).and_then(|c| c.tree()).map_err(err)?;
+        match root.get_path(Path::new(path)) {
+            Ok(entry) => Ok(Some(self.repo.find_blob(entry.id()).map_err(err)?.content().to_vec())),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Writes one commit on top of `base` that adds or replaces `upserts` and deletes `removals`;
+    /// only the trees on changed paths are rewritten.
+    fn commit(&self, base: Option<Oid>, upserts: &Tree, removals: &[String], message: &str) -> Result<Oid> {
+        let author = &self.author;
+        let err = |e| git_err("writing a commit to", &self.display, e);
+        let parent = base.map(|id| self.repo.find_commit(id)).transpose().map_err(err)?;
+        let base_tree = match &parent {
+            Some(commit) => commit.tree().map_err(err)?,
+            None => {
+                let empty = self.repo.treebuilder(None).and_then(|b| b.write()).map_err(err)?;
+                self.repo.find_tree(empty).map_err(err)?
+            }
+        };
+        // Many new objects go to memory first and reach the disk as one pack, not thousands of loose
+        // files; a few are cheaper written loose than delta-compressed into a pack.
+        let odb = self.repo.odb().map_err(err)?;
+        let mempack = match upserts.len() > PACK_THRESHOLD {
+            true => Some(odb.add_new_mempack_backend(MEMPACK_PRIORITY).map_err(err)?),
+            false => None,
+        };
+        let mut update = git2::build::TreeUpdateBuilder::new();
+        for (path, bytes) in upserts.iter() {
+            let blob = self.repo.blob(bytes).map_err(err)?;
+            update.upsert(path, blob, FileMode::Blob);
+        }
+        for path in removals {
+            update.remove(path.as_str());
+        }
+        let tree_id = update.create_updated(&self.repo, &base_tree).map_err(err)?;
+        let tree = self.repo.find_tree(tree_id).map_err(err)?;
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        let commit = self
+            .repo
+            .commit(None, author, author, message, &tree, &parents)
+            .map_err(err)?;
+        if let Some(mempack) = mempack {
+            let mut pack = git2::Buf::new();
+            mempack.dump(&self.repo, &mut pack).map_err(err)?;
+            let mut writer = odb.packwriter().map_err(err)?;
+            std::io::Write::write_all(&mut writer, &pack)
+                .map_err(|e| Error::io("writing a pack to", &self.display, e))?;
+            writer.commit().map_err(err)?;
+            mempack.reset().map_err(err)?;
+        }
+        Ok(commit)
+    }
+
+    /// Moves the branch from `old` to `new`, only if it still points at `old`.
+    fn swap(&self, new: Oid, old: Option<Oid>) -> Result<Published> {
+        match &self.target {
+            Target::Local => {
+                let name = self.branch_ref();
+                let result = match old {
+                    Some(old) => self.repo.reference_matching(&name, new, true, old, "prenv sync"),
+                    None => self.repo.reference(&name, new, false, "prenv sync"),
+                };
+                match result {
+                    Ok(_) => Ok(Published::Done(Revision(new.to_string()))),
+                    Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists | ErrorCode::Locked) => {
+                        Ok(Published::Rejected)
+                    }
+                    Err(e) => Err(git_err("updating the branch of", &self.display, e)),
+                }
+            }
+            Target::Remote { url } => self.push(url, new),
+        }
+    }
+
+    fn push(&self, url: &str, new: Oid) -> Result<Published> {
+        let staging = "refs/prenv/publish";
+        self.repo
+            .reference(staging, new, true, "prenv publish")
+            .map_err(|e| git_err("staging a commit in the cache of", &self.display, e))?;
+        let mut remote = self
+            .repo
+            .remote_anonymous(url)
+            .map_err(|e| git_err("reaching", &self.display, e))?;
+        let rejected = std::cell::RefCell::new(None::<String>);
+        let mut callbacks = self.callbacks();
+        callbacks.push_update_reference(|_, status| {
+            if let Some(status) = status {
+                *rejected.borrow_mut() = Some(status.to_string());
+            }
+            Ok(())
+        });
+        let mut options = git2::PushOptions::new();
+        options.remote_callbacks(callbacks);
+        let refspec = format!("{staging}:{}", self.branch_ref());
+        match remote.push(&[refspec.as_str()], Some(&mut options)) {
+            Ok(()) => {}
+            Err(e) if e.code() == ErrorCode::NotFastForward => return Ok(Published::Rejected),
+            Err(e) => return Err(git_err("pushing to", &self.display, e)),
+        }
+        drop(options);
+        if let Some(status) = rejected.into_inner() {
+            tracing::info!(repo = %self.display, status, "push rejected");
+            return Ok(Published::Rejected);
+        }
+        // Keep the tracking ref current so the next run's fetch has nothing to bring.
+        self.repo
+            .reference(&self.tracking_ref(), new, true, "prenv publish")
+            .map_err(|e| git_err("updating the cache of", &self.display, e))?;
+        Ok(Published::Done(Revision(new.to_string())))
+    }
+
+    /// Credentials: a token for HTTPS from the environment, a key file or the agent for SSH.
+    fn callbacks(&self) -> git2::RemoteCallbacks<'_> {
+        let mut callbacks = git2::RemoteCallbacks::new();
+        let mut tries = 0;
+        callbacks.credentials(move |_url, username, allowed| {
+            tries += 1;
+            if tries > CREDENTIAL_TRIES {
+                return Err(git2::Error::from_str(
+                    "the repository refused the credentials; check PRENV_GIT_TOKEN / GITHUB_TOKEN or git.ssh_key",
+                ));
+            }
+            if allowed.contains(git2::CredentialType::SSH_KEY) {
+                let user = username.unwrap_or("git");
+                return match &self.ssh_key {
+                    Some(key) => git2::Cred::ssh_key(user, None, key, None),
+                    None => git2::Cred::ssh_key_from_agent(user),
+                };
+            }
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+                && let Some(token) = TOKEN_VARS.iter().find_map(|v| std::env::var(v).ok().filter(|t| !t.is_empty()))
+            {
+                return git2::Cred::userpass_plaintext("x-access-token", &token);
+            }
+            Err(git2::Error::from_str(
+                "the repository needs credentials: set PRENV_GIT_TOKEN (or GITHUB_TOKEN) for HTTPS, or git.ssh_key / an SSH agent for SSH",
+            ))
+        });
+        callbacks
+    }
+}
+
+/// The cache clone of a remote, locked for this run so two prenv processes on one machine take turns.
+fn open_cache(url: &str, cache_dir: &Path, shown: &str) -> Result<(Repository, std::fs::File)> {
+    std::fs::create_dir_all(cache_dir).map_err(|e| Error::io("creating cache directory", cache_dir, e))?;
+    let name = format!("{}.git", &hex::encode(sha2_digest(url.as_bytes()))[..16]);
+    let path = cache_dir.join(name);
+    let lock = lock_file(&path.with_extension("lock"))?;
+    let repo = match Repository::open_bare(&path) {
+        Ok(repo) => repo,
+        Err(_) => Repository::init_bare(&path).map_err(|e| git_err("creating cache clone of", shown, e))?,
+    };
+    Ok((repo, lock))
+}
+
+/// A repository on this machine; created (bare, HEAD on `branch`) when `create` is set and
+/// nothing is there.
+fn open_local(path: &Path, create: bool, branch: &str, shown: &str) -> Result<Repository> {
+    match Repository::open(path) {
+        Ok(repo) => Ok(repo),
+        Err(e)
+            if create
+                && e.code() == ErrorCode::NotFound
+                && !path.join("HEAD").exists()
+                && is_empty_or_missing(path) =>
+        {
+            let repo = Repository::init_bare(path).map_err(|e| git_err("creating repository", shown, e))?;
+            repo.set_head(&format!("refs/heads/{branch}"))
+                .map_err(|e| git_err("setting HEAD of", shown, e))?;
+            tracing::info!(repo = shown, "created the local environments repository");
+            Ok(repo)
+        }
+        Err(e) => Err(Error::Git {
+            action: "opening",
+            repo: shown.to_string(),
+            source: sdk(&e, "; pass --repo with a git repository (a bare one is best) or a URL"),
+        }),
+    }
+}
+
+/// A repository with no commit yet (`git init --bare` on a host whose default branch is `master`)
+/// gets its HEAD pointed at the branch prenv commits to, so that a clone checks out what prenv
+/// wrote; so does one whose HEAD names a branch that does not exist (an unborn HEAD holds nothing).
+/// A HEAD that names an existing branch is its owner's choice and stays.
+fn point_head_at_branch(repo: &Repository, branch: &str, shown: &str) -> Result<()> {
+    let want = format!("refs/heads/{branch}");
+    let err = |action| move |e| git_err(action, shown, e);
+    let head = repo.find_reference("HEAD").map_err(err("reading HEAD of"))?;
+    let Some(target) = head.symbolic_target().map_err(err("reading HEAD of"))? else {
+        return Ok(());
+    };
+    if target == want || repo.find_reference(target).is_ok() {
+        return Ok(());
+    }
+    let from = target.to_string();
+    repo.set_head(&want).map_err(err("setting HEAD of"))?;
+    tracing::info!(repo = shown, from, to = %want, "pointed the unborn HEAD at the branch prenv commits to");
+    Ok(())
+}
+
+/// Calls `each(commit, path, bytes)` once for every distinct blob whose path `wanted` accepts, in
+/// every commit reachable from any ref (and HEAD) of the repository at `path`; returns how many
+/// commits it walked. Trees and blobs already seen are not read again.
+pub fn each_blob_in_history(
+    path: &Path,
+    wanted: impl Fn(&str) -> bool,
+    mut each: impl FnMut(&str, &str, &[u8]),
+) -> Result<usize> {
+    let shown = path.display().to_string();
+    let shown = shown.as_str();
+    let err = |action| move |e| git_err(action, shown, e);
+    let repo = Repository::open(path).map_err(err("opening"))?;
+    let mut walk = repo.revwalk().map_err(err("walking"))?;
+    walk.push_glob("*").map_err(err("walking"))?;
+    if let Ok(head) = repo.head()
+        && let Some(id) = head.target()
+    {
+        walk.push(id).map_err(err("walking"))?;
+    }
+    let mut seen_trees = std::collections::HashSet::new();
+    let mut seen_blobs = std::collections::HashSet::new();
+    let mut commits = 0;
+    for id in walk {
+        let id = id.map_err(err("walking"))?;
+        commits += 1;
+        let name = id.to_string();
+        let tree = repo
+            .find_commit(id)
+            .and_then(|c| c.tree())
+            .map_err(err("reading a commit of"))?;
+        let mut stack = vec![(tree, String::new())];
+        while let Some((tree, prefix)) = stack.pop() {
+            if !seen_trees.insert(tree.id()) {
+                continue;
+            }
+            for entry in tree.iter() {
+                let file = format!("{prefix}{}", String::from_utf8_lossy(entry.name_bytes()));
+                match entry.kind() {
+                    Some(ObjectType::Tree) => {
+                        let sub = repo.find_tree(entry.id()).map_err(err("reading a tree of"))?;
+                        stack.push((sub, format!("{file}/")));
+                    }
+                    Some(ObjectType::Blob) if wanted(&file) && seen_blobs.insert(entry.id()) => {
+                        let blob = repo.find_blob(entry.id()).map_err(err("reading a file of"))?;
+                        each(&name, &file, blob.content());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(commits)
+}
+
+/// The author of prenv's commits.
+fn signature(git: &GitConfig) -> Result<Signature<'static>> {
+    Signature::now(&git.author_name, &git.author_email).map_err(|e| Error::Config {
+        path: "prenv.toml".into(),
+        message: format!(
+            "keys `git.author_name` / `git.author_email` are not a valid git identity: {}",
+            e.message()
+        ),
+    })
+}
+
+impl EnvStore for EnvRepo {
+    fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn branch(&self) -> &str {
+        &self.branch
+    }
+
+    fn read(&mut self) -> Result<RepoView> {
+        let tip = self.tip()?;
+        self.read_at(tip)
+    }
+
+    fn read_file(&self, view: &RepoView, path: &str) -> Result<Option<Vec<u8>>> {
+        self.read_file_at(revision_oid(view)?, path)
+    }
+
+    fn publish(&mut self, base: &RepoView, change: &Change) -> Result<Published> {
+        let base = revision_oid(base)?;
+        let commit = self.commit(base, &change.upserts, &change.removals, &change.message)?;
+        self.swap(commit, base)
+    }
+}
+
+fn revision_oid(view: &RepoView) -> Result<Option<Oid>> {
+    view.tip
+        .as_ref()
+        .map(|r| Oid::from_str(&r.0).map_err(|e| git_err("reading a revision of", "the environments repository", e)))
+        .transpose()
+}
+
+fn is_url(location: &str) -> bool {
+    location.contains("://") || (location.contains('@') && location.contains(':') && !Path::new(location).exists())
+}
+
+fn is_empty_or_missing(path: &Path) -> bool {
+    std::fs::read_dir(path).map_or(true, |mut d| d.next().is_none())
+}
+
+fn lock_file(path: &Path) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening lock file", path, e))?;
+    file.lock().map_err(|e| Error::io("locking", path, e))?;
+    Ok(file)
+}
+
+fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+/// Removes credentials from a URL (`https://user:token@host/...` → `https://***@host/...`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!(
+            "{scheme}://***@{host}{}{path}",
+            if rest.contains('/') { "/" } else { "" }
+        ),
+        None => url.to_string(),
+    }
+}
+
+fn git_err(action: &'static str, repo: &str, e: git2::Error) -> Error {
+    Error::Git {
+        action,
+        repo: repo.to_string(),
+        source: sdk(&e, ""),
+    }
+}
+
+/// git2's error as a cause: its class and code kept, its message cleaned of tokens.
+fn sdk(e: &git2::Error, hint: &str) -> Sdk {
+    Sdk {
+        system: "git2",
+        code: Some(format!("{:?}/{:?}", e.class(), e.code())),
+        message: format!("{}{hint}", redact_tokens(e.message())),
+    }
+}
+
+/// Removes any token from the environment that a message might echo.
+fn redact_tokens(message: &str) -> String {
+    let mut out = message.to_string();
+    for var in TOKEN_VARS {
+        if let Ok(token) = std::env::var(var)
+            && token.len() >= 8
+        {
+            out = out.replace(&token, "***");
+        }
+    }
+    out
+}
+
+/// git2's id of a blob as the layout's [`BlobId`] (both are SHA-1 object ids).
+fn blob_id(id: Oid) -> BlobId {
+    let mut bytes = [0; 20];
+    bytes.copy_from_slice(&id.as_bytes()[..20]);
+    BlobId(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_survive_in_a_displayed_url() {
+        let table = [
+            (
+                "https://x-access-token:ghs_secret@github.com/acme/envs.git",
+                "https://***@github.com/acme/envs.git",
+            ),
+            ("https://github.com/acme/envs.git", "https://github.com/acme/envs.git"),
+            (
+                "ssh://git@github.com/acme/envs.git",
+                "ssh://***@github.com/acme/envs.git",
+            ),
+            ("/srv/envs.git", "/srv/envs.git"),
+        ];
+        for (url, want) in table {
+            assert_eq!(redact_url(url), want);
+        }
+    }
+
+    #[test]
+    fn urls_and_paths_are_told_apart() {
+        assert!(is_url("https://github.com/a/b.git"));
+        assert!(is_url("git://127.0.0.1/x.git"));
+        assert!(is_url("git@github.com:acme/envs.git"));
+        assert!(!is_url("/tmp/envs.git"));
+        assert!(!is_url("relative/dir"));
+    }
+}

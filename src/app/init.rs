@@ -1,0 +1,15 @@
+//! `prenv init`: writes the platform scaffold ([`crate::manifests::scaffold`]) into a directory
+//! without ever overwriting a file someone edited, unless asked to.
+
+use std::path::Path;
+
+use crate::adapters::fs::{self, Written};
+use crate::error::Result;
+use crate::manifests::scaffold;
+use crate::model::config::Config;
+
+/// Scaffolds the environments repository at `dir` for `config`'s engine.
+pub fn init(config: &Config, dir: &Path, force: bool) -> Result<Written> {
+    let tree = scaffold::scaffold(config)?;
+    fs::write_keeping_edits(&tree, dir, force)
+}

@@ -1,0 +1,555 @@
+//! `prenv serve`: the webhook receiver. A signed `pull_request` event reaches the environments
+//! repository in about a second: the signature is checked in constant time, duplicate deliveries are
+//! dropped, bursts are debounced into one sync of the affected PRs, and a periodic full resync from
+//! the GitHub listing is the backstop for anything a webhook missed.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use hmac::{KeyInit, Mac};
+use tokio::sync::mpsc;
+
+use crate::adapters::git::EnvRepo;
+use crate::adapters::github::GitHubPrs;
+use crate::app::metrics::{Histogram, Kind, family, one, read};
+use crate::app::sync::{self, SyncOptions};
+use crate::core::ports::{EnvStore, PrSource};
+use crate::error::{Error, Result};
+use crate::model::config::Config;
+use crate::model::pr::{self, PullRequest};
+
+/// The `pull_request` actions that can change an environment.
+pub const ACTIONS: &[&str] = &[
+    "opened",
+    "reopened",
+    "synchronize",
+    "closed",
+    "labeled",
+    "unlabeled",
+    "ready_for_review",
+    "converted_to_draft",
+    "edited",
+];
+/// Delivery ids remembered to drop GitHub's redeliveries and replays.
+const REMEMBERED_DELIVERIES: usize = 10_000;
+/// Latency buckets (seconds) of the webhook → commit histogram.
+const BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+
+/// How the receiver runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// The webhook secret shared with GitHub.
+    pub secret: Vec<u8>,
+    /// Bodies larger than this are refused (413).
+    pub max_body: usize,
+    /// How long to wait for more events before syncing a burst.
+    pub debounce: Duration,
+    /// Full resync from the GitHub listing; `None` disables it.
+    pub resync: Option<Duration>,
+    /// Where the environments repository is (resolved by the CLI).
+    pub repo: String,
+    pub cache_dir: std::path::PathBuf,
+}
+
+enum Work {
+    Pr { pr: Box<PullRequest>, received: Instant },
+    FullResync,
+}
+
+struct Metrics {
+    deliveries: Mutex<BTreeMap<&'static str, u64>>,
+    /// PRs with an environment whose state the last full resync could not confirm.
+    unconfirmed: AtomicU64,
+    syncs_ok: AtomicU64,
+    syncs_failed: AtomicU64,
+    latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            deliveries: Mutex::default(),
+            unconfirmed: AtomicU64::new(0),
+            syncs_ok: AtomicU64::new(0),
+            syncs_failed: AtomicU64::new(0),
+            latency: Histogram::new(&BUCKETS),
+        }
+    }
+}
+
+impl Metrics {
+    fn delivery(&self, outcome: &'static str) {
+        *self
+            .deliveries
+            .lock()
+            .expect("metrics lock")
+            .entry(outcome)
+            .or_default() += 1;
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let deliveries: Vec<(&str, i64)> = self
+            .deliveries
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|(k, n)| (*k, i64::try_from(*n).unwrap_or(i64::MAX)))
+            .collect();
+        let by = Some("outcome");
+        family(
+            &mut out,
+            "prenv_webhook_deliveries_total",
+            "Webhook deliveries by outcome.",
+            Kind::Counter,
+            by,
+            &deliveries,
+        );
+        let syncs = [("ok", read(&self.syncs_ok)), ("error", read(&self.syncs_failed))];
+        family(
+            &mut out,
+            "prenv_syncs_total",
+            "Syncs run by the receiver, by outcome.",
+            Kind::Counter,
+            by,
+            &syncs,
+        );
+        family(
+            &mut out,
+            "prenv_unconfirmed_prs",
+            "PRs with an environment whose state GitHub could not confirm (kept).",
+            Kind::Gauge,
+            None,
+            &one(read(&self.unconfirmed)),
+        );
+        self.latency.render(
+            "prenv_webhook_to_commit_seconds",
+            "From webhook receipt to the commit published.",
+            &mut out,
+        );
+        out
+    }
+}
+
+struct Shared {
+    secret: Vec<u8>,
+    repository: RepositoryFilter,
+    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
+    work: mpsc::UnboundedSender<Work>,
+    metrics: Arc<Metrics>,
+}
+
+/// True when `signature` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`; compared in
+/// constant time.
+pub fn verify_signature(secret: &[u8], body: &[u8], signature: Option<&str>) -> bool {
+    let Some(hex_sig) = signature.and_then(|s| s.strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// The repository a delivery says it comes from (`repository` in every `pull_request` payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub full_name: String,
+    pub id: Option<u64>,
+}
+
+/// What a webhook delivery means for prenv.
+#[derive(Debug, PartialEq)]
+pub enum Delivery {
+    /// A PR event that may change its environment.
+    Pr(Box<PullRequest>),
+    /// A PR event of another repository (an organisation webhook or App sends every repository's).
+    Foreign(Origin),
+    /// Signed and well-formed, but nothing for prenv (another event or action, or a ping).
+    Ignored(&'static str),
+}
+
+/// Which repository's events this receiver acts on: an organisation webhook or a GitHub App
+/// installation delivers the events of every repository, and a PR number means nothing outside
+/// its own repository.
+#[derive(Debug)]
+pub struct RepositoryFilter {
+    full_name: String,
+    /// GitHub's id of the repository, learned from the first event that matches by name. Once
+    /// known it decides: a rename keeps the id, a deleted and re-created namesake does not.
+    id: Mutex<Option<u64>>,
+}
+
+impl RepositoryFilter {
+    pub fn new(full_name: &str) -> RepositoryFilter {
+        RepositoryFilter {
+            full_name: full_name.to_string(),
+            id: Mutex::new(None),
+        }
+    }
+
+    /// True when `origin` is the configured repository (names compared case-insensitively, as GitHub does).
+    pub fn accepts(&self, origin: &Origin) -> bool {
+        let by_name = origin.full_name.eq_ignore_ascii_case(&self.full_name);
+        let mut known = self.id.lock().expect("repository id lock");
+        match (*known, origin.id) {
+            (Some(id), Some(theirs)) => {
+                if theirs == id && !by_name {
+                    tracing::warn!(configured = %self.full_name, payload = %origin.full_name, "the repository was renamed; update github.repository");
+                }
+                theirs == id
+            }
+            (None, Some(theirs)) if by_name => {
+                *known = Some(theirs);
+                true
+            }
+            _ => by_name,
+        }
+    }
+}
+
+/// Reads a verified delivery; `is_ours` says whether its repository is the configured one, and is
+/// asked before the PR is read, so another repository's event is ignored whatever its shape.
+/// Errors are bad payloads (400), never panics, whatever the bytes.
+pub fn parse_delivery(
+    event: &str,
+    body: &[u8],
+    is_ours: impl Fn(&Origin) -> bool,
+) -> std::result::Result<Delivery, String> {
+    if event == "ping" {
+        return Ok(Delivery::Ignored("ping"));
+    }
+    if event != "pull_request" {
+        return Ok(Delivery::Ignored("event"));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let action = value.get("action").and_then(|a| a.as_str()).ok_or("no `action`")?;
+    if !ACTIONS.contains(&action) {
+        return Ok(Delivery::Ignored("action"));
+    }
+    let repository = value.get("repository").ok_or("no `repository`")?;
+    let origin = Origin {
+        full_name: repository
+            .get("full_name")
+            .and_then(|n| n.as_str())
+            .ok_or("no `repository.full_name`")?
+            .to_string(),
+        id: repository.get("id").and_then(|i| i.as_u64()),
+    };
+    if !is_ours(&origin) {
+        return Ok(Delivery::Foreign(origin));
+    }
+    let pr = value.get("pull_request").ok_or("no `pull_request`")?;
+    let mut prs = pr::parse_snapshot(&format!("[{pr}]"), "webhook payload").map_err(|e| e.to_string())?;
+    prs.pop()
+        .map(|p| Delivery::Pr(Box::new(p)))
+        .ok_or_else(|| "empty pull_request".into())
+}
+
+async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if !verify_signature(&shared.secret, &body, header("x-hub-signature-256")) {
+        shared.metrics.delivery("bad_signature");
+        tracing::warn!("webhook with a missing or wrong signature refused");
+        return (StatusCode::UNAUTHORIZED, "bad signature\n");
+    }
+    if let Some(id) = header("x-github-delivery") {
+        let mut seen = shared.seen.lock().expect("delivery lock");
+        if !seen.0.insert(id.to_string()) {
+            shared.metrics.delivery("duplicate");
+            return (StatusCode::OK, "duplicate delivery ignored\n");
+        }
+        seen.1.push_back(id.to_string());
+        if seen.1.len() > REMEMBERED_DELIVERIES
+            && let Some(old) = seen.1.pop_front()
+        {
+            seen.0.remove(&old);
+        }
+    }
+    match parse_delivery(header("x-github-event").unwrap_or(""), &body, |o| {
+        shared.repository.accepts(o)
+    }) {
+        Ok(Delivery::Foreign(origin)) => {
+            shared.metrics.delivery("other_repository");
+            tracing::info!(repository = %origin.full_name, id = ?origin.id, "event of another repository ignored");
+            (StatusCode::ACCEPTED, "ignored: another repository\n")
+        }
+        Ok(Delivery::Pr(pr)) => {
+            tracing::info!(pr = pr.number, sha = %pr.head_sha, "pull_request event accepted");
+            shared.metrics.delivery("accepted");
+            let _ = shared.work.send(Work::Pr {
+                pr,
+                received: Instant::now(),
+            });
+            (StatusCode::ACCEPTED, "accepted\n")
+        }
+        Ok(Delivery::Ignored(what)) => {
+            shared.metrics.delivery("ignored");
+            tracing::debug!(what, "delivery ignored");
+            (StatusCode::ACCEPTED, "ignored\n")
+        }
+        Err(e) => {
+            shared.metrics.delivery("invalid");
+            tracing::warn!(error = %e, "invalid pull_request payload");
+            (StatusCode::BAD_REQUEST, "invalid payload\n")
+        }
+    }
+}
+
+/// Runs the receiver until SIGINT or SIGTERM, then finishes the work it accepted.
+pub async fn serve(config: Config, options: ServeOptions) -> Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let repository = config.github.repository.as_deref().ok_or_else(|| Error::Config {
+        path: "prenv.toml".into(),
+        message: "key `github.repository` is missing; `prenv serve` acts only on the events of this owner/name (an organisation webhook or GitHub App delivers every repository's)".into(),
+    })?;
+    let shared = Arc::new(Shared {
+        secret: options.secret.clone(),
+        repository: RepositoryFilter::new(repository),
+        seen: Mutex::new((HashSet::new(), VecDeque::new())),
+        work: tx.clone(),
+        metrics: metrics.clone(),
+    });
+    let metrics_route = {
+        let metrics = metrics.clone();
+        move || {
+            let metrics = metrics.clone();
+            async move { metrics.render() }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/webhook", post(webhook))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_route))
+        .layer(DefaultBodyLimit::max(options.max_body))
+        .with_state(shared);
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| Error::io("listening on", options.listen.to_string(), e))?;
+    tracing::info!(listen = %options.listen, "webhook receiver ready");
+    let resync = options.resync.map(|every| {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if tx.send(Work::FullResync).is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    drop(tx);
+    let worker = tokio::spawn(worker(config, options.clone(), rx, metrics));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| Error::io("serving on", options.listen.to_string(), e))?;
+    tracing::info!("shutting down: finishing accepted work");
+    if let Some(resync) = resync {
+        resync.abort();
+    }
+    // The router (and its sender) is gone: the worker drains the queue and stops.
+    let _ = worker.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Takes work off the queue, debounces bursts and runs one sync at a time.
+async fn worker(config: Config, options: ServeOptions, mut rx: mpsc::UnboundedReceiver<Work>, metrics: Arc<Metrics>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + options.debounce;
+        while let Ok(Some(more)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            batch.push(more);
+        }
+        let full = batch.iter().any(|w| matches!(w, Work::FullResync));
+        let mut prs: BTreeMap<u64, PullRequest> = BTreeMap::new();
+        let mut received = Vec::new();
+        for work in batch {
+            if let Work::Pr { pr, received: at } = work {
+                received.push(at);
+                // The latest state of each PR wins; ties go to the later delivery.
+                match prs.get(&pr.number) {
+                    Some(old) if old.updated_at > pr.updated_at => {}
+                    _ => {
+                        prs.insert(pr.number, *pr);
+                    }
+                }
+            }
+        }
+        let (config, options2, metrics2) = (config.clone(), options.clone(), metrics.clone());
+        let outcome = tokio::task::spawn_blocking(move || {
+            run_sync(&config, &options2, &metrics2, prs.into_values().collect(), full)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {
+                metrics.syncs_ok.fetch_add(1, Ordering::Relaxed);
+                for at in received {
+                    metrics.latency.observe(at.elapsed().as_secs_f64());
+                }
+            }
+            Ok(Err(e)) => {
+                metrics.syncs_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "sync failed; the next event or resync retries");
+            }
+            Err(e) => {
+                metrics.syncs_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "sync task failed");
+            }
+        }
+    }
+}
+
+/// One sync: the PRs from the events (environments of other PRs are kept), or, for a full resync,
+/// the GitHub listing with positive-evidence lookups.
+fn run_sync(
+    config: &Config,
+    options: &ServeOptions,
+    metrics: &Metrics,
+    mut prs: Vec<PullRequest>,
+    full: bool,
+) -> Result<()> {
+    let mut repo = EnvRepo::open(&options.repo, &config.git, &options.cache_dir, false)?;
+    let view = repo.read()?;
+    let mut opts = SyncOptions::default();
+    if full {
+        let listed = GitHubPrs(config).snapshot(&view.prs_with_envs())?;
+        // Events in the same burst are at least as fresh as the listing.
+        let from_events: HashSet<u64> = prs.iter().map(|p| p.number).collect();
+        prs.extend(listed.prs.into_iter().filter(|p| !from_events.contains(&p.number)));
+        metrics
+            .unconfirmed
+            .store(listed.unconfirmed.len() as u64, Ordering::Relaxed);
+        opts.evidence.unconfirmed = listed.unconfirmed;
+    }
+    let mut material = crate::adapters::fs::load_material(config)?;
+    let outcome = sync::sync(&mut repo, view, config, &prs, chrono::Utc::now(), &opts, &mut material)?;
+    tracing::info!(commit = ?outcome.commit, prs = prs.len(), full, "sync done");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn signatures_are_checked() {
+        let body = br#"{"action":"opened"}"#;
+        let good = sign(b"s3cret", body);
+        assert!(verify_signature(b"s3cret", body, Some(&good)));
+        assert!(!verify_signature(b"other", body, Some(&good)));
+        assert!(!verify_signature(b"s3cret", b"{}", Some(&good)));
+        assert!(!verify_signature(b"s3cret", body, None));
+        assert!(!verify_signature(b"s3cret", body, Some("sha1=abc")));
+        assert!(!verify_signature(b"s3cret", body, Some("sha256=zz")));
+    }
+
+    #[test]
+    fn only_the_configured_repository_is_accepted() {
+        let origin = |name: &str, id: Option<u64>| Origin {
+            full_name: name.into(),
+            id,
+        };
+        let filter = RepositoryFilter::new("acme/shop");
+        assert!(!filter.accepts(&origin("Codertocat/Hello-World", Some(1))));
+        assert!(
+            filter.accepts(&origin("ACME/Shop", None)),
+            "names compare case-insensitively"
+        );
+        assert!(
+            filter.accepts(&origin("acme/shop", Some(42))),
+            "the id is learned by name"
+        );
+        assert!(
+            !filter.accepts(&origin("acme/shop", Some(43))),
+            "a re-created namesake is another repository"
+        );
+        assert!(
+            filter.accepts(&origin("acme/storefront", Some(42))),
+            "a renamed repository keeps its id"
+        );
+        assert!(!filter.accepts(&origin("Codertocat/Hello-World", None)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_without_panicking(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048), event in "[a-z_]{0,20}") {
+            let _ = parse_delivery(&event, &body, |_| true);
+            let _ = parse_delivery("pull_request", &body, |_| true);
+        }
+
+        #[test]
+        fn any_json_shape_parses_without_panicking(json in proptest_json()) {
+            let _ = parse_delivery("pull_request", json.to_string().as_bytes(), |_| true);
+        }
+    }
+
+    fn proptest_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z0-9 ]{0,12}".prop_map(serde_json::Value::from),
+            Just(serde_json::Value::from("opened")),
+            Just(serde_json::Value::from("closed")),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("action".to_string()),
+                        Just("pull_request".to_string()),
+                        Just("number".to_string()),
+                        Just("head".to_string()),
+                        Just("state".to_string()),
+                        "[a-z]{1,8}"
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}

@@ -1,0 +1,83 @@
+//! How results are shown on the command line: the plan as text, a unified diff of what a sync
+//! would write, and the lines of `render --check`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::core::desired::Desired;
+use crate::core::diff::Changes;
+use crate::core::plan::{Action, Plan};
+use crate::core::ports::{EnvStore, RepoView};
+use crate::error::Result;
+
+/// One line per decision (skips only with `show_skipped`), then the summary.
+pub fn plan_text(plan: &Plan, changes: &Changes, show_skipped: bool) -> String {
+    let shown = plan
+        .decisions
+        .iter()
+        .filter(|d| show_skipped || d.action != Action::Skip);
+    let mut text: String = shown
+        .map(|d| format!("{:<7} {:<24} #{:<7} {}\n", d.action.to_string(), d.env, d.pr, d.reason))
+        .collect();
+    let mut counts = BTreeMap::new();
+    for d in &plan.decisions {
+        *counts.entry(d.action).or_insert(0usize) += 1;
+    }
+    let summary: Vec<String> = counts.iter().map(|(a, n)| format!("{n} {a}")).collect();
+    text.push_str(&format!(
+        "plan: {}; {} files to add, {} to change, {} to remove\n",
+        if summary.is_empty() {
+            "no pull requests".to_string()
+        } else {
+            summary.join(", ")
+        },
+        changes.added.len(),
+        changes.modified.len(),
+        changes.removed.len()
+    ));
+    text
+}
+
+/// A unified diff of every file the desired state adds, changes or removes.
+pub fn unified_diff(store: &dyn EnvStore, view: &RepoView, desired: &Desired) -> Result<String> {
+    let c = &desired.changes;
+    let mut text = String::new();
+    for path in c.added.iter().chain(&c.modified).chain(&c.removed) {
+        let old = store.read_file(view, path)?.unwrap_or_default();
+        let new = desired.upserts.get(path).unwrap_or_default();
+        let (old, new) = (String::from_utf8_lossy(&old), String::from_utf8_lossy(new));
+        let diff = similar::TextDiff::from_lines(old.as_ref(), new.as_ref());
+        let a = if c.added.contains(path) {
+            "/dev/null".to_string()
+        } else {
+            format!("a/{path}")
+        };
+        let b = if c.removed.contains(path) {
+            "/dev/null".to_string()
+        } else {
+            format!("b/{path}")
+        };
+        text.push_str(&diff.unified_diff().header(&a, &b).to_string());
+    }
+    Ok(text)
+}
+
+/// The lines `render --check` prints for a directory that is out of date (none when it is not).
+pub fn check_lines(dir: &Path, changes: &Changes) -> Vec<String> {
+    let lines = [
+        ("missing", &changes.added),
+        ("differs", &changes.modified),
+        ("stale", &changes.removed),
+    ];
+    let mut out: Vec<String> = lines
+        .iter()
+        .flat_map(|(what, paths)| paths.iter().map(move |p| format!("{what}: {}", dir.join(p).display())))
+        .collect();
+    if !out.is_empty() {
+        out.push(format!(
+            "{} is out of date; run `prenv render` without --check to update it",
+            dir.display()
+        ));
+    }
+    out
+}

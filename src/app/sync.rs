@@ -1,0 +1,436 @@
+//! One sync: read the repository once, compute the desired state (the pure pipeline of
+//! [`crate::core::desired`]), publish one commit, and on a lost race read again, re-plan and retry
+//! with backoff. Also `plan` (the same without publishing) and `secrets rewrap`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::core::desired::{self, Desired, Inputs};
+use crate::core::diff::Changes;
+use crate::core::plan::{Evidence, Plan};
+use crate::core::ports::{Change, EnvStore, Published, RepoView};
+use crate::error::{Error, Result};
+use crate::model::config::Config;
+use crate::model::layout::{Place, secret_file};
+use crate::model::pr::PullRequest;
+use crate::model::tree::Tree;
+use crate::secrets::{CredentialMaker, sops};
+
+/// First backoff after a rejected publish; doubles each attempt, with jitter.
+const BACKOFF_START: Duration = Duration::from_millis(20);
+/// Longest backoff between two attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What the caller allows for this run, and what it knows beyond the snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// Lets the circuit breaker pass a mass prune, once.
+    pub allow_mass_prune: bool,
+    pub evidence: Evidence,
+}
+
+/// Everything a run decided and did.
+#[derive(Debug, Serialize)]
+pub struct SyncOutcome {
+    pub repo: String,
+    pub branch: String,
+    pub plan: Plan,
+    #[serde(skip)]
+    pub changes: Changes,
+    /// Files added, changed and removed by the commit (or that would be).
+    pub files: FileCounts,
+    /// The commit published, if anything changed.
+    pub commit: Option<String>,
+    /// The tip the plan was made against.
+    pub base: Option<String>,
+    pub attempts: u32,
+    /// PRs with an environment whose state could not be confirmed (kept), and why.
+    pub unconfirmed: BTreeMap<u64, String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FileCounts {
+    pub added: usize,
+    pub modified: usize,
+    pub removed: usize,
+}
+
+impl FileCounts {
+    fn of(changes: &Changes) -> FileCounts {
+        FileCounts {
+            added: changes.added.len(),
+            modified: changes.modified.len(),
+            removed: changes.removed.len(),
+        }
+    }
+}
+
+/// The desired state of a sync against `view`, without writing anything (`prenv plan`).
+pub fn prepare(
+    view: &RepoView,
+    config: &Config,
+    prs: &[PullRequest],
+    now: DateTime<Utc>,
+    opts: &SyncOptions,
+    credentials: &mut dyn CredentialMaker,
+) -> Result<Desired> {
+    let inputs = Inputs {
+        config,
+        prs,
+        evidence: &opts.evidence,
+        now,
+        allow_mass_prune: opts.allow_mass_prune,
+        verify_unchanged: false,
+    };
+    desired::desired(&inputs, view, credentials)
+}
+
+/// Makes the branch match the desired state: one commit when something changed, none otherwise.
+/// `view` is what the caller read (and listed PRs for); a publish that loses a race reads again,
+/// re-plans on the new tip and tries again, with backoff.
+#[allow(clippy::too_many_arguments, reason = "the inputs of one run, each distinct")]
+pub fn sync(
+    store: &mut dyn EnvStore,
+    mut view: RepoView,
+    config: &Config,
+    prs: &[PullRequest],
+    now: DateTime<Utc>,
+    opts: &SyncOptions,
+    credentials: &mut dyn CredentialMaker,
+) -> Result<SyncOutcome> {
+    let max = config.sync.max_attempts;
+    for attempt in 1..=max {
+        let span = tracing::info_span!("sync", attempt, repo = %store.display());
+        let _guard = span.enter();
+        if attempt > 1 {
+            view = store.read()?;
+        }
+        let prepared = prepare(&view, config, prs, now, opts, credentials)?;
+        let mut outcome = SyncOutcome {
+            repo: store.display().to_string(),
+            branch: store.branch().to_string(),
+            files: FileCounts::of(&prepared.changes),
+            plan: prepared.plan,
+            changes: prepared.changes,
+            commit: None,
+            base: view.tip.as_ref().map(ToString::to_string),
+            attempts: attempt,
+            unconfirmed: opts.evidence.unconfirmed.clone(),
+        };
+        if outcome.changes.is_empty() {
+            tracing::info!("nothing changed; no commit");
+            return Ok(outcome);
+        }
+        let change = Change {
+            upserts: prepared.upserts,
+            removals: outcome.changes.removed.iter().cloned().collect(),
+            message: desired::commit_message(&outcome.plan, &outcome.changes),
+        };
+        match store.publish(&view, &change)? {
+            Published::Done(commit) => {
+                tracing::info!(commit = %commit, files = outcome.changes.len(), "published");
+                outcome.commit = Some(commit.to_string());
+                return Ok(outcome);
+            }
+            Published::Rejected => {
+                tracing::info!("branch moved under us; re-planning on the new tip");
+                backoff(attempt);
+            }
+        }
+    }
+    Err(Error::Contention {
+        repo: store.display().to_string(),
+        branch: store.branch().to_string(),
+        attempts: max,
+    })
+}
+
+/// What a rewrap did.
+#[derive(Debug, Serialize)]
+pub struct Rewrapped {
+    pub repo: String,
+    pub branch: String,
+    /// Environment secrets found.
+    pub checked: usize,
+    /// Secrets whose data key was re-encrypted.
+    pub rewrapped: usize,
+    pub commit: Option<String>,
+}
+
+/// Re-encrypts the data key of every environment secret whose recipients differ from
+/// `secrets.age_recipients`, in one commit; values, MAC and timestamps stay as they are.
+pub fn rewrap(store: &mut dyn EnvStore, config: &Config, identities: &[age::x25519::Identity]) -> Result<Rewrapped> {
+    let mut wanted = config.secrets.age_recipients.clone();
+    wanted.sort();
+    let file = secret_file(config);
+    for attempt in 1..=config.sync.max_attempts {
+        let view = store.read()?;
+        let mut done = Rewrapped {
+            repo: store.display().to_string(),
+            branch: store.branch().to_string(),
+            checked: 0,
+            rewrapped: 0,
+            commit: None,
+        };
+        let mut upserts = Tree::new();
+        let secrets = view
+            .owned
+            .keys()
+            .filter(|p| matches!(Place::of(p), Place::EnvFile { file: f, .. } if f == file));
+        for path in secrets {
+            done.checked += 1;
+            let bytes = store.read_file(&view, path)?.unwrap_or_default();
+            if let Some(rewrapped) = rewrap_one(path, &bytes, &wanted, config, identities)? {
+                upserts.insert(path.as_str(), rewrapped)?;
+                done.rewrapped += 1;
+            }
+        }
+        if upserts.is_empty() {
+            return Ok(done);
+        }
+        let mut message = format!(
+            "prenv: re-encrypt {} secrets for {} age recipients\n\n",
+            done.rewrapped,
+            wanted.len()
+        );
+        for path in upserts.paths() {
+            message.push_str(&format!("rewrap {path}\n"));
+        }
+        let change = Change {
+            upserts,
+            removals: Vec::new(),
+            message,
+        };
+        match store.publish(&view, &change)? {
+            Published::Done(commit) => {
+                done.commit = Some(commit.to_string());
+                return Ok(done);
+            }
+            Published::Rejected => backoff(attempt),
+        }
+    }
+    Err(Error::Contention {
+        repo: store.display().to_string(),
+        branch: store.branch().to_string(),
+        attempts: config.sync.max_attempts,
+    })
+}
+
+/// One secret's file re-encrypted for `wanted` (sorted), or `None` when it already is.
+fn rewrap_one(
+    path: &str,
+    bytes: &[u8],
+    wanted: &[String],
+    config: &Config,
+    identities: &[age::x25519::Identity],
+) -> Result<Option<String>> {
+    let fail = |e: sops::SopsError| Error::Secrets {
+        what: format!("rewrapping {path}"),
+        source: Box::new(e),
+    };
+    let doc = sops::parse_yaml(&String::from_utf8_lossy(bytes)).map_err(fail)?;
+    let mut current = sops::recipients(&doc);
+    current.sort();
+    if current == wanted {
+        return Ok(None);
+    }
+    let rewrapped = sops::rewrap(&doc, identities, &config.secrets.age_recipients).map_err(fail)?;
+    Ok(Some(crate::manifests::yaml::to_string(&rewrapped)?))
+}
+
+/// Waits before the next attempt: exponential backoff with full jitter, so racing writers spread out.
+pub fn backoff(attempt: u32) {
+    let cap = BACKOFF_START.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+    let seed = getrandom::u64().unwrap_or(u64::from(std::process::id()));
+    let jitter = seed % (cap.as_micros() as u64 + 1);
+    std::thread::sleep(Duration::from_micros(jitter));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ports::memory::MemoryStore;
+    use crate::model::meta::EnvMeta;
+    use crate::model::pr::{PrState, PullRequest};
+
+    /// Credentials that are easy to recognise, counted.
+    struct Numbered(u32);
+
+    impl CredentialMaker for Numbered {
+        fn mariadb_credentials(&mut self, meta: &EnvMeta, _now: DateTime<Utc>) -> Result<Vec<u8>> {
+            self.0 += 1;
+            Ok(format!("credentials {} of {}\n", self.0, meta.env).into_bytes())
+        }
+    }
+
+    fn config() -> Config {
+        Config::parse(
+            "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\ndatabases = [\"mariadb\"]\n[secrets]\nage_recipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n[sync]\nmax_attempts = 3\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn pr(n: u64, sha: char) -> PullRequest {
+        PullRequest {
+            number: n,
+            state: PrState::Open,
+            draft: false,
+            title: "t".into(),
+            labels: vec![],
+            head_sha: sha.to_string().repeat(40),
+            head_ref: format!("f/{n}"),
+            head_repo: Some("acme/shop".into()),
+            base_repo: Some("acme/shop".into()),
+            author: None,
+            closed_at: None,
+            merged_at: None,
+            updated_at: "2026-11-24T10:00:00Z".parse().unwrap(),
+        }
+    }
+
+    fn closed(n: u64) -> PullRequest {
+        PullRequest {
+            state: PrState::Closed,
+            closed_at: Some("2026-11-24T11:00:00Z".parse().unwrap()),
+            ..pr(n, 'a')
+        }
+    }
+
+    fn run(store: &mut MemoryStore, prs: &[PullRequest], creds: &mut Numbered) -> Result<SyncOutcome> {
+        let view = store.read()?;
+        let now = "2026-11-24T12:00:00Z".parse().unwrap();
+        sync(store, view, &config(), prs, now, &SyncOptions::default(), creds)
+    }
+
+    fn envs(store: &MemoryStore) -> Vec<String> {
+        let tree = store.tip_tree();
+        crate::core::diff::existing_envs(&tree)
+            .keys()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn sync_flows_against_an_in_memory_repository() {
+        // (what happens, PRs before, PRs now, environments after, commits made by the second run)
+        type Row = (
+            &'static str,
+            Vec<PullRequest>,
+            Vec<PullRequest>,
+            &'static [&'static str],
+            usize,
+        );
+        let table: Vec<Row> = vec![
+            (
+                "nothing changed, nothing committed",
+                vec![pr(1, 'a')],
+                vec![pr(1, 'a')],
+                &["shop-pr-1"],
+                0,
+            ),
+            (
+                "a new commit updates in one commit",
+                vec![pr(1, 'a')],
+                vec![pr(1, 'b')],
+                &["shop-pr-1"],
+                1,
+            ),
+            (
+                "a closed PR is pruned",
+                vec![pr(1, 'a'), pr(2, 'a')],
+                vec![pr(1, 'a'), closed(2)],
+                &["shop-pr-1"],
+                1,
+            ),
+            (
+                "a PR missing from the snapshot is kept",
+                vec![pr(1, 'a'), pr(2, 'a')],
+                vec![pr(1, 'a')],
+                &["shop-pr-1", "shop-pr-2"],
+                0,
+            ),
+            (
+                "a new PR is created",
+                vec![pr(1, 'a')],
+                vec![pr(1, 'a'), pr(3, 'c')],
+                &["shop-pr-1", "shop-pr-3"],
+                1,
+            ),
+        ];
+        for (name, before, now, want, commits) in table {
+            let mut store = MemoryStore::new();
+            let mut creds = Numbered(0);
+            run(&mut store, &before, &mut creds).unwrap();
+            let first = store.commits.len();
+            let outcome = run(&mut store, &now, &mut creds).unwrap();
+            assert_eq!(envs(&store), *want, "{name}");
+            assert_eq!(store.commits.len() - first, commits, "{name}");
+            assert_eq!(outcome.commit.is_some(), commits == 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_made_once_and_kept_byte_for_byte() {
+        let mut store = MemoryStore::new();
+        let mut creds = Numbered(0);
+        run(&mut store, &[pr(1, 'a')], &mut creds).unwrap();
+        run(&mut store, &[pr(1, 'b')], &mut creds).unwrap();
+        assert_eq!(creds.0, 1, "a new commit must not regenerate the credentials");
+        let file = store
+            .tip_tree()
+            .get("environments/shop-pr-1/mariadb-credentials.sops.yaml")
+            .map(<[u8]>::to_vec);
+        assert_eq!(file.as_deref(), Some(&b"credentials 1 of shop-pr-1\n"[..]));
+    }
+
+    #[test]
+    fn a_lost_race_is_replanned_on_the_new_tip_and_keeps_the_other_writers_work() {
+        let mut store = MemoryStore::new();
+        let mut creds = Numbered(0);
+        run(&mut store, &[pr(1, 'a')], &mut creds).unwrap();
+        let mut once = true;
+        store.interloper = Some(Box::new(move |tip| {
+            let mut theirs = tip.clone();
+            theirs.insert("README.md", "someone else's commit\n").unwrap();
+            std::mem::take(&mut once).then_some(theirs)
+        }));
+        let outcome = run(&mut store, &[pr(1, 'a'), pr(2, 'b')], &mut creds).unwrap();
+        assert_eq!(outcome.attempts, 2);
+        assert_eq!(envs(&store), ["shop-pr-1", "shop-pr-2"]);
+        assert!(
+            store.tip_tree().get("README.md").is_some(),
+            "the other writer's file survived"
+        );
+    }
+
+    #[test]
+    fn writers_that_never_stop_end_in_a_clear_contention_error() {
+        let mut store = MemoryStore::new();
+        store.interloper = Some(Box::new(|tip| {
+            let mut theirs = tip.clone();
+            let n = theirs.len();
+            theirs.insert(format!("noise/{n}"), "x").unwrap();
+            Some(theirs)
+        }));
+        let e = run(&mut store, &[pr(1, 'a')], &mut Numbered(0)).unwrap_err();
+        assert_eq!(e.metric_label(), "contention");
+        assert!(e.to_string().contains("after 3 attempts"), "{e}");
+    }
+
+    #[test]
+    fn the_breaker_stops_a_mass_prune_before_anything_is_written() {
+        let mut store = MemoryStore::new();
+        let open: Vec<_> = (1..=10).map(|n| pr(n, 'a')).collect();
+        run(&mut store, &open, &mut Numbered(0)).unwrap();
+        let commits = store.commits.len();
+        let all_closed: Vec<_> = (1..=10).map(closed).collect();
+        let e = run(&mut store, &all_closed, &mut Numbered(0)).unwrap_err();
+        assert_eq!(e.metric_label(), "mass_prune");
+        assert_eq!(store.commits.len(), commits);
+        assert_eq!(envs(&store).len(), 10);
+    }
+}

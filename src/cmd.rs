@@ -1,0 +1,370 @@
+//! The commands as the command line runs them: each turns its arguments into a call of the library
+//! and prints what came back. Printing is here; deciding is in the library.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use prenv::adapters::fs::{self, SnapshotFile};
+use prenv::adapters::git::{EnvRepo, Location};
+use prenv::adapters::github::GitHubPrs;
+use prenv::app::show;
+use prenv::app::sync::{self, SyncOptions};
+use prenv::core::plan::Evidence;
+use prenv::core::ports::{EnvStore, PrSource, RepoView};
+use prenv::model::config::{Config, Engine};
+use prenv::model::pr::Snapshot;
+use prenv::secrets::sops;
+
+use crate::cli::{
+    AuditArgs, DecryptArgs, EncryptArgs, IdentityArgs, InitArgs, Output, PlanArgs, PlanView, RenderArgs, RepoArgs,
+    RewrapArgs, ServeArgs, SnapshotArgs, SyncArgs, WatchArgs,
+};
+
+/// What a successful command found.
+pub enum Outcome {
+    Clean,
+    /// `--check` found a difference, or `audit` found a plain-text Secret.
+    Differs,
+}
+
+fn identities(args: &IdentityArgs) -> anyhow::Result<Vec<age::x25519::Identity>> {
+    let path = args
+        .identity
+        .as_ref()
+        .context("no age identity: pass --identity FILE or set SOPS_AGE_KEY_FILE")?;
+    Ok(fs::load_identities(path)?)
+}
+
+fn read_sops_file(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    sops::parse_yaml(&text).with_context(|| format!("reading {}", path.display()))
+}
+
+pub fn encrypt(config: &Config, args: &EncryptArgs) -> anyhow::Result<Outcome> {
+    let doc = read_sops_file(&args.file)?;
+    if config.secrets.age_recipients.is_empty() {
+        anyhow::bail!("key `secrets.age_recipients` in prenv.toml is empty; add the cluster's age public key");
+    }
+    let encrypted = sops::encrypt(&doc, &config.secrets.age_recipients, Utc::now())
+        .with_context(|| format!("encrypting {}", args.file.display()))?;
+    let out = prenv::manifests::yaml::to_string(&encrypted)?;
+    match if args.in_place {
+        Some(&args.file)
+    } else {
+        args.output.as_ref()
+    } {
+        Some(path) => std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{out}"),
+    }
+    Ok(Outcome::Clean)
+}
+
+pub fn decrypt(args: &DecryptArgs) -> anyhow::Result<Outcome> {
+    let ids = identities(&args.identity)?;
+    let doc = read_sops_file(&args.file)?;
+    let plain = sops::decrypt(&doc, &ids).with_context(|| format!("decrypting {}", args.file.display()))?;
+    print!("{}", prenv::manifests::yaml::to_string(&plain)?);
+    Ok(Outcome::Clean)
+}
+
+pub fn rewrap(config: &Config, args: &RewrapArgs) -> anyhow::Result<Outcome> {
+    let ids = identities(&args.identity)?;
+    let mut repo = open_repo(config, &args.repo)?;
+    let done = sync::rewrap(&mut repo, config, &ids)?;
+    match &done.commit {
+        Some(commit) => println!(
+            "re-encrypted the data keys of {} secrets for {} recipients: committed {} to {} of {}",
+            done.rewrapped,
+            config.secrets.age_recipients.len(),
+            &commit[..12],
+            done.branch,
+            done.repo
+        ),
+        None => println!(
+            "all {} secrets are already encrypted for the configured recipients",
+            done.checked
+        ),
+    }
+    Ok(Outcome::Clean)
+}
+
+pub fn audit(args: &AuditArgs) -> anyhow::Result<Outcome> {
+    let found = prenv::app::audit::audit(&args.repo)?;
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?,
+        Output::Text => {
+            for f in &found.findings {
+                writeln!(
+                    out,
+                    "plain-text Secret {} in {} at commit {}: {}",
+                    f.secret,
+                    f.path,
+                    f.commit,
+                    f.keys.join(", ")
+                )?;
+            }
+            writeln!(
+                out,
+                "audited {} commits, {} manifest files: {} plain-text Secrets",
+                found.commits,
+                found.blobs,
+                found.findings.len()
+            )?;
+        }
+    }
+    if found.findings.is_empty() {
+        return Ok(Outcome::Clean);
+    }
+    eprintln!(
+        "{} holds Secrets in plain text in its history: rotate those credentials, then rewrite the history (git filter-repo) and encrypt them with `prenv secrets encrypt`",
+        args.repo.display()
+    );
+    Ok(Outcome::Differs)
+}
+
+/// Where the PRs come from: `--prs FILE`, or GitHub.
+fn source<'a>(config: &'a Config, args: &SnapshotArgs) -> Box<dyn PrSource + 'a> {
+    match &args.prs {
+        Some(path) => Box::new(SnapshotFile(path.clone())),
+        None => Box::new(GitHubPrs(config)),
+    }
+}
+
+/// The snapshot for the environments in `view`, with a warning for every PR it could not confirm.
+fn snapshot(config: &Config, args: &SnapshotArgs, view: &RepoView) -> anyhow::Result<Snapshot> {
+    let snapshot = source(config, args).snapshot(&view.prs_with_envs())?;
+    warn_unconfirmed(&snapshot.unconfirmed);
+    Ok(snapshot)
+}
+
+fn warn_unconfirmed(unconfirmed: &BTreeMap<u64, String>) {
+    for (pr, why) in unconfirmed {
+        eprintln!(
+            "warning: cannot confirm the state of PR #{pr}, so its environment is kept: {why}. \
+             Fix the token's access, or if the PR is gone for good, run again with --confirm-closed {pr}"
+        );
+    }
+}
+
+fn now(args: &SnapshotArgs) -> DateTime<Utc> {
+    args.now.unwrap_or_else(Utc::now)
+}
+
+pub fn render(config: &Config, args: &RenderArgs) -> anyhow::Result<Outcome> {
+    let source = source(config, &args.snapshot);
+    let done = prenv::app::render::render(config, &args.out, source.as_ref(), now(&args.snapshot), args.check)?;
+    let changes = &done.desired.changes;
+    if args.check {
+        let lines = show::check_lines(&args.out, changes);
+        for line in &lines {
+            eprintln!("{line}");
+        }
+        return Ok(if lines.is_empty() {
+            Outcome::Clean
+        } else {
+            Outcome::Differs
+        });
+    }
+    eprintln!(
+        "rendered {} environments into {} ({} files added, {} changed, {} removed)",
+        done.envs,
+        args.out.display(),
+        changes.added.len(),
+        changes.modified.len(),
+        changes.removed.len()
+    );
+    Ok(Outcome::Clean)
+}
+
+/// Opens the repository named by `--repo`, the config, or the embedded default (created on first use).
+fn open_repo(config: &Config, args: &RepoArgs) -> anyhow::Result<EnvRepo> {
+    let at = Location::resolve(&config.git, args.repo.as_deref(), args.cache_dir.as_deref())?;
+    Ok(EnvRepo::open_at(&at, &config.git)?)
+}
+
+fn sync_options(view: &PlanView, snapshot: &Snapshot) -> SyncOptions {
+    SyncOptions {
+        allow_mass_prune: view.allow_mass_prune,
+        evidence: Evidence {
+            unconfirmed: snapshot.unconfirmed.clone(),
+            closed_by_operator: view.confirm_closed.iter().copied().collect(),
+        },
+    }
+}
+
+/// What `plan` and `sync` both start from: the repository read once, the PRs for it, the options
+/// and the secret material.
+struct Run {
+    repo: EnvRepo,
+    view: RepoView,
+    snapshot: Snapshot,
+    opts: SyncOptions,
+    material: prenv::secrets::Material,
+    now: DateTime<Utc>,
+}
+
+fn start(config: &Config, args: &SyncArgs) -> anyhow::Result<Run> {
+    let mut repo = open_repo(config, &args.repo)?;
+    let view = repo.read()?;
+    let snapshot = snapshot(config, &args.snapshot, &view)?;
+    Ok(Run {
+        opts: sync_options(&args.view, &snapshot),
+        material: fs::load_material(config)?,
+        now: now(&args.snapshot),
+        repo,
+        view,
+        snapshot,
+    })
+}
+
+pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
+    let Run {
+        repo,
+        view,
+        snapshot,
+        opts,
+        mut material,
+        now,
+    } = start(config, &args.run)?;
+    let desired = sync::prepare(&view, config, &snapshot.prs, now, &opts, &mut material)?;
+    let mut out = std::io::stdout().lock();
+    let shown = &args.run.view;
+    match shown.output {
+        Output::Json => {
+            let doc = serde_json::json!({
+                "repo": repo.display(),
+                "branch": repo.branch(),
+                "base": view.tip.as_ref().map(ToString::to_string),
+                "decisions": desired.plan.decisions,
+                "unconfirmed": snapshot.unconfirmed,
+                "files": {"added": desired.changes.added, "modified": desired.changes.modified, "removed": desired.changes.removed},
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        }
+        Output::Text => {
+            write!(
+                out,
+                "{}",
+                show::plan_text(&desired.plan, &desired.changes, shown.show_skipped)
+            )?;
+            if args.diff {
+                write!(out, "{}", show::unified_diff(&repo, &view, &desired)?)?;
+            }
+        }
+    }
+    Ok(Outcome::Clean)
+}
+
+pub fn sync(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
+    let Run {
+        mut repo,
+        view,
+        snapshot,
+        opts,
+        mut material,
+        now,
+    } = start(config, args)?;
+    let done = sync::sync(&mut repo, view, config, &snapshot.prs, now, &opts, &mut material)?;
+    let mut out = std::io::stdout().lock();
+    match args.view.output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&done)?)?,
+        Output::Text => {
+            write!(
+                out,
+                "{}",
+                show::plan_text(&done.plan, &done.changes, args.view.show_skipped)
+            )?;
+            match &done.commit {
+                Some(commit) => writeln!(
+                    out,
+                    "committed {} to {} of {} (attempt {})",
+                    &commit[..12],
+                    done.branch,
+                    done.repo,
+                    done.attempts
+                )?,
+                None => writeln!(out, "no change: {} of {} already matches", done.branch, done.repo)?,
+            }
+        }
+    }
+    Ok(Outcome::Clean)
+}
+
+pub fn init(config: &Config, args: &InitArgs) -> anyhow::Result<Outcome> {
+    let mut config = config.clone();
+    if let Some(engine) = &args.engine {
+        config.engine = if engine == "argocd" {
+            Engine::Argocd
+        } else {
+            Engine::Flux
+        };
+    }
+    let done = prenv::app::init::init(&config, &args.repo, args.force)?;
+    for path in &done.kept {
+        eprintln!(
+            "kept {}: it differs from the scaffold (your edit?); --force overwrites it",
+            args.repo.join(path).display()
+        );
+    }
+    println!(
+        "scaffolded {}: {} files written, {} unchanged, {} kept",
+        args.repo.display(),
+        done.written.len(),
+        done.unchanged,
+        done.kept.len()
+    );
+    Ok(Outcome::Clean)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn watch(config: &Config, args: &WatchArgs) -> anyhow::Result<Outcome> {
+    runtime()?.block_on(async {
+        let github = prenv::adapters::github::GitHub::from_env(config)?;
+        let stats = github.stats.clone();
+        let settings = prenv::adapters::pr_status::StatusSettings {
+            context: config.watch.status_context.clone(),
+            grafana_url: config.watch.grafana_url.clone(),
+        };
+        let reporter = prenv::adapters::pr_status::PrStatus::new(github, settings);
+        let client = prenv::adapters::kube::connect().await?;
+        let objects = prenv::adapters::kube::environments(config, client);
+        let metrics = std::sync::Arc::new(prenv::app::watch::WatchMetrics::default());
+        let server = tokio::spawn(prenv::app::watch::serve_metrics(args.listen, metrics.clone(), stats));
+        tokio::select! {
+            result = prenv::app::watch::watch(config, objects, reporter, metrics) => result?,
+            result = server => result.context("metrics server")??,
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        }
+        anyhow::Ok(Outcome::Clean)
+    })
+}
+
+pub fn serve(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {
+    let secret = std::env::var("PRENV_WEBHOOK_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .context("PRENV_WEBHOOK_SECRET is not set: the receiver refuses to run without the webhook secret it verifies signatures with")?;
+    let at = Location::resolve(&config.git, args.repo.repo.as_deref(), args.repo.cache_dir.as_deref())?;
+    // Open once now: a bad repository is an error at start, not at the first event.
+    drop(EnvRepo::open_at(&at, &config.git)?);
+    let options = prenv::app::serve::ServeOptions {
+        listen: args.listen,
+        secret: secret.into_bytes(),
+        max_body: args.max_body_bytes,
+        debounce: std::time::Duration::from_millis(args.debounce_ms),
+        resync: (args.resync_secs > 0).then(|| std::time::Duration::from_secs(args.resync_secs)),
+        repo: at.location,
+        cache_dir: at.cache_dir,
+    };
+    runtime()?.block_on(prenv::app::serve::serve(config.clone(), options))?;
+    Ok(Outcome::Clean)
+}

@@ -1,0 +1,555 @@
+//! The lifecycle decision: which environments should exist, as a pure function of
+//! (config, PR snapshot, environments that exist now, the time). Nothing here reads a clock or a disk.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::model::config::{self, Config};
+use crate::model::meta::{EnvMeta, GENERATOR, META_SCHEMA};
+use crate::model::naming::{self, EnvName};
+use crate::model::pr::{PrState, PullRequest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A new environment.
+    Create,
+    /// An existing environment gets a new commit or new settings.
+    Update,
+    /// Nothing to change.
+    Keep,
+    /// A closed PR's environment is kept because of the pin label, until a deadline.
+    Pin,
+    /// The environment is removed: its PR is confirmed closed (and not pinned) or no longer eligible.
+    Prune,
+    /// No environment, none wanted.
+    Skip,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Keep => "keep",
+            Action::Pin => "pin",
+            Action::Prune => "prune",
+            Action::Skip => "skip",
+        };
+        f.write_str(s)
+    }
+}
+
+/// One decision, with the reason a person reads in `prenv plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub pr: u64,
+    /// The environment name, or what it would have been when it is not a valid name.
+    pub env: String,
+    pub action: Action,
+    pub reason: String,
+    /// The environment as it should be after this run; `None` for prune and skip.
+    #[serde(skip)]
+    pub desired: Option<EnvMeta>,
+}
+
+/// Every decision of one run, ordered by PR number.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub decisions: Vec<Decision>,
+}
+
+impl Plan {
+    /// The environments that should exist after this run.
+    pub fn desired(&self) -> impl Iterator<Item = &EnvMeta> {
+        self.decisions.iter().filter_map(|d| d.desired.as_ref())
+    }
+
+    pub fn count(&self, action: Action) -> usize {
+        self.decisions.iter().filter(|d| d.action == action).count()
+    }
+
+    /// The decisions that change something (not keep, not skip), for messages.
+    pub fn changing(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions
+            .iter()
+            .filter(|d| !matches!(d.action, Action::Keep | Action::Skip))
+    }
+
+    /// True when applying the plan changes nothing.
+    pub fn is_noop(&self) -> bool {
+        self.decisions
+            .iter()
+            .all(|d| matches!(d.action, Action::Keep | Action::Skip))
+    }
+}
+
+/// What is known about PRs beyond the snapshot itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// PRs with an environment whose state the source could not confirm, and why: kept, and said so.
+    pub unconfirmed: BTreeMap<u64, String>,
+    /// PRs missing from the snapshot that the operator declares closed (`--confirm-closed N`):
+    /// the operator's word is the evidence, and their environments are pruned.
+    pub closed_by_operator: std::collections::BTreeSet<u64>,
+}
+
+/// Whether a PR should have an environment, and why not when it should not.
+enum Want {
+    Deploy { preserve_until: Option<DateTime<Utc>> },
+    Absent(String),
+}
+
+/// Decides, for every PR in the snapshot and every environment that exists, what happens in this run.
+/// Environments whose PR is missing from the snapshot are kept: only positive evidence prunes.
+pub fn plan(config: &Config, prs: &[PullRequest], existing: &BTreeMap<EnvName, EnvMeta>, now: DateTime<Utc>) -> Plan {
+    plan_with(config, prs, existing, now, &Evidence::default())
+}
+
+/// [`plan`], with what is known beyond the snapshot: PRs that could not be confirmed, and PRs the
+/// operator declared closed.
+pub fn plan_with(
+    config: &Config,
+    prs: &[PullRequest],
+    existing: &BTreeMap<EnvName, EnvMeta>,
+    now: DateTime<Utc>,
+    evidence: &Evidence,
+) -> Plan {
+    let mut decisions = Vec::with_capacity(prs.len() + existing.len());
+    let mut seen = std::collections::BTreeSet::new();
+    let digest = config.render_digest();
+    for pr in prs {
+        let decision = decide(config, &digest, pr, existing, now);
+        if let Ok(env) = EnvName::try_from(decision.env.clone()) {
+            seen.insert(env);
+        }
+        tracing::debug!(pr = pr.number, env = %decision.env, action = %decision.action, reason = %decision.reason, "decided");
+        decisions.push(decision);
+    }
+    for (env, meta) in existing.iter().filter(|(env, _)| !seen.contains(*env)) {
+        if evidence.closed_by_operator.contains(&meta.pr) {
+            decisions.push(Decision {
+                pr: meta.pr,
+                env: env.to_string(),
+                action: Action::Prune,
+                reason: format!(
+                    "PR #{} is not in the snapshot and the operator confirmed it closed (--confirm-closed)",
+                    meta.pr
+                ),
+                desired: None,
+            });
+            continue;
+        }
+        let missing = match evidence.unconfirmed.get(&meta.pr) {
+            Some(why) => format!("PR #{} cannot be confirmed ({why})", meta.pr),
+            None => format!("PR #{} is not in the snapshot", meta.pr),
+        };
+        // Kept as it is, but rendered with the current settings like every other environment.
+        let desired = EnvMeta {
+            render_digest: digest.clone(),
+            ..meta.clone()
+        };
+        let (action, reason) = if &desired == meta {
+            (Action::Keep, format!("{missing}: no evidence it closed, so it is kept"))
+        } else {
+            (Action::Update, format!("{missing}, so it is kept; settings changed"))
+        };
+        decisions.push(Decision {
+            pr: meta.pr,
+            env: env.to_string(),
+            action,
+            reason,
+            desired: Some(desired),
+        });
+    }
+    decisions.sort_by(|a, b| a.pr.cmp(&b.pr).then_with(|| a.env.cmp(&b.env)));
+    Plan { decisions }
+}
+
+fn decide(
+    config: &Config,
+    digest: &str,
+    pr: &PullRequest,
+    existing: &BTreeMap<EnvName, EnvMeta>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let decision = |env: String, action, reason: String, desired| Decision {
+        pr: pr.number,
+        env,
+        action,
+        reason,
+        desired,
+    };
+    let env = match EnvName::new(&config.project_id, pr.number) {
+        Ok(env) => env,
+        Err(e) => {
+            let name = format!("{}{}{}", config.project_id, naming::ENV_INFIX, pr.number);
+            return decision(name, Action::Skip, format!("cannot be deployed: {e}"), None);
+        }
+    };
+    let prior = existing.get(&env);
+    match (want(config, pr, now), prior) {
+        (Want::Absent(why), Some(_)) => decision(env.to_string(), Action::Prune, why, None),
+        (Want::Absent(why), None) => decision(env.to_string(), Action::Skip, why, None),
+        (Want::Deploy { preserve_until }, prior) => {
+            let created_at = prior.map_or(now, |p| p.created_at);
+            let mut meta = env_meta(config, pr, env.clone(), created_at, preserve_until);
+            meta.render_digest = digest.to_string();
+            let (action, reason) = classify(pr, &meta, prior);
+            decision(env.to_string(), action, reason, Some(meta))
+        }
+    }
+}
+
+fn want(config: &Config, pr: &PullRequest, now: DateTime<Utc>) -> Want {
+    let lc = &config.lifecycle;
+    match pr.state {
+        PrState::Open if pr.draft && !lc.deploy_drafts => {
+            Want::Absent("draft PR (lifecycle.deploy_drafts = false); mark it ready for review to deploy".into())
+        }
+        PrState::Open
+            if pr.is_fork(config.github.repository.as_deref()) && !lc.deploy_forks && !pr.has_label(&lc.fork_label) =>
+        {
+            let from = pr.head_repo.as_deref().unwrap_or("a deleted repository");
+            Want::Absent(format!(
+                "PR from fork {from} (lifecycle.deploy_forks = false); a maintainer adds the label `{}` after review to deploy it",
+                lc.fork_label
+            ))
+        }
+        PrState::Open => Want::Deploy { preserve_until: None },
+        PrState::Closed => {
+            // Parsing guarantees closed PRs carry closed_at; fall back to the update time regardless.
+            let closed_at = pr.closed_at.unwrap_or(pr.updated_at);
+            let how = if pr.merged_at.is_some() { "merged" } else { "closed" };
+            if pr.has_label(&lc.pin_label) {
+                let until = closed_at + Duration::hours(i64::from(lc.pin_hours));
+                if now < until {
+                    return Want::Deploy {
+                        preserve_until: Some(until),
+                    };
+                }
+                return Want::Absent(format!(
+                    "{how} at {}; pin `{}` expired at {}",
+                    rfc3339(closed_at),
+                    lc.pin_label,
+                    rfc3339(until)
+                ));
+            }
+            Want::Absent(format!("{how} at {}", rfc3339(closed_at)))
+        }
+    }
+}
+
+fn classify(pr: &PullRequest, meta: &EnvMeta, prior: Option<&EnvMeta>) -> (Action, String) {
+    let pinned = |until: DateTime<Utc>| {
+        format!(
+            "closed at {}, pinned by label until {}",
+            meta.closed_at.map(rfc3339).unwrap_or_default(),
+            rfc3339(until)
+        )
+    };
+    match (prior, meta.preserve_until) {
+        (None, Some(until)) => (Action::Pin, pinned(until)),
+        (None, None) => (Action::Create, format!("open PR on branch {}", pr.head_ref)),
+        (Some(p), _) if p == meta => {
+            let why = match meta.preserve_until {
+                Some(until) => pinned(until),
+                None => format!("up to date at {}", meta.short_sha()),
+            };
+            (Action::Keep, why)
+        }
+        (Some(p), _) if p.head_sha != meta.head_sha => (
+            Action::Update,
+            format!(
+                "new commit {} -> {} on {}",
+                p.short_sha(),
+                meta.short_sha(),
+                pr.head_ref
+            ),
+        ),
+        (Some(p), Some(until)) if p.preserve_until != meta.preserve_until => (Action::Pin, pinned(until)),
+        (Some(_), _) => (Action::Update, "settings changed".into()),
+    }
+}
+
+fn env_meta(
+    config: &Config,
+    pr: &PullRequest,
+    env: EnvName,
+    created_at: DateTime<Utc>,
+    preserve_until: Option<DateTime<Utc>>,
+) -> EnvMeta {
+    let tag = config::render_tag(&config.tag_template, pr.number, &pr.head_sha, &pr.head_ref);
+    EnvMeta {
+        generator: GENERATOR.into(),
+        schema: META_SCHEMA,
+        namespace: env.to_string(),
+        url: format!("https://{env}.{}", config.domain),
+        env,
+        pr: pr.number,
+        head_sha: pr.head_sha.clone(),
+        head_ref: pr.head_ref.clone(),
+        image: format!("{}:{tag}", config.image),
+        databases: config.databases.clone(),
+        created_at,
+        closed_at: preserve_until.and(pr.closed_at),
+        merged: preserve_until.is_some() && pr.merged_at.is_some(),
+        preserve_until,
+        render_digest: config.render_digest(),
+    }
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn config() -> Config {
+        Config::parse(
+            "project_id = \"shop\"\ndomain = \"preview.example.com\"\nimage = \"ghcr.io/acme/shop\"\ndatabases = [\"postgres\"]\nengine = \"flux\"\n[github]\nrepository = \"acme/shop\"\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    pub(crate) fn pr(number: u64) -> PullRequest {
+        PullRequest {
+            number,
+            state: PrState::Open,
+            draft: false,
+            title: "t".into(),
+            labels: vec![],
+            head_sha: "1".repeat(40),
+            head_ref: "feature/x".into(),
+            head_repo: Some("acme/shop".into()),
+            base_repo: Some("acme/shop".into()),
+            author: None,
+            closed_at: None,
+            merged_at: None,
+            updated_at: at("2026-11-20T10:00:00Z"),
+        }
+    }
+
+    pub(crate) fn closed(mut p: PullRequest, when: &str, labels: &[&str]) -> PullRequest {
+        p.state = PrState::Closed;
+        p.closed_at = Some(at(when));
+        p.labels = labels.iter().map(|s| s.to_string()).collect();
+        p
+    }
+
+    pub(crate) const NOW: &str = "2026-11-24T12:00:00Z";
+
+    /// The metadata a plan would give an open PR's environment created at `created_at`.
+    pub(crate) fn env_meta_for(cfg: &Config, pr: &PullRequest, env: EnvName, created_at: DateTime<Utc>) -> EnvMeta {
+        env_meta(cfg, pr, env, created_at, None)
+    }
+
+    /// Each row: the PR, whether its environment exists already, the expected action and a reason fragment.
+    #[test]
+    fn lifecycle_decisions() {
+        let mut draft = pr(2);
+        draft.draft = true;
+        let mut fork = pr(3);
+        fork.head_repo = Some("stranger/shop".into());
+        let mut reviewed_fork = fork.clone();
+        reviewed_fork.labels = vec!["safe-to-preview".into()];
+        let mut deleted_fork = pr(4);
+        deleted_fork.head_repo = None;
+        let mut pushed = pr(5);
+        pushed.head_sha = "2".repeat(40);
+        let mut merged = closed(pr(6), "2026-11-24T11:00:00Z", &[]);
+        merged.merged_at = merged.closed_at;
+        let table: Vec<(&str, PullRequest, bool, Action, &str)> = vec![
+            (
+                "open PR gets an environment",
+                pr(1),
+                false,
+                Action::Create,
+                "open PR on branch feature/x",
+            ),
+            (
+                "open PR already deployed is kept",
+                pr(1),
+                true,
+                Action::Keep,
+                "up to date",
+            ),
+            (
+                "new commit updates",
+                pushed,
+                true,
+                Action::Update,
+                "new commit 1111111 -> 2222222",
+            ),
+            ("draft is skipped", draft.clone(), false, Action::Skip, "draft"),
+            ("PR turned draft is pruned", draft, true, Action::Prune, "draft"),
+            ("fork is skipped", fork, false, Action::Skip, "fork stranger/shop"),
+            (
+                "reviewed fork is deployed",
+                reviewed_fork,
+                false,
+                Action::Create,
+                "open PR",
+            ),
+            (
+                "deleted fork is skipped",
+                deleted_fork,
+                false,
+                Action::Skip,
+                "deleted repository",
+            ),
+            (
+                "closed PR is pruned",
+                closed(pr(7), "2026-11-24T11:00:00Z", &[]),
+                true,
+                Action::Prune,
+                "closed at 2026-11-24T11:00:00Z",
+            ),
+            ("merged PR is pruned", merged, true, Action::Prune, "merged at"),
+            (
+                "closed PR never deployed is skipped",
+                closed(pr(8), "2026-11-24T11:00:00Z", &[]),
+                false,
+                Action::Skip,
+                "closed",
+            ),
+            (
+                "pinned PR is kept until the deadline",
+                closed(pr(9), "2026-11-23T12:00:01Z", &["preserve=true"]),
+                true,
+                Action::Pin,
+                "until 2026-11-25T12:00:01Z",
+            ),
+            (
+                "pin expires after 48 hours",
+                closed(pr(10), "2026-11-22T12:00:00Z", &["preserve=true"]),
+                true,
+                Action::Prune,
+                "expired at 2026-11-24T12:00:00Z",
+            ),
+            (
+                "preserve label on an open PR changes nothing",
+                {
+                    let mut p = pr(11);
+                    p.labels = vec!["preserve=true".into()];
+                    p
+                },
+                false,
+                Action::Create,
+                "open PR",
+            ),
+        ];
+        for (name, pr, exists, action, reason) in table {
+            let cfg = config();
+            let mut existing = BTreeMap::new();
+            if exists {
+                let env = EnvName::new("shop", pr.number).unwrap();
+                let mut before = pr.clone();
+                before.head_sha = "1".repeat(40);
+                before.state = PrState::Open;
+                existing.insert(
+                    env.clone(),
+                    env_meta(&cfg, &before, env, at("2026-11-01T00:00:00Z"), None),
+                );
+            }
+            let plan = plan(&cfg, &[pr], &existing, at(NOW));
+            let d = &plan.decisions[0];
+            assert_eq!(d.action, action, "{name}: {d:?}");
+            assert!(
+                d.reason.contains(reason),
+                "{name}: reason {:?} lacks {reason:?}",
+                d.reason
+            );
+            assert_eq!(
+                d.desired.is_some(),
+                matches!(action, Action::Create | Action::Update | Action::Keep | Action::Pin),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_environment_missing_from_the_snapshot_is_kept() {
+        let cfg = config();
+        let env = EnvName::new("shop", 12).unwrap();
+        let meta = env_meta(&cfg, &pr(12), env.clone(), at(NOW), None);
+        let existing = BTreeMap::from([(env, meta.clone())]);
+        let plan = plan(&cfg, &[], &existing, at(NOW));
+        assert_eq!(plan.decisions.len(), 1);
+        assert_eq!(plan.decisions[0].action, Action::Keep);
+        assert_eq!(plan.decisions[0].desired.as_ref(), Some(&meta));
+        assert!(plan.is_noop());
+    }
+
+    #[test]
+    fn an_unconfirmed_pr_is_kept_with_the_reason_and_an_operator_confirmed_one_is_pruned() {
+        let cfg = config();
+        let existing: BTreeMap<_, _> = [12, 13, 14]
+            .into_iter()
+            .map(|n| {
+                let env = EnvName::new("shop", n).unwrap();
+                (env.clone(), env_meta(&cfg, &pr(n), env, at(NOW), None))
+            })
+            .collect();
+        let evidence = Evidence {
+            unconfirmed: BTreeMap::from([(12, "GitHub answers 404".to_string())]),
+            closed_by_operator: [13].into(),
+        };
+        let plan = plan_with(&cfg, &[pr(14)], &existing, at(NOW), &evidence);
+        let got: Vec<(u64, Action)> = plan.decisions.iter().map(|d| (d.pr, d.action)).collect();
+        assert_eq!(got, [(12, Action::Keep), (13, Action::Prune), (14, Action::Keep)]);
+        assert!(
+            plan.decisions[0]
+                .reason
+                .contains("cannot be confirmed (GitHub answers 404)")
+        );
+        assert!(plan.decisions[1].reason.contains("--confirm-closed"));
+    }
+
+    #[test]
+    fn a_second_plan_over_its_own_result_changes_nothing() {
+        let cfg = config();
+        let prs = vec![pr(1), closed(pr(2), "2026-11-24T00:00:00Z", &["preserve=true"]), pr(3)];
+        let first = plan(&cfg, &prs, &BTreeMap::new(), at(NOW));
+        let existing: BTreeMap<_, _> = first.desired().map(|m| (m.env.clone(), m.clone())).collect();
+        let later = at(NOW) + Duration::hours(1);
+        let second = plan(&cfg, &prs, &existing, later);
+        assert!(second.is_noop(), "{second:?}");
+        assert_eq!(
+            second.desired().cloned().collect::<Vec<_>>(),
+            first.desired().cloned().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_pr_number_too_long_for_a_name_is_skipped_with_the_reason() {
+        let mut cfg = config();
+        cfg.project_id = "p".repeat(naming::PROJECT_ID_MAX);
+        let plan = plan(&cfg, &[pr(1_000_000)], &BTreeMap::new(), at(NOW));
+        assert_eq!(plan.decisions[0].action, Action::Skip);
+        assert!(
+            plan.decisions[0].reason.contains("cannot be deployed"),
+            "{:?}",
+            plan.decisions[0]
+        );
+    }
+
+    #[test]
+    fn image_tag_pins_the_head_commit() {
+        let cfg = config();
+        let plan = plan(&cfg, &[pr(42)], &BTreeMap::new(), at(NOW));
+        let meta = plan.desired().next().unwrap();
+        assert_eq!(meta.image, "ghcr.io/acme/shop:pr-42-1111111");
+        assert_eq!(meta.url, "https://shop-pr-42.preview.example.com");
+    }
+}

@@ -1,0 +1,164 @@
+//! The seams where the imperative shells meet the pure core: small traits for the pull-request
+//! source and the environments repository, the value a repository read returns, and in-memory
+//! fakes that the sync flow's table tests (and anyone else's) use.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::Result;
+use crate::model::layout::BlobId;
+use crate::model::meta::EnvMeta;
+use crate::model::naming::EnvName;
+use crate::model::pr::Snapshot;
+use crate::model::tree::Tree;
+
+/// A commit of the environments repository, as its store names it (a git commit id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Revision(pub String);
+
+impl std::fmt::Display for Revision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What prenv owns in the environments repository at one revision: read once per attempt, and
+/// planned against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoView {
+    /// The branch tip that was read; `None` for a branch (or repository) with no commit yet.
+    pub tip: Option<Revision>,
+    /// The environments prenv created (their metadata files carry its mark).
+    pub envs: BTreeMap<EnvName, EnvMeta>,
+    /// Blob ids of every file prenv owns: its environment directories and the wiring.
+    pub owned: BTreeMap<String, BlobId>,
+    /// Top-level entries, so templates are added only where the repository has none.
+    pub top_level: BTreeSet<String>,
+}
+
+impl RepoView {
+    /// PR numbers of the environments prenv has: the ones a listing must account for.
+    pub fn prs_with_envs(&self) -> BTreeSet<u64> {
+        self.envs.values().map(|m| m.pr).collect()
+    }
+}
+
+/// Where pull requests come from: a snapshot file, or GitHub.
+pub trait PrSource {
+    /// The PRs to plan with; `with_envs` are the PRs that have an environment, which the source must
+    /// account for (listed, looked up, or reported unconfirmed).
+    fn snapshot(&self, with_envs: &BTreeSet<u64>) -> Result<Snapshot>;
+}
+
+/// One commit to publish: files to add or replace, paths to delete, and the message.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub upserts: Tree,
+    pub removals: Vec<String>,
+    pub message: String,
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    Done(Revision),
+    /// Another writer moved the branch first; read again and re-plan.
+    Rejected,
+}
+
+/// The environments repository.
+pub trait EnvStore {
+    /// For messages: the path or URL, credentials removed.
+    fn display(&self) -> &str;
+    /// The branch prenv commits to.
+    fn branch(&self) -> &str;
+    /// Reads what prenv owns at the branch tip now (fetching first, for a remote).
+    fn read(&mut self) -> Result<RepoView>;
+    /// The bytes of a file at the view's revision, `None` when absent.
+    fn read_file(&self, view: &RepoView, path: &str) -> Result<Option<Vec<u8>>>;
+    /// Writes one commit on top of `base.tip` and moves the branch to it only if the branch still
+    /// points at `base.tip` (compare and swap).
+    fn publish(&mut self, base: &RepoView, change: &Change) -> Result<Published>;
+}
+
+/// In-memory fakes of the ports, for table tests of the flows and for benchmarks.
+pub mod memory {
+    use super::*;
+
+    /// A PR source that answers the same snapshot every time.
+    #[derive(Debug, Clone, Default)]
+    pub struct FixedPrs(pub Snapshot);
+
+    impl PrSource for FixedPrs {
+        fn snapshot(&self, _with_envs: &BTreeSet<u64>) -> Result<Snapshot> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// A repository held in memory with the semantics prenv relies on from git: each publish is one
+    /// commit, applied only if the branch has not moved (compare and swap).
+    #[derive(Default)]
+    pub struct MemoryStore {
+        /// Every commit's whole tree, oldest first; the last is the branch tip.
+        pub commits: Vec<(Tree, String)>,
+        /// Called before each publish to simulate another writer; returning a tree commits it first.
+        #[allow(clippy::type_complexity)]
+        pub interloper: Option<Box<dyn FnMut(&Tree) -> Option<Tree> + Send>>,
+    }
+
+    impl MemoryStore {
+        pub fn new() -> MemoryStore {
+            MemoryStore::default()
+        }
+
+        /// The tree at the tip (empty before the first commit).
+        pub fn tip_tree(&self) -> Tree {
+            self.commits.last().map(|(t, _)| t.clone()).unwrap_or_default()
+        }
+
+        fn revision(&self) -> Option<Revision> {
+            (!self.commits.is_empty()).then(|| Revision(self.commits.len().to_string()))
+        }
+    }
+
+    impl EnvStore for MemoryStore {
+        fn display(&self) -> &str {
+            "memory"
+        }
+
+        fn branch(&self) -> &str {
+            "main"
+        }
+
+        fn read(&mut self) -> Result<RepoView> {
+            Ok(crate::core::diff::view_of(&self.tip_tree(), self.revision()))
+        }
+
+        fn read_file(&self, view: &RepoView, path: &str) -> Result<Option<Vec<u8>>> {
+            let at = view.tip.as_ref().and_then(|r| r.0.parse::<usize>().ok());
+            Ok(at
+                .and_then(|n| self.commits.get(n - 1))
+                .and_then(|(t, _)| t.get(path).map(<[u8]>::to_vec)))
+        }
+
+        fn publish(&mut self, base: &RepoView, change: &Change) -> Result<Published> {
+            let tip = self.tip_tree();
+            if let Some(interloper) = self.interloper.as_mut()
+                && let Some(theirs) = interloper(&tip)
+            {
+                self.commits.push((theirs, "another writer".into()));
+            }
+            if base.tip != self.revision() {
+                return Ok(Published::Rejected);
+            }
+            let mut tree = Tree::new();
+            for (path, bytes) in self.tip_tree().iter() {
+                if !change.removals.iter().any(|r| r == path) {
+                    tree.insert(path, bytes)?;
+                }
+            }
+            tree.extend(change.upserts.clone());
+            self.commits.push((tree, change.message.clone()));
+            Ok(Published::Done(self.revision().expect("just committed")))
+        }
+    }
+}

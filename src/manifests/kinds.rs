@@ -1,0 +1,194 @@
+//! Small typed structs for the non-core kinds prenv writes: kustomize's `Kustomization` file, Flux's
+//! `Kustomization` and Argo CD's `ApplicationSet`. Only the fields prenv sets are typed.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::Result;
+use crate::model::config::Config;
+use crate::model::labels;
+use crate::model::layout;
+use crate::model::meta::{EnvMeta, GENERATOR};
+
+/// `kustomization.yaml` (kustomize.config.k8s.io/v1beta1).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KustomizeFile {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub resources: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<LabelSet>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub common_annotations: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageOverride>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<Patch>,
+}
+
+impl Default for KustomizeFile {
+    fn default() -> Self {
+        KustomizeFile {
+            api_version: "kustomize.config.k8s.io/v1beta1",
+            kind: "Kustomization",
+            namespace: None,
+            resources: Vec::new(),
+            components: Vec::new(),
+            labels: Vec::new(),
+            common_annotations: BTreeMap::new(),
+            images: Vec::new(),
+            patches: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSet {
+    pub pairs: BTreeMap<String, String>,
+    /// Selectors stay as the template wrote them: they are immutable on a Deployment.
+    pub include_selectors: bool,
+    /// Pods carry the labels too, so logs and metrics can be filtered by PR.
+    pub include_templates: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageOverride {
+    pub name: String,
+    pub new_name: String,
+    pub new_tag: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Patch {
+    pub target: PatchTarget,
+    /// A JSON6902 patch, written as YAML.
+    pub patch: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PatchTarget {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// A JSON6902 patch on one object of the base or an overlay.
+pub fn json_patch(group: &str, kind: &str, name: &str, ops: Vec<Value>) -> Result<Patch> {
+    Ok(Patch {
+        target: PatchTarget {
+            group: group.into(),
+            kind: kind.into(),
+            name: name.into(),
+        },
+        patch: super::yaml::to_string(&ops)?,
+    })
+}
+
+/// Flux `kustomize.toolkit.fluxcd.io/v1` Kustomization: one per environment.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FluxKustomization {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub metadata: Value,
+    pub spec: Value,
+}
+
+impl FluxKustomization {
+    pub fn for_env(
+        config: &Config,
+        meta: &EnvMeta,
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+    ) -> Self {
+        let flux = &config.flux;
+        FluxKustomization {
+            api_version: "kustomize.toolkit.fluxcd.io/v1",
+            kind: "Kustomization",
+            metadata: json!({
+                "name": meta.env.as_str(),
+                "namespace": flux.namespace,
+                "labels": labels,
+                "annotations": annotations,
+            }),
+            spec: json!({
+                "interval": flux.interval,
+                "retryInterval": "1m",
+                "timeout": flux.timeout,
+                "path": format!("./{}", layout::env_dir(meta.env.as_str())),
+                "prune": true,
+                "wait": true,
+                // Deleting the Kustomization completes only when the namespace (volumes included) is
+                // gone, so the watcher's "destroyed" means gone and close->gone is measured honestly.
+                "deletionPolicy": "WaitForTermination",
+                "sourceRef": {"kind": "GitRepository", "name": flux.source},
+                "decryption": {"provider": "sops", "secretRef": {"name": flux.sops_secret}},
+                // In the spec so that every new head commit bumps the generation: the watcher counts
+                // Ready only when observedGeneration has caught up, i.e. for this very commit.
+                "commonMetadata": {"annotations": {labels::HEAD_SHA: meta.head_sha}},
+            }),
+        }
+    }
+}
+
+/// Argo CD ApplicationSet: a git files generator over every environment's metadata file, so each
+/// environment directory becomes one Application, and removing the directory removes the Application.
+pub fn application_set(config: &Config, meta_glob: &str) -> Value {
+    let argo = &config.argocd;
+    let repo = argo.repo_url.clone().unwrap_or_default();
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "ApplicationSet",
+        "metadata": {
+            "name": format!("{}-previews", config.project_id),
+            "namespace": argo.namespace,
+            "labels": {labels::MANAGED_BY: GENERATOR, labels::PROJECT: config.project_id},
+        },
+        "spec": {
+            "goTemplate": true,
+            "goTemplateOptions": ["missingkey=error"],
+            "generators": [{"git": {
+                "repoURL": repo,
+                "revision": argo.target_revision,
+                "files": [{"path": meta_glob}],
+            }}],
+            "template": {
+                "metadata": {
+                    "name": "{{.env}}",
+                    "labels": {
+                        labels::MANAGED_BY: GENERATOR,
+                        labels::PROJECT: config.project_id,
+                        labels::ENV: "{{.env}}",
+                        labels::PR: "{{.pr}}",
+                    },
+                    "annotations": {
+                        labels::HEAD_SHA: "{{.head_sha}}",
+                        labels::URL: "{{.url}}",
+                        labels::DATABASES: "{{ join \",\" .databases }}",
+                    },
+                    // Deleting the Application deletes what it deployed, namespace included.
+                    "finalizers": ["resources-finalizer.argocd.argoproj.io"],
+                },
+                "spec": {
+                    "project": argo.project,
+                    "source": {"repoURL": repo, "targetRevision": argo.target_revision, "path": "environments/{{.env}}"},
+                    "destination": {"server": "https://kubernetes.default.svc", "namespace": "{{.namespace}}"},
+                    "syncPolicy": {
+                        "automated": {"prune": true, "selfHeal": true},
+                        "syncOptions": ["CreateNamespace=false", "ServerSideApply=true"],
+                        "retry": {"limit": 5, "backoff": {"duration": "10s", "factor": 2, "maxDuration": "3m"}},
+                    },
+                },
+            },
+        },
+    })
+}

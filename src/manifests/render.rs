@@ -1,0 +1,490 @@
+//! Rendering: the environments that the plan wants, as files. Pure: config and metadata in, a
+//! [`Tree`] out. Every manifest is a typed value; [`crate::manifests::yaml`] lays it out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde_json::json;
+
+use super::kinds::{self, FluxKustomization, KustomizeFile};
+use super::{templates, yaml};
+use crate::error::{Error, Result};
+use crate::model::config::{Config, Database, Engine};
+use crate::model::labels;
+use crate::model::layout::{self, ARGOCD_APPLICATIONSET, ARGOCD_INDEX, FLUX_INDEX, META_FILE, env_dir, flux_file};
+use crate::model::meta::{EnvMeta, GENERATOR};
+use crate::model::naming;
+use crate::model::quantity::{Bytes, Cpu};
+use crate::model::tree::Tree;
+
+/// Pod Security Standard every preview namespace enforces (RNF-09).
+const POD_SECURITY_LEVEL: &str = "restricted";
+/// The CloudNativePG cluster name in `overlays/postgres`; the operator writes `<name>-app`.
+const POSTGRES_CLUSTER: &str = "db";
+
+/// The whole self-contained tree: the embedded `base/` and `overlays/` plus environments and wiring.
+pub fn render_all(config: &Config, envs: &[&EnvMeta]) -> Result<Tree> {
+    let mut tree = templates::tree()?;
+    tree.extend(render_owned(config, envs)?);
+    Ok(tree)
+}
+
+/// Only the paths prenv owns: one directory per environment (`envs`, every environment that
+/// should exist) and the engine wiring.
+pub fn render_owned(config: &Config, envs: &[&EnvMeta]) -> Result<Tree> {
+    render_selected(config, envs, |_| true)
+}
+
+/// Like [`render_owned`], but writes the files of only the environments `wanted` selects (a sync
+/// skips the ones whose metadata did not change); the wiring index still lists every environment.
+pub fn render_selected(config: &Config, envs: &[&EnvMeta], wanted: impl Fn(&EnvMeta) -> bool) -> Result<Tree> {
+    let mut tree = Tree::new();
+    // Quota, limits and policies depend only on the settings and databases: render them once.
+    let mut shared: BTreeMap<Vec<Database>, SharedFiles> = BTreeMap::new();
+    for meta in envs.iter().filter(|m| wanted(m)) {
+        if !shared.contains_key(&meta.databases) {
+            shared.insert(meta.databases.clone(), SharedFiles::render(config, &meta.databases)?);
+        }
+        render_env(config, meta, &shared[&meta.databases], &mut tree)?;
+        if config.engine == Engine::Flux {
+            // The watcher reads the database kinds from here for the PR comment.
+            let mut annotations = env_annotations(meta);
+            let dbs: Vec<&str> = meta.databases.iter().map(|d| d.name()).collect();
+            annotations.insert(labels::DATABASES.into(), dbs.join(","));
+            let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), annotations);
+            tree.insert(flux_file(meta.env.as_str()), yaml::to_string(&object)?)?;
+        }
+    }
+    match config.engine {
+        Engine::Flux => render_flux_index(envs, &mut tree)?,
+        Engine::Argocd => render_argocd(config, &mut tree)?,
+    }
+    Ok(tree)
+}
+
+/// The files that are the same for every environment with the same databases.
+struct SharedFiles {
+    quota: String,
+    limits: String,
+    policies: String,
+}
+
+impl SharedFiles {
+    fn render(config: &Config, databases: &[Database]) -> Result<SharedFiles> {
+        Ok(SharedFiles {
+            quota: yaml::to_string(&resource_quota(config, databases))?,
+            limits: yaml::to_string(&limit_range(config))?,
+            policies: yaml::to_multi_doc(&network_policies(config, databases))?,
+        })
+    }
+}
+
+fn render_env(config: &Config, meta: &EnvMeta, shared: &SharedFiles, tree: &mut Tree) -> Result<()> {
+    let span = tracing::debug_span!("render", pr = meta.pr, env = %meta.env);
+    let _guard = span.enter();
+    let dir = env_dir(meta.env.as_str());
+    let host = meta.host();
+    if let Some(problem) = naming::dns_name_problem(host) {
+        return Err(Error::Name {
+            name: host.to_string(),
+            message: format!("preview host of PR #{}: {problem}", meta.pr),
+        });
+    }
+    let files: [(&str, &str); 5] = [
+        (
+            "kustomization.yaml",
+            &yaml::to_string(&env_kustomization(config, meta)?)?,
+        ),
+        ("namespace.yaml", &yaml::to_string(&namespace(meta))?),
+        ("resourcequota.yaml", &shared.quota),
+        ("limitrange.yaml", &shared.limits),
+        ("networkpolicies.yaml", &shared.policies),
+    ];
+    for (name, text) in files {
+        tree.insert(format!("{dir}/{name}"), text)?;
+    }
+    tree.insert(format!("{dir}/{META_FILE}"), pretty_json(meta)?)
+}
+
+/// Labels every object of an environment carries; values are made valid label values here.
+fn env_labels(config: &Config, meta: &EnvMeta) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::MANAGED_BY.into(), GENERATOR.into()),
+        (labels::PROJECT.into(), config.project_id.clone()),
+        (labels::ENV.into(), meta.env.to_string()),
+        (labels::PR.into(), meta.pr.to_string()),
+        (labels::BRANCH.into(), naming::sanitize_label_value(&meta.head_ref)),
+    ])
+}
+
+/// Annotations carry what labels cannot hold verbatim: the exact branch name (percent-encoded only
+/// where YAML tools would mangle it) and the URL.
+fn env_annotations(meta: &EnvMeta) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::HEAD_SHA.into(), meta.head_sha.clone()),
+        (labels::HEAD_REF.into(), naming::encode_annotation(&meta.head_ref)),
+        (labels::URL.into(), meta.url.clone()),
+    ])
+}
+
+/// The patches an environment applies to the template: its host on the Ingress, its URL and PR
+/// in the app's environment, and the storage class of its database volumes.
+fn env_patches(config: &Config, meta: &EnvMeta) -> Result<Vec<kinds::Patch>> {
+    let mut patches = vec![kinds::json_patch(
+        "networking.k8s.io",
+        "Ingress",
+        "app",
+        ingress_ops(config, meta),
+    )?];
+    let env_ops = [("PRENV_URL", meta.url.clone()), ("PRENV_PR", meta.pr.to_string()), ("PRENV_HEAD_SHA", meta.head_sha.clone())]
+        .into_iter()
+        .map(|(name, value)| json!({"op": "add", "path": "/spec/template/spec/containers/0/env/-", "value": {"name": name, "value": value}}))
+        .collect();
+    patches.push(kinds::json_patch("apps", "Deployment", "app", env_ops)?);
+    if let Some(class) = &config.storage_class {
+        for db in &meta.databases {
+            let (group, kind, name, path) = match db {
+                Database::Postgres => (
+                    "postgresql.cnpg.io",
+                    "Cluster",
+                    POSTGRES_CLUSTER,
+                    "/spec/storage/storageClass",
+                ),
+                Database::Mariadb => (
+                    "apps",
+                    "StatefulSet",
+                    "mariadb",
+                    "/spec/volumeClaimTemplates/0/spec/storageClassName",
+                ),
+            };
+            patches.push(kinds::json_patch(
+                group,
+                kind,
+                name,
+                vec![json!({"op": "add", "path": path, "value": class})],
+            )?);
+        }
+    }
+    Ok(patches)
+}
+
+fn env_kustomization(config: &Config, meta: &EnvMeta) -> Result<KustomizeFile> {
+    let (image_name, tag) = meta
+        .image
+        .rsplit_once(':')
+        .ok_or_else(|| Error::Render(format!("image {:?} of {} has no tag", meta.image, meta.env)))?;
+    let patches = env_patches(config, meta)?;
+    Ok(KustomizeFile {
+        namespace: Some(meta.namespace.clone()),
+        resources: [
+            "../../base",
+            "namespace.yaml",
+            "resourcequota.yaml",
+            "limitrange.yaml",
+            "networkpolicies.yaml",
+        ]
+        .into_iter()
+        // Written once by the secrets step: SOPS-encrypted (Flux decrypts it) or sealed.
+        .chain(
+            meta.databases
+                .contains(&Database::Mariadb)
+                .then_some(layout::secret_file(config)),
+        )
+        .map(String::from)
+        .collect(),
+        components: meta
+            .databases
+            .iter()
+            .map(|db| format!("../../overlays/{}", db.name()))
+            .collect(),
+        labels: vec![kinds::LabelSet {
+            pairs: env_labels(config, meta),
+            include_selectors: false,
+            include_templates: true,
+        }],
+        common_annotations: env_annotations(meta),
+        images: vec![kinds::ImageOverride {
+            name: "app".into(),
+            new_name: image_name.into(),
+            new_tag: tag.into(),
+        }],
+        patches,
+        ..KustomizeFile::default()
+    })
+}
+
+fn ingress_ops(config: &Config, meta: &EnvMeta) -> Vec<serde_json::Value> {
+    let host = meta.host();
+    let mut ops = vec![
+        json!({"op": "replace", "path": "/spec/rules/0/host", "value": host}),
+        json!({"op": "replace", "path": "/spec/tls/0/hosts/0", "value": host}),
+        json!({"op": "replace", "path": "/spec/ingressClassName", "value": config.ingress.class}),
+    ];
+    let mut annotations = config.ingress.annotations.clone();
+    let secret = match (&config.ingress.tls_secret, &config.ingress.cluster_issuer) {
+        (Some(secret), _) => Some(secret.clone()),
+        (None, Some(issuer)) => {
+            annotations.insert("cert-manager.io/cluster-issuer".into(), issuer.clone());
+            Some("preview-tls".into())
+        }
+        (None, None) => None,
+    };
+    if let Some(secret) = secret {
+        ops.push(json!({"op": "add", "path": "/spec/tls/0/secretName", "value": secret}));
+    }
+    if !annotations.is_empty() {
+        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": annotations}));
+    }
+    ops
+}
+
+fn object_meta(name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        labels: (!labels.is_empty()).then_some(labels),
+        ..ObjectMeta::default()
+    }
+}
+
+fn namespace(meta: &EnvMeta) -> Namespace {
+    let labels = ["enforce", "audit", "warn"]
+        .into_iter()
+        .map(|mode| {
+            (
+                format!("pod-security.kubernetes.io/{mode}"),
+                POD_SECURITY_LEVEL.to_string(),
+            )
+        })
+        .chain([("pod-security.kubernetes.io/enforce-version".into(), "latest".into())])
+        .collect();
+    Namespace {
+        metadata: object_meta(&meta.namespace, labels),
+        ..Namespace::default()
+    }
+}
+
+/// The quota: the base allowance plus one step per enabled database (RNF-13).
+fn resource_quota(config: &Config, databases: &[Database]) -> ResourceQuota {
+    let q = &config.quota;
+    let parse_cpu = |s: &str| Cpu::parse(s).unwrap_or_default();
+    let parse_bytes = |s: &str| Bytes::parse(s).unwrap_or_default();
+    let steps = databases.iter().map(|db| config.quota_step(*db));
+    let (mut cpu, mut memory, mut storage, mut pods) = (parse_cpu(&q.cpu), parse_bytes(&q.memory), Bytes(0), q.pods);
+    for step in steps {
+        cpu = cpu + parse_cpu(&step.cpu);
+        memory = memory + parse_bytes(&step.memory);
+        storage = storage + parse_bytes(&step.storage);
+        pods += step.pods;
+    }
+    let hard = [
+        ("requests.cpu", cpu.to_string()),
+        ("limits.cpu", cpu.to_string()),
+        ("requests.memory", memory.to_string()),
+        ("limits.memory", memory.to_string()),
+        ("requests.storage", storage.to_string()),
+        ("persistentvolumeclaims", databases.len().to_string()),
+        ("pods", pods.to_string()),
+        ("services.loadbalancers", "0".into()),
+        ("services.nodeports", "0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), Quantity(v)))
+    .collect();
+    ResourceQuota {
+        metadata: object_meta("preview-quota", BTreeMap::new()),
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard),
+            ..ResourceQuotaSpec::default()
+        }),
+        ..ResourceQuota::default()
+    }
+}
+
+fn limit_range(config: &Config) -> LimitRange {
+    let q = &config.quota;
+    let pair = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])
+    };
+    LimitRange {
+        metadata: object_meta("preview-limits", BTreeMap::new()),
+        spec: Some(LimitRangeSpec {
+            limits: vec![LimitRangeItem {
+                type_: "Container".into(),
+                default: Some(pair(&q.default_cpu, &q.default_memory)),
+                default_request: Some(pair(&q.default_request_cpu, &q.default_request_memory)),
+                ..LimitRangeItem::default()
+            }],
+        }),
+    }
+}
+
+fn selector(pairs: &[(&str, &str)]) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        ..LabelSelector::default()
+    }
+}
+
+fn from_namespace(ns: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(selector(&[("kubernetes.io/metadata.name", ns)])),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn same_namespace() -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector::default()),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn ports(protocol: &str, numbers: &[u16]) -> Vec<NetworkPolicyPort> {
+    numbers
+        .iter()
+        .map(|n| NetworkPolicyPort {
+            port: Some(IntOrString::Int(i32::from(*n))),
+            protocol: Some(protocol.into()),
+            ..NetworkPolicyPort::default()
+        })
+        .collect()
+}
+
+fn policy(
+    name: &str,
+    pods: LabelSelector,
+    ingress: Option<Vec<NetworkPolicyIngressRule>>,
+    egress: Option<Vec<NetworkPolicyEgressRule>>,
+) -> NetworkPolicy {
+    let types = [("Ingress", ingress.is_some()), ("Egress", egress.is_some())]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(t, _)| t.to_string())
+        .collect();
+    NetworkPolicy {
+        metadata: object_meta(name, BTreeMap::new()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods),
+            policy_types: Some(types),
+            ingress,
+            egress,
+        }),
+    }
+}
+
+/// Default deny in both directions, then only what a preview needs (RNF-07): traffic inside the
+/// namespace, from the ingress controller and the configured scrapers, DNS, and for CloudNativePG
+/// the operator's calls in and the instance manager's calls to the API server. One declarative
+/// list, longer than most functions: split up, the policy set would no longer read as a whole.
+fn network_policies(config: &Config, databases: &[Database]) -> Vec<NetworkPolicy> {
+    let net = &config.network;
+    let all = LabelSelector::default();
+    let mut policies = vec![
+        policy("default-deny", all.clone(), Some(vec![]), Some(vec![])),
+        policy(
+            "allow-same-namespace",
+            all.clone(),
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![same_namespace()]),
+                ..Default::default()
+            }]),
+            Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![same_namespace()]),
+                ..Default::default()
+            }]),
+        ),
+        policy(
+            "allow-ingress-controller",
+            selector(&[("app.kubernetes.io/name", "app")]),
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![from_namespace(&config.ingress.namespace)]),
+                ..Default::default()
+            }]),
+            None,
+        ),
+        policy(
+            "allow-dns",
+            all.clone(),
+            None,
+            Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(selector(&[("kubernetes.io/metadata.name", &net.dns_namespace)])),
+                    pod_selector: Some(selector(&[("k8s-app", "kube-dns")])),
+                    ..Default::default()
+                }]),
+                ports: Some([ports("UDP", &[53]), ports("TCP", &[53])].concat()),
+            }]),
+        ),
+    ];
+    if !net.allow_from_namespaces.is_empty() {
+        policies.push(policy(
+            "allow-monitoring",
+            all.clone(),
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(net.allow_from_namespaces.iter().map(|ns| from_namespace(ns)).collect()),
+                ..Default::default()
+            }]),
+            None,
+        ));
+    }
+    if databases.contains(&Database::Postgres) {
+        let cluster = selector(&[("cnpg.io/cluster", POSTGRES_CLUSTER)]);
+        policies.push(policy(
+            "allow-cnpg-operator",
+            cluster.clone(),
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![from_namespace(&net.cnpg_namespace)]),
+                ports: Some(ports("TCP", &[8000, 5432])),
+            }]),
+            None,
+        ));
+        policies.push(policy(
+            "allow-cnpg-api-server",
+            cluster,
+            None,
+            Some(vec![NetworkPolicyEgressRule {
+                ports: Some(ports("TCP", &net.api_server_ports)),
+                to: None,
+            }]),
+        ));
+    }
+    policies
+}
+
+fn render_flux_index(envs: &[&EnvMeta], tree: &mut Tree) -> Result<()> {
+    let index = KustomizeFile {
+        resources: envs.iter().map(|m| format!("{}.yaml", m.env)).collect(),
+        ..KustomizeFile::default()
+    };
+    tree.insert(FLUX_INDEX, yaml::to_string(&index)?)
+}
+
+fn render_argocd(config: &Config, tree: &mut Tree) -> Result<()> {
+    let set = kinds::application_set(config, &layout::meta_glob());
+    tree.insert(ARGOCD_APPLICATIONSET, yaml::to_string(&set)?)?;
+    let index = KustomizeFile {
+        resources: vec!["applicationset.yaml".into()],
+        ..KustomizeFile::default()
+    };
+    tree.insert(ARGOCD_INDEX, yaml::to_string(&index)?)
+}
+
+/// Serializes a value to pretty JSON with a trailing newline (used for metadata files).
+pub fn pretty_json<T: Serialize>(value: &T) -> Result<String> {
+    let mut s = serde_json::to_string_pretty(value).map_err(|e| Error::Render(e.to_string()))?;
+    s.push('\n');
+    Ok(s)
+}

@@ -1,0 +1,12 @@
+//! Label and annotation keys prenv writes on every object of an environment; the watcher finds
+//! environments and their PRs by them.
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const PROJECT: &str = "prenv.dev/project";
+pub const ENV: &str = "prenv.dev/env";
+pub const PR: &str = "prenv.dev/pr";
+pub const BRANCH: &str = "prenv.dev/branch";
+pub const HEAD_SHA: &str = "prenv.dev/head-sha";
+pub const HEAD_REF: &str = "prenv.dev/head-ref";
+pub const URL: &str = "prenv.dev/url";
+pub const DATABASES: &str = "prenv.dev/databases";

@@ -1,0 +1,197 @@
+//! The environments repository's layout: every path prenv writes is built here, and every path it
+//! reads back is parsed here, so "where is the Flux wiring file?" has one answer.
+//!
+//! ```text
+//! environments/<env>/            one directory per environment (its prenv.json carries the mark)
+//!   prenv.json                   the metadata (model::meta)
+//!   kustomization.yaml …         the rendered overlay
+//!   mariadb-credentials.sops.yaml | mariadb-credentials.sealed.yaml
+//! flux/environments/<env>.yaml   the Flux Kustomization of one environment
+//! flux/environments/kustomization.yaml   the index the root Kustomization applies
+//! argocd/applicationset.yaml     the Argo CD ApplicationSet over environments/*/prenv.json
+//! base/, overlays/<db>/          the application template (added only where the repository has none)
+//! ```
+
+use sha1::{Digest as _, Sha1};
+
+use super::config::{Config, SecretsBackend};
+
+/// Where environments live in the environments repository.
+pub const ENVIRONMENTS_DIR: &str = "environments";
+/// Where the Flux wiring lives: one Flux Kustomization per environment, applied by a root Kustomization.
+pub const FLUX_DIR: &str = "flux/environments";
+/// Where the Argo CD wiring lives: one ApplicationSet over the environments' metadata files.
+pub const ARGOCD_DIR: &str = "argocd";
+/// The application template every environment builds on.
+pub const BASE_DIR: &str = "base";
+/// Kustomize Components an environment switches on, one per database.
+pub const OVERLAYS_DIR: &str = "overlays";
+/// The metadata file in every environment directory; its `generator` field is the ownership mark.
+pub const META_FILE: &str = "prenv.json";
+/// The index of the Flux wiring: it lists every environment's Kustomization file.
+pub const FLUX_INDEX: &str = "flux/environments/kustomization.yaml";
+/// The ApplicationSet of the Argo CD wiring.
+pub const ARGOCD_APPLICATIONSET: &str = "argocd/applicationset.yaml";
+/// The kustomization of the Argo CD wiring directory.
+pub const ARGOCD_INDEX: &str = "argocd/kustomization.yaml";
+/// The keys SOPS encrypts in prenv's Secrets (and the `.sops.yaml` creation rule says so).
+pub const SOPS_ENCRYPTED_REGEX: &str = "^(data|stringData)$";
+/// The Secret `overlays/mariadb` reads its credentials from.
+pub const MARIADB_SECRET_NAME: &str = "mariadb-credentials";
+
+/// The directory of one environment.
+pub fn env_dir(env: &str) -> String {
+    format!("{ENVIRONMENTS_DIR}/{env}")
+}
+
+/// The metadata file of one environment.
+pub fn meta_path(env: &str) -> String {
+    format!("{ENVIRONMENTS_DIR}/{env}/{META_FILE}")
+}
+
+/// The Flux Kustomization file of one environment.
+pub fn flux_file(env: &str) -> String {
+    format!("{FLUX_DIR}/{env}.yaml")
+}
+
+/// The glob of every environment's metadata file, for Argo CD's git files generator.
+pub fn meta_glob() -> String {
+    format!("{ENVIRONMENTS_DIR}/*/{META_FILE}")
+}
+
+/// The file name (inside the environment directory) of the MariaDB credentials, SOPS-encrypted or sealed.
+pub fn secret_file(config: &Config) -> &'static str {
+    match config.secrets.backend {
+        SecretsBackend::Sops => "mariadb-credentials.sops.yaml",
+        SecretsBackend::SealedSecrets => "mariadb-credentials.sealed.yaml",
+    }
+}
+
+/// The path of one environment's MariaDB credentials.
+pub fn secret_path(config: &Config, env: &str) -> String {
+    format!("{}/{}", env_dir(env), secret_file(config))
+}
+
+/// What a repository path is to prenv.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place<'a> {
+    /// A file inside an environment directory (`file` may contain `/`).
+    EnvFile { env: &'a str, file: &'a str },
+    /// One environment's Flux Kustomization.
+    FluxWiring { env: &'a str },
+    /// Another file of the Flux wiring directory (the index).
+    FluxOther,
+    /// A file of the Argo CD wiring directory.
+    ArgoWiring,
+    /// Anything else: templates, a README, someone's own files.
+    Other,
+}
+
+impl<'a> Place<'a> {
+    /// Parses a repository path (relative, `/`-separated).
+    pub fn of(path: &'a str) -> Place<'a> {
+        if let Some(rest) = path.strip_prefix(ENVIRONMENTS_DIR).and_then(|r| r.strip_prefix('/'))
+            && let Some((env, file)) = rest.split_once('/')
+            && !env.is_empty()
+            && !file.is_empty()
+        {
+            return Place::EnvFile { env, file };
+        }
+        if let Some(file) = path.strip_prefix(FLUX_DIR).and_then(|r| r.strip_prefix('/')) {
+            return match file.strip_suffix(".yaml") {
+                Some(env) if !env.contains('/') && file != "kustomization.yaml" => Place::FluxWiring { env },
+                _ => Place::FluxOther,
+            };
+        }
+        if path.strip_prefix(ARGOCD_DIR).is_some_and(|r| r.starts_with('/')) {
+            return Place::ArgoWiring;
+        }
+        Place::Other
+    }
+
+    /// The environment this path belongs to: its directory or its Flux Kustomization.
+    pub fn env(self) -> Option<&'a str> {
+        match self {
+            Place::EnvFile { env, .. } | Place::FluxWiring { env } => Some(env),
+            _ => None,
+        }
+    }
+
+    /// Under a wiring directory, which prenv writes whole.
+    pub fn is_wiring(self) -> bool {
+        matches!(self, Place::FluxWiring { .. } | Place::FluxOther | Place::ArgoWiring)
+    }
+}
+
+/// A git blob id (SHA-1 of `blob <len>\0` and the bytes): how the repository names a file's
+/// content, so the desired bytes can be compared with a committed file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlobId(pub [u8; 20]);
+
+impl BlobId {
+    pub fn of(bytes: &[u8]) -> BlobId {
+        let mut hasher = Sha1::new();
+        hasher.update(format!("blob {}\0", bytes.len()).as_bytes());
+        hasher.update(bytes);
+        BlobId(hasher.finalize().into())
+    }
+}
+
+impl std::fmt::Display for BlobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_parsed_back_to_what_they_are() {
+        let table = [
+            (
+                "environments/shop-pr-1/prenv.json",
+                Place::EnvFile {
+                    env: "shop-pr-1",
+                    file: "prenv.json",
+                },
+            ),
+            (
+                "environments/shop-pr-1/sub/x.yaml",
+                Place::EnvFile {
+                    env: "shop-pr-1",
+                    file: "sub/x.yaml",
+                },
+            ),
+            ("environments/shop-pr-1", Place::Other),
+            ("environments-extra/a/b", Place::Other),
+            (
+                "flux/environments/shop-pr-1.yaml",
+                Place::FluxWiring { env: "shop-pr-1" },
+            ),
+            ("flux/environments/kustomization.yaml", Place::FluxOther),
+            ("flux/environments/notes.txt", Place::FluxOther),
+            ("flux/environments-x/a.yaml", Place::Other),
+            ("argocd/applicationset.yaml", Place::ArgoWiring),
+            ("argocdx/a", Place::Other),
+            ("base/deployment.yaml", Place::Other),
+        ];
+        for (path, want) in table {
+            assert_eq!(Place::of(path), want, "{path}");
+        }
+        assert_eq!(Place::of(&flux_file("a-pr-1")).env(), Some("a-pr-1"));
+        assert_eq!(Place::of(&meta_path("a-pr-1")).env(), Some("a-pr-1"));
+        assert_eq!(Place::of(FLUX_INDEX), Place::FluxOther);
+    }
+
+    #[test]
+    fn blob_ids_are_gits() {
+        // `printf 'hello\n' | git hash-object --stdin`
+        assert_eq!(
+            BlobId::of(b"hello\n").to_string(),
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
+        assert_eq!(BlobId::of(b"").to_string(), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+    }
+}

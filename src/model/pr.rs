@@ -1,0 +1,232 @@
+//! Pull requests as prenv sees them, read from a snapshot in GitHub's REST shape
+//! (`GET /repos/{owner}/{repo}/pulls?state=all`). Unknown fields are ignored; missing ones are named.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// A neutral pull request: what the lifecycle decisions need and nothing of any SDK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    pub number: u64,
+    pub state: PrState,
+    pub draft: bool,
+    pub title: String,
+    pub labels: Vec<String>,
+    pub head_sha: String,
+    pub head_ref: String,
+    /// `owner/name` of the head repository; `None` when the fork was deleted.
+    pub head_repo: Option<String>,
+    /// `owner/name` of the base repository, when the source says.
+    pub base_repo: Option<String>,
+    pub author: Option<String>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub merged_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a PR source established: the PRs it read, and the PRs with an environment whose state it
+/// could not confirm (with the reason), whose environments must be kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub prs: Vec<PullRequest>,
+    pub unconfirmed: std::collections::BTreeMap<u64, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrState {
+    Open,
+    Closed,
+}
+
+impl PullRequest {
+    pub fn has_label(&self, name: &str) -> bool {
+        self.labels.iter().any(|l| l == name)
+    }
+
+    /// A fork PR: its head lives in another repository (or a deleted one).
+    pub fn is_fork(&self, repository: Option<&str>) -> bool {
+        let base = repository.or(self.base_repo.as_deref());
+        match (&self.head_repo, base) {
+            (None, _) => true,
+            (Some(head), Some(base)) => !head.eq_ignore_ascii_case(base),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RestPull {
+    number: u64,
+    state: PrState,
+    #[serde(default)]
+    draft: bool,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    labels: Vec<RestLabel>,
+    head: RestHead,
+    #[serde(default)]
+    base: Option<RestBase>,
+    #[serde(default)]
+    user: Option<RestUser>,
+    closed_at: Option<DateTime<Utc>>,
+    merged_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+struct RestLabel {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RestHead {
+    sha: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    repo: Option<RestRepo>,
+}
+
+#[derive(Deserialize)]
+struct RestBase {
+    repo: Option<RestRepo>,
+}
+
+#[derive(Deserialize)]
+struct RestRepo {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct RestUser {
+    login: String,
+}
+
+/// Parses a JSON array of GitHub REST pull-request objects; `origin` names the source in errors.
+/// A PR listed twice (pages shift while a listing runs) keeps its most recently updated copy.
+pub fn parse_snapshot(json: &str, origin: &str) -> Result<Vec<PullRequest>> {
+    let err = |message: String| Error::Snapshot {
+        origin: origin.to_string(),
+        message,
+    };
+    let items: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| {
+        err(format!(
+            "{e}; expected a JSON array of pull requests as GitHub's REST API returns them"
+        ))
+    })?;
+    let mut prs: Vec<PullRequest> = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let number = item.get("number").and_then(|n| n.as_u64());
+        let which = match number {
+            Some(n) => format!("element {index} (PR #{n})"),
+            None => format!("element {index}"),
+        };
+        let rest: RestPull = serde_json::from_value(item).map_err(|e| err(format!("{which}: {e}")))?;
+        let pr = from_rest(rest).map_err(|m| err(format!("{which}: {m}")))?;
+        prs.push(pr);
+    }
+    prs.sort_by(|a, b| a.number.cmp(&b.number).then(b.updated_at.cmp(&a.updated_at)));
+    prs.dedup_by_key(|p| p.number);
+    Ok(prs)
+}
+
+fn from_rest(r: RestPull) -> std::result::Result<PullRequest, String> {
+    if r.number == 0 {
+        return Err("`number` is 0; GitHub numbers PRs from 1".into());
+    }
+    let sha_ok = matches!(r.head.sha.len(), 40 | 64) && r.head.sha.bytes().all(|b| b.is_ascii_hexdigit());
+    if !sha_ok {
+        return Err(format!(
+            "`head.sha` = {:?} is not a full commit SHA (40 or 64 hex digits)",
+            r.head.sha
+        ));
+    }
+    if r.state == PrState::Closed && r.closed_at.is_none() {
+        return Err("`state` is \"closed\" but `closed_at` is missing; a closed PR needs its close time".into());
+    }
+    Ok(PullRequest {
+        number: r.number,
+        state: r.state,
+        draft: r.draft,
+        title: r.title,
+        labels: r.labels.into_iter().map(|l| l.name).collect(),
+        head_sha: r.head.sha.to_ascii_lowercase(),
+        head_ref: r.head.git_ref,
+        head_repo: r.head.repo.map(|r| r.full_name),
+        base_repo: r.base.and_then(|b| b.repo).map(|r| r.full_name),
+        author: r.user.map(|u| u.login),
+        closed_at: r.closed_at,
+        merged_at: r.merged_at,
+        updated_at: r.updated_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pr_json(number: u64) -> serde_json::Value {
+        json!({
+            "number": number, "state": "open", "draft": false, "title": "Add cart",
+            "labels": [{"name": "preserve=true", "color": "ffffff"}],
+            "head": {"sha": "a".repeat(40), "ref": "feature/cart", "repo": {"full_name": "acme/shop"}},
+            "base": {"ref": "main", "repo": {"full_name": "acme/shop"}},
+            "user": {"login": "dev"}, "closed_at": null, "merged_at": null,
+            "updated_at": "2026-11-20T10:00:00Z", "unknown_field": {"ignored": true}
+        })
+    }
+
+    #[test]
+    fn github_rest_objects_are_read_and_unknown_fields_ignored() {
+        let prs = parse_snapshot(&json!([pr_json(7)]).to_string(), "prs.json").unwrap();
+        assert_eq!(prs.len(), 1);
+        let pr = &prs[0];
+        assert_eq!((pr.number, pr.head_ref.as_str()), (7, "feature/cart"));
+        assert!(pr.has_label("preserve=true"));
+        assert!(!pr.is_fork(None));
+        assert!(pr.is_fork(Some("other/repo")));
+    }
+
+    #[test]
+    fn broken_snapshots_name_the_element_and_the_field() {
+        let mut no_head = pr_json(3);
+        no_head.as_object_mut().unwrap().remove("head");
+        let mut bad_sha = pr_json(4);
+        bad_sha["head"]["sha"] = json!("abc");
+        let mut closed = pr_json(5);
+        closed["state"] = json!("closed");
+        let table = [
+            ("not json", "{".to_string(), "expected a JSON array"),
+            ("object", "{}".to_string(), "expected a JSON array"),
+            (
+                "no head",
+                json!([no_head]).to_string(),
+                "element 0 (PR #3): missing field `head`",
+            ),
+            ("short sha", json!([bad_sha]).to_string(), "PR #4): `head.sha`"),
+            (
+                "closed without time",
+                json!([closed]).to_string(),
+                "`closed_at` is missing",
+            ),
+        ];
+        for (name, text, want) in table {
+            let err = parse_snapshot(&text, "prs.json").expect_err(name).to_string();
+            assert!(err.contains("prs.json") && err.contains(want), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_pr_listed_twice_keeps_its_newest_copy() {
+        let mut older = pr_json(9);
+        older["head"]["sha"] = json!("b".repeat(40));
+        older["updated_at"] = json!("2026-11-19T10:00:00Z");
+        let prs = parse_snapshot(&json!([older, pr_json(9)]).to_string(), "x").unwrap();
+        assert_eq!(prs.len(), 1);
+        assert_eq!(prs[0].head_sha, "a".repeat(40));
+    }
+}

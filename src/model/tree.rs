@@ -1,0 +1,98 @@
+//! The desired state as a value: a sorted map from repository path to file bytes. The same value
+//! drives `render`, `--check`, `plan`, `sync` and the snapshot tests.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tree {
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Tree {
+    pub fn new() -> Tree {
+        Tree::default()
+    }
+
+    /// Adds a file; the path must be relative, `/`-separated and free of `.`/`..` segments, so no
+    /// value can ever be written outside the tree's root.
+    pub fn insert(&mut self, path: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Result<()> {
+        let path = path.into();
+        check_path(&path)?;
+        self.files.insert(path, bytes.into());
+        Ok(())
+    }
+
+    pub fn get(&self, path: &str) -> Option<&[u8]> {
+        self.files.get(path).map(Vec::as_slice)
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.files.iter().map(|(p, b)| (p.as_str(), b.as_slice()))
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+
+    /// Adds every file of `other`, replacing files at the same paths.
+    pub fn extend(&mut self, other: Tree) {
+        self.files.extend(other.files);
+    }
+
+    /// The files under a directory prefix (given without a trailing slash).
+    pub fn under<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        let prefix = format!("{dir}/");
+        self.files
+            .range(prefix.clone()..)
+            .take_while(move |(p, _)| p.starts_with(&prefix))
+            .map(|(p, b)| (p.as_str(), b.as_slice()))
+    }
+}
+
+fn check_path(path: &str) -> Result<()> {
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\\')
+        || path.contains('\0')
+        || path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..");
+    if bad {
+        return Err(Error::Render(format!(
+            "refusing to write {path:?}: tree paths are relative, '/'-separated and have no '.' or '..' segments"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_could_escape_the_root_are_refused() {
+        let mut tree = Tree::new();
+        for bad in ["", "/etc/passwd", "a/../../b", "./a", "a//b", "a\\b", "a/"] {
+            assert!(tree.insert(bad, "x").is_err(), "{bad:?}");
+        }
+        assert!(tree.insert("environments/a/b.yaml", "x").is_ok());
+    }
+
+    #[test]
+    fn under_lists_only_a_directory_and_not_its_namesakes() {
+        let mut tree = Tree::new();
+        for p in ["env/a-1/x", "env/a-1/y", "env/a-10/x", "env/a-1x"] {
+            tree.insert(p, "").unwrap();
+        }
+        let got: Vec<_> = tree.under("env/a-1").map(|(p, _)| p).collect();
+        assert_eq!(got, ["env/a-1/x", "env/a-1/y"]);
+    }
+}
