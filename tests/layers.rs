@@ -10,7 +10,7 @@ const LAYERS: &[&str] = &["error", "model", "manifests", "secrets", "core", "ada
 /// Where each SDK or clock may appear (path prefixes under src/). `main.rs`, `cli.rs` and `cmd.rs`
 /// are the binary's edge.
 const CONFINED: &[(&str, &[&str])] = &[
-    ("git2::", &["adapters/git.rs"]),
+    ("git2::", &["adapters/git.rs", "adapters/git_history.rs"]),
     ("octocrab", &["adapters/github.rs"]),
     ("kube::", &["adapters/kube.rs"]),
     ("std::fs", &["adapters/", "main.rs", "cmd.rs"]),

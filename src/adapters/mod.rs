@@ -3,6 +3,7 @@
 
 pub mod fs;
 pub mod git;
+pub mod git_history;
 pub mod github;
 pub mod kube;
 pub mod pr_status;

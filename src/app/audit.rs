@@ -35,7 +35,7 @@ pub struct Audit {
 pub fn audit(path: &Path) -> Result<Audit> {
     let mut audit = Audit::default();
     let mut findings = BTreeSet::new();
-    let walked = crate::adapters::git::each_blob_in_history(path, is_manifest, |commit, path, bytes| {
+    let walked = crate::adapters::git_history::each_blob_in_history(path, is_manifest, |commit, path, bytes| {
         audit.blobs += 1;
         for (secret, keys) in plaintext_secrets(bytes) {
             findings.insert(Finding {

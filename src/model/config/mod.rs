@@ -5,6 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod platform;
+mod watch;
+
+pub use platform::Platform;
+pub use watch::Watch;
+
 use crate::error::{Error, Result};
 use crate::model::naming::{self, PROJECT_ID_MAX};
 use crate::model::quantity::{Bytes, Cpu};
@@ -84,6 +90,9 @@ pub struct Config {
     pub git: Git,
     #[serde(default, skip_serializing)]
     pub sync: Sync,
+    /// Not part of [`Config::render_digest`]: what `prenv init` scaffolds for the cluster.
+    #[serde(default, skip_serializing)]
+    pub platform: Platform,
 }
 
 /// How secrets are committed: SOPS-encrypted for age recipients (Flux decrypts them natively), or
@@ -105,29 +114,6 @@ pub enum SecretsBackend {
     #[default]
     Sops,
     SealedSecrets,
-}
-
-/// How `prenv watch` reports on PRs.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Watch {
-    /// The commit status context on the head SHA.
-    pub status_context: String,
-    /// Grafana's base URL, for the dashboard and Loki links in the PR comment; unset omits them.
-    pub grafana_url: Option<String>,
-    /// An environment still terminating this long after deletion started is flagged on the PR and
-    /// in `prenv_environments_terminating_too_long` (the product promises gone within 5 minutes).
-    pub terminating_alert_secs: u64,
-}
-
-impl Default for Watch {
-    fn default() -> Self {
-        Watch {
-            status_context: "prenv/preview".into(),
-            grafana_url: None,
-            terminating_alert_secs: 300,
-        }
-    }
 }
 
 /// The environments repository and how prenv commits to it.
