@@ -7,7 +7,8 @@
 //!   wait for nothing optional.
 //! - The observability stack: every container the pinned charts run has a memory limit and they
 //!   add up to less than 6 GiB; the dashboard queries only labels kube-state-metrics exports; the
-//!   data sources point at Services the charts create; the alert rules pass promtool.
+//!   data sources point at Services the charts create; the alert rules pass promtool; alerts go
+//!   to the configured receivers (amtool checks the configuration), credentials from a Secret.
 //! - The runners' identity writes only in its deploy namespaces and has no escalation path.
 //! - The charts render without cluster access (no Helm `lookup` is reached).
 //! - `init` refuses an incomplete config, writes nothing twice and keeps edits; the scripts pass
@@ -939,6 +940,119 @@ fn the_alert_rules_pass_promtool() {
     ] {
         assert!(names.contains(&want), "{names:?}");
     }
+}
+
+/// The Alertmanager values of kube-prometheus-stack in a scaffold (Flux HelmRelease or Argo CD
+/// Application of the same release).
+fn alertmanager_values(dir: &Path) -> Value {
+    let release = docs(&dir.join("infrastructure/monitoring/kube-prometheus-stack.yaml"))
+        .into_iter()
+        .find(|o| name(o) == "kube-prometheus-stack")
+        .unwrap();
+    let values = match kind(&release) {
+        "HelmRelease" => &release["spec"]["values"],
+        _ => &release["spec"]["source"]["helm"]["valuesObject"],
+    };
+    values["alertmanager"].clone()
+}
+
+/// `amtool check-config` (Debian prometheus-alertmanager, scripts/tools.sh) on a configuration.
+fn amtool_checks(dir: &Path, config: &Value) {
+    let file = dir.join("alertmanager.yaml");
+    std::fs::write(&file, serde_yaml::to_string(config).unwrap()).unwrap();
+    let out = Command::new("amtool")
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("running amtool (scripts/tools.sh installs it)");
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+#[test]
+fn alerts_reach_the_configured_receivers_with_credentials_from_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = init_with(&repo_root().join("examples/prenv-argocd.toml"), dir.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("drop every alert"), "{}", text(&out.stderr));
+    let am = alertmanager_values(dir.path());
+    let config = &am["config"];
+    amtool_checks(dir.path(), config);
+    // The Secret is mounted at /etc/alertmanager/secrets/<name>/ (prometheus-operator v0.78.2
+    // pkg/alertmanager/statefulset.go), and the credentials are read from its files.
+    let secrets: Vec<&str> = am["alertmanagerSpec"]["secrets"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(secrets, ["alertmanager-receivers"]);
+    let dir_of = "/etc/alertmanager/secrets/alertmanager-receivers/";
+    assert_eq!(
+        str_at(config, &["global", "slack_api_url_file"]),
+        Some(format!("{dir_of}slack-webhook-url").as_str())
+    );
+    assert_eq!(
+        str_at(config, &["global", "smtp_auth_password_file"]),
+        Some(format!("{dir_of}smtp-password").as_str())
+    );
+    assert_eq!(str_at(config, &["global", "smtp_smarthost"]), Some("smtp.acme.dev:587"));
+    assert_eq!(str_at(config, &["route", "receiver"]), Some("platform-team"));
+    let team = config["receivers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "platform-team")
+        .unwrap();
+    assert_eq!(str_at(team, &["slack_configs", "0", "channel"]), Some("#shop-previews"));
+    assert_eq!(
+        str_at(team, &["email_configs", "0", "to"]),
+        Some("platform-oncall@acme.dev")
+    );
+    let rendered = serde_yaml::to_string(config).unwrap();
+    for credential in ["api_url:", "auth_password:", "hooks.slack.com"] {
+        assert!(!rendered.contains(credential), "a credential in git: {rendered}");
+    }
+    // The script creates that Secret, with those keys, without printing a value.
+    let secret = "https://hooks.slack.com/services/T0/B0/never-printed";
+    let env = [("ALERT_SLACK_WEBHOOK_URL", secret), ("ALERT_SMTP_PASSWORD", secret)];
+    let created = dry(dir.path(), "create-secrets", &["alerts"], &env);
+    assert!(
+        created.contains("-n monitoring create secret generic alertmanager-receivers"),
+        "{created}"
+    );
+    for key in ["slack-webhook-url=", "smtp-password="] {
+        assert!(created.contains(key), "{key}: {created}");
+    }
+    assert!(!created.contains("never-printed"), "{created}");
+    assert_creates_or_updates("create-secrets", &created);
+    let all = dry(dir.path(), "create-secrets", &[], &env);
+    assert!(all.contains("alertmanager-receivers"), "all lacks alerts: {all}");
+}
+
+#[test]
+fn without_a_receiver_init_says_alerts_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = init(dir.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Alertmanager will drop every alert"),
+        "{}",
+        text(&out.stderr)
+    );
+    let am = alertmanager_values(dir.path());
+    amtool_checks(dir.path(), &am["config"]);
+    assert_eq!(str_at(&am["config"], &["route", "receiver"]), Some("null"));
+    // No Secret to mount: a missing one would keep Alertmanager from starting.
+    assert!(am["alertmanagerSpec"].get("secrets").is_none(), "{am:?}");
+    let refused = Command::new("bash")
+        .arg(dir.path().join("scripts/create-secrets"))
+        .args(["--dry-run", "alerts"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(text(&refused.stderr).contains("no receiver of [platform.alerts]"));
+    let all = dry(dir.path(), "create-secrets", &[], &[]);
+    assert!(!all.contains("alertmanager-receivers"), "{all}");
 }
 
 /// kube-state-metrics turns a Kubernetes label key into a metric label `label_<key>` with every

@@ -21,7 +21,7 @@ use crate::model::config::{Config, Engine, Platform};
 use crate::model::layout::{self, FLUX_DIR};
 use crate::model::tree::Tree;
 
-pub use objects::{RUNNER_NAMESPACE, RUNNER_SERVICE_ACCOUNT};
+pub use objects::{RUNNER_NAMESPACE, RUNNER_SERVICE_ACCOUNT, alertmanager_config};
 
 /// The Secret holding the wildcard certificate; Traefik's default TLSStore serves it.
 pub const WILDCARD_SECRET: &str = "preview-wildcard-tls";
@@ -97,6 +97,7 @@ pub fn scaffold(config: &Config) -> Result<Tree> {
     let mut tree = templates::tree()?;
     tree.extend(templates::platform("common")?);
     tree.extend(objects::infrastructure(config)?);
+    objects::route_alerts(config, &mut tree)?;
     tree.insert("scripts/platform.env", objects::platform_env(config)?)?;
     if !config.secrets.age_recipients.is_empty() {
         let rules = json!({"creation_rules": [{

@@ -182,7 +182,8 @@ fn skip_dry_run_if_chart_crd(mut doc: Value) -> Value {
     doc
 }
 
-fn parse_docs(path: &str, bytes: &[u8]) -> Result<Vec<Value>> {
+/// The YAML documents of a scaffold file, as data (empty documents dropped).
+pub(super) fn parse_docs(path: &str, bytes: &[u8]) -> Result<Vec<Value>> {
     serde_yaml::Deserializer::from_slice(bytes)
         .map(|d| serde::Deserialize::deserialize(d).map_err(|e| Error::Render(format!("scaffold file {path}: {e}"))))
         .filter(|v: &Result<Value>| !matches!(v, Ok(Value::Null)))

@@ -1,11 +1,12 @@
 //! The parts of the platform that come from `prenv.toml` rather than from the embedded files: the
 //! Let's Encrypt issuer and the wildcard certificate, the Ingresses of Grafana and of Flux's
-//! webhook Receiver, the runner scale set and the runners' rights, and `scripts/platform.env`.
+//! webhook Receiver, the runner scale set and the runners' rights, Alertmanager's receivers, and
+//! `scripts/platform.env`.
 
 use serde_json::{Value, json};
 
 use super::{GRAFANA_SECRET, RECEIVER_NAME, RECEIVER_SECRET, WILDCARD_SECRET};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::manifests::yaml;
 use crate::model::config::{Config, DnsProvider, Engine};
 use crate::model::tree::Tree;
@@ -22,6 +23,17 @@ const ARC_RELEASE: &str = "arc";
 const ARC_NAMESPACE: &str = "arc-systems";
 /// The Docker daemon of the runner pods: a pinned major version, never `latest`.
 const DIND_IMAGE: &str = "docker:27-dind";
+
+/// The embedded release of kube-prometheus-stack, whose values get Alertmanager's receivers.
+const KPS_FILE: &str = "infrastructure/monitoring/kube-prometheus-stack.yaml";
+/// Where the Prometheus Operator mounts each Secret of `alertmanagerSpec.secrets` in the
+/// Alertmanager container (prometheus-operator v0.78.2 `pkg/alertmanager/statefulset.go`,
+/// `secretsDir`; API doc of `AlertmanagerSpec.secrets`).
+const ALERTMANAGER_SECRETS_DIR: &str = "/etc/alertmanager/secrets";
+/// The receiver every alert goes to, and the one that drops (the Watchdog heartbeat; every alert
+/// when no receiver is configured).
+const TEAM_RECEIVER: &str = "platform-team";
+const NULL_RECEIVER: &str = "null";
 
 /// The generated files of `infrastructure/`, by path.
 pub fn infrastructure(config: &Config) -> Result<Tree> {
@@ -55,6 +67,79 @@ pub fn infrastructure(config: &Config) -> Result<Tree> {
         tree.insert(format!("infrastructure/{path}"), text)?;
     }
     Ok(tree)
+}
+
+/// Alertmanager's configuration from `[platform.alerts]`, into the values of the embedded
+/// kube-prometheus-stack release (kube-prometheus-stack 66.3.0 `values.yaml` `alertmanager.config`,
+/// which `templates/alertmanager/secret.yaml` renders as the configuration Secret). Credentials
+/// stay out of git: Slack's webhook URL and the SMTP password are read from files of the Secret
+/// `alerts.secret`, mounted by `alertmanagerSpec.secrets` (`*_file` keys, Alertmanager
+/// `config/config.go`). The file's opening comment is kept; the values are rewritten as data.
+pub fn route_alerts(config: &Config, tree: &mut Tree) -> Result<()> {
+    let bytes = tree
+        .get(KPS_FILE)
+        .ok_or_else(|| Error::Render(format!("the embedded platform lacks {KPS_FILE}")))?;
+    let text = String::from_utf8_lossy(bytes).to_string();
+    let mut docs = super::argocd::parse_docs(KPS_FILE, bytes)?;
+    let release = docs
+        .iter_mut()
+        .find(|d| d["kind"] == "HelmRelease")
+        .ok_or_else(|| Error::Render(format!("{KPS_FILE} holds no HelmRelease")))?;
+    let alertmanager = &mut release["spec"]["values"]["alertmanager"];
+    alertmanager["config"] = alertmanager_config(config);
+    // A Secret that does not exist would keep the Alertmanager pod from starting.
+    if config.platform.alerts.needs_secret() {
+        alertmanager["alertmanagerSpec"]["secrets"] = json!([config.platform.alerts.secret()]);
+    }
+    let header: String = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    tree.insert(KPS_FILE, format!("{header}{}", yaml::to_multi_doc(&docs)?))
+}
+
+/// The Alertmanager configuration: every alert to the configured receivers, grouped by alert and
+/// namespace; the chart's inhibition (a critical alert mutes the warnings of the same alert and
+/// namespace) and its Watchdog heartbeat to nowhere.
+pub fn alertmanager_config(config: &Config) -> Value {
+    let alerts = &config.platform.alerts;
+    let file = |key: &str| format!("{ALERTMANAGER_SECRETS_DIR}/{}/{key}", alerts.secret());
+    let mut global = json!({"resolve_timeout": "5m"});
+    let mut team = json!({"name": TEAM_RECEIVER});
+    if let Some(channel) = &alerts.slack_channel {
+        global["slack_api_url_file"] = json!(file("slack-webhook-url"));
+        team["slack_configs"] = json!([{"channel": channel, "send_resolved": true}]);
+    }
+    if !alerts.email_to.is_empty() {
+        global["smtp_from"] = json!(alerts.email_from);
+        global["smtp_smarthost"] = json!(alerts.smtp_smarthost);
+        global["smtp_require_tls"] = json!(true);
+        if let Some(user) = &alerts.smtp_username {
+            global["smtp_auth_username"] = json!(user);
+            global["smtp_auth_password_file"] = json!(file("smtp-password"));
+        }
+        team["email_configs"] = json!([{"to": alerts.email_to.join(", "), "send_resolved": true}]);
+    }
+    let (default, receivers) = match alerts.any() {
+        true => (TEAM_RECEIVER, vec![json!({"name": NULL_RECEIVER}), team]),
+        false => (NULL_RECEIVER, vec![json!({"name": NULL_RECEIVER})]),
+    };
+    json!({
+        "global": global,
+        "route": {
+            "receiver": default,
+            "group_by": ["alertname", "namespace"],
+            "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
+            "routes": [{"receiver": NULL_RECEIVER, "matchers": ["alertname = \"Watchdog\""]}],
+        },
+        "inhibit_rules": [
+            {"source_matchers": ["severity = critical"], "target_matchers": ["severity =~ warning|info"], "equal": ["namespace", "alertname"]},
+            {"source_matchers": ["severity = warning"], "target_matchers": ["severity = info"], "equal": ["namespace", "alertname"]},
+        ],
+        "receivers": receivers,
+        "templates": ["/etc/alertmanager/config/*.tmpl"],
+    })
 }
 
 /// Let's Encrypt through a DNS-01 challenge (the only challenge a wildcard certificate can use),
@@ -324,6 +409,12 @@ pub fn platform_env(config: &Config) -> Result<String> {
         ("GRAFANA_SECRET", GRAFANA_SECRET.into()),
         ("RUNNER_NAMESPACE", RUNNER_NAMESPACE.into()),
         ("RUNNER_SECRET", RUNNER_SECRET.into()),
+        ("ALERTS_SECRET", p.alerts.secret().into()),
+        ("ALERTS_SLACK", p.alerts.slack_channel.is_some().to_string()),
+        (
+            "ALERTS_SMTP_AUTH",
+            (p.alerts.needs_secret() && p.alerts.smtp_username.is_some()).to_string(),
+        ),
     ];
     let mut out = String::from(
         "# shellcheck shell=bash disable=SC2034\n\

@@ -91,6 +91,115 @@ pub struct Platform {
     pub grafana_host: Option<String>,
     /// The host name of Flux's webhook receiver; unset: `flux-webhook.{domain}`.
     pub receiver_host: Option<String>,
+    /// Where Alertmanager sends the platform's alerts (`[platform.alerts]`).
+    pub alerts: Alerts,
+}
+
+/// The Secret (in `monitoring`) with the alert receivers' credentials, by default.
+pub const DEFAULT_ALERTS_SECRET: &str = "alertmanager-receivers";
+
+/// `[platform.alerts]`: the receivers of the platform's alerts (disk, memory, restarts). Only where
+/// to send is here; the credentials (the Slack webhook URL, the SMTP password) are in a Secret
+/// `scripts/create-secrets alerts` creates, which Alertmanager reads as files. Without a receiver
+/// every alert is dropped, and `prenv init` says so.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Alerts {
+    /// The Slack channel (`#name`, or `@user`) of an incoming webhook: sends alerts to Slack.
+    pub slack_channel: Option<String>,
+    /// The addresses alerts are mailed to: sends alerts by e-mail (needs `email_from` and
+    /// `smtp_smarthost`).
+    pub email_to: Vec<String>,
+    /// The sender address of alert mails.
+    pub email_from: Option<String>,
+    /// The SMTP server, `host:port` (587: STARTTLS, which Alertmanager requires by default).
+    pub smtp_smarthost: Option<String>,
+    /// The SMTP user; set: Alertmanager logs in with the password from the Secret.
+    pub smtp_username: Option<String>,
+    /// The Secret in `monitoring` with `slack-webhook-url` and `smtp-password`; unset:
+    /// `alertmanager-receivers`.
+    pub secret: Option<String>,
+}
+
+impl Alerts {
+    /// Whether any receiver is configured; without one Alertmanager drops every alert.
+    pub fn any(&self) -> bool {
+        self.slack_channel.is_some() || !self.email_to.is_empty()
+    }
+
+    /// Whether a receiver needs a credential from the Secret (Slack's webhook URL, an SMTP login).
+    pub fn needs_secret(&self) -> bool {
+        self.slack_channel.is_some() || (!self.email_to.is_empty() && self.smtp_username.is_some())
+    }
+
+    pub fn secret(&self) -> &str {
+        self.secret.as_deref().unwrap_or(DEFAULT_ALERTS_SECRET)
+    }
+
+    /// The checks of `[platform.alerts]`: each receiver complete, each value well formed.
+    fn validate(&self) -> Result<(), String> {
+        if let Some(channel) = &self.slack_channel
+            && (!(channel.starts_with('#') || channel.starts_with('@'))
+                || channel.len() < 2
+                || channel.chars().any(char::is_whitespace))
+        {
+            return Err(key(
+                "platform.alerts.slack_channel",
+                channel,
+                "is not a Slack channel",
+                "give \"#channel\" (or \"@user\"), the one the incoming webhook posts to",
+            ));
+        }
+        for address in self.email_to.iter().chain(&self.email_from) {
+            if let Some(problem) = mail_syntax_problem(address) {
+                return Err(key(
+                    "platform.alerts.email_to / email_from",
+                    address,
+                    &problem,
+                    "give mail addresses like \"oncall@acme.dev\"",
+                ));
+            }
+        }
+        if let Some(host) = &self.smtp_smarthost
+            && !host
+                .rsplit_once(':')
+                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+        {
+            return Err(key(
+                "platform.alerts.smtp_smarthost",
+                host,
+                "is not host:port",
+                "give the SMTP server with its port, e.g. \"smtp.acme.dev:587\"",
+            ));
+        }
+        let mail_keys_set = self.email_from.is_some() || self.smtp_smarthost.is_some() || self.smtp_username.is_some();
+        if self.email_to.is_empty() && mail_keys_set {
+            return Err("key `platform.alerts.email_to` is missing, but the other mail keys are set; give the addresses alerts go to (or remove email_from, smtp_smarthost and smtp_username)".into());
+        }
+        if !self.email_to.is_empty() {
+            for (k, set) in [
+                ("email_from", self.email_from.is_some()),
+                ("smtp_smarthost", self.smtp_smarthost.is_some()),
+            ] {
+                if !set {
+                    return Err(format!(
+                        "key `platform.alerts.{k}` is missing; alerts are mailed (email_to is set) and Alertmanager needs the sender and the SMTP server"
+                    ));
+                }
+            }
+        }
+        if let Some(secret) = &self.secret
+            && let Some(problem) = naming::dns_name_problem(secret)
+        {
+            return Err(key(
+                "platform.alerts.secret",
+                secret,
+                &problem,
+                "give a Kubernetes Secret name",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Platform {
@@ -136,6 +245,7 @@ impl Platform {
             }
         }
         self.validate_names()?;
+        self.alerts.validate()?;
         if self.dns_provider == Some(DnsProvider::Route53) && self.dns_region.as_deref().is_none_or(str::is_empty) {
             return Err("key `platform.dns_region` is missing; with dns_provider = \"route53\" cert-manager needs the AWS region, e.g. \"eu-west-1\"".into());
         }
@@ -248,8 +358,8 @@ fn key(k: &str, v: &str, problem: &str, fix: &str) -> String {
     format!("key `{k}` = {v:?} {problem}; {fix}")
 }
 
-/// Why Let's Encrypt would refuse `address` as an account contact, if it would.
-fn email_problem(address: &str) -> Option<String> {
+/// Why `address` is no mail address, if it is not.
+fn mail_syntax_problem(address: &str) -> Option<String> {
     let Some((local, domain)) = address.rsplit_once('@') else {
         return Some("is not an e-mail address".into());
     };
@@ -260,6 +370,18 @@ fn email_problem(address: &str) -> Option<String> {
     if naming::dns_name_problem(&domain).is_some() || !domain.contains('.') {
         return Some(format!("has no valid mail domain ({domain:?})"));
     }
+    None
+}
+
+/// Why Let's Encrypt would refuse `address` as an account contact, if it would.
+fn email_problem(address: &str) -> Option<String> {
+    if let Some(problem) = mail_syntax_problem(address) {
+        return Some(problem);
+    }
+    let domain = address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default();
     let tld = domain.rsplit('.').next().unwrap_or_default();
     if FORBIDDEN_MAIL_DOMAINS.contains(&domain.as_str()) || RESERVED_TLDS.contains(&tld) {
         return Some(format!(
@@ -351,6 +473,36 @@ mod tests {
             ),
         ] {
             let err = platform(toml).validate().unwrap_err();
+            assert!(err.contains(want), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn alert_receivers_are_checked_receiver_by_receiver() {
+        let ok = platform(
+            "[alerts]\nslack_channel = \"#preview\"\nemail_to = [\"oncall@acme.dev\"]\n\
+             email_from = \"alerts@acme.dev\"\nsmtp_smarthost = \"smtp.acme.dev:587\"\n",
+        );
+        assert_eq!(ok.validate(), Ok(()));
+        assert!(ok.alerts.any());
+        assert_eq!(ok.alerts.secret(), DEFAULT_ALERTS_SECRET);
+        assert!(!Platform::default().alerts.any());
+        for (toml, want) in [
+            ("slack_channel = \"preview\"", "is not a Slack channel"),
+            ("email_to = [\"oncall\"]", "is not an e-mail address"),
+            (
+                "email_to = [\"oncall@acme.dev\"]",
+                "`platform.alerts.email_from` is missing",
+            ),
+            (
+                "email_to = [\"oncall@acme.dev\"]\nemail_from = \"a@acme.dev\"",
+                "`platform.alerts.smtp_smarthost` is missing",
+            ),
+            ("smtp_smarthost = \"smtp.acme.dev\"", "is not host:port"),
+            ("email_from = \"a@acme.dev\"", "`platform.alerts.email_to` is missing"),
+            ("secret = \"Bad_Name\"", "`platform.alerts.secret`"),
+        ] {
+            let err = platform(&format!("[alerts]\n{toml}\n")).validate().unwrap_err();
             assert!(err.contains(want), "{toml}: {err}");
         }
     }
