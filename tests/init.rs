@@ -1655,7 +1655,14 @@ fn the_bootstrap_scripts_run_dry_pin_their_versions_and_run_in_any_order() {
         k3s.contains("secrets-encryption: true") && k3s.contains("+ systemctl enable --now k3s"),
         "{k3s}"
     );
-    let flux = dry(dir.path(), "bootstrap-flux", &[], &[]);
+    // A deploy key, never a personal access token (RNF-08): a PAT in the environment is not used.
+    let flux = dry(dir.path(), "bootstrap-flux", &[], &[("GITHUB_TOKEN", "ghp_never-used")]);
+    let script = std::fs::read_to_string(dir.path().join("scripts/bootstrap-flux")).unwrap();
+    for pat in ["flux bootstrap github", "GITHUB_TOKEN", "--token-auth", "--password"] {
+        assert!(!script.contains(pat), "bootstrap-flux uses a token ({pat})");
+    }
+    assert!(!flux.contains("ghp_never-used"), "{flux}");
+    assert!(flux.contains("--private-key-file="), "{flux}");
     for want in [
         "flux bootstrap git --url=ssh://git@github.com/acme/shop-environments.git --branch=main --path=clusters/preview",
         "--version=v2.6.4",
