@@ -228,14 +228,23 @@ fn start(config: &Config, args: &SyncArgs) -> anyhow::Result<Run> {
 
 pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
     let Run {
-        repo,
+        mut repo,
         view,
         snapshot,
         opts,
         mut material,
         now,
     } = start(config, &args.run)?;
-    let desired = sync::prepare(&view, config, &snapshot.prs, now, &opts, &mut material)?;
+    let desired = sync::prepare(
+        &view,
+        repo.verifications(),
+        config,
+        &snapshot.prs,
+        now,
+        &opts,
+        &mut material,
+    )?;
+    repo.learn(&desired.verified);
     let mut out = std::io::stdout().lock();
     let shown = &args.run.view;
     match shown.output {
