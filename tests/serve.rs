@@ -786,9 +786,10 @@ fn running_out_of_files_pauses_accepting_and_never_ends_the_receiver() {
     let ((status, _), recovered) = timed(|| server.get("/healthz"));
     assert_eq!(status, 200, "the receiver died when it ran out of files");
     let errors = metric(&server.get("/metrics").1, "prenv_webhook_accept_errors_total");
-    // Pauses of 10 ms doubling to 1 s: about a dozen failed calls in the seconds without files,
-    // where a loop without a pause makes millions.
-    let bound = 20.0 + 10.0 * window.elapsed().as_secs_f64();
+    // Pauses of 10 ms doubling to 1 s: about a dozen failed calls in the seconds without files
+    // (more when a file the receiver closes lets one accept() through and resets the pause),
+    // where a loop without a pause makes hundreds of thousands.
+    let bound = 50.0 + 50.0 * window.elapsed().as_secs_f64();
     assert!(
         errors > 0.0 && errors < bound,
         "{errors} failed accept() calls, bound {bound}"
