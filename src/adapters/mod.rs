@@ -7,3 +7,4 @@ pub mod git_history;
 pub mod github;
 pub mod kube;
 pub mod pr_status;
+pub mod registry;
