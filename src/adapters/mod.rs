@@ -8,3 +8,4 @@ pub mod github;
 pub mod kube;
 pub mod memory;
 pub mod pr_status;
+pub mod registry;
