@@ -176,216 +176,209 @@ fn without(key: &str) -> String {
 const KUSTOMIZATION_ENVS: &str = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nsecretGenerator:\n- name: db\n  envs: [db.env]\n";
 const KUSTOMIZATION_FILES: &str = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nsecretGenerator:\n- name: tls\n  files: [tls.key, ca=certs/ca.pem]\n";
 
+/// What a case plants in a fresh repository.
+enum Plant {
+    /// One commit that writes this file with this content.
+    File(&'static str, fn() -> String),
+    /// Anything else, done through the repository.
+    With(fn(&Repo)),
+}
+use Plant::{File, With};
+
 /// A case: what it plants, and the (path, keys) the audit must report, nothing more.
-type Case = (&'static str, fn(&Repo), &'static [(&'static str, &'static str)]);
+type Case = (&'static str, Plant, &'static [(&'static str, &'static str)]);
 
 const CASES: &[Case] = &[
     (
         "plain data",
-        |r| r.commit_file("envs/a/secret.yaml", Some(&plain_secret()), "leak"),
+        File("envs/a/secret.yaml", plain_secret),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
     (
         "plain stringData, .YAML",
-        |r| {
-            r.commit_file(
-                "envs/a/Secret.YAML",
-                Some(&secret("db", "stringData", "PASSWORD", VALUE)),
-                "leak",
-            )
-        },
+        File("envs/a/Secret.YAML", || secret("db", "stringData", "PASSWORD", VALUE)),
         &[("envs/a/Secret.YAML", "stringData.PASSWORD")],
     ),
     (
         "SOPS-encrypted by sops",
-        |r| r.commit_file("envs/a/secret.sops.yaml", Some(&sealed().secret), "sealed"),
+        File("envs/a/secret.sops.yaml", || sealed().secret.clone()),
         &[],
     ),
     (
         "SOPS-encrypted by prenv",
-        |r| r.commit_file("envs/a/secret.sops.yaml", Some(&sealed().prenv_secret), "sealed"),
+        File("envs/a/secret.sops.yaml", || sealed().prenv_secret.clone()),
         &[],
     ),
     (
         "fake ENC value under a real sops block",
-        |r| r.commit_file("envs/a/secret.sops.yaml", Some(&fake_ciphertext()), "fake"),
+        File("envs/a/secret.sops.yaml", fake_ciphertext),
         &[("envs/a/secret.sops.yaml", "stringData.PASSWORD")],
     ),
     (
         "real ciphertext, sops block without a mac",
-        |r| r.commit_file("envs/a/secret.sops.yaml", Some(&without("mac")), "no mac"),
+        File("envs/a/secret.sops.yaml", || without("mac")),
         &[("envs/a/secret.sops.yaml", "stringData.PASSWORD")],
     ),
     (
         "real ciphertext, sops block without a recipient",
-        |r| r.commit_file("envs/a/secret.sops.yaml", Some(&without("age")), "no recipient"),
+        File("envs/a/secret.sops.yaml", || without("age")),
         &[("envs/a/secret.sops.yaml", "stringData.PASSWORD")],
     ),
     (
         "real ciphertext, sops block without a version",
-        |r| r.commit_file("envs/a/secret.sops.yaml", Some(&without("version")), "no version"),
+        File("envs/a/secret.sops.yaml", || without("version")),
         &[("envs/a/secret.sops.yaml", "stringData.PASSWORD")],
     ),
     (
         "null and empty values",
-        |r| {
-            r.commit_file(
-                "envs/a/secret.yaml",
-                Some("kind: Secret\nmetadata: {name: e}\ndata: {A: null, B: ''}\nstringData:\n"),
-                "empty",
-            )
-        },
+        File("envs/a/secret.yaml", || {
+            "kind: Secret\nmetadata: {name: e}\ndata: {A: null, B: ''}\nstringData:\n".into()
+        }),
         &[],
     ),
     (
         "a SealedSecret",
-        |r| {
-            r.commit_file("envs/a/sealed.yaml", Some("apiVersion: bitnami.com/v1alpha1\nkind: SealedSecret\nmetadata: {name: s}\nspec:\n  encryptedData: {PASSWORD: AgBy3i4OJSWK}\n"), "sealed")
-        },
+        File("envs/a/sealed.yaml", || {
+            "apiVersion: bitnami.com/v1alpha1\nkind: SealedSecret\nmetadata: {name: s}\nspec:\n  encryptedData: {PASSWORD: AgBy3i4OJSWK}\n".into()
+        }),
         &[],
     ),
     (
         "a Secret after a broken document",
-        |r| {
-            r.commit_file(
-                "envs/a/all.yaml",
-                Some(&format!("kind: ConfigMap\ndata: {{a: [}}\n---\n{}", plain_secret())),
-                "leak",
-            )
-        },
+        File("envs/a/all.yaml", || {
+            format!("kind: ConfigMap\ndata: {{a: [}}\n---\n{}", plain_secret())
+        }),
         &[("envs/a/all.yaml", "data.PASSWORD")],
     ),
     (
         "a broken Secret",
-        |r| {
-            r.commit_file(
-                "envs/a/secret.yaml",
-                Some(&format!("{}  PASSWORD: {VALUE_B64}\n", plain_secret())),
-                "leak",
-            )
-        },
+        File("envs/a/secret.yaml", || {
+            format!("{}  PASSWORD: {VALUE_B64}\n", plain_secret())
+        }),
         &[("envs/a/secret.yaml", "(unreadable)")],
     ),
     (
         "a UTF-8 byte-order mark",
-        |r| {
-            r.commit_file(
-                "envs/a/secret.yaml",
-                Some(&format!("\u{feff}{}", plain_secret())),
-                "leak",
-            )
-        },
+        File("envs/a/secret.yaml", || format!("\u{feff}{}", plain_secret())),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
     (
         "kind: SecretList",
-        |r| {
-            r.commit_file("envs/a/list.yaml", Some(&format!("apiVersion: v1\nkind: SecretList\nitems:\n- kind: Secret\n  metadata: {{name: db}}\n  data: {{PASSWORD: {VALUE_B64}}}\n")), "leak")
-        },
+        File("envs/a/list.yaml", || {
+            format!(
+                "apiVersion: v1\nkind: SecretList\nitems:\n- kind: Secret\n  metadata: {{name: db}}\n  data: {{PASSWORD: {VALUE_B64}}}\n"
+            )
+        }),
         &[("envs/a/list.yaml", "data.PASSWORD")],
     ),
     (
         "kind: List",
-        |r| {
-            r.commit_file("envs/a/list.yml", Some(&format!("apiVersion: v1\nkind: List\nitems:\n- kind: ConfigMap\n- kind: Secret\n  metadata: {{name: db}}\n  stringData: {{PASSWORD: {VALUE}}}\n")), "leak")
-        },
+        File("envs/a/list.yml", || {
+            format!(
+                "apiVersion: v1\nkind: List\nitems:\n- kind: ConfigMap\n- kind: Secret\n  metadata: {{name: db}}\n  stringData: {{PASSWORD: {VALUE}}}\n"
+            )
+        }),
         &[("envs/a/list.yml", "stringData.PASSWORD")],
     ),
     (
         "a top-level JSON array",
-        |r| {
-            r.commit_file("envs/a/all.json", Some(&format!("[{{\"kind\": \"ConfigMap\"}}, {{\"kind\": \"Secret\", \"metadata\": {{\"name\": \"db\"}}, \"data\": {{\"PASSWORD\": \"{VALUE_B64}\"}}}}]")), "leak")
-        },
+        File("envs/a/all.json", || {
+            format!(
+                "[{{\"kind\": \"ConfigMap\"}}, {{\"kind\": \"Secret\", \"metadata\": {{\"name\": \"db\"}}, \"data\": {{\"PASSWORD\": \"{VALUE_B64}\"}}}}]"
+            )
+        }),
         &[("envs/a/all.json", "data.PASSWORD")],
     ),
     (
         "a JSON object",
-        |r| {
-            r.commit_file("envs/a/secret.json", Some(&format!("{{\"apiVersion\": \"v1\", \"kind\": \"Secret\", \"metadata\": {{\"name\": \"db\"}}, \"stringData\": {{\"PASSWORD\": \"{VALUE}\"}}}}")), "leak")
-        },
+        File("envs/a/secret.json", || {
+            format!(
+                "{{\"apiVersion\": \"v1\", \"kind\": \"Secret\", \"metadata\": {{\"name\": \"db\"}}, \"stringData\": {{\"PASSWORD\": \"{VALUE}\"}}}}"
+            )
+        }),
         &[("envs/a/secret.json", "stringData.PASSWORD")],
     ),
     (
         ".yaml.tpl with a literal",
-        |r| {
-            r.commit_file("chart/templates/secret.yaml.tpl", Some(&format!("kind: Secret\nmetadata:\n  name: {{{{ .Release.Name }}}}\nstringData:\n  url: postgres://app:{VALUE}@{{{{ .Values.host }}}}/db\n")), "leak")
-        },
+        File("chart/templates/secret.yaml.tpl", || {
+            format!(
+                "kind: Secret\nmetadata:\n  name: {{{{ .Release.Name }}}}\nstringData:\n  url: postgres://app:{VALUE}@{{{{ .Values.host }}}}/db\n"
+            )
+        }),
         &[("chart/templates/secret.yaml.tpl", "stringData.url")],
     ),
     (
         ".yml.j2 with a literal",
-        |r| {
-            r.commit_file("ansible/secret.yml.j2", Some(&format!("{{% if create %}}\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{PASSWORD: {VALUE}}}\n{{% endif %}}\n")), "leak")
-        },
+        File("ansible/secret.yml.j2", || {
+            format!(
+                "{{% if create %}}\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{PASSWORD: {VALUE}}}\n{{% endif %}}\n"
+            )
+        }),
         &[("ansible/secret.yml.j2", "stringData.PASSWORD")],
     ),
     (
         "a Helm template of expressions only",
-        |r| {
-            r.commit_file("chart/templates/secret.yaml", Some("{{- if .Values.secret.create }}\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ include \"app.fullname\" . }}\ndata:\n  {{- range $k, $v := .Values.secret.data }}\n  {{ $k }}: {{ $v | b64enc | quote }}\n  {{- end }}\n  password: {{ .Values.password | b64enc }}\n{{- end }}\n"), "template")
-        },
+        File("chart/templates/secret.yaml", || {
+            "{{- if .Values.secret.create }}\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ include \"app.fullname\" . }}\ndata:\n  {{- range $k, $v := .Values.secret.data }}\n  {{ $k }}: {{ $v | b64enc | quote }}\n  {{- end }}\n  password: {{ .Values.password | b64enc }}\n{{- end }}\n".into()
+        }),
         &[],
     ),
     (
         "a last-applied-configuration annotation",
-        |r| {
-            r.commit_file("envs/a/secret.yaml", Some(&format!("kind: Secret\nmetadata:\n  name: db\n  annotations:\n    kubectl.kubernetes.io/last-applied-configuration: '{{\"kind\":\"Secret\",\"stringData\":{{\"PASSWORD\":\"{VALUE}\"}}}}'\n")), "leak")
-        },
+        File("envs/a/secret.yaml", || {
+            format!(
+                "kind: Secret\nmetadata:\n  name: db\n  annotations:\n    kubectl.kubernetes.io/last-applied-configuration: '{{\"kind\":\"Secret\",\"stringData\":{{\"PASSWORD\":\"{VALUE}\"}}}}'\n"
+            )
+        }),
         &[("envs/a/secret.yaml", "stringData.PASSWORD")],
     ),
     (
         "secretGenerator literals",
-        |r| {
-            r.commit_file(
-                "envs/a/kustomization.yaml",
-                Some(&format!(
-                    "secretGenerator:\n- name: db\n  literals:\n  - PASSWORD={VALUE}\n  - EMPTY=\n"
-                )),
-                "leak",
-            )
-        },
+        File("envs/a/kustomization.yaml", || {
+            format!("secretGenerator:\n- name: db\n  literals:\n  - PASSWORD={VALUE}\n  - EMPTY=\n")
+        }),
         &[("envs/a/kustomization.yaml", "literals.PASSWORD")],
     ),
     (
         "secretGenerator envs: a plain .env file",
-        |r| {
+        With(|r| {
             r.write("envs/a/db.env", format!("# the database\nPASSWORD={VALUE}\nUSER=\n"));
             r.commit_file("envs/a/kustomization.yaml", Some(KUSTOMIZATION_ENVS), "leak");
-        },
+        }),
         &[("envs/a/db.env", "envs.PASSWORD")],
     ),
     (
         "secretGenerator envs: a sops dotenv file",
-        |r| {
+        With(|r| {
             r.write("envs/a/db.env", &sealed().dotenv);
             r.commit_file("envs/a/kustomization.yaml", Some(KUSTOMIZATION_ENVS), "sealed");
-        },
+        }),
         &[],
     ),
     (
         "secretGenerator env: (singular), outside its directory, in Kustomization",
-        |r| {
+        With(|r| {
             r.write("shared/db.env", format!("PASSWORD={VALUE}\n"));
             r.commit_file(
                 "envs/a/Kustomization",
                 Some("secretGenerator:\n- name: db\n  env: ../../shared/db.env\n"),
                 "leak",
             );
-        },
+        }),
         &[("shared/db.env", "envs.PASSWORD")],
     ),
     (
         "secretGenerator files: plain and sops-encrypted",
-        |r| {
+        With(|r| {
             r.write("envs/a/tls.key", &sealed().binary);
             r.write("envs/a/certs/ca.pem", format!("-----BEGIN PRIVATE KEY-----\n{VALUE}\n"));
             r.commit_file("envs/a/kustomization.yaml", Some(KUSTOMIZATION_FILES), "leak");
-        },
+        }),
         &[("envs/a/certs/ca.pem", "files.ca")],
     ),
     (
         "an env file that turns plain while its kustomization's tree stays the same",
-        |r| {
+        With(|r| {
             r.write("shared/db.env", &sealed().dotenv);
             r.commit_file(
                 "apps/a/kustomization.yaml",
@@ -393,115 +386,117 @@ const CASES: &[Case] = &[
                 "sealed",
             );
             r.commit_file("shared/db.env", Some(&format!("PASSWORD={VALUE}\n")), "leak");
-        },
+        }),
         &[("shared/db.env", "envs.PASSWORD")],
     ),
     (
         "an inline patch",
-        |r| {
-            r.commit_file("envs/a/kustomization.yaml", Some(&format!("patches:\n- target: {{kind: Secret, name: db}}\n  patch: |\n    - op: add\n      path: /data/PASSWORD\n      value: {VALUE_B64}\n")), "leak")
-        },
+        File("envs/a/kustomization.yaml", || {
+            format!(
+                "patches:\n- target: {{kind: Secret, name: db}}\n  patch: |\n    - op: add\n      path: /data/PASSWORD\n      value: {VALUE_B64}\n"
+            )
+        }),
         &[("envs/a/kustomization.yaml", "data.PASSWORD")],
     ),
     (
         "removed from the branch later",
-        |r| {
+        With(|r| {
             r.commit_file("envs/a/secret.yaml", Some(&plain_secret()), "leak");
             r.commit_file("envs/a/secret.yaml", None, "remove the leak");
-        },
+        }),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
     (
         "on a deleted branch, reflogs expired: unreachable, not audited",
-        |r| r.side_commit(&[("envs/a/secret.yaml", &plain_secret())], |_| {}),
+        With(|r| r.side_commit(&[("envs/a/secret.yaml", &plain_secret())], |_| {})),
         &[],
     ),
     (
         "only a lightweight tag",
-        |r| {
+        With(|r| {
             r.side_commit(&[("envs/a/secret.yaml", &plain_secret())], |r| {
                 r.git(&["tag", "light"]);
             })
-        },
+        }),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
     (
         "only an annotated tag",
-        |r| {
+        With(|r| {
             r.side_commit(&[("envs/a/secret.yaml", &plain_secret())], |r| {
                 r.git(&["tag", "-a", "-m", "release", "v1"]);
             })
-        },
+        }),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
     (
         "only a tag of a tree",
-        |r| {
+        With(|r| {
             r.side_commit(&[("envs/a/secret.yaml", &plain_secret())], |r| {
                 r.git(&["tag", "tree", "HEAD^{tree}"]);
             })
-        },
+        }),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
     (
         "only a tag of a blob",
-        |r| {
+        With(|r| {
             r.write("loose.yaml", plain_secret());
             let blob = r.git(&["hash-object", "-w", "loose.yaml"]);
             std::fs::remove_file(r.path().join("loose.yaml")).unwrap();
             r.git(&["tag", "blob", &blob]);
-        },
+        }),
         &[("refs/tags/blob", "data.PASSWORD")],
     ),
     (
         "only a remote-tracking ref",
-        |r| {
+        With(|r| {
             r.side_commit(&[("envs/a/secret.yaml", &plain_secret())], |r| {
                 r.git(&["update-ref", "refs/remotes/origin/feature", "HEAD"]);
             })
-        },
+        }),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
     (
         "only a pull-request ref",
-        |r| {
+        With(|r| {
             r.side_commit(&[("envs/a/secret.yaml", &plain_secret())], |r| {
                 r.git(&["update-ref", "refs/pull/7/head", "HEAD"]);
             })
-        },
+        }),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
     (
         "only a note",
-        |r| {
+        With(|r| {
             r.git(&["notes", "add", "-m", &plain_secret(), "HEAD"]);
-        },
+        }),
         &[("*", "data.PASSWORD")],
     ),
     (
         "only the stash",
-        |r| {
+        With(|r| {
             r.write("envs/a/secret.yaml", plain_secret());
             r.git(&["stash", "push", "--quiet", "--include-untracked"]);
-        },
+        }),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
     (
         "only an older stash entry",
-        |r| {
+        With(|r| {
             r.write("envs/a/secret.yaml", plain_secret());
             r.git(&["stash", "push", "--quiet", "--include-untracked"]);
             r.write("envs/b/notes.yaml", "a: 1\n");
             r.git(&["stash", "push", "--quiet", "--include-untracked"]);
-        },
+        }),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
     (
         "only a reflog entry after a reset",
-        |r| {
+        With(|r| {
             r.commit_file("envs/a/secret.yaml", Some(&plain_secret()), "leak");
             r.git(&["reset", "--quiet", "--hard", "HEAD~1"]);
-        },
+        }),
         &[("envs/a/secret.yaml", "data.PASSWORD")],
     ),
 ];
@@ -528,7 +523,10 @@ fn every_form_of_leak_and_every_way_to_reach_it_is_audited() {
     let mut failed = vec![];
     for (case, plant, want) in CASES {
         let repo = Repo::new();
-        plant(&repo);
+        match plant {
+            File(path, body) => repo.commit_file(path, Some(&body()), case),
+            With(plant) => plant(&repo),
+        }
         let json = prenv(&["audit", "--repo", s(repo.path()), "--output", "json"]);
         let plain = prenv(&["audit", "--repo", s(repo.path())]);
         let all = [&json.stdout, &json.stderr, &plain.stdout, &plain.stderr]

@@ -456,7 +456,8 @@ fn has_recipient(keys: &Mapping) -> bool {
 
 /// Every Secret anywhere in a document: at its top, in the items of a `List` or `SecretList`, in
 /// a JSON array, or nested in another object (a policy that generates one, a template). A
-/// Secret is judged against its own `sops` map or the enclosing document's.
+/// Secret is judged against its own `sops` map or the enclosing document's: sops appends its
+/// metadata to every document of a file (stores/metadata.go `SerializeMetadata`).
 fn scan(value: &Value, sops: Option<&Value>, leaks: &mut Vec<Leak>) {
     match untag(value) {
         Value::Sequence(items) => items.iter().for_each(|item| scan(item, sops, leaks)),
