@@ -40,6 +40,7 @@ pub enum Commands {
     /// in-cluster credentials; GitHub credentials as for sync).
     Watch(WatchArgs),
     /// Scan every commit of a repository for Secrets committed in plain text; exit 1 on any.
+    #[command(after_help = prenv::app::audit::CHECKS)]
     Audit(AuditArgs),
     /// Encrypt, decrypt and re-key SOPS/age secrets.
     #[command(subcommand)]

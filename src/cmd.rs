@@ -105,11 +105,12 @@ pub fn audit(args: &AuditArgs) -> anyhow::Result<Outcome> {
             for f in &found.findings {
                 writeln!(
                     out,
-                    "plain-text Secret {} in {} at commit {}: {}",
+                    "plain-text Secret {} in {} at commit {}: {} ({})",
                     f.secret,
                     f.path,
                     f.commit,
-                    f.keys.join(", ")
+                    f.keys.join(", "),
+                    f.reason
                 )?;
             }
             writeln!(
