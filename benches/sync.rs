@@ -1,16 +1,35 @@
-//! Sync benchmark (release build): a full sync of 1,000 open PRs into an empty repository, and an
-//! incremental sync when 1 of the 1,000 PRs got a new commit, each beside the git floor — `git add -A
-//! && git commit` of the identical change, measured in the same run. Prints wall time and peak memory.
-//! Run with `cargo bench --bench sync` (or scripts/bench).
+//! Sync benchmark (release build), at 100, 1,000 and 10,000 open PRs (PRENV_BENCH_SIZES to choose):
+//! a full sync into an empty repository, then an incremental sync when 1 PR got a new commit —
+//! once with a snapshot of every PR (a `prenv sync` from CI), once with a snapshot of only that PR
+//! (what a webhook delivers), and once with the memory of earlier runs removed (the first run after
+//! an upgrade) — each beside the git floor measured in the same run: `git add -A && git commit` of
+//! the identical change, from a fresh work tree for the full sync, and from a work tree with a warm
+//! index where only the changed files were touched for the incremental ones. Prints wall time, peak
+//! memory and the ratio. Run with `cargo bench --bench sync` (or scripts/bench).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const PRS: u64 = 1_000;
-const ROUNDS: usize = 5;
 const NOW: &str = "2026-11-24T12:00:00Z";
 const CONFIG: &str = "project_id = \"shop\"\ndomain = \"preview.example.com\"\nimage = \"ghcr.io/acme/shop\"\ndatabases = [\"postgres\", \"mariadb\"]\nengine = \"flux\"\n";
+
+fn sizes() -> Vec<u64> {
+    std::env::var("PRENV_BENCH_SIZES")
+        .unwrap_or_else(|_| "100,1000,10000".into())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("PRENV_BENCH_SIZES: numbers separated by commas")
+        })
+        .collect()
+}
+
+/// Rounds per size: fewer for the largest, whose full sync and git floor take tens of seconds.
+fn rounds(prs: u64) -> usize {
+    if prs >= 10_000 { 1 } else { 3 }
+}
 
 /// The config with a fresh age recipient, so every environment's MariaDB credentials are encrypted.
 fn config_text() -> String {
@@ -18,15 +37,20 @@ fn config_text() -> String {
     format!("{CONFIG}[secrets]\nage_recipients = [\"{recipient}\"]\n")
 }
 
-fn snapshot(bumped: Option<u64>) -> String {
-    let prs: Vec<serde_json::Value> = (1..=PRS)
+/// `prs` open PRs; PR `bumped` (if any) has head `sha`; `only` keeps just that PR.
+fn snapshot(prs: u64, bumped: Option<(u64, char)>, only: bool) -> String {
+    let prs: Vec<serde_json::Value> = (1..=prs)
+        .filter(|n| !only || bumped.is_some_and(|(b, _)| b == *n))
         .map(|n| {
-            let sha = if Some(n) == bumped { "f".repeat(40) } else { format!("{:040x}", n * 104_729) };
+            let (sha, updated) = match bumped {
+                Some((b, c)) if b == n => (c.to_string().repeat(40), "2026-11-24T11:00:00Z"),
+                _ => (format!("{:040x}", n * 104_729), "2026-11-24T10:00:00Z"),
+            };
             serde_json::json!({
                 "number": n, "state": "open", "draft": false, "title": format!("Change {n}"),
                 "labels": [], "head": {"sha": sha, "ref": format!("feature/change-{n}"), "repo": {"full_name": "acme/shop"}},
                 "base": {"ref": "main", "repo": {"full_name": "acme/shop"}},
-                "user": {"login": "dev"}, "closed_at": null, "merged_at": null, "updated_at": "2026-11-24T10:00:00Z"
+                "user": {"login": "dev"}, "closed_at": null, "merged_at": null, "updated_at": updated
             })
         })
         .collect();
@@ -50,6 +74,11 @@ fn measure(cmd: &mut Command) -> (Duration, i64) {
     (elapsed, usage.ru_maxrss)
 }
 
+fn sh(script: &str) {
+    let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
+    assert!(status.success(), "{script}");
+}
+
 fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")
         .arg("-C")
@@ -65,7 +94,9 @@ fn sync(dir: &Path, repo: &Path, prs: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_prenv"));
     cmd.current_dir(dir)
         .args(["--config", "prenv.toml", "sync", "--prs", prs, "--now", NOW, "--repo"])
-        .arg(repo);
+        .arg(repo)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("PRENV_LOG", "error");
     cmd
 }
 
@@ -84,66 +115,101 @@ fn median(mut xs: Vec<(Duration, i64)>) -> (Duration, i64) {
     (xs[xs.len() / 2].0, peak)
 }
 
-fn report(what: &str, ours: (Duration, i64), floor: (Duration, i64)) {
+fn report(what: &str, ours: (Duration, i64), floor: (Duration, i64)) -> f64 {
+    let ratio = ours.0.as_secs_f64() / floor.0.as_secs_f64();
     println!(
-        "{what}: prenv sync {:.1?} (peak {} KiB) | git add -A && git commit {:.1?} (peak {} KiB) | ratio {:.2}",
+        "  {what}: prenv {:.1?} (peak {:.1} MB) | git {:.1?} (peak {:.1} MB) | ratio {ratio:.2}",
         ours.0,
-        ours.1,
+        ours.1 as f64 / 1024.0,
         floor.0,
-        floor.1,
-        ours.0.as_secs_f64() / floor.0.as_secs_f64()
+        floor.1 as f64 / 1024.0,
     );
+    ratio
+}
+
+/// Brings work tree `work` from the tree of `from` to that of `to` touching only the files that
+/// differ (as an editor or a generator writing in place would), so git's index stays warm.
+fn apply(repo: &Path, work: &Path, from: &str, to: &str) {
+    sh(&format!(
+        "git -C {} diff --binary {from} {to} | git -C {} apply --whitespace=nowarn",
+        repo.display(),
+        work.display()
+    ));
 }
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(d.join("prenv.toml"), config_text()).unwrap();
-    std::fs::write(d.join("base.json"), snapshot(None)).unwrap();
-    std::fs::write(d.join("bumped.json"), snapshot(Some(500))).unwrap();
+    let mut incremental = Vec::new();
+    for prs in sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("prenv.toml"), config_text()).unwrap();
+        let mid = prs / 2 + 1;
+        std::fs::write(d.join("base.json"), snapshot(prs, None, false)).unwrap();
+        std::fs::write(d.join("bumped.json"), snapshot(prs, Some((mid, 'a')), false)).unwrap();
+        std::fs::write(d.join("only.json"), snapshot(prs, Some((mid, 'b')), true)).unwrap();
+        std::fs::write(d.join("cold.json"), snapshot(prs, Some((mid, 'c')), true)).unwrap();
+        let mut runs: [Vec<(Duration, i64)>; 8] = Default::default();
+        for round in 0..rounds(prs) {
+            let repo = d.join(format!("envs-{round}.git"));
+            git(
+                d,
+                &[
+                    "init",
+                    "--quiet",
+                    "--bare",
+                    "--initial-branch=main",
+                    repo.to_str().unwrap(),
+                ],
+            );
+            let _ = std::fs::remove_dir_all(d.join("cache"));
+            runs[0].push(measure(&mut sync(d, &repo, "base.json")));
+            runs[2].push(measure(&mut sync(d, &repo, "bumped.json")));
+            runs[4].push(measure(&mut sync(d, &repo, "only.json")));
+            std::fs::remove_dir_all(d.join("cache")).unwrap();
+            runs[6].push(measure(&mut sync(d, &repo, "cold.json")));
 
-    let (mut full, mut full_floor, mut incr, mut incr_floor) = (vec![], vec![], vec![], vec![]);
-    for round in 0..ROUNDS {
-        let repo = d.join(format!("envs-{round}.git"));
-        git(
-            d,
-            &[
-                "init",
-                "--quiet",
-                "--bare",
-                "--initial-branch=main",
-                repo.to_str().unwrap(),
-            ],
+            // The git floor: the identical trees, committed by git from a work tree.
+            let work = d.join(format!("work-{round}"));
+            std::fs::create_dir_all(&work).unwrap();
+            git(&work, &["init", "--quiet", "--initial-branch=main"]);
+            sh(&format!(
+                "git -C {} archive main~3 | tar -x -C {}",
+                repo.display(),
+                work.display()
+            ));
+            runs[1].push(measure(&mut git_floor(&work)));
+            for (k, (from, to)) in [("main~3", "main~2"), ("main~2", "main~1"), ("main~1", "main")]
+                .iter()
+                .enumerate()
+            {
+                // A status first, as any earlier command in a real work tree would have run, so
+                // the index is warm and git only hashes the files that changed.
+                git(&work, &["status", "--porcelain"]);
+                apply(&repo, &work, from, to);
+                runs[3 + 2 * k].push(measure(&mut git_floor(&work)));
+            }
+        }
+        let m: Vec<(Duration, i64)> = runs.into_iter().map(median).collect();
+        println!(
+            "{prs} open PRs, postgres + mariadb, {} round(s), medians (peak = highest of the rounds):",
+            rounds(prs)
         );
-        full.push(measure(&mut sync(d, &repo, "base.json")));
-        incr.push(measure(&mut sync(d, &repo, "bumped.json")));
-
-        // The git floor: the identical trees, committed by git from a work tree.
-        let work = d.join(format!("work-{round}"));
-        std::fs::create_dir_all(&work).unwrap();
-        git(&work, &["init", "--quiet", "--initial-branch=main"]);
-        let export = |rev: &str| {
-            let status = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "git -C {} archive {rev} | tar -x -C {}",
-                    repo.display(),
-                    work.display()
-                ))
-                .status()
-                .unwrap();
-            assert!(status.success());
-        };
-        export("main~1");
-        full_floor.push(measure(&mut git_floor(&work)));
-        export("main");
-        incr_floor.push(measure(&mut git_floor(&work)));
+        report("full sync into an empty repository", m[0], m[1]);
+        let r = report("1 PR has a new commit, snapshot of every PR", m[2], m[3]);
+        report("1 PR has a new commit, snapshot of that PR only", m[4], m[5]);
+        report(
+            "1 PR has a new commit, no memory (first run after an upgrade)",
+            m[6],
+            m[7],
+        );
+        incremental.push((prs, m[2].0, m[4].0, r));
     }
-    println!("{PRS} open PRs, postgres + mariadb, {ROUNDS} rounds, medians (peak = highest of the rounds):");
-    report("full sync into an empty repository", median(full), median(full_floor));
-    report(
-        "incremental sync, 1 of 1,000 PRs has a new commit",
-        median(incr),
-        median(incr_floor),
-    );
+    for pair in incremental.windows(2) {
+        let ((a, ta, oa, _), (b, tb, ob, _)) = (pair[0], pair[1]);
+        println!(
+            "growth {a} -> {b} PRs, 1 PR changed: every-PR snapshot x{:.2}, that-PR snapshot x{:.2}",
+            tb.as_secs_f64() / ta.as_secs_f64(),
+            ob.as_secs_f64() / oa.as_secs_f64()
+        );
+    }
 }

@@ -1,6 +1,8 @@
-//! Webhook benchmark (release build): 200 signed `pull_request` deliveries, one after another, to
-//! `prenv serve` with its default debounce; for each, the time from sending it to the new commit on
-//! the local bare repository's branch. Prints p50, p95 and max. Run with `cargo bench --bench webhook`.
+//! Webhook benchmark (release build): with 1,000 and then 10,000 environments already in a local
+//! bare repository, 200 signed `pull_request` deliveries, one after another, to `prenv serve` with
+//! its default debounce; for each, the time from sending it to the new commit on the branch. Prints
+//! p50, p95 and max per size. Run with `cargo bench --bench webhook` (PRENV_BENCH_SIZES=100,1000 to
+//! choose the sizes).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,8 +12,37 @@ use std::time::{Duration, Instant};
 use hmac::{KeyInit, Mac};
 
 const EVENTS: u64 = 200;
+/// The PRs the events are about (the others' environments just exist).
 const PRS: u64 = 50;
 const SECRET: &str = "bench-secret";
+const CONFIG: &str = "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\ndatabases = [\"postgres\"]\nengine = \"flux\"\n[github]\nrepository = \"acme/shop\"\n";
+
+fn sizes() -> Vec<u64> {
+    std::env::var("PRENV_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("PRENV_BENCH_SIZES: numbers separated by commas")
+        })
+        .collect()
+}
+
+/// `envs` open PRs as `prenv sync --prs` reads them.
+fn snapshot(envs: u64) -> String {
+    let prs: Vec<serde_json::Value> = (1..=envs)
+        .map(|n| {
+            serde_json::json!({
+                "number": n, "state": "open", "draft": false, "title": "bench", "labels": [],
+                "head": {"sha": format!("{:040x}", n * 7919), "ref": format!("feature/{n}"), "repo": {"full_name": "acme/shop"}},
+                "base": {"ref": "main", "repo": {"full_name": "acme/shop"}},
+                "closed_at": null, "merged_at": null, "updated_at": "2026-11-24T09:00:00Z"
+            })
+        })
+        .collect();
+    serde_json::to_string(&prs).unwrap()
+}
 
 fn post(port: u16, delivery: u64, body: &[u8]) {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
@@ -37,14 +68,38 @@ fn tip(repo: &std::path::Path) -> Option<git2::Oid> {
 }
 
 fn main() {
+    for envs in sizes() {
+        run(envs);
+    }
+}
+
+fn run(envs: u64) {
     let dir = tempfile::tempdir().unwrap();
     let remote = dir.path().join("envs.git");
     git2::Repository::init_bare(&remote).unwrap();
-    std::fs::write(
-        dir.path().join("prenv.toml"),
-        "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\ndatabases = [\"postgres\"]\nengine = \"flux\"\n[github]\nrepository = \"acme/shop\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("prenv.toml"), CONFIG).unwrap();
+    std::fs::write(dir.path().join("prs.json"), snapshot(envs)).unwrap();
+    // The environments that already exist, written by a sync as a deployment would have them.
+    let cache = dir.path().join("cache");
+    let status = Command::new(env!("CARGO_BIN_EXE_prenv"))
+        .current_dir(dir.path())
+        .args([
+            "--config",
+            "prenv.toml",
+            "sync",
+            "--prs",
+            "prs.json",
+            "--now",
+            "2026-11-24T12:00:00Z",
+            "--repo",
+        ])
+        .arg(&remote)
+        .env("XDG_CACHE_HOME", &cache)
+        .env("PRENV_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the initial sync of {envs} PRs failed");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -63,6 +118,7 @@ fn main() {
             "--repo",
         ])
         .arg(&remote)
+        .env("XDG_CACHE_HOME", &cache)
         .env("PRENV_WEBHOOK_SECRET", SECRET)
         .env("PRENV_LOG", "error")
         .spawn()
@@ -74,7 +130,7 @@ fn main() {
     for i in 0..EVENTS {
         let n = i % PRS + 1;
         let body = serde_json::to_vec(&serde_json::json!({
-            "action": if i < PRS { "opened" } else { "synchronize" },
+            "action": "synchronize",
             "repository": {"id": 1, "full_name": "acme/shop"},
             "pull_request": {
                 "number": n, "state": "open", "draft": false, "title": "bench", "labels": [],
@@ -98,7 +154,7 @@ fn main() {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
     println!(
-        "webhook receipt -> commit in a local bare repo, {EVENTS} events over {PRS} PRs, default 200 ms debounce: p50 {:.0?}, p95 {:.0?}, max {:.0?}",
+        "webhook receipt -> commit, {envs} environments in the repository, {EVENTS} events over {PRS} PRs, default 200 ms debounce: p50 {:.0?}, p95 {:.0?}, max {:.0?}",
         at(0.50),
         at(0.95),
         latencies[latencies.len() - 1]
