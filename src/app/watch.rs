@@ -1,32 +1,52 @@
 //! `prenv watch`: runs in the cluster, watches the Flux Kustomizations (or Argo CD Applications) that
-//! prenv's wiring creates, and reports each environment's state onto its PR. It never crashes on a
-//! strange object (logged and skipped), never posts on the wrong PR (the PR comes from prenv's own
-//! label), and writes to GitHub only when a state changes.
+//! prenv's wiring creates, and reports each environment's state onto its PR. The shell only moves
+//! data: watch events into the pure tracker (`core::tracker`), its reports into an outbox, and one
+//! reporter task that drains the outbox to GitHub at a paced rate. A newer report of an environment
+//! replaces an older one still waiting, so a backlog never writes stale states. It never crashes on a
+//! strange object (logged and skipped) and never posts on the wrong PR (the PR comes from prenv's own
+//! label).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
+use tokio::sync::{Notify, mpsc};
 
 use crate::adapters::kube::Seen;
-use crate::adapters::pr_status::PrStatus;
+use crate::adapters::pr_status::{PrStatus, Writes};
 use crate::app::metrics::{Histogram, Kind, family, one, read};
-use crate::core::status::{self, EnvState, Observed};
+use crate::core::status::{self, Observation};
+use crate::core::tracker::{Effect, EnvRecord, Event, Tracker};
 use crate::error::{Error, Result};
 use crate::model::config::{Config, Engine};
 
 /// Buckets (seconds) of the open→ready and close→gone histograms.
 const BUCKETS: [f64; 9] = [30.0, 60.0, 120.0, 180.0, 300.0, 420.0, 600.0, 900.0, 1800.0];
+/// Buckets (seconds) of the delay from a state change to GitHub showing it.
+const DELAY_BUCKETS: [f64; 8] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0];
+/// A failed report or recall is retried after this, doubling up to [`RETRY_MAX`]: GitHub asks to
+/// back off, and the next state change of the environment replaces the report anyway.
+const RETRY_START: Duration = Duration::from_secs(15);
+const RETRY_MAX: Duration = Duration::from_secs(600);
+/// The environment states `prenv_environments` always lists (0 when none).
+const STATES: [&str; 7] = ["unknown", "committed", "reconciling", "waiting", "ready", "failed", "destroying"];
 
 /// Prometheus metrics of the watcher.
 pub struct WatchMetrics {
     open_to_ready: Histogram,
     close_to_gone: Histogram,
-    states: Mutex<BTreeMap<String, &'static str>>,
-    terminating_too_long: AtomicU64,
+    report_delay: Histogram,
+    census: Mutex<(BTreeMap<&'static str, i64>, i64)>,
+    failures: Mutex<BTreeMap<String, i64>>,
+    writes: OnceLock<Arc<Writes>>,
+    pending_reports: AtomicU64,
+    events: AtomicU64,
+    relists: AtomicU64,
+    interruptions: AtomicU64,
     pub skipped_objects: AtomicU64,
     pub report_errors: AtomicU64,
 }
@@ -36,8 +56,14 @@ impl Default for WatchMetrics {
         WatchMetrics {
             open_to_ready: Histogram::new(&BUCKETS),
             close_to_gone: Histogram::new(&BUCKETS),
-            states: Mutex::default(),
-            terminating_too_long: AtomicU64::new(0),
+            report_delay: Histogram::new(&DELAY_BUCKETS),
+            census: Mutex::default(),
+            failures: Mutex::default(),
+            writes: OnceLock::new(),
+            pending_reports: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            relists: AtomicU64::new(0),
+            interruptions: AtomicU64::new(0),
             skipped_objects: AtomicU64::new(0),
             report_errors: AtomicU64::new(0),
         }
@@ -45,83 +71,281 @@ impl Default for WatchMetrics {
 }
 
 impl WatchMetrics {
+    /// The Prometheus text of every metric, with the GitHub client's own counters.
     pub fn render(&self, github: &crate::adapters::github::Stats) -> String {
         let mut out = String::new();
         self.open_to_ready.render(
             "prenv_open_to_ready_seconds",
-            "From the environment's object appearing to Ready.",
+            "From a head commit's start (its commit to the environments repository, else its first sight) to Ready; once per commit.",
             &mut out,
         );
         self.close_to_gone.render(
             "prenv_close_to_gone_seconds",
-            "From deletion starting to the object gone.",
+            "From deletion starting to the object gone, when the watcher saw it go.",
             &mut out,
         );
-        let by_state: BTreeMap<&str, i64> =
-            self.states
-                .lock()
-                .expect("metrics lock")
-                .values()
-                .fold(BTreeMap::new(), |mut m, state| {
-                    *m.entry(*state).or_default() += 1;
-                    m
-                });
-        let states: Vec<(&str, i64)> = ["committed", "reconciling", "ready", "failed", "destroying"]
-            .into_iter()
-            .map(|s| (s, by_state.get(s).copied().unwrap_or(0)))
+        self.report_delay.render(
+            "prenv_report_delay_seconds",
+            "From a state change to GitHub showing it (pacing and retries included).",
+            &mut out,
+        );
+        self.render_environments(&mut out);
+        self.render_github(github, &mut out);
+        let singles = [
+            ("prenv_watch_events_total", "Watch events received.", &self.events),
+            ("prenv_watch_relists_total", "Full (re-)lists: the start, and each 410 Gone.", &self.relists),
+            ("prenv_watch_interruptions_total", "Watch errors (retried with backoff).", &self.interruptions),
+            ("prenv_watch_skipped_objects_total", "Objects that could not be read.", &self.skipped_objects),
+            ("prenv_watch_report_errors_total", "Failed reports and comment look-ups (retried with backoff).", &self.report_errors),
+        ];
+        for (name, help, counter) in singles {
+            family(&mut out, name, help, Kind::Counter, None, &one(read(counter)));
+        }
+        out
+    }
+
+    fn render_environments(&self, out: &mut String) {
+        let (states, stuck) = self.census.lock().expect("metrics lock").clone();
+        let samples: Vec<(&str, i64)> = STATES
+            .iter()
+            .map(|s| (*s, states.get(s).copied().unwrap_or(0)))
             .collect();
+        family(out, "prenv_environments", "Environments by state.", Kind::Gauge, Some("state"), &samples);
         family(
-            &mut out,
-            "prenv_environments",
-            "Environments by state.",
+            out,
+            "prenv_environments_terminating_too_long",
+            "Environments still terminating past the alert threshold.",
             Kind::Gauge,
-            Some("state"),
-            &states,
+            None,
+            &one(stuck),
         );
+        let failures = self.failures.lock().expect("metrics lock").clone();
+        let samples: Vec<(&str, i64)> = failures.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+        family(
+            out,
+            "prenv_environment_failures_total",
+            "Failures reported, by the controller's reason.",
+            Kind::Counter,
+            Some("reason"),
+            &samples,
+        );
+    }
+
+    fn render_github(&self, github: &crate::adapters::github::Stats, out: &mut String) {
         let requests = [
             ("ok", read(&github.ok)),
             ("retried", read(&github.retried)),
             ("failed", read(&github.failed)),
         ];
-        let by = Some("outcome");
-        family(
-            &mut out,
-            "prenv_github_requests_total",
-            "GitHub requests by outcome.",
-            Kind::Counter,
-            by,
-            &requests,
-        );
-        let singles = [
-            (
-                "prenv_environments_terminating_too_long",
-                "Environments still terminating past the alert threshold.",
-                Kind::Gauge,
-                read(&self.terminating_too_long),
-            ),
-            (
-                "prenv_github_rate_limit_remaining",
-                "The last x-ratelimit-remaining seen (-1: none yet).",
-                Kind::Gauge,
-                github.rate_limit_remaining.load(Ordering::Relaxed),
-            ),
-            (
-                "prenv_watch_skipped_objects_total",
-                "Objects that could not be read.",
-                Kind::Counter,
-                read(&self.skipped_objects),
-            ),
-            (
-                "prenv_watch_report_errors_total",
-                "Failed reports (retried on the next event).",
-                Kind::Counter,
-                read(&self.report_errors),
-            ),
-        ];
-        for (name, help, kind, value) in singles {
-            family(&mut out, name, help, kind, None, &one(value));
+        family(out, "prenv_github_requests_total", "GitHub requests by outcome.", Kind::Counter, Some("outcome"), &requests);
+        if let Some(w) = self.writes.get() {
+            let writes = [
+                ("status", read(&w.statuses)),
+                ("deployment", read(&w.deployments)),
+                ("deployment_status", read(&w.deployment_statuses)),
+                ("comment", read(&w.comments)),
+            ];
+            family(out, "prenv_github_writes_total", "GitHub writes (content-creating requests) by kind.", Kind::Counter, Some("kind"), &writes);
         }
-        out
+        let gauges = [
+            ("prenv_github_rate_limit_remaining", "The last x-ratelimit-remaining seen (-1: none yet).", github.rate_limit_remaining.load(Ordering::Relaxed)),
+            ("prenv_github_pending_reports", "Environments whose state waits to be written to GitHub.", read(&self.pending_reports)),
+        ];
+        for (name, help, value) in gauges {
+            family(out, name, help, Kind::Gauge, None, &one(value));
+        }
+    }
+
+    fn take(&self, effect: &Effect) {
+        match effect {
+            Effect::OpenToReady { seconds, .. } => self.open_to_ready.observe(*seconds),
+            Effect::CloseToGone { seconds, .. } => self.close_to_gone.observe(*seconds),
+            Effect::Failure { reason, .. } => {
+                let label: String = reason.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                *self.failures.lock().expect("metrics lock").entry(label).or_default() += 1;
+            }
+            Effect::Recall { .. } | Effect::Report(_) => {}
+        }
+    }
+}
+
+/// What the reporter task does next.
+#[derive(Debug, Clone, PartialEq)]
+enum Job {
+    Recall { env: String, pr: u64, attempts: u32 },
+    /// The startup sweep, with the environments the first list showed.
+    Sweep { listed: std::collections::BTreeSet<String>, attempts: u32 },
+    Report { record: Box<EnvRecord>, queued: Instant, attempts: u32 },
+}
+
+struct Queued {
+    record: Box<EnvRecord>,
+    queued: Instant,
+    attempts: u32,
+    not_before: Instant,
+}
+
+/// Work for the reporter: recalls first (they unblock the tracker), then one report per
+/// environment, oldest first; a newer report replaces a waiting one. Pure: times are arguments.
+#[derive(Default)]
+struct Queue {
+    recalls: VecDeque<(Job, Instant)>,
+    sweep: Option<(Job, Instant)>,
+    reports: BTreeMap<String, Queued>,
+    order: VecDeque<String>,
+}
+
+impl Queue {
+    fn recall(&mut self, env: String, pr: u64, attempts: u32, not_before: Instant) {
+        self.recalls.push_back((Job::Recall { env, pr, attempts }, not_before));
+    }
+
+    fn sweep(&mut self, listed: std::collections::BTreeSet<String>, attempts: u32, not_before: Instant) {
+        self.sweep = Some((Job::Sweep { listed, attempts }, not_before));
+    }
+
+    fn report(&mut self, record: Box<EnvRecord>, now: Instant) {
+        match self.reports.get_mut(&record.env) {
+            Some(waiting) => waiting.record = record,
+            None => {
+                self.order.push_back(record.env.clone());
+                let queued = Queued { record, queued: now, attempts: 0, not_before: now };
+                self.reports.insert(queued.record.env.clone(), queued);
+            }
+        }
+    }
+
+    /// Puts back a report that failed, unless a newer one arrived meanwhile.
+    fn retry(&mut self, record: Box<EnvRecord>, queued: Instant, attempts: u32, now: Instant) {
+        if self.reports.contains_key(&record.env) {
+            return;
+        }
+        self.order.push_back(record.env.clone());
+        let not_before = now + backoff(attempts);
+        let env = record.env.clone();
+        self.reports.insert(env, Queued { record, queued, attempts, not_before });
+    }
+
+    /// The next due job, or when the next one is due (`None`: nothing waits).
+    fn take(&mut self, now: Instant) -> std::result::Result<Job, Option<Instant>> {
+        if let Some(i) = self.recalls.iter().position(|(_, due)| *due <= now) {
+            return Ok(self.recalls.remove(i).expect("a position in the queue").0);
+        }
+        if self.sweep.as_ref().is_some_and(|(_, due)| *due <= now) {
+            return Ok(self.sweep.take().expect("a sweep is queued").0);
+        }
+        if let Some(i) = self.order.iter().position(|env| self.reports[env].not_before <= now) {
+            let env = self.order.remove(i).expect("a position in the queue");
+            let q = self.reports.remove(&env).expect("ordered reports are queued");
+            return Ok(Job::Report { record: q.record, queued: q.queued, attempts: q.attempts });
+        }
+        let due = self
+            .recalls
+            .iter()
+            .chain(&self.sweep)
+            .map(|(_, d)| *d)
+            .chain(self.reports.values().map(|q| q.not_before));
+        Err(due.min())
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    RETRY_START.saturating_mul(1 << attempts.min(10)).min(RETRY_MAX)
+}
+
+/// The queue shared by the watch loop and the reporter task.
+#[derive(Default)]
+struct Outbox {
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+impl Outbox {
+    fn with<T>(&self, f: impl FnOnce(&mut Queue) -> T) -> T {
+        let result = f(&mut self.queue.lock().expect("outbox lock"));
+        self.wake.notify_one();
+        result
+    }
+
+    fn len(&self) -> u64 {
+        self.queue.lock().expect("outbox lock").reports.len() as u64
+    }
+
+    async fn next(&self) -> Job {
+        loop {
+            let next = self.queue.lock().expect("outbox lock").take(Instant::now());
+            match next {
+                Ok(job) => return job,
+                Err(Some(due)) => {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep_until(due.into()) => {}
+                    }
+                }
+                Err(None) => self.wake.notified().await,
+            }
+        }
+    }
+}
+
+/// The reporter task: drains the outbox to GitHub, one job at a time.
+async fn report(
+    project_id: String,
+    mut reporter: PrStatus,
+    outbox: Arc<Outbox>,
+    recalled: mpsc::UnboundedSender<(String, Option<EnvRecord>)>,
+    metrics: Arc<WatchMetrics>,
+) {
+    loop {
+        match outbox.next().await {
+            Job::Recall { env, pr, attempts } => match reporter.recall(&env, pr, Utc::now()).await {
+                Ok(memory) => {
+                    if recalled.send((env, memory)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    metrics.report_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pr, env = %env, error = %e, "cannot read the PR's comments; retrying with backoff");
+                    let due = Instant::now() + backoff(attempts);
+                    outbox.with(|q| q.recall(env, pr, attempts + 1, due));
+                }
+            },
+            Job::Sweep { listed, attempts } => match reporter.sweep(&listed, &project_id, Utc::now()).await {
+                Ok(found) => {
+                    for (env, record) in found {
+                        tracing::info!(env = %env, "an environment gone while no watcher ran");
+                        if recalled.send((env, Some(record))).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    metrics.report_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cannot sweep recent PRs for environments gone meanwhile; retrying with backoff");
+                    let due = Instant::now() + backoff(attempts);
+                    outbox.with(|q| q.sweep(listed, attempts + 1, due));
+                }
+            },
+            Job::Report { record, queued, attempts } => match reporter.write(&record, Utc::now()).await {
+                Ok(()) => metrics.report_delay.observe(queued.elapsed().as_secs_f64()),
+                Err(e) => {
+                    metrics.report_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(pr = record.pr, env = %record.env, error = %e, "reporting failed; retrying with backoff");
+                    outbox.with(|q| q.retry(record, queued, attempts + 1, Instant::now()));
+                }
+            },
+        }
+        metrics.pending_reports.store(outbox.len(), Ordering::Relaxed);
+    }
+}
+
+/// Stops the reporter task when the watch ends or is dropped (Ctrl-C).
+struct Abort(tokio::task::JoinHandle<()>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -132,91 +356,78 @@ pub async fn watch(
     mut reporter: PrStatus,
     metrics: Arc<WatchMetrics>,
 ) -> Result<()> {
+    let problems = config.watch.problems();
+    if !problems.is_empty() {
+        return Err(Error::Config {
+            path: "prenv.toml".into(),
+            message: problems.join("; "),
+        });
+    }
+    reporter.configure(&config.watch, &config.lifecycle);
+    let _ = metrics.writes.set(reporter.writes());
+    let outbox = Arc::new(Outbox::default());
+    let (recalled_tx, mut recalled) = mpsc::unbounded_channel();
+    let _worker = Abort(tokio::spawn(report(config.project_id.clone(), reporter, outbox.clone(), recalled_tx, metrics.clone())));
+    let alert_secs = config.watch.terminating_alert_secs;
+    let mut tracker = Tracker::new(chrono::Duration::seconds(i64::try_from(alert_secs).unwrap_or(i64::MAX)));
+    let mut tick = tokio::time::interval(Duration::from_secs(alert_secs.clamp(1, 30)));
     let mut stream = std::pin::pin!(stream);
-    let read = match config.engine {
-        Engine::Flux => status::from_flux,
-        Engine::Argocd => status::from_argo,
-    };
-    let mut ready_seen: BTreeMap<String, bool> = BTreeMap::new();
-    let alert = chrono::Duration::seconds(i64::try_from(config.watch.terminating_alert_secs).unwrap_or(i64::MAX));
-    // Environments being deleted: what was observed, since when, and whether it was flagged.
-    let mut terminating: BTreeMap<String, (Observed, chrono::DateTime<Utc>, bool)> = BTreeMap::new();
-    let tick_every = std::time::Duration::from_secs(config.watch.terminating_alert_secs.clamp(1, 30));
-    let mut tick = tokio::time::interval(tick_every);
     loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            _ = tick.tick() => {
-                let now = Utc::now();
-                for (obs, since, flagged) in terminating.values_mut().filter(|(_, since, f)| !*f && now - *since >= alert) {
-                    *flagged = true;
-                    metrics.terminating_too_long.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(env = %obs.env, since = %since, "environment still terminating past the alert threshold");
-                    let stuck = Observed { stuck: true, ..obs.clone() };
-                    if let Err(e) = reporter.report(&stuck, now).await {
-                        metrics.report_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(env = %stuck.env, error = %e, "reporting failed");
-                    }
-                }
-                continue;
-            }
+        let event = tokio::select! {
+            seen = stream.next() => match seen {
+                None => return Ok(()),
+                Some(seen) => event_of(seen, config, &metrics),
+            },
+            Some((env, memory)) = recalled.recv() => Some(Event::Recalled { env, memory }),
+            _ = tick.tick() => Some(Event::Tick),
         };
-        let (value, deleted) = match next {
-            None => return Ok(()),
-            Some(Seen::Applied(v)) => (v, false),
-            Some(Seen::Deleted(v)) => (v, true),
-            Some(Seen::Listing | Seen::Listed) => continue,
-            Some(Seen::Interrupted(e)) => {
-                tracing::warn!(error = %e, "watch interrupted; retrying with backoff");
-                continue;
+        let Some(event) = event else { continue };
+        let now = Instant::now();
+        let first_list = matches!(event, Event::Listed) && !tracker.has_listed();
+        let effects = tracker.observe(event, Utc::now());
+        if first_list {
+            outbox.with(|q| q.sweep(tracker.known(), 0, now));
+        }
+        for effect in effects {
+            metrics.take(&effect);
+            match effect {
+                Effect::Recall { env, pr } => outbox.with(|q| q.recall(env, pr, 0, now)),
+                Effect::Report(record) => outbox.with(|q| q.report(record, now)),
+                _ => {}
             }
+        }
+        *metrics.census.lock().expect("metrics lock") = tracker.census();
+        metrics.pending_reports.store(outbox.len(), Ordering::Relaxed);
+    }
+}
+
+/// The tracker's event for what the watch saw; `None` for what it need not know (logged).
+fn event_of(seen: Seen, config: &Config, metrics: &WatchMetrics) -> Option<Event> {
+    metrics.events.fetch_add(1, Ordering::Relaxed);
+    let read = |value: &serde_json::Value| -> Option<Observation> {
+        let observed = match config.engine {
+            Engine::Flux => status::from_flux(value),
+            Engine::Argocd => status::from_argo(value, &config.image),
         };
-        let deletion_timestamp = value["metadata"]["deletionTimestamp"]
-            .as_str()
-            .and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok());
-        let mut observed: Observed = match read(&value) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, "object not readable as a prenv environment; skipped");
+        observed
+            .map_err(|e| {
                 metrics.skipped_objects.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        let now = Utc::now();
-        if observed.state == EnvState::Destroying && !terminating.contains_key(&observed.env) {
-            let since = deletion_timestamp.unwrap_or(now);
-            terminating.insert(observed.env.clone(), (observed.clone(), since, false));
+                tracing::warn!(error = %e, "object not readable as a prenv environment; skipped");
+            })
+            .ok()
+    };
+    match seen {
+        Seen::Applied(value) => read(&value).map(Event::Applied),
+        Seen::Deleted(value) => read(&value).map(Event::Deleted),
+        Seen::Listing => {
+            metrics.relists.fetch_add(1, Ordering::Relaxed);
+            Some(Event::Listing)
         }
-        if deleted {
-            if terminating.remove(&observed.env).is_some_and(|(_, _, flagged)| flagged) {
-                metrics.terminating_too_long.fetch_sub(1, Ordering::Relaxed);
-            }
-            observed.state = EnvState::Destroyed;
-            if let Some(since) = deletion_timestamp {
-                metrics
-                    .close_to_gone
-                    .observe((now - since).num_milliseconds() as f64 / 1000.0);
-            }
-            metrics.states.lock().expect("metrics lock").remove(&observed.env);
-            ready_seen.remove(&observed.env);
-        } else {
-            metrics
-                .states
-                .lock()
-                .expect("metrics lock")
-                .insert(observed.env.clone(), observed.state.word());
-            if observed.state == EnvState::Ready && !ready_seen.get(&observed.env).copied().unwrap_or(false) {
-                ready_seen.insert(observed.env.clone(), true);
-                if let Some(created) = observed.created {
-                    metrics
-                        .open_to_ready
-                        .observe((now - created).num_milliseconds() as f64 / 1000.0);
-                }
-            }
-        }
-        if let Err(e) = reporter.report(&observed, now).await {
-            metrics.report_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(pr = observed.pr, env = %observed.env, error = %e, "reporting failed; the next event retries");
+        Seen::Listed => Some(Event::Listed),
+        Seen::Interrupted(e) => {
+            metrics.interruptions.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "watch interrupted; kube-runtime retries with backoff");
+            None
         }
     }
 }
@@ -242,4 +453,44 @@ pub async fn serve_metrics(
     axum::serve(listener, app)
         .await
         .map_err(|e| Error::io("serving on", listen.to_string(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::tracker::{Head, Since, State};
+
+    fn record(env: &str, state: State) -> Box<EnvRecord> {
+        Box::new(EnvRecord {
+            env: env.into(),
+            pr: 7,
+            url: None,
+            databases: None,
+            state,
+            stuck: false,
+            deleting_since: None,
+            noticed_late: false,
+            heads: vec![Head { sha: "a".repeat(40), since: Utc::now(), from: Since::Seen, steps: vec![] }],
+        })
+    }
+
+    #[test]
+    fn the_outbox_serves_recalls_first_keeps_one_report_per_environment_and_backs_off() {
+        let mut q = Queue::default();
+        let t0 = Instant::now();
+        q.report(record("a", State::Committed), t0);
+        q.report(record("b", State::Committed), t0);
+        q.report(record("a", State::Ready), t0);
+        q.recall("c".into(), 9, 0, t0);
+        assert!(matches!(q.take(t0), Ok(Job::Recall { env, .. }) if env == "c"));
+        let Ok(Job::Report { record: first, .. }) = q.take(t0) else { panic!("a report") };
+        assert_eq!((first.env.as_str(), first.state.clone()), ("a", State::Ready), "the newer report replaced the older");
+        q.retry(first, t0, 1, t0);
+        assert!(matches!(q.take(t0), Ok(Job::Report { record, .. }) if record.env == "b"));
+        assert_eq!(q.take(t0), Err(Some(t0 + backoff(1))), "the failed report waits its backoff");
+        q.report(record("a", State::Failed(crate::core::status::Failure { reason: "X".into(), object: None, message: String::new() })), t0);
+        assert!(matches!(q.take(t0 + backoff(1)), Ok(Job::Report { record, .. }) if record.state.word() == "failed"));
+        assert_eq!(q.take(t0), Err(None));
+        assert_eq!(backoff(30), RETRY_MAX);
+    }
 }
