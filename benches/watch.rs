@@ -45,7 +45,10 @@ async fn main() {
     }
     let start = Instant::now();
     session.start();
-    until("every environment reported", async || session.hub.writes() as u64 >= ENVS * 4).await;
+    until("every environment reported", async || {
+        session.hub.writes() as u64 >= ENVS * 4
+    })
+    .await;
     let reported = start.elapsed();
     let watcher = session.watcher.as_ref().unwrap();
     let requests = watcher.metric("prenv_github_requests_total").await.unwrap_or(0.0);
@@ -58,7 +61,10 @@ async fn main() {
     }
     let watcher = session.watcher.as_ref().unwrap();
     let want = events_before + run_len as f64;
-    until("the reconcile wave taken in", async || watcher.metric("prenv_watch_events_total").await.unwrap_or(0.0) >= want).await;
+    until("the reconcile wave taken in", async || {
+        watcher.metric("prenv_watch_events_total").await.unwrap_or(0.0) >= want
+    })
+    .await;
     let wave = start.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let wave_writes = session.hub.writes() - writes_before;

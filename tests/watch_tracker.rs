@@ -59,7 +59,10 @@ impl Sim {
         while let Some(event) = queue.pop() {
             for effect in self.tracker.observe(event, self.now) {
                 match effect {
-                    Effect::Recall { env, .. } => queue.push(Event::Recalled { memory: self.markers.get(&env).cloned(), env }),
+                    Effect::Recall { env, .. } => queue.push(Event::Recalled {
+                        memory: self.markers.get(&env).cloned(),
+                        env,
+                    }),
                     Effect::Report(record) => {
                         self.told.push(told(&record));
                         self.markers.insert(record.env.clone(), *record);
@@ -83,15 +86,27 @@ impl Sim {
         if fresh {
             // The startup sweep: PR comments whose environment the list lacks.
             let listed: Vec<&str> = items.iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
-            let absent: Vec<EnvRecord> = self.markers.values().filter(|r| !listed.contains(&r.env.as_str())).cloned().collect();
+            let absent: Vec<EnvRecord> = self
+                .markers
+                .values()
+                .filter(|r| !listed.contains(&r.env.as_str()))
+                .cloned()
+                .collect();
             for memory in absent {
-                self.feed(Event::Recalled { env: memory.env.clone(), memory: Some(memory) });
+                self.feed(Event::Recalled {
+                    env: memory.env.clone(),
+                    memory: Some(memory),
+                });
             }
         }
     }
 
     fn replay(mut self, fixture: &str) -> Sim {
-        let path = format!("{}/tests/fixtures/status/{}/{fixture}.json", env!("CARGO_MANIFEST_DIR"), self.engine);
+        let path = format!(
+            "{}/tests/fixtures/status/{}/{fixture}.json",
+            env!("CARGO_MANIFEST_DIR"),
+            self.engine
+        );
         let scenario: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let mut fresh = true;
         let mut tick: Option<DateTime<Utc>> = None;
@@ -137,7 +152,12 @@ fn check(engine: &'static str, fixture: &str, told: &[&str], samples: &[&str]) {
 
 #[test]
 fn flux_first_deploy_reports_pending_then_ready_and_interval_runs_change_nothing() {
-    check("flux", "first-deploy-succeeds", &["101 3f78685 committed", "101 3f78685 ready"], &["shop-pr-101 ready after 66s"]);
+    check(
+        "flux",
+        "first-deploy-succeeds",
+        &["101 3f78685 committed", "101 3f78685 ready"],
+        &["shop-pr-101 ready after 66s"],
+    );
 }
 
 #[test]
@@ -188,7 +208,12 @@ fn flux_two_hours_of_interval_reconciles_tell_the_pr_nothing() {
 
 #[test]
 fn flux_a_dependency_not_ready_is_waiting_not_failed() {
-    check("flux", "dependency-not-ready", &["101 3f78685 committed", "101 3f78685 ready"], &["shop-pr-101 ready after 239s"]);
+    check(
+        "flux",
+        "dependency-not-ready",
+        &["101 3f78685 committed", "101 3f78685 ready"],
+        &["shop-pr-101 ready after 239s"],
+    );
 }
 
 #[test]
@@ -196,7 +221,13 @@ fn flux_environments_deleted_during_a_watch_gap_are_reported_gone_at_the_relist(
     check(
         "flux",
         "watch-410-relist",
-        &["101 3f78685 ready", "99 b6589fc ready", "102 89e6c98 reconciling", "99 b6589fc destroyed", "102 89e6c98 ready"],
+        &[
+            "101 3f78685 ready",
+            "99 b6589fc ready",
+            "102 89e6c98 reconciling",
+            "99 b6589fc destroyed",
+            "102 89e6c98 ready",
+        ],
         &["shop-pr-102 ready after 82s"],
     );
 }
@@ -206,7 +237,14 @@ fn flux_a_restart_keeps_the_history_and_finds_what_was_deleted_meanwhile() {
     check(
         "flux",
         "watcher-restart",
-        &["102 89e6c98 ready", "99 b6589fc ready", "99 b6589fc destroying", "101 3f78685 committed", "101 3f78685 ready", "99 b6589fc destroyed"],
+        &[
+            "102 89e6c98 ready",
+            "99 b6589fc ready",
+            "99 b6589fc destroying",
+            "101 3f78685 committed",
+            "101 3f78685 ready",
+            "99 b6589fc destroyed",
+        ],
         &["shop-pr-101 ready after 49s"],
     );
 }
@@ -218,20 +256,35 @@ fn flux_a_deletion_past_the_alert_is_flagged_then_gone() {
     check(
         "flux",
         "deletion-wait-for-termination-timeout",
-        &["101 3f78685 ready", "101 3f78685 destroying", "101 3f78685 destroying stuck", "101 3f78685 destroyed"],
+        &[
+            "101 3f78685 ready",
+            "101 3f78685 destroying",
+            "101 3f78685 destroying stuck",
+            "101 3f78685 destroyed",
+        ],
         &["shop-pr-101 gone after 302.403s"],
     );
     check(
         "flux",
         "deletion-stuck-prune-error",
-        &["101 3f78685 ready", "101 3f78685 destroying", "101 3f78685 destroying stuck", "101 3f78685 destroyed"],
+        &[
+            "101 3f78685 ready",
+            "101 3f78685 destroying",
+            "101 3f78685 destroying stuck",
+            "101 3f78685 destroyed",
+        ],
         &["shop-pr-101 gone after 1513.003s"],
     );
 }
 
 #[test]
 fn argo_a_fresh_application_is_committed_and_ready_only_when_synced_and_healthy() {
-    check("argocd", "first-deploy-succeeds", &["101 3f78685 committed", "101 3f78685 ready"], &["shop-pr-101 ready after 74s"]);
+    check(
+        "argocd",
+        "first-deploy-succeeds",
+        &["101 3f78685 committed", "101 3f78685 ready"],
+        &["shop-pr-101 ready after 74s"],
+    );
 }
 
 #[test]
@@ -239,7 +292,12 @@ fn argo_degraded_is_a_failure_of_its_commit_only() {
     check(
         "argocd",
         "first-deploy-degraded-then-fix",
-        &["101 3f78685 committed", "101 3f78685 failed Degraded -", "101 b5e5ed6 committed", "101 b5e5ed6 ready"],
+        &[
+            "101 3f78685 committed",
+            "101 3f78685 failed Degraded -",
+            "101 b5e5ed6 committed",
+            "101 b5e5ed6 ready",
+        ],
         &["shop-pr-101 ready after 98.91s"],
     );
 }
@@ -270,7 +328,13 @@ fn argo_applications_deleted_during_a_watch_gap_are_reported_gone() {
     check(
         "argocd",
         "watch-410-relist",
-        &["101 3f78685 ready", "99 b6589fc ready", "102 89e6c98 reconciling", "99 b6589fc destroyed", "102 89e6c98 ready"],
+        &[
+            "101 3f78685 ready",
+            "99 b6589fc ready",
+            "102 89e6c98 reconciling",
+            "99 b6589fc destroyed",
+            "102 89e6c98 ready",
+        ],
         &["shop-pr-102 ready after 111s"],
     );
 }
@@ -280,7 +344,14 @@ fn argo_a_restart_keeps_the_history_and_finds_what_was_deleted_meanwhile() {
     check(
         "argocd",
         "watcher-restart",
-        &["102 89e6c98 ready", "99 b6589fc ready", "99 b6589fc destroying", "101 3f78685 committed", "101 3f78685 ready", "99 b6589fc destroyed"],
+        &[
+            "102 89e6c98 ready",
+            "99 b6589fc ready",
+            "99 b6589fc destroying",
+            "101 3f78685 committed",
+            "101 3f78685 ready",
+            "99 b6589fc destroyed",
+        ],
         // Ready happened while no watcher ran, but the marker kept when the commit was first seen,
         // and the controller dates the transition: one honest sample.
         &["shop-pr-101 ready after 70s"],
@@ -292,7 +363,12 @@ fn argo_a_stuck_deletion_is_flagged_and_its_comparison_errors_are_not_failures()
     check(
         "argocd",
         "deletion-stuck-then-completed",
-        &["101 3f78685 ready", "101 3f78685 destroying", "101 3f78685 destroying stuck", "101 3f78685 destroyed"],
+        &[
+            "101 3f78685 ready",
+            "101 3f78685 destroying",
+            "101 3f78685 destroying stuck",
+            "101 3f78685 destroyed",
+        ],
         &["shop-pr-101 gone after 1235s"],
     );
 }

@@ -89,7 +89,10 @@ impl Marker {
     /// can close the HTML comment.
     pub fn render(&self) -> String {
         let json = serde_json::to_string(self).unwrap_or_else(|_| format!("{{\"env\":\"{}\"}}", self.env));
-        format!("{MARKER_V2}{} -->", json.replace('<', "\\u003c").replace('>', "\\u003e"))
+        format!(
+            "{MARKER_V2}{} -->",
+            json.replace('<', "\\u003c").replace('>', "\\u003e")
+        )
     }
 
     /// The marker for `env` in a comment body: the current form, or the first version's
@@ -234,10 +237,15 @@ pub struct Writes {
 
 impl Writes {
     pub fn total(&self) -> u64 {
-        [&self.statuses, &self.deployments, &self.deployment_statuses, &self.comments]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        [
+            &self.statuses,
+            &self.deployments,
+            &self.deployment_statuses,
+            &self.comments,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
     }
 }
 
@@ -316,14 +324,26 @@ impl PrStatus {
     /// cluster (`listed`) whose comment says the environment is not gone yet, with that memory. The
     /// watch cannot tell of them: kube-rs lists only what exists, and the watcher did not run when
     /// they went away.
-    pub async fn sweep(&mut self, listed: &BTreeSet<String>, project_id: &str, now: DateTime<Utc>) -> Result<Vec<(String, EnvRecord)>> {
-        let path = self
-            .github
-            .repo_path(&format!("pulls?state=all&sort=updated&direction=desc&per_page={SWEEP_PRS}"));
+    pub async fn sweep(
+        &mut self,
+        listed: &BTreeSet<String>,
+        project_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, EnvRecord)>> {
+        let path = self.github.repo_path(&format!(
+            "pulls?state=all&sort=updated&direction=desc&per_page={SWEEP_PRS}"
+        ));
         let (pulls, _) = self.github.call(Method::Get, &path, None).await?;
         let mut found = Vec::new();
-        for number in pulls.as_array().into_iter().flatten().filter_map(|p| p["number"].as_u64()) {
-            let Ok(env) = EnvName::new(project_id, number) else { continue };
+        for number in pulls
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["number"].as_u64())
+        {
+            let Ok(env) = EnvName::new(project_id, number) else {
+                continue;
+            };
             let env = env.to_string();
             if listed.contains(&env) || self.entries.contains_key(&env) {
                 continue;
@@ -426,11 +446,13 @@ impl PrStatus {
             && entry.posted.deployments[i].state != state
         {
             let id = entry.posted.deployments[i].id;
-            self.deployment_status(id, state, record.url.as_deref(), description.as_deref()).await?;
+            self.deployment_status(id, state, record.url.as_deref(), description.as_deref())
+                .await?;
             entry.posted.deployments[i].state = state.into();
         }
         let head_ready = record.state == State::Ready;
-        self.retire(entry, |d| d.sha != head && (head_ready || d.state != "success")).await
+        self.retire(entry, |d| d.sha != head && (head_ready || d.state != "success"))
+            .await
     }
 
     /// Marks the deployments `which` selects inactive ("destroyed" for a transient environment).
@@ -443,7 +465,13 @@ impl PrStatus {
         Ok(())
     }
 
-    async fn deployment_status(&mut self, id: u64, state: &str, url: Option<&str>, description: Option<&str>) -> Result<()> {
+    async fn deployment_status(
+        &mut self,
+        id: u64,
+        state: &str,
+        url: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<()> {
         // auto_inactive is of no use: GitHub applies it only to non-transient environments, and prenv's
         // are transient; prenv retires older deployments itself.
         let mut body = json!({"state": state, "auto_inactive": false});
@@ -455,7 +483,9 @@ impl PrStatus {
         }
         let path = self.github.repo_path(&format!("deployments/{id}/statuses"));
         let writes = self.writes.clone();
-        self.write_call(&path, Method::Post, &body, &writes.deployment_statuses).await.map(drop)
+        self.write_call(&path, Method::Post, &body, &writes.deployment_statuses)
+            .await
+            .map(drop)
     }
 
     /// A deployment of `env` at `sha` that GitHub already has (created before a crash lost it from
@@ -489,7 +519,10 @@ impl PrStatus {
     /// Adds every deployment GitHub lists for the environment that is not inactive yet and not in the
     /// marker, so removal retires them all.
     async fn sweep_deployments(&self, record: &EnvRecord, entry: &mut Entry) -> Result<()> {
-        let mut next = Some(self.github.repo_path(&format!("deployments?environment={}&per_page=100", record.env)));
+        let mut next = Some(
+            self.github
+                .repo_path(&format!("deployments?environment={}&per_page=100", record.env)),
+        );
         let mut pages = 0;
         while let Some(url) = next.take().filter(|_| pages < DEPLOYMENT_PAGES) {
             pages += 1;
@@ -499,7 +532,9 @@ impl PrStatus {
                 if entry.posted.deployments.iter().any(|k| k.id == id) {
                     continue;
                 }
-                let path = self.github.repo_path(&format!("deployments/{id}/statuses?per_page=100"));
+                let path = self
+                    .github
+                    .repo_path(&format!("deployments/{id}/statuses?per_page=100"));
                 let (statuses, _) = self.github.call(Method::Get, &path, None).await?;
                 let inactive = statuses
                     .as_array()
@@ -520,8 +555,15 @@ impl PrStatus {
     async fn commit_status(&mut self, record: &EnvRecord, entry: &mut Entry) -> Result<()> {
         let (state, description, target) = commit_status_of(record, entry.posted.why, &self.lifecycle);
         let head = record.head().to_string();
-        let key = digest(&format!("{state}\n{description}\n{}\n{}", target.unwrap_or(""), self.settings.context));
-        entry.posted.statuses.retain(|sha, _| record.heads.iter().any(|h| &h.sha == sha));
+        let key = digest(&format!(
+            "{state}\n{description}\n{}\n{}",
+            target.unwrap_or(""),
+            self.settings.context
+        ));
+        entry
+            .posted
+            .statuses
+            .retain(|sha, _| record.heads.iter().any(|h| &h.sha == sha));
         if entry.posted.statuses.get(&head) == Some(&key) {
             return Ok(());
         }
@@ -578,10 +620,16 @@ impl PrStatus {
 /// The commit status for the record's head: state, description (at most [`DESCRIPTION_MAX`]) and
 /// target URL. A removal never reads as a passing check while the PR may be open: it stays pending
 /// and says why; only for a closed or merged PR does it resolve to success.
-pub fn commit_status_of<'a>(record: &'a EnvRecord, why: Option<Why>, lifecycle: &Lifecycle) -> (&'static str, String, Option<&'a str>) {
+pub fn commit_status_of<'a>(
+    record: &'a EnvRecord,
+    why: Option<Why>,
+    lifecycle: &Lifecycle,
+) -> (&'static str, String, Option<&'a str>) {
     let url = record.url.as_deref();
     let (state, description, target) = match &record.state {
-        State::Committed | State::Reconciling | State::Waiting(_) => ("pending", "Preview environment is being deployed".to_string(), url),
+        State::Committed | State::Reconciling | State::Waiting(_) => {
+            ("pending", "Preview environment is being deployed".to_string(), url)
+        }
         State::Ready => ("success", "Preview environment ready".to_string(), url),
         State::Failed(f) => ("failure", f.summary(DESCRIPTION_MAX), url),
         State::Destroying | State::Destroyed => {
@@ -626,7 +674,10 @@ pub fn comment_body(record: &EnvRecord, marker: &Marker, settings: &StatusSettin
     );
     let removed = matches!(record.state, State::Destroying | State::Destroyed);
     if let Some(url) = &record.url {
-        text.push_str(&format!("| URL | {} |\n", if removed { format!("~~{url}~~") } else { url.clone() }));
+        text.push_str(&format!(
+            "| URL | {} |\n",
+            if removed { format!("~~{url}~~") } else { url.clone() }
+        ));
     }
     text.push_str(&format!("| Commit | `{}` |\n", short(record.head())));
     text.push_str(&state_rows(record, marker.posted.why, lifecycle));
@@ -656,7 +707,9 @@ pub fn comment_body(record: &EnvRecord, marker: &Marker, settings: &StatusSettin
 /// The table rows that depend on the state: elapsed time against the budget, the failure, the
 /// removal and its reason.
 fn state_rows(record: &EnvRecord, why: Option<Why>, lifecycle: &Lifecycle) -> String {
-    let Some(head) = record.current() else { return String::new() };
+    let Some(head) = record.current() else {
+        return String::new();
+    };
     let from = match head.from {
         Since::Committed => "from the commit",
         Since::Created => "from the environment's creation in the cluster",
@@ -666,13 +719,31 @@ fn state_rows(record: &EnvRecord, why: Option<Why>, lifecycle: &Lifecycle) -> St
     match &record.state {
         State::Ready => {
             let took = head.time_to_ready().unwrap_or_default().num_seconds().max(0);
-            let verdict = if took <= READY_BUDGET_SECS { "within" } else { "⚠️ over" };
-            format!("| Ready in | {} {from} ({verdict} the 10-minute budget) |\n", minutes(took))
+            let verdict = if took <= READY_BUDGET_SECS {
+                "within"
+            } else {
+                "⚠️ over"
+            };
+            format!(
+                "| Ready in | {} {from} ({verdict} the 10-minute budget) |\n",
+                minutes(took)
+            )
         }
         State::Failed(f) => {
-            let mut rows = format!("| Failure | {}{} |\n", cell(&f.reason), f.object.as_deref().map(|o| format!(" on `{}`", cell(o))).unwrap_or_default());
+            let mut rows = format!(
+                "| Failure | {}{} |\n",
+                cell(&f.reason),
+                f.object
+                    .as_deref()
+                    .map(|o| format!(" on `{}`", cell(o)))
+                    .unwrap_or_default()
+            );
             if let Some(at) = step_time("failed") {
-                rows.push_str(&format!("| Failed at | {} UTC, {} {from} |\n", at.format("%H:%M:%S"), minutes((at - head.since).num_seconds().max(0))));
+                rows.push_str(&format!(
+                    "| Failed at | {} UTC, {} {from} |\n",
+                    at.format("%H:%M:%S"),
+                    minutes((at - head.since).num_seconds().max(0))
+                ));
             }
             rows.push_str(&previous_ready(record));
             rows
@@ -681,22 +752,40 @@ fn state_rows(record: &EnvRecord, why: Option<Why>, lifecycle: &Lifecycle) -> St
             let why = why_words(why.unwrap_or(Why::Unknown), lifecycle);
             let mut rows = format!("| Removed because | {} |\n", cell(&why));
             if let Some(at) = step_time("destroyed") {
-                let late = if record.noticed_late { " (noticed then, after a gap in the watch)" } else { "" };
+                let late = if record.noticed_late {
+                    " (noticed then, after a gap in the watch)"
+                } else {
+                    ""
+                };
                 rows.push_str(&format!("| Gone at | {} UTC{late} |\n", at.format("%Y-%m-%d %H:%M:%S")));
             }
             if record.stuck {
-                rows.push_str("| ⚠️ | Still terminating past the alert threshold: check for stuck finalizers or volumes |\n");
+                rows.push_str(
+                    "| ⚠️ | Still terminating past the alert threshold: check for stuck finalizers or volumes |\n",
+                );
             }
             rows
         }
-        State::Waiting(why) => format!("| Waiting | {} (since {} UTC) |\n", cell(why), head.since.format("%H:%M:%S")),
-        State::Committed | State::Reconciling => format!("| Deploying | since {} UTC, {from} (10-minute budget) |\n", head.since.format("%H:%M:%S")),
+        State::Waiting(why) => format!(
+            "| Waiting | {} (since {} UTC) |\n",
+            cell(why),
+            head.since.format("%H:%M:%S")
+        ),
+        State::Committed | State::Reconciling => format!(
+            "| Deploying | since {} UTC, {from} (10-minute budget) |\n",
+            head.since.format("%H:%M:%S")
+        ),
     }
 }
 
 /// When the current head failed and an earlier one was ready: it may still be serving.
 fn previous_ready(record: &EnvRecord) -> String {
-    let earlier = record.heads.iter().rev().skip(1).find(|h| h.steps.iter().any(|s| s.0 == "ready"));
+    let earlier = record
+        .heads
+        .iter()
+        .rev()
+        .skip(1)
+        .find(|h| h.steps.iter().any(|s| s.0 == "ready"));
     match earlier {
         Some(h) => format!(
             "| Previous commit | `{}` was ready; the URL may still serve it |\n",
@@ -748,9 +837,9 @@ fn cut(s: &str, max: usize) -> String {
 
 /// A short stable digest (FNV-1a, 64 bits) for what was posted; not a security measure.
 fn digest(s: &str) -> String {
-    let hash = s
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     format!("{hash:016x}")
 }
 
@@ -764,7 +853,26 @@ mod tests {
     }
 
     fn record(state: State) -> EnvRecord {
-        let steps = |n: usize| (0..n).map(|i| Step(["committed", "reconciling", "ready", "failed", "ready", "reconciling", "failed", "ready"][i].into(), at("12:00:00"))).collect();
+        let steps = |n: usize| {
+            (0..n)
+                .map(|i| {
+                    Step(
+                        [
+                            "committed",
+                            "reconciling",
+                            "ready",
+                            "failed",
+                            "ready",
+                            "reconciling",
+                            "failed",
+                            "ready",
+                        ][i]
+                            .into(),
+                        at("12:00:00"),
+                    )
+                })
+                .collect()
+        };
         EnvRecord {
             env: "shop-pr-7".into(),
             pr: 7,
@@ -796,19 +904,33 @@ mod tests {
             env: "shop-pr-7".into(),
             record: Some(record(State::Failed(failure))),
             posted: Posted {
-                deployments: vec![Deployment { sha: "0".repeat(40), id: 42, state: "failure".into() }],
+                deployments: vec![Deployment {
+                    sha: "0".repeat(40),
+                    id: 42,
+                    state: "failure".into(),
+                }],
                 why: Some(Why::Merged),
                 ..Posted::default()
             },
         };
         let body = format!("{}\n### text", marker.render());
-        assert_eq!(body.matches("-->").count(), 1, "a value closed the HTML comment: {body}");
+        assert_eq!(
+            body.matches("-->").count(),
+            1,
+            "a value closed the HTML comment: {body}"
+        );
         assert_eq!(Marker::parse(&body, "shop-pr-7", at("12:00:00")), Some(marker));
         assert_eq!(Marker::parse(&body, "shop-pr-70", at("12:00:00")), None);
         assert_eq!(Marker::parse("no marker here", "shop-pr-7", at("12:00:00")), None);
         let damaged = "<!-- prenv:v2 {\"env\":\"shop-pr-7\",\"record\":{oops -->";
-        assert_eq!(Marker::parse(damaged, "shop-pr-7", at("12:00:00")).map(|m| m.record), Some(None));
-        let old = format!("<!-- prenv:env=shop-pr-7 state=ready sha={} deployment=1001 -->\n### old", "a".repeat(40));
+        assert_eq!(
+            Marker::parse(damaged, "shop-pr-7", at("12:00:00")).map(|m| m.record),
+            Some(None)
+        );
+        let old = format!(
+            "<!-- prenv:env=shop-pr-7 state=ready sha={} deployment=1001 -->\n### old",
+            "a".repeat(40)
+        );
         let read = Marker::parse(&old, "shop-pr-7", at("12:00:00")).unwrap();
         assert_eq!(read.record.unwrap().state, State::Ready);
         assert_eq!(read.posted.deployments[0].id, 1001);
@@ -816,7 +938,12 @@ mod tests {
 
     #[test]
     fn the_pacer_keeps_the_gap_and_the_caps() {
-        let watch = Watch { write_interval_ms: 1000, writes_per_minute: 3, writes_per_hour: 5, ..Watch::default() };
+        let watch = Watch {
+            write_interval_ms: 1000,
+            writes_per_minute: 3,
+            writes_per_hour: 5,
+            ..Watch::default()
+        };
         let mut pacer = Pacer::new(&watch);
         let t0 = Instant::now();
         let s = Duration::from_secs;
@@ -825,11 +952,20 @@ mod tests {
         assert_eq!(pacer.delay(t0), s(1), "a second between writes");
         pacer.sent(t0 + s(1));
         pacer.sent(t0 + s(2));
-        assert_eq!(pacer.delay(t0 + s(3)), s(57), "three in a minute: wait until the first leaves it");
+        assert_eq!(
+            pacer.delay(t0 + s(3)),
+            s(57),
+            "three in a minute: wait until the first leaves it"
+        );
         pacer.sent(t0 + s(60));
         pacer.sent(t0 + s(61));
         assert_eq!(pacer.delay(t0 + s(62)), s(3538), "five in an hour");
-        let off = Pacer::new(&Watch { write_interval_ms: 0, writes_per_minute: 0, writes_per_hour: 0, ..Watch::default() });
+        let off = Pacer::new(&Watch {
+            write_interval_ms: 0,
+            writes_per_minute: 0,
+            writes_per_hour: 0,
+            ..Watch::default()
+        });
         assert_eq!(off.delay(t0), Duration::ZERO);
     }
 
@@ -839,12 +975,25 @@ mod tests {
         let long = Failure {
             reason: "ReconciliationFailed".into(),
             object: Some("Cluster/shop-pr-7/db".into()),
-            message: format!("Cluster/shop-pr-7/db dry-run failed (Invalid): {} can't shrink existing storage from 2Gi to 1Gi", "admission webhook denied the request ".repeat(8)),
+            message: format!(
+                "Cluster/shop-pr-7/db dry-run failed (Invalid): {} can't shrink existing storage from 2Gi to 1Gi",
+                "admission webhook denied the request ".repeat(8)
+            ),
         };
         let (state, description, _) = commit_status_of(&record(State::Failed(long)), None, &lifecycle);
         assert_eq!(state, "failure");
-        assert!(description.chars().count() <= DESCRIPTION_MAX && description.ends_with("from 2Gi to 1Gi"), "{description}");
-        let table = [(Why::Merged, "success"), (Why::Closed, "success"), (Why::PinExpired, "success"), (Why::Draft, "pending"), (Why::NotDeployed, "pending"), (Why::Unknown, "pending")];
+        assert!(
+            description.chars().count() <= DESCRIPTION_MAX && description.ends_with("from 2Gi to 1Gi"),
+            "{description}"
+        );
+        let table = [
+            (Why::Merged, "success"),
+            (Why::Closed, "success"),
+            (Why::PinExpired, "success"),
+            (Why::Draft, "pending"),
+            (Why::NotDeployed, "pending"),
+            (Why::Unknown, "pending"),
+        ];
         let removed = record(State::Destroyed);
         for (why, want) in table {
             let (state, description, target) = commit_status_of(&removed, Some(why), &lifecycle);
@@ -862,14 +1011,28 @@ mod tests {
             message: "x".repeat(crate::core::status::MESSAGE_MAX),
         };
         let record = record(State::Failed(failure));
-        let marker = Marker { env: record.env.clone(), record: Some(record.clone()), posted: Posted::default() };
-        let settings = StatusSettings { context: "prenv/preview".into(), grafana_url: Some("https://grafana.example.com".into()) };
+        let marker = Marker {
+            env: record.env.clone(),
+            record: Some(record.clone()),
+            posted: Posted::default(),
+        };
+        let settings = StatusSettings {
+            context: "prenv/preview".into(),
+            grafana_url: Some("https://grafana.example.com".into()),
+        };
         let body = comment_body(&record, &marker, &settings, &Lifecycle::default());
         assert!(body.chars().count() < 10_000, "{} characters", body.chars().count());
         let heading = body.lines().find(|l| l.starts_with("###")).unwrap();
         assert_eq!(heading, "### ❌ Preview environment `shop-pr-7` failed");
-        assert!(body.contains("| Failure | HealthCheckFailed on `Deployment/shop-pr-7/app` |"), "{body}");
+        assert!(
+            body.contains("| Failure | HealthCheckFailed on `Deployment/shop-pr-7/app` |"),
+            "{body}"
+        );
         assert!(body.contains("| Previous commit | `1111111` was ready"), "{body}");
-        assert_eq!(body, comment_body(&record, &marker, &settings, &Lifecycle::default()), "deterministic");
+        assert_eq!(
+            body,
+            comment_body(&record, &marker, &settings, &Lifecycle::default()),
+            "deterministic"
+        );
     }
 }

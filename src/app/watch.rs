@@ -33,7 +33,15 @@ const DELAY_BUCKETS: [f64; 8] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 360
 const RETRY_START: Duration = Duration::from_secs(15);
 const RETRY_MAX: Duration = Duration::from_secs(600);
 /// The environment states `prenv_environments` always lists (0 when none).
-const STATES: [&str; 7] = ["unknown", "committed", "reconciling", "waiting", "ready", "failed", "destroying"];
+const STATES: [&str; 7] = [
+    "unknown",
+    "committed",
+    "reconciling",
+    "waiting",
+    "ready",
+    "failed",
+    "destroying",
+];
 
 /// Prometheus metrics of the watcher.
 pub struct WatchMetrics {
@@ -93,10 +101,26 @@ impl WatchMetrics {
         self.render_github(github, &mut out);
         let singles = [
             ("prenv_watch_events_total", "Watch events received.", &self.events),
-            ("prenv_watch_relists_total", "Full (re-)lists: the start, and each 410 Gone.", &self.relists),
-            ("prenv_watch_interruptions_total", "Watch errors (retried with backoff).", &self.interruptions),
-            ("prenv_watch_skipped_objects_total", "Objects that could not be read.", &self.skipped_objects),
-            ("prenv_watch_report_errors_total", "Failed reports and comment look-ups (retried with backoff).", &self.report_errors),
+            (
+                "prenv_watch_relists_total",
+                "Full (re-)lists: the start, and each 410 Gone.",
+                &self.relists,
+            ),
+            (
+                "prenv_watch_interruptions_total",
+                "Watch errors (retried with backoff).",
+                &self.interruptions,
+            ),
+            (
+                "prenv_watch_skipped_objects_total",
+                "Objects that could not be read.",
+                &self.skipped_objects,
+            ),
+            (
+                "prenv_watch_report_errors_total",
+                "Failed reports and comment look-ups (retried with backoff).",
+                &self.report_errors,
+            ),
         ];
         for (name, help, counter) in singles {
             family(&mut out, name, help, Kind::Counter, None, &one(read(counter)));
@@ -110,7 +134,14 @@ impl WatchMetrics {
             .iter()
             .map(|s| (*s, states.get(s).copied().unwrap_or(0)))
             .collect();
-        family(out, "prenv_environments", "Environments by state.", Kind::Gauge, Some("state"), &samples);
+        family(
+            out,
+            "prenv_environments",
+            "Environments by state.",
+            Kind::Gauge,
+            Some("state"),
+            &samples,
+        );
         family(
             out,
             "prenv_environments_terminating_too_long",
@@ -137,7 +168,14 @@ impl WatchMetrics {
             ("retried", read(&github.retried)),
             ("failed", read(&github.failed)),
         ];
-        family(out, "prenv_github_requests_total", "GitHub requests by outcome.", Kind::Counter, Some("outcome"), &requests);
+        family(
+            out,
+            "prenv_github_requests_total",
+            "GitHub requests by outcome.",
+            Kind::Counter,
+            Some("outcome"),
+            &requests,
+        );
         if let Some(w) = self.writes.get() {
             let writes = [
                 ("status", read(&w.statuses)),
@@ -145,11 +183,26 @@ impl WatchMetrics {
                 ("deployment_status", read(&w.deployment_statuses)),
                 ("comment", read(&w.comments)),
             ];
-            family(out, "prenv_github_writes_total", "GitHub writes (content-creating requests) by kind.", Kind::Counter, Some("kind"), &writes);
+            family(
+                out,
+                "prenv_github_writes_total",
+                "GitHub writes (content-creating requests) by kind.",
+                Kind::Counter,
+                Some("kind"),
+                &writes,
+            );
         }
         let gauges = [
-            ("prenv_github_rate_limit_remaining", "The last x-ratelimit-remaining seen (-1: none yet).", github.rate_limit_remaining.load(Ordering::Relaxed)),
-            ("prenv_github_pending_reports", "Environments whose state waits to be written to GitHub.", read(&self.pending_reports)),
+            (
+                "prenv_github_rate_limit_remaining",
+                "The last x-ratelimit-remaining seen (-1: none yet).",
+                github.rate_limit_remaining.load(Ordering::Relaxed),
+            ),
+            (
+                "prenv_github_pending_reports",
+                "GitHub jobs waiting or under way: reports, comment look-ups, the startup sweep.",
+                read(&self.pending_reports),
+            ),
         ];
         for (name, help, value) in gauges {
             family(out, name, help, Kind::Gauge, None, &one(value));
@@ -161,7 +214,10 @@ impl WatchMetrics {
             Effect::OpenToReady { seconds, .. } => self.open_to_ready.observe(*seconds),
             Effect::CloseToGone { seconds, .. } => self.close_to_gone.observe(*seconds),
             Effect::Failure { reason, .. } => {
-                let label: String = reason.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let label: String = reason
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
                 *self.failures.lock().expect("metrics lock").entry(label).or_default() += 1;
             }
             Effect::Recall { .. } | Effect::Report(_) => {}
@@ -172,10 +228,21 @@ impl WatchMetrics {
 /// What the reporter task does next.
 #[derive(Debug, Clone, PartialEq)]
 enum Job {
-    Recall { env: String, pr: u64, attempts: u32 },
+    Recall {
+        env: String,
+        pr: u64,
+        attempts: u32,
+    },
     /// The startup sweep, with the environments the first list showed.
-    Sweep { listed: std::collections::BTreeSet<String>, attempts: u32 },
-    Report { record: Box<EnvRecord>, queued: Instant, attempts: u32 },
+    Sweep {
+        listed: std::collections::BTreeSet<String>,
+        attempts: u32,
+    },
+    Report {
+        record: Box<EnvRecord>,
+        queued: Instant,
+        attempts: u32,
+    },
 }
 
 struct Queued {
@@ -209,7 +276,12 @@ impl Queue {
             Some(waiting) => waiting.record = record,
             None => {
                 self.order.push_back(record.env.clone());
-                let queued = Queued { record, queued: now, attempts: 0, not_before: now };
+                let queued = Queued {
+                    record,
+                    queued: now,
+                    attempts: 0,
+                    not_before: now,
+                };
                 self.reports.insert(queued.record.env.clone(), queued);
             }
         }
@@ -223,7 +295,15 @@ impl Queue {
         self.order.push_back(record.env.clone());
         let not_before = now + backoff(attempts);
         let env = record.env.clone();
-        self.reports.insert(env, Queued { record, queued, attempts, not_before });
+        self.reports.insert(
+            env,
+            Queued {
+                record,
+                queued,
+                attempts,
+                not_before,
+            },
+        );
     }
 
     /// The next due job, or when the next one is due (`None`: nothing waits).
@@ -237,7 +317,11 @@ impl Queue {
         if let Some(i) = self.order.iter().position(|env| self.reports[env].not_before <= now) {
             let env = self.order.remove(i).expect("a position in the queue");
             let q = self.reports.remove(&env).expect("ordered reports are queued");
-            return Ok(Job::Report { record: q.record, queued: q.queued, attempts: q.attempts });
+            return Ok(Job::Report {
+                record: q.record,
+                queued: q.queued,
+                attempts: q.attempts,
+            });
         }
         let due = self
             .recalls
@@ -258,6 +342,8 @@ fn backoff(attempts: u32) -> Duration {
 struct Outbox {
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Jobs taken and not finished (0 or 1): a report sleeping in the pacer is still pending.
+    busy: AtomicU64,
 }
 
 impl Outbox {
@@ -267,13 +353,27 @@ impl Outbox {
         result
     }
 
+    /// Jobs waiting or under way: reports, comment look-ups and the sweep.
     fn len(&self) -> u64 {
-        self.queue.lock().expect("outbox lock").reports.len() as u64
+        let q = self.queue.lock().expect("outbox lock");
+        (q.reports.len() + q.recalls.len() + usize::from(q.sweep.is_some())) as u64 + self.busy.load(Ordering::SeqCst)
+    }
+
+    fn done(&self) {
+        self.busy.store(0, Ordering::SeqCst);
     }
 
     async fn next(&self) -> Job {
         loop {
-            let next = self.queue.lock().expect("outbox lock").take(Instant::now());
+            let next = {
+                let mut queue = self.queue.lock().expect("outbox lock");
+                let next = queue.take(Instant::now());
+                // Marked busy under the lock, so `len` never misses a job between queue and work.
+                if next.is_ok() {
+                    self.busy.store(1, Ordering::SeqCst);
+                }
+                next
+            };
             match next {
                 Ok(job) => return job,
                 Err(Some(due)) => {
@@ -327,7 +427,11 @@ async fn report(
                     outbox.with(|q| q.sweep(listed, attempts + 1, due));
                 }
             },
-            Job::Report { record, queued, attempts } => match reporter.write(&record, Utc::now()).await {
+            Job::Report {
+                record,
+                queued,
+                attempts,
+            } => match reporter.write(&record, Utc::now()).await {
                 Ok(()) => metrics.report_delay.observe(queued.elapsed().as_secs_f64()),
                 Err(e) => {
                     metrics.report_errors.fetch_add(1, Ordering::Relaxed);
@@ -336,6 +440,7 @@ async fn report(
                 }
             },
         }
+        outbox.done();
         metrics.pending_reports.store(outbox.len(), Ordering::Relaxed);
     }
 }
@@ -367,7 +472,13 @@ pub async fn watch(
     let _ = metrics.writes.set(reporter.writes());
     let outbox = Arc::new(Outbox::default());
     let (recalled_tx, mut recalled) = mpsc::unbounded_channel();
-    let _worker = Abort(tokio::spawn(report(config.project_id.clone(), reporter, outbox.clone(), recalled_tx, metrics.clone())));
+    let _worker = Abort(tokio::spawn(report(
+        config.project_id.clone(),
+        reporter,
+        outbox.clone(),
+        recalled_tx,
+        metrics.clone(),
+    )));
     let alert_secs = config.watch.terminating_alert_secs;
     let mut tracker = Tracker::new(chrono::Duration::seconds(i64::try_from(alert_secs).unwrap_or(i64::MAX)));
     let mut tick = tokio::time::interval(Duration::from_secs(alert_secs.clamp(1, 30)));
@@ -470,7 +581,12 @@ mod tests {
             stuck: false,
             deleting_since: None,
             noticed_late: false,
-            heads: vec![Head { sha: "a".repeat(40), since: Utc::now(), from: Since::Seen, steps: vec![] }],
+            heads: vec![Head {
+                sha: "a".repeat(40),
+                since: Utc::now(),
+                from: Since::Seen,
+                steps: vec![],
+            }],
         })
     }
 
@@ -483,12 +599,32 @@ mod tests {
         q.report(record("a", State::Ready), t0);
         q.recall("c".into(), 9, 0, t0);
         assert!(matches!(q.take(t0), Ok(Job::Recall { env, .. }) if env == "c"));
-        let Ok(Job::Report { record: first, .. }) = q.take(t0) else { panic!("a report") };
-        assert_eq!((first.env.as_str(), first.state.clone()), ("a", State::Ready), "the newer report replaced the older");
+        let Ok(Job::Report { record: first, .. }) = q.take(t0) else {
+            panic!("a report")
+        };
+        assert_eq!(
+            (first.env.as_str(), first.state.clone()),
+            ("a", State::Ready),
+            "the newer report replaced the older"
+        );
         q.retry(first, t0, 1, t0);
         assert!(matches!(q.take(t0), Ok(Job::Report { record, .. }) if record.env == "b"));
-        assert_eq!(q.take(t0), Err(Some(t0 + backoff(1))), "the failed report waits its backoff");
-        q.report(record("a", State::Failed(crate::core::status::Failure { reason: "X".into(), object: None, message: String::new() })), t0);
+        assert_eq!(
+            q.take(t0),
+            Err(Some(t0 + backoff(1))),
+            "the failed report waits its backoff"
+        );
+        q.report(
+            record(
+                "a",
+                State::Failed(crate::core::status::Failure {
+                    reason: "X".into(),
+                    object: None,
+                    message: String::new(),
+                }),
+            ),
+            t0,
+        );
         assert!(matches!(q.take(t0 + backoff(1)), Ok(Job::Report { record, .. }) if record.state.word() == "failed"));
         assert_eq!(q.take(t0), Err(None));
         assert_eq!(backoff(30), RETRY_MAX);

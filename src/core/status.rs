@@ -91,7 +91,11 @@ impl Failure {
             None => format!("{}: ", self.reason),
         };
         let message = match &self.object {
-            Some(object) => self.message.strip_prefix(object.as_str()).unwrap_or(&self.message).trim_start(),
+            Some(object) => self
+                .message
+                .strip_prefix(object.as_str())
+                .unwrap_or(&self.message)
+                .trim_start(),
             None => &self.message,
         };
         let room = max.saturating_sub(head.chars().count() + 1);
@@ -419,8 +423,16 @@ pub fn from_argo(value: &serde_json::Value, image: &str) -> Result<Observation, 
 
 /// The verdict of a live (not deleting) Application; see [`from_argo`].
 fn argo_verdict(status: &ArgoStatus, operation_requested: bool, image: &str, head: &str) -> Verdict {
-    let sync = status.sync.as_ref().and_then(|s| s.status.as_deref()).filter(|s| !s.is_empty());
-    let health = status.health.as_ref().and_then(|h| h.status.as_deref()).filter(|s| !s.is_empty());
+    let sync = status
+        .sync
+        .as_ref()
+        .and_then(|s| s.status.as_deref())
+        .filter(|s| !s.is_empty());
+    let health = status
+        .health
+        .as_ref()
+        .and_then(|h| h.status.as_deref())
+        .filter(|s| !s.is_empty());
     let op = status.operation_state.as_ref();
     let phase = op.and_then(|o| o.phase.as_deref());
     let running = operation_requested || matches!(phase, Some("Running" | "Terminating"));
@@ -437,7 +449,11 @@ fn argo_verdict(status: &ArgoStatus, operation_requested: bool, image: &str, hea
             .flat_map(|r| &r.resources)
             .find(|r| matches!(r.status.as_deref(), Some("SyncFailed")))
             .map(ArgoResource::id);
-        let reason = if phase == Some("Error") { "SyncError" } else { "SyncFailed" };
+        let reason = if phase == Some("Error") {
+            "SyncError"
+        } else {
+            "SyncFailed"
+        };
         Failure::new(reason, failed, &strip_retry(o.message.as_deref().unwrap_or_default()))
     };
     if let Some(o) = op {
@@ -482,7 +498,11 @@ fn runs_another_commit(status: &ArgoStatus, image: &str, head: &str) -> bool {
         .summary
         .iter()
         .flat_map(|s| &s.images)
-        .filter_map(|i| i.rsplit_once(':').filter(|(repo, _)| *repo == image).map(|(_, tag)| tag))
+        .filter_map(|i| {
+            i.rsplit_once(':')
+                .filter(|(repo, _)| *repo == image)
+                .map(|(_, tag)| tag)
+        })
         .collect();
     !tags.is_empty() && !tags.iter().any(|t| t.contains(short))
 }
@@ -563,7 +583,12 @@ mod tests {
             .iter()
             .map(|(t, s, r, g)| json!({"type": t, "status": s, "reason": r, "observedGeneration": g, "message": format!("{r} for Deployment/shop-pr-7/app"), "lastTransitionTime": "2026-11-24T12:01:00Z"}))
             .collect();
-        object("Kustomization", 2, false, json!({"observedGeneration": og, "conditions": conditions}))
+        object(
+            "Kustomization",
+            2,
+            false,
+            json!({"observedGeneration": og, "conditions": conditions}),
+        )
     }
 
     fn word(v: &Verdict) -> &'static str {
@@ -580,23 +605,80 @@ mod tests {
 
     #[test]
     fn flux_conditions_speak_for_their_own_generation() {
-        let (ready, unknown, failed) = (("Ready", "True", "ReconciliationSucceeded"), ("Ready", "Unknown", "Progressing"), ("Ready", "False", "HealthCheckFailed"));
+        let (ready, unknown, failed) = (
+            ("Ready", "True", "ReconciliationSucceeded"),
+            ("Ready", "Unknown", "Progressing"),
+            ("Ready", "False", "HealthCheckFailed"),
+        );
         let at = |(t, s, r): (&'static str, &'static str, &'static str), g| (t, s, r, g);
         let table: &[(&str, i64, Vec<(&str, &str, &str, i64)>, &str)] = &[
             ("nothing reconciled yet", -1, vec![], "not-yet"),
             ("first run starting", -1, vec![at(unknown, 2)], "progressing"),
-            ("a failed first deploy keeps observedGeneration -1", -1, vec![at(failed, 2)], "failed"),
-            ("a failed new commit keeps the old observedGeneration", 1, vec![at(failed, 2)], "failed"),
+            (
+                "a failed first deploy keeps observedGeneration -1",
+                -1,
+                vec![at(failed, 2)],
+                "failed",
+            ),
+            (
+                "a failed new commit keeps the old observedGeneration",
+                1,
+                vec![at(failed, 2)],
+                "failed",
+            ),
             ("ready for the head's generation", 2, vec![at(ready, 2)], "ready"),
             ("ready, status write not landed yet", 1, vec![at(ready, 2)], "ready"),
-            ("ready for the old generation: the head is not reconciled", 1, vec![at(ready, 1)], "not-yet"),
-            ("interval run of an applied generation", 2, vec![at(unknown, 2)], "routine"),
-            ("retry of a never-applied generation", 1, vec![at(unknown, 2)], "progressing"),
-            ("dependency not ready on a new generation", 1, vec![("Ready", "False", "DependencyNotReady", 2)], "waiting"),
-            ("dependency behind on an applied generation", 2, vec![("Ready", "False", "DependencyNotReady", 2)], "routine"),
-            ("health check cancelled by a newer revision", 1, vec![("Ready", "False", "HealthCheckCanceled", 2)], "progressing"),
-            ("a reason Flux adds later is still a failure", 1, vec![("Ready", "False", "SomethingNew", 2)], "failed"),
-            ("stalled", 1, vec![("Stalled", "True", "InvalidCELExpression", 2), ("Ready", "False", "InvalidCELExpression", 2)], "failed"),
+            (
+                "ready for the old generation: the head is not reconciled",
+                1,
+                vec![at(ready, 1)],
+                "not-yet",
+            ),
+            (
+                "interval run of an applied generation",
+                2,
+                vec![at(unknown, 2)],
+                "routine",
+            ),
+            (
+                "retry of a never-applied generation",
+                1,
+                vec![at(unknown, 2)],
+                "progressing",
+            ),
+            (
+                "dependency not ready on a new generation",
+                1,
+                vec![("Ready", "False", "DependencyNotReady", 2)],
+                "waiting",
+            ),
+            (
+                "dependency behind on an applied generation",
+                2,
+                vec![("Ready", "False", "DependencyNotReady", 2)],
+                "routine",
+            ),
+            (
+                "health check cancelled by a newer revision",
+                1,
+                vec![("Ready", "False", "HealthCheckCanceled", 2)],
+                "progressing",
+            ),
+            (
+                "a reason Flux adds later is still a failure",
+                1,
+                vec![("Ready", "False", "SomethingNew", 2)],
+                "failed",
+            ),
+            (
+                "stalled",
+                1,
+                vec![
+                    ("Stalled", "True", "InvalidCELExpression", 2),
+                    ("Ready", "False", "InvalidCELExpression", 2),
+                ],
+                "failed",
+            ),
         ];
         for (name, og, conditions, want) in table {
             let got = from_flux(&flux(*og, conditions)).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -621,23 +703,79 @@ mod tests {
 
     #[test]
     fn argo_statuses_are_read_for_the_head_commit() {
-        let zero = json!({"health": {}, "summary": {}, "sync": {"comparedTo": {"source": {"repoURL": ""}}, "status": ""}});
+        let zero =
+            json!({"health": {}, "summary": {}, "sync": {"comparedTo": {"source": {"repoURL": ""}}, "status": ""}});
         let (head, old) = (images("pr-7-3f78685"), images("pr-7-b5e5ed6"));
         let failing = json!({"phase": "Running", "retryCount": 1, "message": "one or more objects failed to apply, reason: denied. Retrying attempt #1 at 12:01PM.",
             "syncResult": {"resources": [{"kind": "Cluster", "namespace": "shop-pr-7", "name": "db", "status": "SyncFailed"}]}});
         let table: Vec<(&str, serde_json::Value, bool, &str)> = vec![
             ("fresh Application: the zero status", zero, false, "not-yet"),
-            ("auto-sync requested", json!({"sync": {"status": "OutOfSync"}}), true, "progressing"),
-            ("sync running", json!({"sync": {"status": "OutOfSync"}, "operationState": {"phase": "Running"}}), false, "progressing"),
-            ("a failed attempt being retried", json!({"sync": {"status": "OutOfSync"}, "operationState": failing}), false, "failed"),
-            ("synced, rolling out", json!({"sync": {"status": "Synced"}, "health": {"status": "Progressing"}, "summary": head}), false, "progressing"),
-            ("synced and healthy at the head", json!({"sync": {"status": "Synced"}, "health": {"status": "Healthy"}, "summary": head}), false, "ready"),
-            ("healthy, but still the previous commit", json!({"sync": {"status": "Synced"}, "health": {"status": "Healthy"}, "summary": old}), false, "not-yet"),
-            ("degraded at the previous commit", json!({"sync": {"status": "Synced"}, "health": {"status": "Degraded"}, "summary": old}), false, "not-yet"),
-            ("degraded at the head", json!({"sync": {"status": "Synced"}, "health": {"status": "Degraded"}, "summary": head}), false, "failed"),
-            ("comparison error", json!({"sync": {"status": "Unknown"}, "conditions": [{"type": "ComparisonError", "message": "rpc error"}]}), false, "failed"),
-            ("its directory left git", json!({"sync": {"status": "Unknown"}, "conditions": [{"type": "ComparisonError", "message": "environments/shop-pr-7: app path does not exist"}]}), false, "progressing"),
-            ("a warning is not a failure", json!({"sync": {"status": "Synced"}, "health": {"status": "Healthy"}, "conditions": [{"type": "OrphanedResourceWarning"}]}), false, "ready"),
+            (
+                "auto-sync requested",
+                json!({"sync": {"status": "OutOfSync"}}),
+                true,
+                "progressing",
+            ),
+            (
+                "sync running",
+                json!({"sync": {"status": "OutOfSync"}, "operationState": {"phase": "Running"}}),
+                false,
+                "progressing",
+            ),
+            (
+                "a failed attempt being retried",
+                json!({"sync": {"status": "OutOfSync"}, "operationState": failing}),
+                false,
+                "failed",
+            ),
+            (
+                "synced, rolling out",
+                json!({"sync": {"status": "Synced"}, "health": {"status": "Progressing"}, "summary": head}),
+                false,
+                "progressing",
+            ),
+            (
+                "synced and healthy at the head",
+                json!({"sync": {"status": "Synced"}, "health": {"status": "Healthy"}, "summary": head}),
+                false,
+                "ready",
+            ),
+            (
+                "healthy, but still the previous commit",
+                json!({"sync": {"status": "Synced"}, "health": {"status": "Healthy"}, "summary": old}),
+                false,
+                "not-yet",
+            ),
+            (
+                "degraded at the previous commit",
+                json!({"sync": {"status": "Synced"}, "health": {"status": "Degraded"}, "summary": old}),
+                false,
+                "not-yet",
+            ),
+            (
+                "degraded at the head",
+                json!({"sync": {"status": "Synced"}, "health": {"status": "Degraded"}, "summary": head}),
+                false,
+                "failed",
+            ),
+            (
+                "comparison error",
+                json!({"sync": {"status": "Unknown"}, "conditions": [{"type": "ComparisonError", "message": "rpc error"}]}),
+                false,
+                "failed",
+            ),
+            (
+                "its directory left git",
+                json!({"sync": {"status": "Unknown"}, "conditions": [{"type": "ComparisonError", "message": "environments/shop-pr-7: app path does not exist"}]}),
+                false,
+                "progressing",
+            ),
+            (
+                "a warning is not a failure",
+                json!({"sync": {"status": "Synced"}, "health": {"status": "Healthy"}, "conditions": [{"type": "OrphanedResourceWarning"}]}),
+                false,
+                "ready",
+            ),
         ];
         for (name, status, requested, want) in table {
             let got = from_argo(&argo(status, requested), IMAGE).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -649,17 +787,37 @@ mod tests {
 
     #[test]
     fn a_failure_names_its_reason_and_first_object_within_the_limit() {
-        let health = Failure::new("HealthCheckFailed", None, "health check failed after 5m0.031s: timeout waiting for: [Deployment/shop-pr-101/app status: 'InProgress']\n");
+        let health = Failure::new(
+            "HealthCheckFailed",
+            None,
+            "health check failed after 5m0.031s: timeout waiting for: [Deployment/shop-pr-101/app status: 'InProgress']\n",
+        );
         assert_eq!(health.object.as_deref(), Some("Deployment/shop-pr-101/app"));
         let webhook = "Cluster/shop-pr-101/db dry-run failed (Invalid): admission webhook \"vcluster.cnpg.io\" denied the request: Cluster.postgresql.cnpg.io \"db\" is invalid: spec.storage.size: Invalid value: \"1Gi\": can't shrink existing storage from 2Gi to 1Gi\n";
         let apply = Failure::new("ReconciliationFailed", None, webhook);
         let summary = apply.summary(140);
         assert!(summary.chars().count() <= 140, "{summary}");
-        assert!(summary.starts_with("ReconciliationFailed Cluster/shop-pr-101/db: …"), "{summary}");
-        assert!(summary.ends_with("can't shrink existing storage from 2Gi to 1Gi"), "{summary}");
-        let argo = Failure::new("SyncFailed", Some("Cluster/shop-pr-101/db".into()), &strip_retry("one or more objects failed to apply, reason: denied due to application controller sync timeout. Retrying attempt #3 at 12:03PM."));
+        assert!(
+            summary.starts_with("ReconciliationFailed Cluster/shop-pr-101/db: …"),
+            "{summary}"
+        );
+        assert!(
+            summary.ends_with("can't shrink existing storage from 2Gi to 1Gi"),
+            "{summary}"
+        );
+        let argo = Failure::new(
+            "SyncFailed",
+            Some("Cluster/shop-pr-101/db".into()),
+            &strip_retry(
+                "one or more objects failed to apply, reason: denied due to application controller sync timeout. Retrying attempt #3 at 12:03PM.",
+            ),
+        );
         assert_eq!(argo.message, "one or more objects failed to apply, reason: denied");
-        let again = Failure::new("SyncFailed", Some("Cluster/shop-pr-101/db".into()), &strip_retry("one or more objects failed to apply, reason: denied (retried 5 times)."));
+        let again = Failure::new(
+            "SyncFailed",
+            Some("Cluster/shop-pr-101/db".into()),
+            &strip_retry("one or more objects failed to apply, reason: denied (retried 5 times)."),
+        );
         assert!(argo.same_as(&again) && argo.message == again.message);
         assert!(!argo.same_as(&health));
         assert_eq!(health.summary(500), format!("HealthCheckFailed: {}", health.message));
@@ -668,7 +826,10 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut no_pr = flux(1, &[]);
-        no_pr["metadata"]["labels"].as_object_mut().unwrap().remove("prenv.dev/pr");
+        no_pr["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("prenv.dev/pr");
         let mut bad_sha = flux(1, &[]);
         bad_sha["metadata"]["annotations"]["prenv.dev/head-sha"] = json!("not-a-sha");
         let mut bad_status = flux(1, &[]);

@@ -358,7 +358,8 @@ impl Tracker {
                     gone: deleted.then_some(true),
                     latest: obs,
                 };
-                self.envs.insert(pending.latest.env.clone(), Slot::Recalling(Box::new(pending)));
+                self.envs
+                    .insert(pending.latest.env.clone(), Slot::Recalling(Box::new(pending)));
             }
         }
     }
@@ -523,7 +524,10 @@ fn decide(record: &mut EnvRecord, obs: &Observation, fresh: bool, now: DateTime<
 /// watcher (in this process or, through the marker, an earlier one) saw the head before it was ready.
 fn ready(record: &mut EnvRecord, obs: &Observation, now: DateTime<Utc>, out: &mut Vec<Effect>) {
     let Some(head) = record.heads.last() else { return };
-    let at = obs.changed_at.filter(|t| *t <= now && *t >= head.since).unwrap_or(now);
+    // The controller's time, unless it lies outside what this record saw (clock skew, or a status
+    // older than the head's last step): the timeline stays in order.
+    let last = head.steps.last().map_or(head.since, |s| s.1.max(head.since));
+    let at = obs.changed_at.filter(|t| *t <= now && *t >= last).unwrap_or(now);
     let witnessed = !head.steps.is_empty() && !head.steps.iter().any(|s| s.0 == "ready");
     let since = head.since;
     record.step("ready", at);
@@ -606,7 +610,13 @@ mod tests {
             &mut t,
             vec![
                 (0, seen(Verdict::NotYet)),
-                (1, Event::Recalled { env: "shop-pr-7".into(), memory: None }),
+                (
+                    1,
+                    Event::Recalled {
+                        env: "shop-pr-7".into(),
+                        memory: None,
+                    },
+                ),
                 (2, seen(Verdict::Progressing)),
                 (300, seen(failed("HealthCheckFailed"))),
                 (360, seen(Verdict::Progressing)),
@@ -642,19 +652,47 @@ mod tests {
     fn a_restart_with_the_marker_changes_nothing_and_samples_nothing() {
         let mut first = Tracker::new(Duration::minutes(5));
         first.observe(Event::Applied(obs(A, Verdict::Progressing)), at(0));
-        first.observe(Event::Recalled { env: "shop-pr-7".into(), memory: None }, at(1));
+        first.observe(
+            Event::Recalled {
+                env: "shop-pr-7".into(),
+                memory: None,
+            },
+            at(1),
+        );
         let effects = first.observe(Event::Applied(obs(A, Verdict::Ready)), at(60));
-        assert!(effects.iter().any(|e| matches!(e, Effect::OpenToReady { seconds, .. } if *seconds == 60.0)));
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::OpenToReady { seconds, .. } if *seconds == 60.0))
+        );
         let memory = first.record("shop-pr-7").cloned();
         let mut second = Tracker::new(Duration::minutes(5));
         let mut effects = second.observe(Event::Applied(obs(A, Verdict::Routine)), at(600));
-        effects.extend(second.observe(Event::Recalled { env: "shop-pr-7".into(), memory }, at(601)));
+        effects.extend(second.observe(
+            Event::Recalled {
+                env: "shop-pr-7".into(),
+                memory,
+            },
+            at(601),
+        ));
         effects.extend(second.observe(Event::Applied(obs(A, Verdict::Ready)), at(602)));
-        assert_eq!(effects, vec![Effect::Recall { env: "shop-pr-7".into(), pr: 7 }]);
+        assert_eq!(
+            effects,
+            vec![Effect::Recall {
+                env: "shop-pr-7".into(),
+                pr: 7
+            }]
+        );
         // Without a marker, an environment first seen ready is reported but not sampled.
         let mut fresh = Tracker::new(Duration::minutes(5));
         fresh.observe(Event::Applied(obs(A, Verdict::Ready)), at(0));
-        let effects = fresh.observe(Event::Recalled { env: "shop-pr-7".into(), memory: None }, at(1));
+        let effects = fresh.observe(
+            Event::Recalled {
+                env: "shop-pr-7".into(),
+                memory: None,
+            },
+            at(1),
+        );
         assert!(matches!(effects.as_slice(), [Effect::Report(r)] if r.state == State::Ready));
     }
 
@@ -662,7 +700,13 @@ mod tests {
     fn environments_missing_from_a_relist_are_gone_and_stuck_deletions_are_flagged() {
         let mut t = Tracker::new(Duration::minutes(5));
         t.observe(Event::Applied(obs(A, Verdict::Ready)), at(0));
-        t.observe(Event::Recalled { env: "shop-pr-7".into(), memory: None }, at(0));
+        t.observe(
+            Event::Recalled {
+                env: "shop-pr-7".into(),
+                memory: None,
+            },
+            at(0),
+        );
         t.observe(Event::Applied(obs(A, Verdict::Deleting)), at(10));
         assert!(t.observe(Event::Tick, at(200)).is_empty());
         let flagged = t.observe(Event::Tick, at(301));
@@ -671,8 +715,14 @@ mod tests {
         t.observe(Event::Listing, at(400));
         let effects = t.observe(Event::Listed, at(401));
         let record = t.record("shop-pr-7").unwrap();
-        assert_eq!((record.state.word(), record.noticed_late, record.stuck), ("destroyed", true, false));
-        assert!(matches!(effects.as_slice(), [Effect::Report(_)]), "no close→gone sample for a gone it did not see: {effects:?}");
+        assert_eq!(
+            (record.state.word(), record.noticed_late, record.stuck),
+            ("destroyed", true, false)
+        );
+        assert!(
+            matches!(effects.as_slice(), [Effect::Report(_)]),
+            "no close→gone sample for a gone it did not see: {effects:?}"
+        );
     }
 
     #[test]
@@ -697,7 +747,10 @@ mod tests {
         let table = [
             (pr(PrState::Closed, false, true, &[], 0), Why::Merged),
             (pr(PrState::Closed, false, false, &[], 0), Why::Closed),
-            (pr(PrState::Closed, false, true, &["preserve=true"], -hours(48)), Why::PinExpired),
+            (
+                pr(PrState::Closed, false, true, &["preserve=true"], -hours(48)),
+                Why::PinExpired,
+            ),
             (pr(PrState::Open, true, false, &[], 0), Why::Draft),
             (pr(PrState::Open, false, false, &[], 0), Why::NotDeployed),
         ];

@@ -86,7 +86,11 @@ fn error(status: StatusCode, message: &str, errors: Value) -> Response {
 
 fn too_long(resource: &str, field: &str, max: usize) -> Response {
     let message = format!("{field} is too long (maximum is {max} characters)");
-    error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed", json!([{"resource": resource, "code": "custom", "field": field, "message": message}]))
+    error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Validation Failed",
+        json!([{"resource": resource, "code": "custom", "field": field, "message": message}]),
+    )
 }
 
 impl FakeGitHub {
@@ -95,7 +99,15 @@ impl FakeGitHub {
     }
 
     /// A PR as `GET /pulls/{n}` returns it (the fields prenv's parser reads).
-    pub fn set_pull(&self, number: u64, state: &str, draft: bool, merged: bool, labels: &[&str], closed_at: Option<&str>) {
+    pub fn set_pull(
+        &self,
+        number: u64,
+        state: &str,
+        draft: bool,
+        merged: bool,
+        labels: &[&str],
+        closed_at: Option<&str>,
+    ) {
         let pull = json!({
             "number": number, "state": state, "draft": draft, "title": format!("PR {number}"),
             "labels": labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>(),
@@ -118,7 +130,12 @@ impl FakeGitHub {
             .statuses
             .iter()
             .filter(|(s, _)| s == sha)
-            .map(|(_, b)| (b["state"].as_str().unwrap_or_default().into(), b["description"].as_str().unwrap_or_default().into()))
+            .map(|(_, b)| {
+                (
+                    b["state"].as_str().unwrap_or_default().into(),
+                    b["description"].as_str().unwrap_or_default().into(),
+                )
+            })
             .collect()
     }
 
@@ -139,8 +156,16 @@ impl FakeGitHub {
             .iter()
             .map(|d| {
                 let id = d["id"].as_u64().unwrap();
-                let last = hub.deployment_statuses.get(&id).and_then(|s| s.last()).map_or("none", |s| s["state"].as_str().unwrap());
-                (d["environment"].as_str().unwrap().into(), d["sha"].as_str().unwrap().into(), last.into())
+                let last = hub
+                    .deployment_statuses
+                    .get(&id)
+                    .and_then(|s| s.last())
+                    .map_or("none", |s| s["state"].as_str().unwrap());
+                (
+                    d["environment"].as_str().unwrap().into(),
+                    d["sha"].as_str().unwrap().into(),
+                    last.into(),
+                )
             })
             .collect()
     }
@@ -149,10 +174,22 @@ impl FakeGitHub {
         let repo = format!("/repos/{OWNER}/{REPO}");
         axum::Router::new()
             .route(&format!("{repo}/statuses/{{sha}}"), post(create_status))
-            .route(&format!("{repo}/deployments"), get(list_deployments).post(create_deployment))
-            .route(&format!("{repo}/deployments/{{id}}/statuses"), get(list_deployment_statuses).post(create_deployment_status))
-            .route(&format!("{repo}/issues/{{n}}/comments"), get(list_comments).post(create_comment))
-            .route(&format!("/repositories/{REPO_ID}/issues/{{n}}/comments"), get(list_comments))
+            .route(
+                &format!("{repo}/deployments"),
+                get(list_deployments).post(create_deployment),
+            )
+            .route(
+                &format!("{repo}/deployments/{{id}}/statuses"),
+                get(list_deployment_statuses).post(create_deployment_status),
+            )
+            .route(
+                &format!("{repo}/issues/{{n}}/comments"),
+                get(list_comments).post(create_comment),
+            )
+            .route(
+                &format!("/repositories/{REPO_ID}/issues/{{n}}/comments"),
+                get(list_comments),
+            )
             .route(&format!("{repo}/issues/comments/{{id}}"), patch(edit_comment))
             .route(&format!("{repo}/pulls/{{n}}"), get(get_pull))
             .route(&format!("{repo}/pulls"), get(list_pulls))
@@ -162,7 +199,11 @@ impl FakeGitHub {
 }
 
 /// Credentials on every request; secondary rate limits on content-creating ones; the write log.
-async fn gate(State(hub): State<FakeGitHub>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn gate(
+    State(hub): State<FakeGitHub>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     if !request.headers().contains_key("authorization") {
         return error(StatusCode::UNAUTHORIZED, "Bad credentials", Value::Null);
     }
@@ -172,7 +213,11 @@ async fn gate(State(hub): State<FakeGitHub>, request: axum::extract::Request, ne
         let h = hub.hub();
         let within = |d: Duration| h.writes.iter().filter(|w| now.duration_since(w.at) < d).count();
         if h.limits && (within(Duration::from_secs(60)) >= 80 || within(Duration::from_secs(3600)) >= 500) {
-            let mut r = error(StatusCode::FORBIDDEN, "You have exceeded a secondary rate limit and have been temporarily blocked from content creation. Please retry your request again later.", Value::Null);
+            let mut r = error(
+                StatusCode::FORBIDDEN,
+                "You have exceeded a secondary rate limit and have been temporarily blocked from content creation. Please retry your request again later.",
+                Value::Null,
+            );
             r.headers_mut().insert("retry-after", "60".parse().unwrap());
             return r;
         }
@@ -192,33 +237,69 @@ fn log_write(h: &mut Hub, method: &str, path: String, body: &Value) {
 async fn create_status(State(hub): State<FakeGitHub>, Path(sha): Path<String>, Json(body): Json<Value>) -> Response {
     let mut h = hub.hub();
     log_write(&mut h, "POST", format!("statuses/{sha}"), &body);
-    if !matches!(body["state"].as_str(), Some("error" | "failure" | "pending" | "success")) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed", json!([{"resource": "Status", "field": "state", "code": "invalid"}]));
+    if !matches!(
+        body["state"].as_str(),
+        Some("error" | "failure" | "pending" | "success")
+    ) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed",
+            json!([{"resource": "Status", "field": "state", "code": "invalid"}]),
+        );
     }
     if body["description"].as_str().is_some_and(|d| d.chars().count() > 140) {
         return too_long("Status", "description", 140);
     }
     let context = body["context"].as_str().unwrap_or("default").to_ascii_lowercase();
-    let same = h.statuses.iter().filter(|(s, b)| *s == sha && b["context"].as_str().unwrap_or("default").eq_ignore_ascii_case(&context)).count();
+    let same = h
+        .statuses
+        .iter()
+        .filter(|(s, b)| {
+            *s == sha
+                && b["context"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .eq_ignore_ascii_case(&context)
+        })
+        .count();
     if same >= 1000 {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed", json!([{"resource": "Status", "code": "custom", "message": "This SHA and context has reached the maximum number of statuses."}]));
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed",
+            json!([{"resource": "Status", "code": "custom", "message": "This SHA and context has reached the maximum number of statuses."}]),
+        );
     }
     h.next_id += 1;
     let id = h.next_id;
     h.statuses.push((sha, body.clone()));
-    (StatusCode::CREATED, Json(json!({"id": id, "state": body["state"], "description": body["description"], "context": context}))).into_response()
+    (
+        StatusCode::CREATED,
+        Json(json!({"id": id, "state": body["state"], "description": body["description"], "context": context})),
+    )
+        .into_response()
 }
 
 async fn create_deployment(State(hub): State<FakeGitHub>, Json(body): Json<Value>) -> Response {
     let mut h = hub.hub();
     log_write(&mut h, "POST", "deployments".into(), &body);
     let Some(reference) = body["ref"].as_str().map(String::from) else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request.\n\n\"ref\" wasn't supplied.", Value::Null);
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid request.\n\n\"ref\" wasn't supplied.",
+            Value::Null,
+        );
     };
     if body.get("required_contexts").is_none() {
-        let pending = h.statuses.iter().any(|(s, b)| *s == reference && b["state"] != "success");
+        let pending = h
+            .statuses
+            .iter()
+            .any(|(s, b)| *s == reference && b["state"] != "success");
         if pending {
-            return error(StatusCode::CONFLICT, &format!("Conflict: Commit status checks failed for {reference}."), Value::Null);
+            return error(
+                StatusCode::CONFLICT,
+                &format!("Conflict: Commit status checks failed for {reference}."),
+                Value::Null,
+            );
         }
     }
     h.next_id += 1;
@@ -247,21 +328,41 @@ async fn list_deployments(State(hub): State<FakeGitHub>, Query(q): Query<BTreeMa
     Json(list).into_response()
 }
 
-async fn create_deployment_status(State(hub): State<FakeGitHub>, Path(id): Path<u64>, Json(body): Json<Value>) -> Response {
+async fn create_deployment_status(
+    State(hub): State<FakeGitHub>,
+    Path(id): Path<u64>,
+    Json(body): Json<Value>,
+) -> Response {
     let mut h = hub.hub();
     log_write(&mut h, "POST", format!("deployments/{id}/statuses"), &body);
     if !h.deployments.iter().any(|d| d["id"] == id) {
         return error(StatusCode::NOT_FOUND, "Not Found", Value::Null);
     }
-    let states = ["error", "failure", "inactive", "in_progress", "queued", "pending", "success"];
+    let states = [
+        "error",
+        "failure",
+        "inactive",
+        "in_progress",
+        "queued",
+        "pending",
+        "success",
+    ];
     if !body["state"].as_str().is_some_and(|s| states.contains(&s)) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed", json!([{"resource": "DeploymentStatus", "field": "state", "code": "invalid"}]));
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed",
+            json!([{"resource": "DeploymentStatus", "field": "state", "code": "invalid"}]),
+        );
     }
     if body["description"].as_str().is_some_and(|d| d.chars().count() > 140) {
         return too_long("DeploymentStatus", "description", 140);
     }
     h.deployment_statuses.entry(id).or_default().push(body.clone());
-    (StatusCode::CREATED, Json(json!({"id": id * 10, "state": body["state"]}))).into_response()
+    (
+        StatusCode::CREATED,
+        Json(json!({"id": id * 10, "state": body["state"]})),
+    )
+        .into_response()
 }
 
 async fn list_deployment_statuses(State(hub): State<FakeGitHub>, Path(id): Path<u64>) -> Response {
@@ -271,9 +372,18 @@ async fn list_deployment_statuses(State(hub): State<FakeGitHub>, Path(id): Path<
     Json(list).into_response()
 }
 
-async fn list_comments(State(hub): State<FakeGitHub>, Path(n): Path<u64>, Query(q): Query<BTreeMap<String, String>>, headers: HeaderMap) -> Response {
+async fn list_comments(
+    State(hub): State<FakeGitHub>,
+    Path(n): Path<u64>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
     let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1).max(1);
-    let per: usize = q.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30).clamp(1, 100);
+    let per: usize = q
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
     let h = hub.hub();
     let all: Vec<&(u64, u64, String)> = h.comments.iter().filter(|c| c.1 == n).collect();
     let items: Vec<Value> = all
@@ -282,10 +392,17 @@ async fn list_comments(State(hub): State<FakeGitHub>, Path(n): Path<u64>, Query(
         .take(per)
         .map(|(id, _, b)| json!({"id": id, "body": b, "html_url": format!("https://github.com/{OWNER}/{REPO}/pull/{n}#issuecomment-{id}")}))
         .collect();
-    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let mut response = Json(items).into_response();
     if page * per < all.len() {
-        let link = format!("<http://{host}/repositories/{REPO_ID}/issues/{n}/comments?per_page={per}&page={}>; rel=\"next\"", page + 1);
+        let link = format!(
+            "<http://{host}/repositories/{REPO_ID}/issues/{n}/comments?per_page={per}&page={}>; rel=\"next\"",
+            page + 1
+        );
         response.headers_mut().insert("link", link.parse().unwrap());
     }
     response
@@ -295,15 +412,27 @@ async fn create_comment(State(hub): State<FakeGitHub>, Path(n): Path<u64>, Json(
     let mut h = hub.hub();
     log_write(&mut h, "POST", format!("issues/{n}/comments"), &body);
     let Some(text) = body["body"].as_str().map(String::from) else {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed", json!([{"resource": "IssueComment", "field": "body", "code": "missing_field"}]));
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed",
+            json!([{"resource": "IssueComment", "field": "body", "code": "missing_field"}]),
+        );
     };
     if text.chars().count() > 65_536 {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed", json!([{"resource": "IssueComment", "code": "unprocessable", "field": "data", "message": "Body is too long (maximum is 65536 characters)"}]));
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed",
+            json!([{"resource": "IssueComment", "code": "unprocessable", "field": "data", "message": "Body is too long (maximum is 65536 characters)"}]),
+        );
     }
     h.next_id += 1;
     let id = h.next_id;
     h.comments.push((id, n, text));
-    (StatusCode::CREATED, Json(json!({"id": id, "html_url": format!("https://github.com/{OWNER}/{REPO}/pull/{n}#issuecomment-{id}")}))).into_response()
+    (
+        StatusCode::CREATED,
+        Json(json!({"id": id, "html_url": format!("https://github.com/{OWNER}/{REPO}/pull/{n}#issuecomment-{id}")})),
+    )
+        .into_response()
 }
 
 async fn edit_comment(State(hub): State<FakeGitHub>, Path(id): Path<u64>, Json(body): Json<Value>) -> Response {
@@ -331,7 +460,11 @@ async fn get_pull(State(hub): State<FakeGitHub>, Path(n): Path<u64>) -> Response
 
 async fn list_pulls(State(hub): State<FakeGitHub>, Query(q): Query<BTreeMap<String, String>>) -> Response {
     let state = q.get("state").map_or("open", String::as_str);
-    let per: usize = q.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30).clamp(1, 100);
+    let per: usize = q
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
     let mut pulls: Vec<Value> = hub
         .hub()
         .pulls

@@ -137,7 +137,11 @@ impl FakeKube {
             s.rv += 1;
             object["metadata"]["resourceVersion"] = json!(s.rv.to_string());
             let name = object["metadata"]["name"].as_str().expect("an object name").to_string();
-            let kind = if s.objects.contains_key(&name) { "MODIFIED" } else { "ADDED" };
+            let kind = if s.objects.contains_key(&name) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
             s.objects.insert(name, object.clone());
             let rv = s.rv;
             s.cache.push((rv, kind, object));
@@ -213,15 +217,19 @@ impl FakeKube {
 /// A label selector of `k=v`, `k==v`, `k!=v` and `k` terms (apimachinery `labels.Parse`).
 fn selects(selector: Option<&String>, object: &Value) -> bool {
     let labels = &object["metadata"]["labels"];
-    selector.into_iter().flat_map(|s| s.split(',')).filter(|t| !t.is_empty()).all(|term| {
-        if let Some((k, v)) = term.split_once("!=") {
-            labels[k.trim()].as_str() != Some(v.trim())
-        } else if let Some((k, v)) = term.split_once('=') {
-            labels[k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
-        } else {
-            labels.get(term.trim()).is_some()
-        }
-    })
+    selector
+        .into_iter()
+        .flat_map(|s| s.split(','))
+        .filter(|t| !t.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                labels[k.trim()].as_str() != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once('=') {
+                labels[k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
+            } else {
+                labels.get(term.trim()).is_some()
+            }
+        })
 }
 
 async fn collection(State(kube): State<FakeKube>, Query(q): Query<BTreeMap<String, String>>) -> Response {
@@ -244,7 +252,11 @@ async fn collection(State(kube): State<FakeKube>, Query(q): Query<BTreeMap<Strin
         let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410, "message": "The provided continue parameter is too old"});
         return (StatusCode::GONE, Json(gone)).into_response();
     };
-    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
     let page: Vec<Value> = snapshot.iter().skip(offset).take(limit).cloned().collect();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if offset + page.len() < snapshot.len() {
@@ -252,7 +264,8 @@ async fn collection(State(kube): State<FakeKube>, Query(q): Query<BTreeMap<Strin
         metadata["remainingItemCount"] = json!(snapshot.len() - offset - page.len());
     }
     let r = &s.resource;
-    Json(json!({"apiVersion": r.api_version(), "kind": format!("{}List", r.kind), "metadata": metadata, "items": page})).into_response()
+    Json(json!({"apiVersion": r.api_version(), "kind": format!("{}List", r.kind), "metadata": metadata, "items": page}))
+        .into_response()
 }
 
 /// A watch response: waits out an outage, then either one ERROR 410 event (the revision is older

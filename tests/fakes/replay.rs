@@ -119,7 +119,11 @@ impl Session {
             format!("apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\nusers:\n- name: fake\n  user:\n    token: fake\ncurrent-context: fake\n", self.kube_port),
         )
         .unwrap();
-        let argo = if self.engine == "argocd" { "[argocd]\nrepo_url = \"https://github.com/acme/shop-environments.git\"\n" } else { "" };
+        let argo = if self.engine == "argocd" {
+            "[argocd]\nrepo_url = \"https://github.com/acme/shop-environments.git\"\n"
+        } else {
+            ""
+        };
         let config = dir.join("prenv.toml");
         std::fs::write(
             &config,
@@ -129,9 +133,19 @@ impl Session {
             ),
         )
         .unwrap();
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new(env!("CARGO_BIN_EXE_prenv"))
-            .args(["--config", config.to_str().unwrap(), "watch", "--listen", &format!("127.0.0.1:{metrics_port}")])
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "watch",
+                "--listen",
+                &format!("127.0.0.1:{metrics_port}"),
+            ])
             .env("KUBECONFIG", &kubeconfig)
             .env("GITHUB_TOKEN", "ghp_watch_test")
             .env("PRENV_LOG", "warn")
@@ -152,11 +166,23 @@ impl Session {
         let deadline = Instant::now() + Duration::from_secs(30);
         let (mut last, mut calm) = (None, 0);
         while calm < 5 {
-            assert!(Instant::now() < deadline, "the watcher did not settle; metrics:\n{}", watcher.metrics().await);
+            assert!(
+                Instant::now() < deadline,
+                "the watcher did not settle; metrics:\n{}",
+                watcher.metrics().await
+            );
             tokio::time::sleep(Duration::from_millis(60)).await;
             let pending = watcher.metric("prenv_github_pending_reports").await;
-            let now = (watcher.metric("prenv_watch_events_total").await, self.hub.writes(), self.kube.requests());
-            calm = if pending == Some(0.0) && last == Some(now) { calm + 1 } else { 0 };
+            let now = (
+                watcher.metric("prenv_watch_events_total").await,
+                self.hub.writes(),
+                self.kube.requests(),
+            );
+            calm = if pending == Some(0.0) && last == Some(now) {
+                calm + 1
+            } else {
+                0
+            };
             last = Some(now);
         }
     }
@@ -238,7 +264,8 @@ impl Session {
 /// (`pkg/registry/generic/registry/store.go` `markAsDeleting`), then DELETED once the finalizer goes.
 pub fn deletion(object: &Value) -> [Value; 2] {
     let mut deleting = object.clone();
-    deleting["metadata"]["deletionTimestamp"] = serde_json::json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    deleting["metadata"]["deletionTimestamp"] =
+        serde_json::json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let generation = deleting["metadata"]["generation"].as_i64().unwrap_or(1);
     deleting["metadata"]["generation"] = serde_json::json!(generation + 1);
     [
@@ -264,9 +291,14 @@ pub fn many(steps: &[Value], count: u64) -> Vec<Value> {
     let mut out = Vec::new();
     for step in steps {
         match step["event"].as_str().unwrap() {
-            "apply" | "delete" => out.extend((1..=count).map(|n| serde_json::json!({"at": step["at"], "event": step["event"], "object": rename(&step["object"], n)}))),
+            "apply" | "delete" => out.extend((1..=count).map(
+                |n| serde_json::json!({"at": step["at"], "event": step["event"], "object": rename(&step["object"], n)}),
+            )),
             "list" | "relist" => {
-                let items: Vec<Value> = (1..=count).flat_map(|n| step["list"]["items"].as_array().unwrap().iter().map(move |i| (n, i))).map(|(n, i)| rename(i, n)).collect();
+                let items: Vec<Value> = (1..=count)
+                    .flat_map(|n| step["list"]["items"].as_array().unwrap().iter().map(move |i| (n, i)))
+                    .map(|(n, i)| rename(i, n))
+                    .collect();
                 let mut step = step.clone();
                 step["list"]["items"] = Value::Array(items);
                 out.push(step);

@@ -49,16 +49,30 @@ impl Watch {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let over = |key: &str, value: u32, limit: u32, per: &str| {
-            format!("key `watch.{key}` = {value} is above GitHub's secondary rate limit of {limit} content-creating requests per {per}; use at most {limit} (GitHub may block the account past it)")
+            format!(
+                "key `watch.{key}` = {value} is above GitHub's secondary rate limit of {limit} content-creating requests per {per}; use at most {limit} (GitHub may block the account past it)"
+            )
         };
         if self.writes_per_minute > GITHUB_WRITES_PER_MINUTE {
-            problems.push(over("writes_per_minute", self.writes_per_minute, GITHUB_WRITES_PER_MINUTE, "minute"));
+            problems.push(over(
+                "writes_per_minute",
+                self.writes_per_minute,
+                GITHUB_WRITES_PER_MINUTE,
+                "minute",
+            ));
         }
         if self.writes_per_hour > GITHUB_WRITES_PER_HOUR {
-            problems.push(over("writes_per_hour", self.writes_per_hour, GITHUB_WRITES_PER_HOUR, "hour"));
+            problems.push(over(
+                "writes_per_hour",
+                self.writes_per_hour,
+                GITHUB_WRITES_PER_HOUR,
+                "hour",
+            ));
         }
         if self.status_context.trim().is_empty() {
-            problems.push("key `watch.status_context` is empty; name the commit status context, e.g. \"prenv/preview\"".into());
+            problems.push(
+                "key `watch.status_context` is empty; name the commit status context, e.g. \"prenv/preview\"".into(),
+            );
         }
         if self.write_interval_ms > 60_000 {
             problems.push(format!(
