@@ -56,7 +56,7 @@ pub fn encrypt(config: &Config, args: &EncryptArgs) -> anyhow::Result<Outcome> {
         args.output.as_ref()
     } {
         Some(path) => std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?,
-        None => print!("{out}"),
+        None => write!(std::io::stdout().lock(), "{out}")?,
     }
     Ok(Outcome::Clean)
 }
@@ -65,7 +65,11 @@ pub fn decrypt(args: &DecryptArgs) -> anyhow::Result<Outcome> {
     let ids = identities(&args.identity)?;
     let doc = read_sops_file(&args.file)?;
     let plain = sops::decrypt(&doc, &ids).with_context(|| format!("decrypting {}", args.file.display()))?;
-    print!("{}", prenv::manifests::yaml::to_string(&plain)?);
+    write!(
+        std::io::stdout().lock(),
+        "{}",
+        prenv::manifests::yaml::to_string(&plain)?
+    )?;
     Ok(Outcome::Clean)
 }
 
@@ -74,7 +78,8 @@ pub fn rewrap(config: &Config, args: &RewrapArgs) -> anyhow::Result<Outcome> {
     let mut repo = open_repo(config, &args.repo)?;
     let done = sync::rewrap(&mut repo, config, &ids)?;
     match &done.commit {
-        Some(commit) => println!(
+        Some(commit) => writeln!(
+            std::io::stdout().lock(),
             "re-encrypted the data keys of {} secrets for {} recipients: committed {} to {} of {}",
             done.rewrapped,
             config.secrets.age_recipients.len(),
@@ -82,11 +87,12 @@ pub fn rewrap(config: &Config, args: &RewrapArgs) -> anyhow::Result<Outcome> {
             done.branch,
             done.repo
         ),
-        None => println!(
+        None => writeln!(
+            std::io::stdout().lock(),
             "all {} secrets are already encrypted for the configured recipients",
             done.checked
         ),
-    }
+    }?;
     Ok(Outcome::Clean)
 }
 
@@ -240,6 +246,7 @@ pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
                 "base": view.tip.as_ref().map(ToString::to_string),
                 "decisions": desired.plan.decisions,
                 "unconfirmed": snapshot.unconfirmed,
+                "strays": desired.strays,
                 "files": {"added": desired.changes.added, "modified": desired.changes.modified, "removed": desired.changes.removed},
             });
             writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -248,7 +255,7 @@ pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
             write!(
                 out,
                 "{}",
-                show::plan_text(&desired.plan, &desired.changes, shown.show_skipped)
+                show::plan_text(&desired.plan, &desired.changes, &desired.strays, shown.show_skipped)
             )?;
             if args.diff {
                 write!(out, "{}", show::unified_diff(&repo, &view, &desired)?)?;
@@ -275,7 +282,7 @@ pub fn sync(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
             write!(
                 out,
                 "{}",
-                show::plan_text(&done.plan, &done.changes, args.view.show_skipped)
+                show::plan_text(&done.plan, &done.changes, &done.strays, args.view.show_skipped)
             )?;
             match &done.commit {
                 Some(commit) => writeln!(
@@ -309,13 +316,14 @@ pub fn init(config: &Config, args: &InitArgs) -> anyhow::Result<Outcome> {
             args.repo.join(path).display()
         );
     }
-    println!(
+    writeln!(
+        std::io::stdout().lock(),
         "scaffolded {}: {} files written, {} unchanged, {} kept",
         args.repo.display(),
         done.written.len(),
         done.unchanged,
         done.kept.len()
-    );
+    )?;
     Ok(Outcome::Clean)
 }
 

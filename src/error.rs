@@ -49,6 +49,12 @@ pub enum Error {
         source: Sdk,
     },
 
+    /// A directory prenv writes into holds something else (a file, a link): nothing can go there.
+    #[error(
+        "{path} is not a directory (it is a file or a link): prenv cannot write there; move it away, then sync again"
+    )]
+    Obstacle { path: String },
+
     /// The circuit breaker refused a run that would prune too many environments at once.
     #[error(
         "refusing to prune {prunes} of {existing} environments in one run (limit {limit_percent}% once more than {min_envs} exist): \
@@ -123,6 +129,7 @@ impl Error {
             Error::Render(_) => "render",
             Error::Git { .. } => "git",
             Error::MassPrune { .. } => "mass_prune",
+            Error::Obstacle { .. } => "obstacle",
             Error::Github { .. } => "github",
             Error::Kube { .. } => "kube",
             Error::Contention { .. } => "contention",

@@ -15,6 +15,8 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Differs) => ExitCode::from(1),
+        // `prenv plan | head -1`: the reader has what it wanted; stop quietly.
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -34,6 +36,14 @@ fn init_logging(filter: &str) {
         ))
         .with_target(false)
         .init();
+}
+
+/// True when the error is writing to a pipe whose reader has gone.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set to anything but empty (no-color.org).

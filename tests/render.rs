@@ -256,16 +256,40 @@ fn the_argocd_wiring_is_an_applicationset_over_the_metadata_files() {
         str_at(set, &["spec", "generators", "0", "git", "files", "0", "path"]),
         Some("environments/*/prenv.json")
     );
+    // Name, path and namespace come from the directory (the git files generator's `path` params,
+    // argo-cd v3.0 applicationset/generators/git.go `generateParamsFromGitFile`), not from the file.
     assert_eq!(
         str_at(set, &["spec", "template", "spec", "source", "path"]),
-        Some("environments/{{.env}}")
+        Some("{{.path.path}}")
     );
-    // The generator's parameters are the metadata file's keys.
+    assert_eq!(
+        str_at(set, &["spec", "template", "spec", "destination", "namespace"]),
+        Some("{{.path.basename}}")
+    );
+    // Argo CD flattens each file's keys and matches the generator's selector on them
+    // (generator_spec_processor.go `Transform`): only files with prenv's mark become Applications.
+    assert_eq!(
+        str_at(
+            set,
+            &["spec", "generators", "0", "selector", "matchLabels", "generator"]
+        ),
+        Some("prenv")
+    );
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("environments/shop-pr-101/prenv.json")).unwrap())
             .unwrap();
-    for key in ["env", "namespace", "pr", "head_sha", "url"] {
-        assert!(meta.get(key).is_some(), "metadata lacks {key}");
+    assert_eq!(
+        meta["generator"].as_str(),
+        Some("prenv"),
+        "the selector would drop prenv's own file"
+    );
+    // The directory name is the namespace prenv renders, so deriving it from the path changes nothing.
+    assert_eq!(meta["namespace"].as_str(), Some("shop-pr-101"));
+    for key in ["pr", "head_sha", "url", "databases"] {
+        assert!(
+            meta.get(key).is_some(),
+            "metadata lacks {key}, which the template reads"
+        );
     }
     let objects = kustomize(&dir.path().join("environments/shop-pr-101"));
     let ingress = objects

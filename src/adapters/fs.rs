@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::core::diff;
+use crate::core::diff::{EntryKind, Found, Inventory};
 use crate::core::ports::{PrSource, RepoView};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
-use crate::model::layout::{ARGOCD_DIR, ENVIRONMENTS_DIR, FLUX_DIR};
+use crate::model::layout::{ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, FLUX_INDEX, META_FILE};
 use crate::model::pr::{self, Snapshot};
 use crate::model::tree::Tree;
 use crate::secrets::{self, Material};
@@ -57,15 +57,118 @@ impl PrSource for SnapshotFile {
     }
 }
 
-/// What prenv owns in a rendered directory, read the way a repository is.
+/// What prenv owns in a rendered directory, read the way a repository is. Nothing is followed
+/// through a symbolic link: a link where an environment belongs is something prenv does not own.
 pub fn read_rendered(dir: &Path) -> Result<RepoView> {
-    let mut tree = Tree::new();
-    for sub in [ENVIRONMENTS_DIR, FLUX_DIR, ARGOCD_DIR] {
-        tree.extend(read_tree(dir, sub)?);
+    let mut inventory = Inventory::new(None);
+    for name in top_level(dir)? {
+        inventory.top_level(&name);
     }
-    let mut view = diff::view_of(&tree, None);
-    view.top_level = top_level(dir)?;
-    Ok(view)
+    if let Some(entries) = real_dir(dir, ENVIRONMENTS_DIR, &mut inventory)? {
+        for (name, kind) in entries {
+            if kind != EntryKind::Dir {
+                inventory.env_entry(&name, kind, None, None, &[]);
+                continue;
+            }
+            let rel = format!("{ENVIRONMENTS_DIR}/{name}");
+            let files = found_below(dir, &rel)?;
+            let meta = files
+                .iter()
+                .find(|f| f.name == META_FILE && f.plain)
+                .map(|_| read_file(&dir.join(&rel).join(META_FILE)))
+                .transpose()?;
+            inventory.env_entry(&name, kind, None, meta.as_deref(), &files);
+        }
+    }
+    if real_dir(dir, FLUX_DIR, &mut inventory)?.is_some() {
+        let files = found_below(dir, FLUX_DIR)?;
+        let index = files
+            .iter()
+            .find(|f| f.name == "kustomization.yaml" && f.plain)
+            .map(|_| read_file(&dir.join(FLUX_INDEX)))
+            .transpose()?;
+        inventory.flux_wiring(index.as_deref(), &files);
+    }
+    if real_dir(dir, ARGOCD_DIR, &mut inventory)?.is_some() {
+        inventory.argo_wiring(&found_below(dir, ARGOCD_DIR)?);
+    }
+    Ok(inventory.finish())
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io("reading", path, e))
+}
+
+/// What a directory entry is, without following a link.
+fn kind_of(meta: &std::fs::Metadata) -> EntryKind {
+    let t = meta.file_type();
+    if t.is_symlink() {
+        EntryKind::Symlink
+    } else if t.is_dir() {
+        EntryKind::Dir
+    } else {
+        EntryKind::File
+    }
+}
+
+/// The entries of `root/rel` when every component of `rel` is a real directory; `None` when it
+/// is absent; an obstacle when something else (a file, a link) stands there.
+fn real_dir(root: &Path, rel: &str, inventory: &mut Inventory) -> Result<Option<Vec<(String, EntryKind)>>> {
+    let mut at = root.to_path_buf();
+    let mut walked = String::new();
+    for part in rel.split('/') {
+        at.push(part);
+        walked = if walked.is_empty() {
+            part.to_string()
+        } else {
+            format!("{walked}/{part}")
+        };
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if kind_of(&m) == EntryKind::Dir => {}
+            Ok(_) => {
+                inventory.obstacle(&walked);
+                return Ok(None);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("inspecting", &at, e)),
+        }
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&at).map_err(|e| Error::io("listing", &at, e))? {
+        let entry = entry.map_err(|e| Error::io("listing", &at, e))?;
+        let meta = std::fs::symlink_metadata(entry.path()).map_err(|e| Error::io("inspecting", entry.path(), e))?;
+        out.push((entry.file_name().to_string_lossy().into_owned(), kind_of(&meta)));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Some(out))
+}
+
+/// Every entry below `root/rel` as the inventory sees it (a link is an entry, never followed).
+fn found_below(root: &Path, rel: &str) -> Result<Vec<Found>> {
+    let mut out = Vec::new();
+    let mut stack = vec![(root.join(rel), String::new())];
+    while let Some((abs, prefix)) = stack.pop() {
+        for entry in std::fs::read_dir(&abs).map_err(|e| Error::io("listing", &abs, e))? {
+            let entry = entry.map_err(|e| Error::io("listing", &abs, e))?;
+            let path = entry.path();
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("inspecting", &path, e))?;
+            match kind_of(&meta) {
+                EntryKind::Dir => stack.push((path, format!("{name}/"))),
+                EntryKind::Symlink => out.push(Found {
+                    id: BlobId::of(name.as_bytes()),
+                    name,
+                    plain: false,
+                }),
+                _ => out.push(Found {
+                    id: BlobId::of(&read_file(&path)?),
+                    plain: prefix.is_empty(),
+                    name,
+                }),
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn top_level(dir: &Path) -> Result<BTreeSet<String>> {
@@ -81,8 +184,12 @@ fn top_level(dir: &Path) -> Result<BTreeSet<String>> {
     }
 }
 
-/// Writes `upserts` below `dir` and removes `removals`; a directory left empty by a removal goes too.
+/// Writes `upserts` below `dir` and removes `removals`; a directory left empty by a removal goes
+/// too. Never through a symbolic link: a link on the way is refused, naming it.
 pub fn apply_rendered(dir: &Path, upserts: &Tree, removals: &BTreeSet<String>) -> Result<()> {
+    for path in upserts.paths().chain(removals.iter().map(String::as_str)) {
+        refuse_links(dir, path)?;
+    }
     write_tree(upserts, dir)?;
     for path in removals {
         let file = dir.join(path);
@@ -90,6 +197,26 @@ pub fn apply_rendered(dir: &Path, upserts: &Tree, removals: &BTreeSet<String>) -
         // Empty environment directories go too; a directory still holding other files stays.
         if let Some(parent) = file.parent() {
             let _ = std::fs::remove_dir(parent);
+        }
+    }
+    Ok(())
+}
+
+/// An error naming the first symbolic link on `rel` below `root` (the file itself included).
+fn refuse_links(root: &Path, rel: &str) -> Result<()> {
+    let mut at = root.to_path_buf();
+    for part in rel.split('/') {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::Render(format!(
+                    "refusing to write through the symbolic link {}: prenv writes only real files in real directories; replace the link with a directory or render elsewhere",
+                    at.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("inspecting", &at, e)),
         }
     }
     Ok(())

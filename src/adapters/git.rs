@@ -2,16 +2,15 @@
 //! tip, build one commit from the desired tree in git objects, and publish it with
 //! compare-and-swap semantics.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
+use crate::core::diff::{EntryKind, Found, Inventory};
 use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision};
 use crate::error::{Error, Result, Sdk};
 use crate::model::config::Git as GitConfig;
-use crate::model::layout::{ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE};
-use crate::model::meta::owned_meta;
+use crate::model::layout::{ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, TreeId};
 use crate::model::tree::Tree;
 
 /// Environment variables an HTTPS token is read from, in order.
@@ -20,6 +19,10 @@ pub const TOKEN_VARS: [&str; 2] = ["PRENV_GIT_TOKEN", "GITHUB_TOKEN"];
 const PACK_THRESHOLD: usize = 64;
 /// Above the loose (1) and packed (2) backends, so new objects are written to memory first.
 const MEMPACK_PRIORITY: i32 = 1000;
+/// A branch lock file older than this was left by a writer that died: git holds it for milliseconds.
+const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(30);
+/// A temporary pack older than this was left by a killed run: a run writes its pack in seconds.
+const ORPHAN_PACK: std::time::Duration = std::time::Duration::from_secs(600);
 /// How many times git may ask for credentials before we stop offering the same ones again.
 const CREDENTIAL_TRIES: u32 = 3;
 
@@ -120,6 +123,7 @@ impl EnvRepo {
             point_head_at_branch(&repo, &git.branch, &display)?;
             (repo, Target::Local, None)
         };
+        remove_orphan_packs(repo.path());
         Ok(EnvRepo {
             git_dir: repo.path().to_path_buf(),
             repo,
@@ -188,70 +192,102 @@ impl EnvRepo {
         Ok(id)
     }
 
-    /// Reads what prenv owns at `tip` without reading any file it does not need: metadata files are
-    /// parsed, every other owned file is known by its blob id only.
+    /// Reads what prenv owns at `tip` without reading any file it does not need: metadata files and
+    /// the Flux index are parsed, every other file is known by its blob id only.
     fn read_at(&self, tip: Option<Oid>) -> Result<RepoView> {
-        let mut view = RepoView {
-            tip: tip.map(|t| Revision(t.to_string())),
-            ..RepoView::default()
-        };
-        let Some(tip) = tip else { return Ok(view) };
+        let mut inventory = Inventory::new(tip.map(|t| Revision(t.to_string())));
+        let Some(tip) = tip else { return Ok(inventory.finish()) };
         let err = |e| git_err("reading the tree of", &self.display, e);
         let root = self.repo.find_commit(tip).and_then(|c| c.tree()).map_err(err)?;
-        view.top_level = root.iter().filter_map(|e| e.name().ok().map(String::from)).collect();
-        if let Some(envs) = self.subtree(&root, ENVIRONMENTS_DIR)? {
-            for entry in envs.iter().filter(|e| e.kind() == Some(ObjectType::Tree)) {
+        for entry in root.iter() {
+            if let Ok(name) = entry.name() {
+                inventory.top_level(name);
+            }
+        }
+        if let Some(envs) = self.subtree(&root, ENVIRONMENTS_DIR, &mut inventory)? {
+            for entry in envs.iter() {
                 let Ok(name) = entry.name() else { continue };
-                let dir = self.repo.find_tree(entry.id()).map_err(err)?;
-                let Some(meta_entry) = dir.get_name(META_FILE) else {
+                let kind = entry_kind(&entry);
+                if kind != EntryKind::Dir {
+                    inventory.env_entry(name, kind, None, None, &[]);
                     continue;
+                }
+                let dir = self.repo.find_tree(entry.id()).map_err(err)?;
+                let files = self.files(&dir)?;
+                let meta = match dir.get_name(META_FILE) {
+                    Some(m) if m.kind() == Some(ObjectType::Blob) => Some(self.repo.find_blob(m.id()).map_err(err)?),
+                    _ => None,
                 };
-                let blob = self.repo.find_blob(meta_entry.id()).map_err(err)?;
-                if let Some(meta) = owned_meta(name, blob.content()) {
-                    self.collect(&dir, &format!("{ENVIRONMENTS_DIR}/{name}"), &mut view.owned)?;
-                    view.envs.insert(meta.env.clone(), meta);
+                let tree = Some(TreeId(oid_bytes(entry.id())));
+                inventory.env_entry(name, kind, tree, meta.as_ref().map(|b| b.content()), &files);
+            }
+        }
+        if let Some(flux) = self.subtree(&root, FLUX_DIR, &mut inventory)? {
+            let index = match flux.get_name("kustomization.yaml") {
+                Some(i) if i.kind() == Some(ObjectType::Blob) => Some(self.repo.find_blob(i.id()).map_err(err)?),
+                _ => None,
+            };
+            inventory.flux_wiring(index.as_ref().map(|b| b.content()), &self.files(&flux)?);
+        }
+        if let Some(argo) = self.subtree(&root, ARGOCD_DIR, &mut inventory)? {
+            inventory.argo_wiring(&self.files(&argo)?);
+        }
+        Ok(inventory.finish())
+    }
+
+    /// Every file below `tree`, with its path relative to it; links, submodules and files in
+    /// subdirectories are marked as not plain.
+    fn files(&self, tree: &git2::Tree<'_>) -> Result<Vec<Found>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(tree.clone(), String::new())];
+        while let Some((tree, prefix)) = stack.pop() {
+            for entry in tree.iter() {
+                let Ok(name) = entry.name() else { continue };
+                let path = format!("{prefix}{name}");
+                match entry_kind(&entry) {
+                    EntryKind::Dir => {
+                        let sub = self
+                            .repo
+                            .find_tree(entry.id())
+                            .map_err(|e| git_err("reading the tree of", &self.display, e))?;
+                        stack.push((sub, format!("{path}/")));
+                    }
+                    kind => out.push(Found {
+                        plain: kind == EntryKind::File && prefix.is_empty(),
+                        name: path,
+                        id: blob_id(entry.id()),
+                    }),
                 }
             }
         }
-        for wiring in [FLUX_DIR, ARGOCD_DIR] {
-            if let Some(tree) = self.subtree(&root, wiring)? {
-                self.collect(&tree, wiring, &mut view.owned)?;
-            }
-        }
-        Ok(view)
+        Ok(out)
     }
 
-    fn subtree(&self, root: &git2::Tree<'_>, path: &str) -> Result<Option<git2::Tree<'_>>> {
+    /// The directory at `path`, `None` when absent; something else there is an obstacle.
+    fn subtree(&self, root: &git2::Tree<'_>, path: &str, inventory: &mut Inventory) -> Result<Option<git2::Tree<'_>>> {
         match root.get_path(Path::new(path)) {
             Ok(entry) if entry.kind() == Some(ObjectType::Tree) => self
                 .repo
                 .find_tree(entry.id())
                 .map(Some)
                 .map_err(|e| git_err("reading the tree of", &self.display, e)),
-            Ok(_) => Ok(None),
-            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Ok(_) => {
+                inventory.obstacle(path);
+                Ok(None)
+            }
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                // A file where a parent directory belongs (`flux` a file) blocks the path too.
+                if let Some((parent, _)) = path.rsplit_once('/')
+                    && root
+                        .get_path(Path::new(parent))
+                        .is_ok_and(|p| p.kind() != Some(ObjectType::Tree))
+                {
+                    inventory.obstacle(parent);
+                }
+                Ok(None)
+            }
             Err(e) => Err(git_err("reading the tree of", &self.display, e)),
         }
-    }
-
-    fn collect(&self, tree: &git2::Tree<'_>, prefix: &str, out: &mut BTreeMap<String, BlobId>) -> Result<()> {
-        for entry in tree.iter() {
-            let Ok(name) = entry.name() else { continue };
-            let path = format!("{prefix}/{name}");
-            match entry.kind() {
-                Some(ObjectType::Tree) => {
-                    let sub = self
-                        .repo
-                        .find_tree(entry.id())
-                        .map_err(|e| git_err("reading the tree of", &self.display, e))?;
-                    self.collect(&sub, &path, out)?;
-                }
-                _ => {
-                    out.insert(path, blob_id(entry.id()));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The bytes of a file at `tip` (for diffs); `None` when it is absent.
@@ -324,13 +360,38 @@ impl EnvRepo {
                 };
                 match result {
                     Ok(_) => Ok(Published::Done(Revision(new.to_string()))),
-                    Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists | ErrorCode::Locked) => {
-                        Ok(Published::Rejected)
-                    }
+                    Err(e) if e.code() == ErrorCode::Locked => self.locked(&name),
+                    Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Exists) => Ok(Published::Rejected),
                     Err(e) => Err(git_err("updating the branch of", &self.display, e)),
                 }
             }
             Target::Remote { url } => self.push(url, new),
+        }
+    }
+
+    /// The branch's lock file is there: another writer is updating it (try again), or a git or
+    /// prenv that crashed left it behind, which no retry fixes: name it.
+    fn locked(&self, branch_ref: &str) -> Result<Published> {
+        let lock = self.git_dir.join(format!("{branch_ref}.lock"));
+        let age = std::fs::metadata(&lock)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        match age {
+            Some(age) if age >= STALE_LOCK => Err(Error::Git {
+                action: "updating the branch of",
+                repo: self.display.clone(),
+                source: Sdk {
+                    system: "git2",
+                    code: Some("Reference/Locked".into()),
+                    message: format!(
+                        "{} exists since {} s ago; remove it if no git or prenv is running on this repository",
+                        lock.display(),
+                        age.as_secs()
+                    ),
+                },
+            }),
+            _ => Ok(Published::Rejected),
         }
     }
 
@@ -399,6 +460,32 @@ impl EnvRepo {
             ))
         });
         callbacks
+    }
+}
+
+/// Removes the temporary packs (`objects/pack/pack_git2_*`) a killed run left behind; a pack being
+/// written right now is younger than [`ORPHAN_PACK`] and stays.
+fn remove_orphan_packs(git_dir: &Path) {
+    let dir = git_dir.join("objects/pack");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= ORPHAN_PACK);
+        if name.to_string_lossy().starts_with("pack_git2_") && old {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a temporary pack a killed run left behind")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a leftover temporary pack")
+                }
+            }
+        }
     }
 }
 
@@ -574,9 +661,23 @@ fn redact_tokens(message: &str) -> String {
 
 /// git2's id of a blob as the layout's [`BlobId`] (both are SHA-1 object ids).
 fn blob_id(id: Oid) -> BlobId {
+    BlobId(oid_bytes(id))
+}
+
+fn oid_bytes(id: Oid) -> [u8; 20] {
     let mut bytes = [0; 20];
     bytes.copy_from_slice(&id.as_bytes()[..20]);
-    BlobId(bytes)
+    bytes
+}
+
+/// What a tree entry is, by its git file mode.
+fn entry_kind(entry: &git2::TreeEntry<'_>) -> EntryKind {
+    match (entry.kind(), entry.filemode()) {
+        (Some(ObjectType::Tree), _) => EntryKind::Dir,
+        (Some(ObjectType::Commit), _) => EntryKind::Submodule,
+        (_, mode) if mode == i32::from(FileMode::Link) => EntryKind::Symlink,
+        _ => EntryKind::File,
+    }
 }
 
 #[cfg(test)]

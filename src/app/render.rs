@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::adapters::fs;
 use crate::core::desired::{self, Desired, Inputs};
 use crate::core::plan::Evidence;
-use crate::core::ports::PrSource;
+use crate::core::ports::{NoMemory, PrSource};
 use crate::error::Result;
 use crate::model::config::Config;
 
@@ -36,7 +36,7 @@ pub fn render(config: &Config, dir: &Path, source: &dyn PrSource, now: DateTime<
         // A directory is not a shared repository: what it renders is what the snapshot says.
         allow_mass_prune: true,
         // A rendered directory is compared whole: a hand edit shows in --check and is restored.
-        verify_unchanged: true,
+        verified: &NoMemory,
     };
     let mut material = fs::load_material(config)?;
     let desired = desired::desired(&inputs, &current, &mut material)?;

@@ -1,7 +1,7 @@
 //! How results are shown on the command line: the plan as text, a unified diff of what a sync
 //! would write, and the lines of `render --check`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::core::desired::Desired;
@@ -10,8 +10,9 @@ use crate::core::plan::{Action, Plan};
 use crate::core::ports::{EnvStore, RepoView};
 use crate::error::Result;
 
-/// One line per decision (skips only with `show_skipped`), then the summary.
-pub fn plan_text(plan: &Plan, changes: &Changes, show_skipped: bool) -> String {
+/// One line per decision (skips only with `show_skipped`), one per file found in prenv's
+/// directories that is not prenv's (kept), then the summary.
+pub fn plan_text(plan: &Plan, changes: &Changes, strays: &BTreeSet<String>, show_skipped: bool) -> String {
     let shown = plan
         .decisions
         .iter()
@@ -19,6 +20,9 @@ pub fn plan_text(plan: &Plan, changes: &Changes, show_skipped: bool) -> String {
     let mut text: String = shown
         .map(|d| format!("{:<7} {:<24} #{:<7} {}\n", d.action.to_string(), d.env, d.pr, d.reason))
         .collect();
+    for path in strays {
+        text.push_str(&format!("kept    {path}: not a file prenv writes, left as it is\n"));
+    }
     let mut counts = BTreeMap::new();
     for d in &plan.decisions {
         *counts.entry(d.action).or_insert(0usize) += 1;

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::core::desired::{self, Desired, Inputs};
 use crate::core::diff::Changes;
 use crate::core::plan::{Evidence, Plan};
-use crate::core::ports::{Change, EnvStore, Published, RepoView};
+use crate::core::ports::{Change, EnvStore, NoMemory, Published, RepoView};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::layout::{Place, secret_file};
@@ -49,6 +49,8 @@ pub struct SyncOutcome {
     pub attempts: u32,
     /// PRs with an environment whose state could not be confirmed (kept), and why.
     pub unconfirmed: BTreeMap<u64, String>,
+    /// Files inside prenv's directories that are not prenv's: kept as they are.
+    pub strays: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -83,7 +85,7 @@ pub fn prepare(
         evidence: &opts.evidence,
         now,
         allow_mass_prune: opts.allow_mass_prune,
-        verify_unchanged: false,
+        verified: &NoMemory,
     };
     desired::desired(&inputs, view, credentials)
 }
@@ -119,6 +121,7 @@ pub fn sync(
             base: view.tip.as_ref().map(ToString::to_string),
             attempts: attempt,
             unconfirmed: opts.evidence.unconfirmed.clone(),
+            strays: prepared.strays,
         };
         if outcome.changes.is_empty() {
             tracing::info!("nothing changed; no commit");

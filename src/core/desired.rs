@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::manifests::{render, templates};
 use crate::model::config::{Config, Database};
-use crate::model::layout::{BlobId, Place, secret_path};
+use crate::model::layout::{BlobId, Place, TreeId, flux_file, secret_path};
 use crate::model::meta::EnvMeta;
 use crate::model::pr::PullRequest;
 use crate::model::tree::Tree;
@@ -18,10 +18,10 @@ use crate::secrets::CredentialMaker;
 use super::breaker;
 use super::diff::{self, Changes};
 use super::plan::{self, Action, Evidence, Plan};
-use super::ports::RepoView;
+use super::ports::{RepoView, Verifications};
 
 /// Everything a run decides with, besides what the repository holds.
-#[derive(Debug, Clone)]
+#[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     pub config: &'a Config,
     pub prs: &'a [PullRequest],
@@ -29,9 +29,8 @@ pub struct Inputs<'a> {
     pub now: DateTime<Utc>,
     /// Lets the circuit breaker pass a mass prune, once.
     pub allow_mass_prune: bool,
-    /// Render and compare environments whose metadata is unchanged too (a rendered directory,
-    /// where hand edits must show); a sync trusts unchanged metadata to mean unchanged files.
-    pub verify_unchanged: bool,
+    /// What earlier runs verified: environments known to be exactly as rendered.
+    pub verified: &'a dyn Verifications,
 }
 
 /// What a run wants: the decisions, the files that change, and the bytes to write.
@@ -41,32 +40,56 @@ pub struct Desired {
     pub changes: Changes,
     /// The files to write (added or modified, templates included).
     pub upserts: Tree,
+    /// Environment directories (tree id, wiring blob id) found to be exactly as rendered: for the
+    /// caller's verification cache.
+    pub verified: Vec<(TreeId, Option<BlobId>)>,
+    /// Files that are not prenv's inside its directories: kept, reported.
+    pub strays: BTreeSet<String>,
 }
 
 /// Computes the desired state against `current`. New environments that need credentials get them
-/// from `credentials`; existing credential files are kept byte for byte.
+/// from `credentials`; existing credential files are kept byte for byte. Every owned environment
+/// is compared with its rendering (unless `verified` knows its content), so drift is restored;
+/// paths prenv does not own, or must leave alone, are never compared, written or removed.
 pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn CredentialMaker) -> Result<Desired> {
     let config = inputs.config;
-    let mut plan = plan::plan_with(config, inputs.prs, &current.envs, inputs.now, inputs.evidence);
+    let mut plan = plan::plan_with(config, inputs.prs, current, inputs.now, inputs.evidence);
     breaker::check_mass_prune(&plan, current.envs.len(), &config.sync, inputs.allow_mass_prune)?;
-    // An environment whose metadata (settings digest included) is unchanged renders to the files it
-    // has: neither render nor compare it. This keeps a sync of one changed PR among thousands fast.
-    let unchanged: BTreeSet<&str> = plan
+    let untouched: BTreeSet<String> = untouched(&plan, current);
+    // An environment whose metadata is unchanged and whose content is known to be as rendered
+    // needs neither render nor compare: a sync of one changed PR among thousands stays fast.
+    let trusted: BTreeSet<String> = plan
         .desired()
-        .filter(|m| !inputs.verify_unchanged && current.envs.get(&m.env) == Some(*m))
-        .map(|m| m.env.as_str())
+        .filter(|m| current.envs.get(&m.env) == Some(*m))
+        .filter(|m| {
+            current.env_trees.get(&m.env).is_some_and(|tree| {
+                inputs
+                    .verified
+                    .knows(*tree, current.owned.get(&flux_file(m.env.as_str())).copied())
+            })
+        })
+        .map(|m| m.env.to_string())
         .collect();
     let envs: Vec<&EnvMeta> = plan.desired().collect();
-    let mut desired = render::render_selected(config, &envs, |m| !unchanged.contains(m.env.as_str()))?;
+    let kept: Vec<&str> = untouched
+        .iter()
+        .map(String::as_str)
+        .filter(|env| current.owned.contains_key(&flux_file(env)))
+        .collect();
+    let mut desired = render::render_selected(config, &envs, &kept, |m| !trusted.contains(m.env.as_str()))?;
     let mut compared: BTreeMap<&str, BlobId> = current
         .owned
         .iter()
-        .filter(|(path, _)| !Place::of(path).env().is_some_and(|env| unchanged.contains(env)))
+        .filter(|(path, _)| {
+            !Place::of(path)
+                .env()
+                .is_some_and(|env| trusted.contains(env) || untouched.contains(env))
+        })
         .map(|(p, id)| (p.as_str(), *id))
         .collect();
     for meta in envs
         .iter()
-        .filter(|m| m.databases.contains(&Database::Mariadb) && !unchanged.contains(m.env.as_str()))
+        .filter(|m| m.databases.contains(&Database::Mariadb) && !trusted.contains(m.env.as_str()))
     {
         let path = secret_path(config, meta.env.as_str());
         // Credentials are generated once: an existing encrypted file is kept byte for byte.
@@ -76,38 +99,94 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     }
     let mut changes = diff::changes_of(&compared, &desired);
     let templates = templates::missing(|top| current.top_level.contains(top))?;
-    for path in templates.paths() {
-        changes.added.insert(path.to_string());
-    }
+    changes.added.extend(templates.paths().map(String::from));
     desired.extend(templates);
-    mark_rerendered(&mut plan, &changes);
+    refuse_obstacles(current, &changes)?;
+    let verified = newly_verified(&envs, &trusted, current, &changes);
+    drop((envs, kept));
+    explain_rerendered(&mut plan, &changes, current);
     let mut upserts = Tree::new();
     for path in changes.added.iter().chain(&changes.modified) {
         let bytes = desired.get(path).expect("changed paths come from the desired tree");
         upserts.insert(path.as_str(), bytes)?;
     }
-    Ok(Desired { plan, changes, upserts })
+    Ok(Desired {
+        plan,
+        changes,
+        upserts,
+        verified,
+        strays: current.strays.clone(),
+    })
 }
 
-/// Kept environments whose files change anyway (new settings or templates) are updates.
-fn mark_rerendered(plan: &mut Plan, changes: &Changes) {
-    let changed: BTreeSet<&str> = changes
-        .added
-        .iter()
-        .chain(&changes.modified)
-        .chain(&changes.removed)
-        .filter_map(|p| match Place::of(p) {
-            Place::EnvFile { env, .. } => Some(env),
-            _ => None,
-        })
-        .collect();
-    for d in plan
+/// Environment names whose paths this run leaves exactly as they are: blocked ones (not prenv's,
+/// or unreadable), and ones kept without metadata to render from (wiring whose directory is gone).
+fn untouched(plan: &Plan, current: &RepoView) -> BTreeSet<String> {
+    let kept_bare = plan
         .decisions
-        .iter_mut()
-        .filter(|d| d.action == Action::Keep && changed.contains(d.env.as_str()))
-    {
+        .iter()
+        .filter(|d| d.action == Action::Blocked || (d.action == Action::Keep && d.desired.is_none()))
+        .map(|d| d.env.clone());
+    current.blocked.keys().cloned().chain(kept_bare).collect()
+}
+
+/// An error when something would be written below a directory that exists as something else.
+fn refuse_obstacles(current: &RepoView, changes: &Changes) -> Result<()> {
+    for obstacle in &current.obstacles {
+        let prefix = format!("{obstacle}/");
+        if changes
+            .added
+            .iter()
+            .chain(&changes.modified)
+            .any(|p| p.starts_with(&prefix))
+        {
+            return Err(Error::Obstacle { path: obstacle.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// Environments that were rendered and compared and came out unchanged: their content is known.
+fn newly_verified(
+    envs: &[&EnvMeta],
+    trusted: &BTreeSet<String>,
+    current: &RepoView,
+    changes: &Changes,
+) -> Vec<(TreeId, Option<BlobId>)> {
+    let changed: BTreeSet<&str> = changes.iter().filter_map(|p| Place::of(p).env()).collect();
+    envs.iter()
+        .filter(|m| !trusted.contains(m.env.as_str()) && !changed.contains(m.env.as_str()))
+        .filter(|m| current.envs.get(&m.env) == Some(*m))
+        .filter_map(|m| {
+            let tree = current.env_trees.get(&m.env)?;
+            Some((*tree, current.owned.get(&flux_file(m.env.as_str())).copied()))
+        })
+        .collect()
+}
+
+/// Kept environments whose files change anyway are updates, with the reason: their files drifted
+/// from what prenv renders (restored), or the settings or templates changed.
+fn explain_rerendered(plan: &mut Plan, changes: &Changes, current: &RepoView) {
+    let mut touched: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (path, how) in changes.labelled() {
+        if let Some(env) = Place::of(path).env() {
+            touched.entry(env).or_default().push(format!("{how} {path}"));
+        }
+    }
+    for d in plan.decisions.iter_mut().filter(|d| d.action == Action::Keep) {
+        let Some(files) = touched.get(d.env.as_str()) else {
+            continue;
+        };
         d.action = Action::Update;
-        d.reason = "rendered files changed (new prenv.toml settings or templates)".into();
+        let drifted = d
+            .desired
+            .as_ref()
+            .is_some_and(|m| current.envs.get(&m.env) == Some(m) && current.envs.contains_key(&m.env));
+        d.reason = if drifted {
+            format!("drift repaired: {}", files.join(", "))
+        } else {
+            "rendered files changed (new prenv.toml settings or templates)".into()
+        };
     }
 }
 

@@ -4,58 +4,234 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::layout::{BlobId, META_FILE, Place, env_dir};
-use crate::model::meta::{EnvMeta, owned_meta};
+use crate::model::layout::{
+    ARGOCD_APPLICATIONSET, ARGOCD_DIR, ARGOCD_INDEX, BlobId, ENV_FILES, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, TreeId,
+    env_dir, meta_path,
+};
+use crate::model::meta::{EnvMeta, NotOwned, owned_meta};
 use crate::model::naming::EnvName;
 use crate::model::tree::Tree;
 
-use super::ports::RepoView;
+use super::ports::{Blocked, RepoView, Revision};
 
-/// The environments prenv created, read from their metadata files. A directory whose metadata file
-/// is missing, unreadable or lacks the ownership mark is not prenv's and is left alone.
-pub fn existing_envs(current: &Tree) -> BTreeMap<EnvName, EnvMeta> {
-    current
-        .iter()
-        .filter_map(|(path, bytes)| match Place::of(path) {
-            Place::EnvFile { env, file } if file == META_FILE => owned_meta(env, bytes),
-            _ => None,
-        })
-        .map(|meta| (meta.env.clone(), meta))
-        .collect()
+/// What an entry of `environments/` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+    Submodule,
 }
 
-/// The part of `current` that prenv owns: the owned environment directories and the wiring.
-pub fn owned_part(current: &Tree, owned: &BTreeMap<EnvName, EnvMeta>) -> Tree {
-    let mut part = Tree::new();
-    for env in owned.keys() {
-        for (path, bytes) in current.under(&env_dir(env.as_str())) {
-            part.insert(path, bytes).expect("paths of an existing tree are valid");
+/// One file found inside a directory prenv may own: its path below that directory, its content's
+/// id, and whether it is a plain file (not a link, a submodule or inside a subdirectory).
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub name: String,
+    pub id: BlobId,
+    pub plain: bool,
+}
+
+/// Builds a [`RepoView`] from what a repository holds, the same way for git trees, a rendered
+/// directory and an in-memory tree: environment directories first, then the wiring.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    view: RepoView,
+}
+
+impl Inventory {
+    pub fn new(tip: Option<Revision>) -> Inventory {
+        Inventory {
+            view: RepoView {
+                tip,
+                ..RepoView::default()
+            },
         }
     }
-    for (path, bytes) in current.iter().filter(|(p, _)| Place::of(p).is_wiring()) {
-        part.insert(path, bytes).expect("paths of an existing tree are valid");
+
+    pub fn top_level(&mut self, name: &str) {
+        self.view.top_level.insert(name.to_string());
     }
-    part
+
+    /// A directory prenv writes into exists as something else.
+    pub fn obstacle(&mut self, path: &str) {
+        self.view.obstacles.insert(path.to_string());
+    }
+
+    /// One entry `name` of `environments/`. `meta` is its `prenv.json` (absent: `None`), `files`
+    /// everything inside, `tree` the directory's tree id where the store knows it.
+    pub fn env_entry(
+        &mut self,
+        name: &str,
+        kind: EntryKind,
+        tree: Option<TreeId>,
+        meta: Option<&[u8]>,
+        files: &[Found],
+    ) {
+        let what = match kind {
+            EntryKind::Dir => None,
+            EntryKind::File => Some("a file"),
+            EntryKind::Symlink => Some("a symbolic link"),
+            EntryKind::Submodule => Some("a submodule"),
+        };
+        if let Some(what) = what {
+            self.view
+                .blocked
+                .insert(name.to_string(), Blocked::NotPrenvs(what.into()));
+            return;
+        }
+        let meta_plain = files.iter().any(|f| f.name == META_FILE && f.plain);
+        let owned = match meta {
+            None => Err(NotOwned::Unmarked),
+            Some(_) if !meta_plain => Err(NotOwned::Unreadable("it is not a plain file".into())),
+            Some(bytes) => owned_meta(name, bytes),
+        };
+        let meta = match owned {
+            Ok(meta) => meta,
+            Err(NotOwned::Unmarked) => {
+                let why = "a directory prenv did not make: no prenv.json carrying its mark".into();
+                self.view.blocked.insert(name.to_string(), Blocked::NotPrenvs(why));
+                return;
+            }
+            Err(NotOwned::Unreadable(error)) => {
+                tracing::warn!(env = name, %error, "unreadable metadata file; the environment is kept as it is");
+                let file = meta_path(name);
+                self.view
+                    .blocked
+                    .insert(name.to_string(), Blocked::Unreadable { file, error });
+                return;
+            }
+        };
+        let dir = env_dir(name);
+        for f in files {
+            let path = format!("{dir}/{}", f.name);
+            if f.plain && ENV_FILES.contains(&f.name.as_str()) {
+                self.view.owned.insert(path, f.id);
+            } else {
+                self.view.strays.insert(path);
+            }
+        }
+        if let Some(tree) = tree {
+            self.view.env_trees.insert(meta.env.clone(), tree);
+        }
+        self.view.envs.insert(meta.env.clone(), meta);
+    }
+
+    /// The files of `flux/environments/`: the index (`kustomization.yaml`) and one Kustomization per
+    /// environment. A file is prenv's when its environment is, or when the index lists it (its
+    /// directory may have been removed by hand); anything else there is a stray.
+    pub fn flux_wiring(&mut self, index: Option<&[u8]>, files: &[Found]) {
+        let listed = index.map(listed_in_index);
+        for f in files.iter() {
+            let path = format!("{FLUX_DIR}/{}", f.name);
+            let env = f.name.strip_suffix(".yaml").filter(|_| f.plain);
+            // Listed by the index, or no index we can read (then nothing it lists can be trusted
+            // away: every Kustomization is kept).
+            let listed_here = |env: &str| match &listed {
+                Some(Some(l)) => l.contains(env),
+                Some(None) => true,
+                None => false,
+            };
+            let name = env.and_then(|e| EnvName::try_from(e.to_string()).ok());
+            let ours = match (env, name) {
+                _ if f.plain && f.name == "kustomization.yaml" => true,
+                (_, Some(name)) if self.view.envs.contains_key(&name) => true,
+                (Some(env), _) if self.view.blocked.contains_key(env) => listed.is_none() || listed_here(env),
+                (Some(env), Some(name)) if listed_here(env) => {
+                    self.view.wired_only.insert(name);
+                    true
+                }
+                _ => false,
+            };
+            if ours {
+                self.view.owned.insert(path, f.id);
+            } else {
+                self.view.strays.insert(path);
+            }
+        }
+    }
+
+    /// The files of `argocd/`: the ApplicationSet and its kustomization are prenv's.
+    pub fn argo_wiring(&mut self, files: &[Found]) {
+        for f in files {
+            let path = format!("{ARGOCD_DIR}/{}", f.name);
+            if f.plain && matches!(path.as_str(), ARGOCD_APPLICATIONSET | ARGOCD_INDEX) {
+                self.view.owned.insert(path, f.id);
+            } else {
+                self.view.strays.insert(path);
+            }
+        }
+    }
+
+    pub fn finish(self) -> RepoView {
+        self.view
+    }
 }
 
-/// What prenv owns in a whole tree held in memory (a rendered directory, a test's repository).
-pub fn view_of(current: &Tree, tip: Option<super::ports::Revision>) -> RepoView {
-    let envs = existing_envs(current);
-    let owned = owned_part(current, &envs)
-        .iter()
-        .map(|(path, bytes)| (path.to_string(), BlobId::of(bytes)))
-        .collect();
-    let top_level = current
-        .paths()
-        .filter_map(|p| p.split('/').next())
-        .map(String::from)
-        .collect::<BTreeSet<_>>();
-    RepoView {
-        tip,
-        envs,
-        owned,
-        top_level,
+/// The environments the Flux index lists (`resources: [<env>.yaml, …]`); `None` when it cannot be read.
+fn listed_in_index(bytes: &[u8]) -> Option<BTreeSet<String>> {
+    let value: serde_yaml::Value = serde_yaml::from_slice(bytes).ok()?;
+    let resources = value.get("resources")?.as_sequence()?;
+    Some(
+        resources
+            .iter()
+            .filter_map(|r| r.as_str()?.strip_suffix(".yaml").map(String::from))
+            .collect(),
+    )
+}
+
+/// What prenv owns in a whole tree held in memory (a rendered directory, a test's repository),
+/// classified exactly as a git repository's tree is.
+pub fn view_of(current: &Tree, tip: Option<Revision>) -> RepoView {
+    let mut inventory = Inventory::new(tip);
+    let mut dirs: BTreeMap<&str, Vec<Found>> = BTreeMap::new();
+    let mut metas: BTreeMap<&str, &[u8]> = BTreeMap::new();
+    let (mut flux, mut argo, mut index) = (Vec::new(), Vec::new(), None);
+    let mut files_in_place = Vec::new();
+    for (path, bytes) in current.iter() {
+        if let Some(top) = path.split('/').next() {
+            inventory.top_level(top);
+        }
+        let found = |name: &str| Found {
+            name: name.to_string(),
+            id: BlobId::of(bytes),
+            plain: !name.contains('/'),
+        };
+        if let Some(rest) = path.strip_prefix("environments/") {
+            match rest.split_once('/') {
+                Some((env, file)) => {
+                    dirs.entry(env).or_default().push(found(file));
+                    if file == META_FILE {
+                        metas.insert(env, bytes);
+                    }
+                }
+                None => files_in_place.push(rest),
+            }
+        } else if let Some(file) = path.strip_prefix(&format!("{FLUX_DIR}/")) {
+            if file == "kustomization.yaml" {
+                index = Some(bytes);
+            }
+            flux.push(found(file));
+        } else if let Some(file) = path.strip_prefix(&format!("{ARGOCD_DIR}/")) {
+            argo.push(found(file));
+        } else if path == ENVIRONMENTS_DIR {
+            inventory.obstacle(ENVIRONMENTS_DIR);
+        }
     }
+    for name in files_in_place {
+        inventory.env_entry(name, EntryKind::File, None, None, &[]);
+    }
+    for (env, files) in &dirs {
+        inventory.env_entry(env, EntryKind::Dir, None, metas.get(env).copied(), files);
+    }
+    inventory.flux_wiring(index, &flux);
+    inventory.argo_wiring(&argo);
+    inventory.finish()
+}
+
+/// The environments prenv created in a whole tree held in memory.
+pub fn existing_envs(current: &Tree) -> BTreeMap<EnvName, EnvMeta> {
+    view_of(current, None).envs
 }
 
 /// The difference between the owned part of the current tree and the desired owned tree.
@@ -73,6 +249,24 @@ impl Changes {
 
     pub fn len(&self) -> usize {
         self.added.len() + self.modified.len() + self.removed.len()
+    }
+
+    /// Every changed path.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.added
+            .iter()
+            .chain(&self.modified)
+            .chain(&self.removed)
+            .map(String::as_str)
+    }
+
+    /// Every changed path with what happens to it: "restored" (added back), "rewrote", "removed".
+    pub fn labelled(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        let added = self.added.iter().map(|p| (p.as_str(), "restored"));
+        let modified = self.modified.iter().map(|p| (p.as_str(), "rewrote"));
+        added
+            .chain(modified)
+            .chain(self.removed.iter().map(|p| (p.as_str(), "removed")))
     }
 }
 
@@ -117,33 +311,72 @@ mod tests {
     }
 
     #[test]
-    fn only_directories_with_prenvs_mark_are_owned() {
+    fn only_what_prenv_marked_is_owned_and_everything_else_is_named() {
         let mut tree = Tree::new();
-        tree.insert("environments/shop-pr-1/prenv.json", meta_json("shop-pr-1", "prenv"))
-            .unwrap();
-        tree.insert("environments/shop-pr-1/namespace.yaml", "x").unwrap();
-        tree.insert(
-            "environments/shop-pr-2/prenv.json",
-            meta_json("shop-pr-2", "someone-else"),
-        )
-        .unwrap();
-        tree.insert("environments/shop-pr-3/prenv.json", "{not json").unwrap();
-        tree.insert("environments/shop-pr-4/prenv.json", meta_json("shop-pr-1", "prenv"))
-            .unwrap();
-        tree.insert("environments/hand-made/kustomization.yaml", "x").unwrap();
-        tree.insert("flux/environments/shop-pr-1.yaml", "x").unwrap();
-        tree.insert("flux/environments-extra/x.yaml", "x").unwrap();
-        tree.insert("base/deployment.yaml", "x").unwrap();
-        let owned = existing_envs(&tree);
-        assert_eq!(owned.keys().map(|e| e.as_str()).collect::<Vec<_>>(), ["shop-pr-1"]);
-        let part = owned_part(&tree, &owned);
+        let files = [
+            ("environments/shop-pr-1/prenv.json", meta_json("shop-pr-1", "prenv")),
+            ("environments/shop-pr-1/namespace.yaml", "x".into()),
+            ("environments/shop-pr-1/notes.txt", "a person's file".into()),
+            ("environments/shop-pr-1/sub/kustomization.yaml", "x".into()),
+            (
+                "environments/shop-pr-2/prenv.json",
+                meta_json("shop-pr-2", "someone-else"),
+            ),
+            ("environments/shop-pr-3/prenv.json", "{not json".into()),
+            ("environments/shop-pr-4/prenv.json", meta_json("shop-pr-1", "prenv")),
+            ("environments/shop-pr-5/kustomization.yaml", "x".into()),
+            (
+                "flux/environments/kustomization.yaml",
+                "resources:\n- shop-pr-1.yaml\n- shop-pr-3.yaml\n- shop-pr-9.yaml\n".into(),
+            ),
+            ("flux/environments/shop-pr-1.yaml", "x".into()),
+            ("flux/environments/shop-pr-3.yaml", "x".into()),
+            ("flux/environments/shop-pr-9.yaml", "x".into()),
+            ("flux/environments/mine.yaml", "x".into()),
+            ("flux/environments-extra/x.yaml", "x".into()),
+            ("base/deployment.yaml", "x".into()),
+        ];
+        for (path, body) in files {
+            tree.insert(path, body).unwrap();
+        }
+        let view = view_of(&tree, None);
+        assert_eq!(view.envs.keys().map(|e| e.as_str()).collect::<Vec<_>>(), ["shop-pr-1"]);
         assert_eq!(
-            part.paths().collect::<Vec<_>>(),
+            view.owned.keys().map(String::as_str).collect::<Vec<_>>(),
             [
                 "environments/shop-pr-1/namespace.yaml",
                 "environments/shop-pr-1/prenv.json",
-                "flux/environments/shop-pr-1.yaml"
+                "flux/environments/kustomization.yaml",
+                "flux/environments/shop-pr-1.yaml",
+                "flux/environments/shop-pr-3.yaml",
+                "flux/environments/shop-pr-9.yaml",
             ]
+        );
+        assert_eq!(
+            view.strays.iter().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "environments/shop-pr-1/notes.txt",
+                "environments/shop-pr-1/sub/kustomization.yaml",
+                "flux/environments/mine.yaml",
+            ]
+        );
+        let blocked: Vec<(&str, bool)> = view
+            .blocked
+            .iter()
+            .map(|(env, b)| (env.as_str(), matches!(b, Blocked::Unreadable { .. })))
+            .collect();
+        assert_eq!(
+            blocked,
+            [
+                ("shop-pr-2", false),
+                ("shop-pr-3", true),
+                ("shop-pr-4", true),
+                ("shop-pr-5", false)
+            ]
+        );
+        assert_eq!(
+            view.wired_only.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+            ["shop-pr-9"]
         );
     }
 

@@ -1,7 +1,7 @@
 //! The lifecycle decision: which environments should exist, as a pure function of
 //! (config, PR snapshot, environments that exist now, the time). Nothing here reads a clock or a disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
@@ -11,6 +11,8 @@ use crate::model::config::{self, Config};
 use crate::model::meta::{EnvMeta, GENERATOR, META_SCHEMA};
 use crate::model::naming::{self, EnvName};
 use crate::model::pr::{PrState, PullRequest};
+
+use super::ports::{Blocked, RepoView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -27,6 +29,9 @@ pub enum Action {
     Prune,
     /// No environment, none wanted.
     Skip,
+    /// The environment's path holds something prenv must not touch (not prenv's, or prenv's but
+    /// unreadable): nothing is written or removed there, and the reason says what to do.
+    Blocked,
 }
 
 impl fmt::Display for Action {
@@ -38,6 +43,7 @@ impl fmt::Display for Action {
             Action::Pin => "pin",
             Action::Prune => "prune",
             Action::Skip => "skip",
+            Action::Blocked => "blocked",
         };
         f.write_str(s)
     }
@@ -76,14 +82,14 @@ impl Plan {
     pub fn changing(&self) -> impl Iterator<Item = &Decision> {
         self.decisions
             .iter()
-            .filter(|d| !matches!(d.action, Action::Keep | Action::Skip))
+            .filter(|d| !matches!(d.action, Action::Keep | Action::Skip | Action::Blocked))
     }
 
     /// True when applying the plan changes nothing.
     pub fn is_noop(&self) -> bool {
         self.decisions
             .iter()
-            .all(|d| matches!(d.action, Action::Keep | Action::Skip))
+            .all(|d| matches!(d.action, Action::Keep | Action::Skip | Action::Blocked))
     }
 }
 
@@ -94,7 +100,7 @@ pub struct Evidence {
     pub unconfirmed: BTreeMap<u64, String>,
     /// PRs missing from the snapshot that the operator declares closed (`--confirm-closed N`):
     /// the operator's word is the evidence, and their environments are pruned.
-    pub closed_by_operator: std::collections::BTreeSet<u64>,
+    pub closed_by_operator: BTreeSet<u64>,
 }
 
 /// Whether a PR should have an environment, and why not when it should not.
@@ -106,100 +112,222 @@ enum Want {
 /// Decides, for every PR in the snapshot and every environment that exists, what happens in this run.
 /// Environments whose PR is missing from the snapshot are kept: only positive evidence prunes.
 pub fn plan(config: &Config, prs: &[PullRequest], existing: &BTreeMap<EnvName, EnvMeta>, now: DateTime<Utc>) -> Plan {
-    plan_with(config, prs, existing, now, &Evidence::default())
+    let view = RepoView {
+        envs: existing.clone(),
+        ..RepoView::default()
+    };
+    plan_with(config, prs, &view, now, &Evidence::default())
 }
 
-/// [`plan`], with what is known beyond the snapshot: PRs that could not be confirmed, and PRs the
+/// [`plan`] against everything a repository read found (blocked names, wiring whose directory is
+/// gone), with what is known beyond the snapshot: PRs that could not be confirmed, and PRs the
 /// operator declared closed.
 pub fn plan_with(
     config: &Config,
     prs: &[PullRequest],
-    existing: &BTreeMap<EnvName, EnvMeta>,
+    view: &RepoView,
     now: DateTime<Utc>,
     evidence: &Evidence,
 ) -> Plan {
-    let mut decisions = Vec::with_capacity(prs.len() + existing.len());
-    let mut seen = std::collections::BTreeSet::new();
+    let mut decisions = Vec::with_capacity(prs.len() + view.envs.len());
+    let mut seen = BTreeSet::new();
     let digest = config.render_digest();
     for pr in prs {
-        let decision = decide(config, &digest, pr, existing, now);
-        if let Ok(env) = EnvName::try_from(decision.env.clone()) {
-            seen.insert(env);
-        }
+        let decision = decide(config, &digest, pr, view, now);
+        seen.insert(decision.env.clone());
         tracing::debug!(pr = pr.number, env = %decision.env, action = %decision.action, reason = %decision.reason, "decided");
         decisions.push(decision);
     }
-    for (env, meta) in existing.iter().filter(|(env, _)| !seen.contains(*env)) {
-        if evidence.closed_by_operator.contains(&meta.pr) {
-            decisions.push(Decision {
-                pr: meta.pr,
-                env: env.to_string(),
-                action: Action::Prune,
-                reason: format!(
-                    "PR #{} is not in the snapshot and the operator confirmed it closed (--confirm-closed)",
-                    meta.pr
-                ),
-                desired: None,
-            });
-            continue;
+    for (env, meta) in view.envs.iter().filter(|(env, _)| !seen.contains(env.as_str())) {
+        decisions.push(unseen(config, &digest, env, meta, now, evidence));
+    }
+    for (env, why) in view.blocked.iter().filter(|(env, _)| !seen.contains(*env)) {
+        if let Some(pr) = pr_of(config, env) {
+            decisions.push(blocked(pr, env, why));
         }
-        let missing = match evidence.unconfirmed.get(&meta.pr) {
-            Some(why) => format!("PR #{} cannot be confirmed ({why})", meta.pr),
-            None => format!("PR #{} is not in the snapshot", meta.pr),
-        };
-        // Kept as it is, but rendered with the current settings like every other environment.
-        let desired = EnvMeta {
-            render_digest: digest.clone(),
-            ..meta.clone()
-        };
-        let (action, reason) = if &desired == meta {
-            (Action::Keep, format!("{missing}: no evidence it closed, so it is kept"))
-        } else {
-            (Action::Update, format!("{missing}, so it is kept; settings changed"))
-        };
-        decisions.push(Decision {
-            pr: meta.pr,
-            env: env.to_string(),
-            action,
-            reason,
-            desired: Some(desired),
-        });
+    }
+    for env in view.wired_only.iter().filter(|env| !seen.contains(env.as_str())) {
+        if let Some(pr) = pr_of(config, env.as_str()) {
+            let reason = format!(
+                "its directory is gone but its wiring is listed; PR #{pr} is not in the snapshot, so both are left as they are"
+            );
+            decisions.push(decision(pr, env.to_string(), Action::Keep, reason, None));
+        }
     }
     decisions.sort_by(|a, b| a.pr.cmp(&b.pr).then_with(|| a.env.cmp(&b.env)));
     Plan { decisions }
 }
 
-fn decide(
-    config: &Config,
-    digest: &str,
-    pr: &PullRequest,
-    existing: &BTreeMap<EnvName, EnvMeta>,
-    now: DateTime<Utc>,
-) -> Decision {
-    let decision = |env: String, action, reason: String, desired| Decision {
-        pr: pr.number,
+fn decision(pr: u64, env: String, action: Action, reason: String, desired: Option<EnvMeta>) -> Decision {
+    Decision {
+        pr,
         env,
         action,
         reason,
         desired,
+    }
+}
+
+fn blocked(pr: u64, env: &str, why: &Blocked) -> Decision {
+    decision(pr, env.to_string(), Action::Blocked, why.explain(env), None)
+}
+
+/// The PR number of environment `env` when it is this project's (`{project_id}-pr-{number}`).
+pub fn pr_of(config: &Config, env: &str) -> Option<u64> {
+    let number = env.strip_prefix(&config.project_id)?.strip_prefix(naming::ENV_INFIX)?;
+    let pr: u64 = number.parse().ok()?;
+    (pr.to_string() == number).then_some(pr)
+}
+
+/// An existing environment whose PR the snapshot does not mention.
+fn unseen(
+    config: &Config,
+    digest: &str,
+    env: &EnvName,
+    meta: &EnvMeta,
+    now: DateTime<Utc>,
+    evidence: &Evidence,
+) -> Decision {
+    let pr = meta.pr;
+    if evidence.closed_by_operator.contains(&pr) {
+        let why = format!("PR #{pr} is not in the snapshot and the operator confirmed it closed (--confirm-closed)");
+        return decision(pr, env.to_string(), Action::Prune, why, None);
+    }
+    if let Some(until) = meta.preserve_until.filter(|until| now >= *until) {
+        let why = format!("pinned after its PR closed; the pin expired at {}", rfc3339(until));
+        return decision(pr, env.to_string(), Action::Prune, why, None);
+    }
+    let desired = match kept_meta(config, digest, env, meta) {
+        Ok(desired) => desired,
+        Err(error) => {
+            let why = Blocked::Unreadable {
+                file: crate::model::layout::meta_path(env.as_str()),
+                error,
+            };
+            return blocked(pr, env.as_str(), &why);
+        }
     };
+    let missing = match evidence.unconfirmed.get(&pr) {
+        Some(why) => format!("PR #{pr} cannot be confirmed ({why})"),
+        None => format!("PR #{pr} is not in the snapshot"),
+    };
+    let (action, reason) = if &desired == meta {
+        (Action::Keep, format!("{missing}: no evidence it closed, so it is kept"))
+    } else {
+        (Action::Update, format!("{missing}, so it is kept; settings changed"))
+    };
+    decision(pr, env.to_string(), action, reason, Some(desired))
+}
+
+/// The metadata of an environment kept without its PR in the snapshot. Nothing of the recorded file
+/// is trusted that can be derived: name, namespace, URL, image, databases and the PR number come
+/// from the directory's name and the config; only what prenv alone knows (what was deployed, when
+/// it was created, the pin) is read back, and checked.
+fn kept_meta(config: &Config, digest: &str, env: &EnvName, recorded: &EnvMeta) -> Result<EnvMeta, String> {
+    let pr = pr_of(config, env.as_str())
+        .ok_or_else(|| format!("{env} is not an environment of project {}", config.project_id))?;
+    if recorded.pr != pr {
+        return Err(format!("it says PR #{}, but the directory is PR #{pr}'s", recorded.pr));
+    }
+    let sha = &recorded.head_sha;
+    if !(matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())) {
+        return Err(format!("its head_sha {sha:?} is not a commit SHA"));
+    }
+    if let (Some(until), Some(closed)) = (recorded.preserve_until, recorded.closed_at)
+        && until > closed + Duration::hours(i64::from(config::PIN_HOURS_MAX))
+    {
+        return Err(format!(
+            "its pin lasts until {}, beyond the {}-hour limit",
+            rfc3339(until),
+            config::PIN_HOURS_MAX
+        ));
+    }
+    let tag = config::render_tag(&config.tag_template, pr, sha, &recorded.head_ref);
+    Ok(EnvMeta {
+        generator: GENERATOR.into(),
+        schema: META_SCHEMA,
+        env: env.clone(),
+        namespace: env.to_string(),
+        pr,
+        head_sha: sha.clone(),
+        head_ref: recorded.head_ref.clone(),
+        url: format!("https://{env}.{}", config.domain),
+        image: format!("{}:{tag}", config.image),
+        databases: config.databases.clone(),
+        created_at: recorded.created_at,
+        closed_at: recorded.closed_at.filter(|_| recorded.preserve_until.is_some()),
+        merged: recorded.merged && recorded.preserve_until.is_some(),
+        preserve_until: recorded.preserve_until,
+        render_digest: digest.to_string(),
+        pr_updated_at: recorded.pr_updated_at,
+    })
+}
+
+fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now: DateTime<Utc>) -> Decision {
     let env = match EnvName::new(&config.project_id, pr.number) {
         Ok(env) => env,
         Err(e) => {
             let name = format!("{}{}{}", config.project_id, naming::ENV_INFIX, pr.number);
-            return decision(name, Action::Skip, format!("cannot be deployed: {e}"), None);
+            return decision(pr.number, name, Action::Skip, format!("cannot be deployed: {e}"), None);
         }
     };
-    let prior = existing.get(&env);
+    if let Some(why) = view.blocked.get(env.as_str()) {
+        return blocked(pr.number, env.as_str(), why);
+    }
+    let prior = view.envs.get(&env);
+    // Information older than what produced the environment never changes it (a slow resync, a late
+    // sync with an older snapshot): the environment stays as the newer information left it.
+    if let Some(p) = prior
+        && p.pr_updated_at.is_some_and(|deployed| pr.updated_at < deployed)
+    {
+        let desired = match kept_meta(config, digest, &env, p) {
+            Ok(desired) => desired,
+            Err(error) => {
+                return blocked(
+                    pr.number,
+                    env.as_str(),
+                    &Blocked::Unreadable {
+                        file: crate::model::layout::meta_path(env.as_str()),
+                        error,
+                    },
+                );
+            }
+        };
+        let why = format!(
+            "the snapshot's PR #{} (updated {}) is older than what deployed it ({}); kept",
+            pr.number,
+            rfc3339(pr.updated_at),
+            p.pr_updated_at.map(rfc3339).unwrap_or_default()
+        );
+        let action = if &desired == p { Action::Keep } else { Action::Update };
+        return decision(pr.number, env.to_string(), action, why, Some(desired));
+    }
+    let wired = view.wired_only.contains(&env);
     match (want(config, pr, now), prior) {
-        (Want::Absent(why), Some(_)) => decision(env.to_string(), Action::Prune, why, None),
-        (Want::Absent(why), None) => decision(env.to_string(), Action::Skip, why, None),
+        (Want::Absent(why), Some(_)) => decision(pr.number, env.to_string(), Action::Prune, why, None),
+        (Want::Absent(why), None) if wired => {
+            let why = format!("{why}; its directory was already gone, its wiring goes now");
+            decision(pr.number, env.to_string(), Action::Prune, why, None)
+        }
+        (Want::Absent(why), None) => decision(pr.number, env.to_string(), Action::Skip, why, None),
         (Want::Deploy { preserve_until }, prior) => {
-            let created_at = prior.map_or(now, |p| p.created_at);
+            let created_at = prior.map_or(now, |p| p.created_at.min(now));
             let mut meta = env_meta(config, pr, env.clone(), created_at, preserve_until);
             meta.render_digest = digest.to_string();
-            let (action, reason) = classify(pr, &meta, prior);
-            decision(env.to_string(), action, reason, Some(meta))
+            // Only a change worth a commit records a newer PR time: a title edit commits nothing.
+            if let Some(p) = prior
+                && (EnvMeta {
+                    pr_updated_at: p.pr_updated_at,
+                    ..meta.clone()
+                }) == *p
+            {
+                meta.pr_updated_at = p.pr_updated_at;
+            }
+            let (action, mut reason) = classify(pr, &meta, prior);
+            if wired && prior.is_none() {
+                reason = format!("{reason}; its directory was gone, so it is written again");
+            }
+            decision(pr.number, env.to_string(), action, reason, Some(meta))
         }
     }
 }
@@ -299,6 +427,7 @@ fn env_meta(
         merged: preserve_until.is_some() && pr.merged_at.is_some(),
         preserve_until,
         render_digest: config.render_digest(),
+        pr_updated_at: Some(pr.updated_at),
     }
 }
 
@@ -505,7 +634,11 @@ pub(crate) mod tests {
             unconfirmed: BTreeMap::from([(12, "GitHub answers 404".to_string())]),
             closed_by_operator: [13].into(),
         };
-        let plan = plan_with(&cfg, &[pr(14)], &existing, at(NOW), &evidence);
+        let view = RepoView {
+            envs: existing,
+            ..RepoView::default()
+        };
+        let plan = plan_with(&cfg, &[pr(14)], &view, at(NOW), &evidence);
         let got: Vec<(u64, Action)> = plan.decisions.iter().map(|d| (d.pr, d.action)).collect();
         assert_eq!(got, [(12, Action::Keep), (13, Action::Prune), (14, Action::Keep)]);
         assert!(

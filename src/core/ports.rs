@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::Result;
-use crate::model::layout::BlobId;
+use crate::model::layout::{BlobId, TreeId};
 use crate::model::meta::EnvMeta;
 use crate::model::naming::EnvName;
 use crate::model::pr::Snapshot;
@@ -21,18 +21,54 @@ impl std::fmt::Display for Revision {
     }
 }
 
-/// What prenv owns in the environments repository at one revision: read once per attempt, and
-/// planned against.
+/// What prenv owns in the environments repository at one revision, and what else it found where
+/// its files would go: read once per attempt, and planned against.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepoView {
     /// The branch tip that was read; `None` for a branch (or repository) with no commit yet.
     pub tip: Option<Revision>,
     /// The environments prenv created (their metadata files carry its mark).
     pub envs: BTreeMap<EnvName, EnvMeta>,
-    /// Blob ids of every file prenv owns: its environment directories and the wiring.
+    /// Blob ids of every file prenv owns: the files it writes in its environment directories, the
+    /// wiring of its environments and the wiring indexes.
     pub owned: BTreeMap<String, BlobId>,
+    /// The tree id of each owned environment directory, to know it unchanged without reading it.
+    pub env_trees: BTreeMap<EnvName, TreeId>,
+    /// Environment names prenv must not touch, and why: taken by something not prenv's, or prenv's
+    /// but unreadable.
+    pub blocked: BTreeMap<String, Blocked>,
+    /// Environments whose wiring the index lists but whose directory is gone.
+    pub wired_only: BTreeSet<EnvName>,
+    /// Files that are not prenv's inside the directories it writes to (kept, reported).
+    pub strays: BTreeSet<String>,
+    /// Directories prenv writes into (`environments`, `flux/environments`, …) that exist as something
+    /// else: nothing can be written there until someone moves it away.
+    pub obstacles: BTreeSet<String>,
     /// Top-level entries, so templates are added only where the repository has none.
     pub top_level: BTreeSet<String>,
+}
+
+/// Why prenv keeps its hands off an environment's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocked {
+    /// Something that is not prenv's: a directory without the mark, a file, a link, a submodule.
+    NotPrenvs(String),
+    /// A directory with prenv's metadata file that cannot be read (merge conflict, wrong type, …).
+    Unreadable { file: String, error: String },
+}
+
+impl Blocked {
+    /// What the operator reads in the plan.
+    pub fn explain(&self, env: &str) -> String {
+        match self {
+            Blocked::NotPrenvs(what) => format!(
+                "environments/{env} exists and is not prenv's ({what}); it is left alone: rename or remove it to let prenv deploy this PR"
+            ),
+            Blocked::Unreadable { file, error } => format!(
+                "cannot read {file} ({error}); the environment is kept as it is: fix or restore the file (git log -p {file})"
+            ),
+        }
+    }
 }
 
 impl RepoView {
@@ -40,6 +76,26 @@ impl RepoView {
     pub fn prs_with_envs(&self) -> BTreeSet<u64> {
         self.envs.values().map(|m| m.pr).collect()
     }
+}
+
+/// What is known about environment contents from earlier runs: an environment directory with tree
+/// id T, and wiring with blob id W, that once matched its rendering always does (the content
+/// includes the metadata it is rendered from), so the memory is right for any repository, any time,
+/// and a lost or stale memory costs only a render.
+pub trait Verifications {
+    fn knows(&self, tree: TreeId, wiring: Option<BlobId>) -> bool;
+    fn learn(&mut self, verified: &[(TreeId, Option<BlobId>)]);
+}
+
+/// No memory: every environment is rendered and compared.
+pub struct NoMemory;
+
+impl Verifications for NoMemory {
+    fn knows(&self, _: TreeId, _: Option<BlobId>) -> bool {
+        false
+    }
+
+    fn learn(&mut self, _: &[(TreeId, Option<BlobId>)]) {}
 }
 
 /// Where pull requests come from: a snapshot file, or GitHub.

@@ -156,18 +156,24 @@ pub fn application_set(config: &Config, meta_glob: &str) -> Value {
         "spec": {
             "goTemplate": true,
             "goTemplateOptions": ["missingkey=error"],
-            "generators": [{"git": {
-                "repoURL": repo,
-                "revision": argo.target_revision,
-                "files": [{"path": meta_glob}],
-            }}],
+            // Argo CD flattens each file's keys and matches this selector against them
+            // (argo-cd v3.0 applicationset/generators/generator_spec_processor.go, `Transform`):
+            // a metadata file without prenv's mark, someone's own directory, yields no Application.
+            "generators": [{
+                "git": {
+                    "repoURL": repo,
+                    "revision": argo.target_revision,
+                    "files": [{"path": meta_glob}],
+                },
+                "selector": {"matchLabels": {"generator": GENERATOR}},
+            }],
             "template": {
                 "metadata": {
-                    "name": "{{.env}}",
+                    "name": "{{.path.basename}}",
                     "labels": {
                         labels::MANAGED_BY: GENERATOR,
                         labels::PROJECT: config.project_id,
-                        labels::ENV: "{{.env}}",
+                        labels::ENV: "{{.path.basename}}",
                         labels::PR: "{{.pr}}",
                     },
                     "annotations": {
@@ -180,8 +186,8 @@ pub fn application_set(config: &Config, meta_glob: &str) -> Value {
                 },
                 "spec": {
                     "project": argo.project,
-                    "source": {"repoURL": repo, "targetRevision": argo.target_revision, "path": "environments/{{.env}}"},
-                    "destination": {"server": "https://kubernetes.default.svc", "namespace": "{{.namespace}}"},
+                    "source": {"repoURL": repo, "targetRevision": argo.target_revision, "path": "{{.path.path}}"},
+                    "destination": {"server": "https://kubernetes.default.svc", "namespace": "{{.path.basename}}"},
                     "syncPolicy": {
                         "automated": {"prune": true, "selfHeal": true},
                         "syncOptions": ["CreateNamespace=false", "ServerSideApply=true"],

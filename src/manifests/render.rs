@@ -42,12 +42,18 @@ pub fn render_all(config: &Config, envs: &[&EnvMeta]) -> Result<Tree> {
 /// Only the paths prenv owns: one directory per environment (`envs`, every environment that
 /// should exist) and the engine wiring.
 pub fn render_owned(config: &Config, envs: &[&EnvMeta]) -> Result<Tree> {
-    render_selected(config, envs, |_| true)
+    render_selected(config, envs, &[], |_| true)
 }
 
 /// Like [`render_owned`], but writes the files of only the environments `wanted` selects (a sync
-/// skips the ones whose metadata did not change); the wiring index still lists every environment.
-pub fn render_selected(config: &Config, envs: &[&EnvMeta], wanted: impl Fn(&EnvMeta) -> bool) -> Result<Tree> {
+/// skips the ones known to be as rendered); the wiring index lists every environment of `envs`
+/// and the `kept` ones, whose wiring stays as it is (unreadable, or their PR unknown).
+pub fn render_selected(
+    config: &Config,
+    envs: &[&EnvMeta],
+    kept: &[&str],
+    wanted: impl Fn(&EnvMeta) -> bool,
+) -> Result<Tree> {
     let mut tree = Tree::new();
     // Quota, limits and policies depend only on the settings and databases: render them once.
     let mut shared: BTreeMap<Vec<Database>, SharedFiles> = BTreeMap::new();
@@ -66,7 +72,7 @@ pub fn render_selected(config: &Config, envs: &[&EnvMeta], wanted: impl Fn(&EnvM
         }
     }
     match config.engine {
-        Engine::Flux => render_flux_index(envs, &mut tree)?,
+        Engine::Flux => render_flux_index(envs, kept, &mut tree)?,
         Engine::Argocd => render_argocd(config, &mut tree)?,
     }
     Ok(tree)
@@ -464,9 +470,17 @@ fn network_policies(config: &Config, databases: &[Database]) -> Vec<NetworkPolic
     policies
 }
 
-fn render_flux_index(envs: &[&EnvMeta], tree: &mut Tree) -> Result<()> {
+fn render_flux_index(envs: &[&EnvMeta], kept: &[&str], tree: &mut Tree) -> Result<()> {
+    let mut listed: Vec<(u64, &str)> = envs.iter().map(|m| (m.pr, m.env.as_str())).collect();
+    // Kept environments sort by their PR number too, so keeping one never reorders the index.
+    listed.extend(kept.iter().map(|env| {
+        let pr = env.rsplit(naming::ENV_INFIX).next().and_then(|n| n.parse().ok());
+        (pr.unwrap_or(u64::MAX), *env)
+    }));
+    listed.sort();
+    listed.dedup();
     let index = KustomizeFile {
-        resources: envs.iter().map(|m| format!("{}.yaml", m.env)).collect(),
+        resources: listed.iter().map(|(_, env)| format!("{env}.yaml")).collect(),
         ..KustomizeFile::default()
     };
     tree.insert(FLUX_INDEX, yaml::to_string(&index)?)

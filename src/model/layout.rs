@@ -39,6 +39,19 @@ pub const SOPS_ENCRYPTED_REGEX: &str = "^(data|stringData)$";
 /// The Secret `overlays/mariadb` reads its credentials from.
 pub const MARIADB_SECRET_NAME: &str = "mariadb-credentials";
 
+/// Every file name prenv writes in an environment directory. In a directory carrying the mark these
+/// are prenv's; any other file there is someone else's, kept and reported, never written or deleted.
+pub const ENV_FILES: &[&str] = &[
+    META_FILE,
+    "kustomization.yaml",
+    "namespace.yaml",
+    "resourcequota.yaml",
+    "limitrange.yaml",
+    "networkpolicies.yaml",
+    "mariadb-credentials.sops.yaml",
+    "mariadb-credentials.sealed.yaml",
+];
+
 /// The directory of one environment.
 pub fn env_dir(env: &str) -> String {
     format!("{ENVIRONMENTS_DIR}/{env}")
@@ -122,6 +135,10 @@ impl<'a> Place<'a> {
         matches!(self, Place::FluxWiring { .. } | Place::FluxOther | Place::ArgoWiring)
     }
 }
+
+/// A git tree id: how the repository names a directory's whole content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TreeId(pub [u8; 20]);
 
 /// A git blob id (SHA-1 of `blob <len>\0` and the bytes): how the repository names a file's
 /// content, so the desired bytes can be compared with a committed file without reading it.

@@ -36,6 +36,10 @@ pub struct EnvMeta {
     /// [`config::Config::render_digest`] of the settings the environment was rendered with.
     #[serde(default)]
     pub render_digest: String,
+    /// The PR's `updated_at` that produced this state: only information at least as new replaces
+    /// it, so a late sync with an older snapshot never rolls an environment back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr_updated_at: Option<DateTime<Utc>>,
 }
 
 impl EnvMeta {
@@ -48,21 +52,28 @@ impl EnvMeta {
     }
 }
 
-/// The metadata of environment directory `dir`, when the directory is prenv's: the file parses, carries
-/// the ownership mark and names this very directory.
-pub fn owned_meta(dir: &str, bytes: &[u8]) -> Option<EnvMeta> {
-    match serde_json::from_slice::<EnvMeta>(bytes) {
-        Ok(meta) if meta.generator == GENERATOR && meta.env.as_str() == dir => Some(meta),
-        Ok(_) => {
-            tracing::warn!(
-                env = dir,
-                "metadata file is not prenv's or names another environment; leaving it alone"
-            );
-            None
-        }
-        Err(e) => {
-            tracing::warn!(env = dir, error = %e, "unreadable metadata file; leaving the directory alone");
-            None
-        }
+/// The metadata of environment directory `dir`, when the file parses, carries the ownership mark
+/// and names this very directory; otherwise why not, in words for the operator.
+pub fn owned_meta(dir: &str, bytes: &[u8]) -> Result<EnvMeta, NotOwned> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| NotOwned::Unreadable(e.to_string()))?;
+    if value.get("generator").and_then(|g| g.as_str()) != Some(GENERATOR) {
+        return Err(NotOwned::Unmarked);
     }
+    let meta: EnvMeta = serde_json::from_value(value).map_err(|e| NotOwned::Unreadable(e.to_string()))?;
+    if meta.env.as_str() != dir {
+        return Err(NotOwned::Unreadable(format!(
+            "it names environment {:?}, not {dir:?}",
+            meta.env.as_str()
+        )));
+    }
+    Ok(meta)
+}
+
+/// Why an environment directory's metadata does not make it prenv's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotOwned {
+    /// No ownership mark: someone's own directory.
+    Unmarked,
+    /// The mark may be there, but the file cannot be read as prenv's metadata.
+    Unreadable(String),
 }
