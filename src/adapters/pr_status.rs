@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::adapters::github::{GitHub, Method};
 use crate::core::status::Failure;
-use crate::core::tracker::{EnvRecord, Head, Since, State, Why, why_removed};
+use crate::core::tracker::{EnvRecord, Head, Since, State, StatusSink, Why, WriteCounts, why_removed};
 use crate::error::{Error, Result};
 use crate::model::config::{Lifecycle, Watch};
 use crate::model::naming::EnvName;
@@ -226,29 +226,6 @@ impl Pacer {
     }
 }
 
-/// GitHub writes made, by kind, for `/metrics` and the figures.
-#[derive(Debug, Default)]
-pub struct Writes {
-    pub statuses: AtomicU64,
-    pub deployments: AtomicU64,
-    pub deployment_statuses: AtomicU64,
-    pub comments: AtomicU64,
-}
-
-impl Writes {
-    pub fn total(&self) -> u64 {
-        [
-            &self.statuses,
-            &self.deployments,
-            &self.deployment_statuses,
-            &self.comments,
-        ]
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum()
-    }
-}
-
 /// What the reporter knows of one environment's comment and what it posted.
 #[derive(Debug, Default)]
 struct Entry {
@@ -266,39 +243,23 @@ pub struct PrStatus {
     lifecycle: Lifecycle,
     pacer: Pacer,
     entries: BTreeMap<String, Entry>,
-    writes: Arc<Writes>,
+    writes: Arc<WriteCounts>,
 }
 
-impl PrStatus {
-    pub fn new(github: GitHub, settings: StatusSettings) -> PrStatus {
-        let watch = Watch::default();
-        PrStatus {
-            github,
-            settings,
-            lifecycle: Lifecycle::default(),
-            pacer: Pacer::new(&watch),
-            entries: BTreeMap::new(),
-            writes: Arc::default(),
-        }
-    }
-
+impl StatusSink for PrStatus {
     /// Applies the pacing of `[watch]` and the pin rules of `[lifecycle]` (for removal reasons).
-    pub fn configure(&mut self, watch: &Watch, lifecycle: &Lifecycle) {
+    fn configure(&mut self, watch: &Watch, lifecycle: &Lifecycle) {
         self.pacer = Pacer::new(watch);
         self.lifecycle = lifecycle.clone();
     }
 
-    pub fn github(&self) -> &GitHub {
-        &self.github
-    }
-
     /// The writes made so far, shared with the metrics.
-    pub fn writes(&self) -> Arc<Writes> {
+    fn writes(&self) -> Arc<WriteCounts> {
         self.writes.clone()
     }
 
     /// Finds the environment's comment (every page) and returns the memory its marker carries.
-    pub async fn recall(&mut self, env: &str, pr: u64, now: DateTime<Utc>) -> Result<Option<EnvRecord>> {
+    async fn recall(&mut self, env: &str, pr: u64, now: DateTime<Utc>) -> Result<Option<EnvRecord>> {
         let mut entry = Entry::default();
         let mut next = Some(self.github.repo_path(&format!("issues/{pr}/comments?per_page=100")));
         while let Some(url) = next.take() {
@@ -324,7 +285,7 @@ impl PrStatus {
     /// cluster (`listed`) whose comment says the environment is not gone yet, with that memory. The
     /// watch cannot tell of them: kube-rs lists only what exists, and the watcher did not run when
     /// they went away.
-    pub async fn sweep(
+    async fn sweep(
         &mut self,
         listed: &BTreeSet<String>,
         project_id: &str,
@@ -360,7 +321,7 @@ impl PrStatus {
 
     /// Makes GitHub show `record`: deployments first, then the commit status, then the comment (which
     /// carries the marker of all of it), each written only when it differs from what was posted.
-    pub async fn write(&mut self, record: &EnvRecord, now: DateTime<Utc>) -> Result<()> {
+    async fn write(&mut self, record: &EnvRecord, now: DateTime<Utc>) -> Result<()> {
         if !self.entries.contains_key(&record.env) {
             // Never post without knowing whether a comment exists: that is how duplicates start.
             self.recall(&record.env, record.pr, now).await?;
@@ -369,6 +330,24 @@ impl PrStatus {
         let result = self.sync(record, &mut entry, now).await;
         self.entries.insert(record.env.clone(), entry);
         result
+    }
+}
+
+impl PrStatus {
+    pub fn new(github: GitHub, settings: StatusSettings) -> PrStatus {
+        let watch = Watch::default();
+        PrStatus {
+            github,
+            settings,
+            lifecycle: Lifecycle::default(),
+            pacer: Pacer::new(&watch),
+            entries: BTreeMap::new(),
+            writes: Arc::default(),
+        }
+    }
+
+    pub fn github(&self) -> &GitHub {
+        &self.github
     }
 
     async fn sync(&mut self, record: &EnvRecord, entry: &mut Entry, now: DateTime<Utc>) -> Result<()> {

@@ -17,10 +17,9 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{Notify, mpsc};
 
 use crate::adapters::kube::Seen;
-use crate::adapters::pr_status::{PrStatus, Writes};
 use crate::app::metrics::{Histogram, Kind, family, one, read};
 use crate::core::status::{self, Observation};
-use crate::core::tracker::{Effect, EnvRecord, Event, Tracker};
+use crate::core::tracker::{Effect, EnvRecord, Event, StatusSink, Tracker, WriteCounts};
 use crate::error::{Error, Result};
 use crate::model::config::{Config, Engine};
 
@@ -32,6 +31,8 @@ const DELAY_BUCKETS: [f64; 8] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 360
 /// back off, and the next state change of the environment replaces the report anyway.
 const RETRY_START: Duration = Duration::from_secs(15);
 const RETRY_MAX: Duration = Duration::from_secs(600);
+/// How often a watch whose stream ended checks whether GitHub has been told everything.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// The environment states `prenv_environments` always lists (0 when none).
 const STATES: [&str; 7] = [
     "unknown",
@@ -50,7 +51,7 @@ pub struct WatchMetrics {
     report_delay: Histogram,
     census: Mutex<(BTreeMap<&'static str, i64>, i64)>,
     failures: Mutex<BTreeMap<String, i64>>,
-    writes: OnceLock<Arc<Writes>>,
+    writes: OnceLock<Arc<WriteCounts>>,
     pending_reports: AtomicU64,
     events: AtomicU64,
     relists: AtomicU64,
@@ -389,9 +390,9 @@ impl Outbox {
 }
 
 /// The reporter task: drains the outbox to GitHub, one job at a time.
-async fn report(
+async fn report<S: StatusSink>(
     project_id: String,
-    mut reporter: PrStatus,
+    mut reporter: S,
     outbox: Arc<Outbox>,
     recalled: mpsc::UnboundedSender<(String, Option<EnvRecord>)>,
     metrics: Arc<WatchMetrics>,
@@ -454,11 +455,12 @@ impl Drop for Abort {
     }
 }
 
-/// Watches and reports until the stream ends (it does not, short of a shutdown).
-pub async fn watch(
+/// Watches and reports until the stream ends (in production it does not, short of a shutdown);
+/// then finishes what is queued for GitHub and returns.
+pub async fn watch<S: StatusSink>(
     config: &Config,
     stream: impl Stream<Item = Seen>,
-    mut reporter: PrStatus,
+    mut reporter: S,
     metrics: Arc<WatchMetrics>,
 ) -> Result<()> {
     let problems = config.watch.problems();
@@ -483,14 +485,27 @@ pub async fn watch(
     let mut tracker = Tracker::new(chrono::Duration::seconds(i64::try_from(alert_secs).unwrap_or(i64::MAX)));
     let mut tick = tokio::time::interval(Duration::from_secs(alert_secs.clamp(1, 30)));
     let mut stream = std::pin::pin!(stream);
+    let mut ended = false;
     loop {
         let event = tokio::select! {
-            seen = stream.next() => match seen {
-                None => return Ok(()),
-                Some(seen) => event_of(seen, config, &metrics),
-            },
+            // Recalled memory first: it unblocks environments the tracker holds back.
+            biased;
             Some((env, memory)) = recalled.recv() => Some(Event::Recalled { env, memory }),
             _ = tick.tick() => Some(Event::Tick),
+            seen = stream.next(), if !ended => match seen {
+                None => {
+                    ended = true;
+                    None
+                }
+                Some(seen) => event_of(seen, config, &metrics),
+            },
+            // After the stream: until every recall is answered and every report written.
+            _ = tokio::time::sleep(DRAIN_POLL), if ended => {
+                if outbox.len() == 0 && recalled.is_empty() {
+                    return Ok(());
+                }
+                None
+            }
         };
         let Some(event) = event else { continue };
         let now = Instant::now();
@@ -628,5 +643,167 @@ mod tests {
         assert!(matches!(q.take(t0 + backoff(1)), Ok(Job::Report { record, .. }) if record.state.word() == "failed"));
         assert_eq!(q.take(t0), Err(None));
         assert_eq!(backoff(30), RETRY_MAX);
+    }
+}
+
+/// The watch flow (stream → tracker → outbox → sink) against the in-memory status sink, replaying
+/// the controllers' status fixtures: what the PRs are told, and how many writes it takes.
+#[cfg(test)]
+mod flow {
+    use super::*;
+    use crate::core::tracker::{MemorySink, State};
+
+    const FLUX: &str = "engine = \"flux\"\n";
+    /// The fixtures' deletions happened days before the wall clock: no stuck alert in these tables
+    /// (the end-to-end tests cover it).
+    const NEVER: u64 = 1 << 40;
+    const ARGO: &str = "engine = \"argocd\"\n[argocd]\nrepo_url = \"https://github.com/acme/shop-environments.git\"\n";
+
+    fn config(engine: &str) -> Config {
+        let text = format!(
+            "project_id = \"shop\"\ndomain = \"preview.example.com\"\nimage = \"ghcr.io/acme/shop\"\ndatabases = [\"postgres\"]\n{engine}[watch]\nwrite_interval_ms = 0\nwrites_per_minute = 0\nwrites_per_hour = 0\nterminating_alert_secs = {NEVER}\n"
+        );
+        Config::parse(&text, "test").expect("a valid test config")
+    }
+
+    /// The fixture's steps as watch runs: one `Vec<Seen>` per watcher process (a `restart` step
+    /// starts the next), without the steps no watcher saw (`missed`).
+    fn runs(fixture: &str) -> Vec<Vec<Seen>> {
+        let value: serde_json::Value = serde_json::from_str(fixture).expect("a fixture");
+        let mut runs = vec![Vec::new()];
+        for step in value["steps"].as_array().expect("steps") {
+            let run = runs.last_mut().expect("a run");
+            match step["event"].as_str().unwrap_or_default() {
+                _ if step["missed"] == true => {}
+                "apply" => run.push(Seen::Applied(step["object"].clone())),
+                "delete" => run.push(Seen::Deleted(step["object"].clone())),
+                "list" | "relist" => {
+                    run.push(Seen::Listing);
+                    run.extend(
+                        step["list"]["items"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .cloned()
+                            .map(Seen::Applied),
+                    );
+                    run.push(Seen::Listed);
+                }
+                "restart" => runs.push(Vec::new()),
+                _ => {}
+            }
+        }
+        runs
+    }
+
+    /// Replays every run against one sink (the PRs outlive the watcher) and returns what was
+    /// written, as "<pr> <short head> <state>[ <reason>]", and the writes of each run.
+    async fn replay(engine: &str, fixture: &str) -> (Vec<String>, Vec<u64>) {
+        let config = config(engine);
+        let sink = MemorySink::default();
+        let mut per_run = Vec::new();
+        for run in runs(fixture) {
+            let before = sink.writes().total();
+            // Each event waits until GitHub was told about the one before, as events spaced out
+            // in time are; otherwise a newer report replaces a waiting one (the outbox's job).
+            let metrics = Arc::new(WatchMetrics::default());
+            let idle = metrics.clone();
+            let stream = futures::stream::iter(run).then(move |seen| {
+                let idle = idle.clone();
+                async move {
+                    for _ in 0..10_000 {
+                        tokio::task::yield_now().await;
+                        if idle.pending_reports.load(Ordering::SeqCst) == 0 {
+                            break;
+                        }
+                    }
+                    seen
+                }
+            });
+            watch(&config, stream, sink.clone(), metrics)
+                .await
+                .expect("the watch runs");
+            per_run.push(sink.writes().total() - before);
+        }
+        let told = sink
+            .prs()
+            .written
+            .iter()
+            .map(|r| {
+                let reason = match &r.state {
+                    State::Failed(f) => format!(" {}", f.reason),
+                    _ => String::new(),
+                };
+                format!("{} {} {}{reason}", r.pr, &r.head()[..7], r.state.word())
+            })
+            .collect();
+        (told, per_run)
+    }
+
+    /// A row: name, engine config, fixture, what the PRs are told, writes per watcher run.
+    type Row<'a> = (&'a str, &'a str, &'a str, &'a [&'a str], &'a [u64]);
+
+    #[tokio::test]
+    async fn the_watch_flow_tells_each_pr_the_truth_once() {
+        let table: &[Row] = &[
+            (
+                "a failed first deploy, then its fix",
+                FLUX,
+                include_str!("../../tests/fixtures/status/flux/first-deploy-health-timeout-then-fix.json"),
+                // Reported failed at the first Ready=False, whatever observedGeneration says; its
+                // retries (Ready=Unknown, then False again) tell nothing new.
+                &[
+                    "101 3f78685 committed",
+                    "101 3f78685 failed HealthCheckFailed",
+                    "101 b5e5ed6 committed",
+                    "101 b5e5ed6 ready",
+                ],
+                &[4],
+            ),
+            (
+                "two hours of interval reconciles",
+                FLUX,
+                include_str!("../../tests/fixtures/status/flux/interval-reconciles-unchanged.json"),
+                // 24 interval runs, another PR's commit and a requested reconcile: nothing after the
+                // first report.
+                &["101 3f78685 ready"],
+                &[1],
+            ),
+            (
+                "a restart mid-way",
+                FLUX,
+                include_str!("../../tests/fixtures/status/flux/watcher-restart.json"),
+                // The second process recalls what the first told and writes only what changed: 101
+                // became ready meanwhile, 99 went away while no watcher ran (found by the sweep).
+                &[
+                    "102 89e6c98 ready",
+                    "99 b6589fc ready",
+                    "99 b6589fc destroying",
+                    "101 3f78685 committed",
+                    "101 3f78685 ready",
+                    "99 b6589fc destroyed",
+                ],
+                &[4, 2],
+            ),
+            (
+                "a sync failing through its retries, then a fix",
+                ARGO,
+                include_str!("../../tests/fixtures/status/argocd/new-commit-sync-fails-retries.json"),
+                // Five retries and the SyncError that follows are one failure; the fix is ready.
+                &[
+                    "101 3f78685 ready",
+                    "101 b5e5ed6 committed",
+                    "101 b5e5ed6 failed SyncFailed",
+                    "101 103e6d3 committed",
+                    "101 103e6d3 ready",
+                ],
+                &[5],
+            ),
+        ];
+        for (name, engine, fixture, want_told, want_writes) in table {
+            let (told, writes) = replay(engine, fixture).await;
+            assert_eq!(told, *want_told, "{name}");
+            assert_eq!(writes, *want_writes, "{name}: writes per watcher run");
+        }
     }
 }

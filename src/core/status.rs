@@ -611,7 +611,8 @@ mod tests {
             ("Ready", "False", "HealthCheckFailed"),
         );
         let at = |(t, s, r): (&'static str, &'static str, &'static str), g| (t, s, r, g);
-        let table: &[(&str, i64, Vec<(&str, &str, &str, i64)>, &str)] = &[
+        type Row<'a> = (&'a str, i64, Vec<(&'a str, &'a str, &'a str, i64)>, &'a str);
+        let table: &[Row] = &[
             ("nothing reconciled yet", -1, vec![], "not-yet"),
             ("first run starting", -1, vec![at(unknown, 2)], "progressing"),
             (

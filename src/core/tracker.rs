@@ -7,14 +7,21 @@
 //! reported) is an [`EnvRecord`]; the shell stores it in the PR comment's marker and hands it back
 //! with [`Event::Recalled`] before the tracker decides anything about an environment it has not seen
 //! in this process.
+//!
+//! [`StatusSink`] is the seam to GitHub: the watch flow talks to it only, so its table tests run
+//! against [`MemorySink`] and production against `adapters::pr_status::PrStatus`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::status::{Failure, Observation, Verdict};
-use crate::model::config::Lifecycle;
+use crate::error::{Error, Result};
+use crate::model::config::{Lifecycle, Watch};
 use crate::model::pr::{PrState, PullRequest};
 
 /// Heads (commits) whose history a record keeps: the current one and the two before, so the comment
@@ -552,6 +559,125 @@ fn gone(record: &mut EnvRecord, observed: bool, now: DateTime<Utc>, out: &mut Ve
             env: record.env.clone(),
             seconds: (now - since).num_milliseconds().max(0) as f64 / 1000.0,
         });
+    }
+}
+
+/// GitHub writes (content-creating requests) made, by kind: for `/metrics` and the write budget.
+#[derive(Debug, Default)]
+pub struct WriteCounts {
+    pub statuses: AtomicU64,
+    pub deployments: AtomicU64,
+    pub deployment_statuses: AtomicU64,
+    pub comments: AtomicU64,
+}
+
+impl WriteCounts {
+    pub fn total(&self) -> u64 {
+        [
+            &self.statuses,
+            &self.deployments,
+            &self.deployment_statuses,
+            &self.comments,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+/// Where the watcher's reports go and its memory comes back from: the PR (its comment's marker, its
+/// commit status, its deployments). One job at a time; a failed call is retried by the caller.
+pub trait StatusSink: Send + 'static {
+    /// Takes `[watch]` (pacing) and `[lifecycle]` (why an environment was removed) before any call.
+    fn configure(&mut self, _watch: &Watch, _lifecycle: &Lifecycle) {}
+    /// The memory of `env` that PR `pr` carries, `None` when it has none.
+    fn recall(
+        &mut self,
+        env: &str,
+        pr: u64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<EnvRecord>>> + Send;
+    /// Environments not in `listed` (the first list) whose PR says they are not gone yet, with
+    /// their memory: gone while no watcher ran.
+    fn sweep(
+        &mut self,
+        listed: &BTreeSet<String>,
+        project_id: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<(String, EnvRecord)>>> + Send;
+    /// Makes the PR show `record`, writing only what differs from what it shows.
+    fn write(&mut self, record: &EnvRecord, now: DateTime<Utc>) -> impl Future<Output = Result<()>> + Send;
+    /// The writes made so far, shared with the metrics.
+    fn writes(&self) -> Arc<WriteCounts>;
+}
+
+/// What [`MemorySink`] holds: one marker per environment (what its PR comment would carry) and
+/// every write it took.
+#[derive(Debug, Default)]
+pub struct MemoryPrs {
+    pub markers: BTreeMap<String, EnvRecord>,
+    /// Every record that changed what a PR shows, in order.
+    pub written: Vec<EnvRecord>,
+    /// The next this many writes fail (GitHub refusing), to test retries.
+    pub fail_writes: u32,
+    pub recalls: u64,
+}
+
+/// An in-memory [`StatusSink`] for table tests of the watch flow; clones share it. A write that
+/// would change nothing on the PR is not a write, as with GitHub's own sink.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink {
+    pub prs: Arc<Mutex<MemoryPrs>>,
+    writes: Arc<WriteCounts>,
+}
+
+impl MemorySink {
+    pub fn prs(&self) -> std::sync::MutexGuard<'_, MemoryPrs> {
+        self.prs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl StatusSink for MemorySink {
+    async fn recall(&mut self, env: &str, _pr: u64, _now: DateTime<Utc>) -> Result<Option<EnvRecord>> {
+        let mut prs = self.prs();
+        prs.recalls += 1;
+        Ok(prs.markers.get(env).cloned())
+    }
+
+    async fn sweep(
+        &mut self,
+        listed: &BTreeSet<String>,
+        _project_id: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<(String, EnvRecord)>> {
+        let prs = self.prs();
+        let open = prs
+            .markers
+            .iter()
+            .filter(|(env, r)| !listed.contains(*env) && r.state != State::Destroyed);
+        Ok(open.map(|(env, r)| (env.clone(), r.clone())).collect())
+    }
+
+    async fn write(&mut self, record: &EnvRecord, _now: DateTime<Utc>) -> Result<()> {
+        let mut prs = self.prs();
+        if prs.fail_writes > 0 {
+            prs.fail_writes -= 1;
+            return Err(Error::Github {
+                action: "writing a report (memory sink)",
+                message: "refused, as the test asked".into(),
+                source: None,
+            });
+        }
+        if prs.markers.get(&record.env) != Some(record) {
+            self.writes.comments.fetch_add(1, Ordering::Relaxed);
+            prs.markers.insert(record.env.clone(), record.clone());
+            prs.written.push(record.clone());
+        }
+        Ok(())
+    }
+
+    fn writes(&self) -> Arc<WriteCounts> {
+        self.writes.clone()
     }
 }
 
