@@ -192,6 +192,11 @@ impl FakeKube {
         self.poke();
     }
 
+    /// Whether watch requests are held (an outage): the watcher sees nothing meanwhile.
+    pub fn in_outage(&self) -> bool {
+        self.store.lock().unwrap().outage
+    }
+
     /// Lists and watches served so far.
     pub fn requests(&self) -> (u64, u64) {
         let s = self.store.lock().unwrap();

@@ -1,6 +1,31 @@
 //! The status fixtures (`tests/fixtures/status/{flux,argocd}/*.json`, written step by step from
 //! kustomize-controller v1.9.4 and argo-cd v3.0.23; format in each folder's README) replayed through
 //! the fake API server into the real `prenv watch`, started, restarted and cut off as the steps say.
+//!
+//! What the replayed controller does, and where upstream it comes from:
+//!
+//! - Flux sets `Ready=Unknown/Progressing` ("Reconciliation in progress") and `Reconciling=True` at
+//!   the start of *every* reconcile, interval runs and other PRs' commits included, before fetching
+//!   anything (`fluxcd/kustomize-controller@v1.9.4 internal/controller/kustomization_controller.go`
+//!   `reconcile`, then `r.patch`); each `patch` is up to three writes, conditions first
+//!   (`fluxcd/pkg@runtime/v0.110.1 runtime/patch/patch.go` `Helper.Patch`), so the watch sees each.
+//! - Every condition's `observedGeneration` is the generation the controller read, on success and
+//!   failure (`runtime/conditions/setter.go` `Set`); `status.observedGeneration` moves only when
+//!   Ready=True (`kustomization_controller.go` `finalizeStatus`) and is -1 until then (the CRD default,
+//!   `api/v1/kustomization_types.go`, the `+kubebuilder:default` on `Kustomization.Status`).
+//! - `status.lastAttemptedRevision` is set once the artifact is fetched (`reconcile`), while
+//!   `status.lastAppliedRevision` only after the health check passes (`reconcile`, after
+//!   `checkHealth`): a failed new commit shows the new one attempted, the old one applied.
+//! - Retries come every `retryInterval` and start like a first attempt (`Reconcile`: `RequeueAfter:
+//!   obj.GetRetryInterval()`).
+//! - Argo CD: sync status, health, `operationState` (Running with `retryCount` and the retry message,
+//!   then Failed and `SyncError`) and the head annotation running ahead of the status
+//!   (`argoproj/argo-cd@v3.0.23 controller/appcontroller.go` `processRequestedAppOperation`,
+//!   `processAppRefreshQueueItem`, `controller/sync.go` `SyncAppState`, `controller/state.go`
+//!   `CompareAppState`; `argoproj/gitops-engine@0882c168faa3 pkg/sync/sync_context.go` `Sync`,
+//!   `pkg/health/health.go`).
+//! - A `relist` step is answered by the fake with 410 Gone inside a 200 watch response, so kube-rs
+//!   lists again (`tests/fakes/kube.rs`; kube-runtime 5.0.0 `watcher.rs` `step_trampolined`).
 
 use std::path::Path;
 use std::process::{Child, Command};
@@ -87,6 +112,10 @@ pub struct Session {
     /// The `[watch]` section's lines.
     pub watch: String,
     pub watcher: Option<Watcher>,
+    /// Each object step waits until the watcher took it in and told GitHub, as controller writes
+    /// seconds or minutes apart are; off, steps come as fast as the fake can serve them (and a
+    /// newer report may replace one still waiting, as the watcher's outbox does under load).
+    pub spaced: bool,
 }
 
 /// Pacing off (a test GitHub), as `[watch]` lines.
@@ -108,6 +137,7 @@ impl Session {
             hub_port,
             watch: watch.to_string(),
             watcher: None,
+            spaced: true,
         }
     }
 
@@ -215,9 +245,21 @@ impl Session {
 
     async fn step(&mut self, step: &Value) {
         let name = |o: &Value| o["metadata"]["name"].as_str().unwrap().to_string();
+        // Steps no watch streams now (during an outage or while no watcher runs) are not waited for.
+        let live = step["missed"] != true && step["replayed"] != true && !self.kube.in_outage();
+        let spaced = self.spaced;
+        self.spaced = spaced && live;
         match step["event"].as_str().unwrap() {
-            "apply" => self.kube.apply(step["object"].clone()),
-            "delete" => self.kube.delete(&name(&step["object"])),
+            "apply" => {
+                let seen = self.events().await;
+                self.kube.apply(step["object"].clone());
+                self.taken_in(seen).await;
+            }
+            "delete" => {
+                let seen = self.events().await;
+                self.kube.delete(&name(&step["object"]));
+                self.taken_in(seen).await;
+            }
             "bookmark" => self.kube.bookmark(),
             "list" => {
                 if self.kube.requests().0 == 0 {
@@ -249,6 +291,35 @@ impl Session {
             }
             other => panic!("unknown fixture event {other}"),
         }
+        self.spaced = spaced;
+    }
+
+    async fn events(&self) -> f64 {
+        match (&self.watcher, self.spaced) {
+            (Some(w), true) => w.metric("prenv_watch_events_total").await.unwrap_or(0.0),
+            _ => 0.0,
+        }
+    }
+
+    /// When spaced and watching: waits until the watcher saw more than `seen` events and has
+    /// nothing waiting for GitHub (twice in a row, 10 ms apart).
+    async fn taken_in(&self, seen: f64) {
+        let Some(w) = self.watcher.as_ref().filter(|_| self.spaced) else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut calm = 0;
+        while calm < 2 {
+            assert!(Instant::now() < deadline, "the watcher did not take in a step");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let events = w.metric("prenv_watch_events_total").await.unwrap_or(0.0);
+            let pending = w.metric("prenv_github_pending_reports").await;
+            calm = if events > seen && pending == Some(0.0) {
+                calm + 1
+            } else {
+                0
+            };
+        }
     }
 
     async fn until_kube(&self, what: &str, check: impl Fn((u64, u64)) -> bool) {
@@ -261,7 +332,11 @@ impl Session {
 }
 
 /// The deletion of `object` as the API server writes it: first `deletionTimestamp` and generation+1
-/// (`pkg/registry/generic/registry/store.go` `markAsDeleting`), then DELETED once the finalizer goes.
+/// (`kubernetes/apiserver@v0.36.3 pkg/registry/generic/registry/store.go` `markAsDeleting`), while
+/// the finalizer `finalizers.fluxcd.io` holds it (`kustomize-controller api/v1/kustomization_types.go`
+/// `KustomizationFinalizer`); then DELETED with that last stored state once the controller removes
+/// the finalizer (`kustomization_controller.go` `finalize`; `store.go` `deleteWithoutFinalizers`).
+/// No status write happens in between.
 pub fn deletion(object: &Value) -> [Value; 2] {
     let mut deleting = object.clone();
     deleting["metadata"]["deletionTimestamp"] =
