@@ -40,6 +40,7 @@ pub enum Commands {
     /// in-cluster credentials; GitHub credentials as for sync).
     Watch(WatchArgs),
     /// Scan every commit of a repository for Secrets committed in plain text; exit 1 on any.
+    #[command(after_help = prenv::app::audit::CHECKS)]
     Audit(AuditArgs),
     /// Encrypt, decrypt and re-key SOPS/age secrets.
     #[command(subcommand)]
@@ -126,6 +127,22 @@ pub struct ServeArgs {
     /// Larger webhook bodies are refused with 413.
     #[arg(long, default_value_t = 5 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// At most this many connections are open at once, lowered to fit the open-file limit (64
+    /// files are kept for syncs). When all are taken, the one that has waited longest on its
+    /// client is closed to make room; a request being answered is never closed.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// A client must send a request's complete headers within this many milliseconds of
+    /// connecting or of its previous answer; so an idle connection is closed after it too.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+
+    /// A request must be read in full and answered within this many seconds of its headers
+    /// (GitHub gives up after 10); a slower one is answered 408 and its connection closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]

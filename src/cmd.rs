@@ -105,11 +105,12 @@ pub fn audit(args: &AuditArgs) -> anyhow::Result<Outcome> {
             for f in &found.findings {
                 writeln!(
                     out,
-                    "plain-text Secret {} in {} at commit {}: {}",
+                    "plain-text Secret {} in {} at commit {}: {} ({})",
                     f.secret,
                     f.path,
                     f.commit,
-                    f.keys.join(", ")
+                    f.keys.join(", "),
+                    f.reason
                 )?;
             }
             writeln!(
@@ -228,14 +229,23 @@ fn start(config: &Config, args: &SyncArgs) -> anyhow::Result<Run> {
 
 pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
     let Run {
-        repo,
+        mut repo,
         view,
         snapshot,
         opts,
         mut material,
         now,
     } = start(config, &args.run)?;
-    let desired = sync::prepare(&view, config, &snapshot.prs, now, &opts, &mut material)?;
+    let desired = sync::prepare(
+        &view,
+        repo.verifications(),
+        config,
+        &snapshot.prs,
+        now,
+        &opts,
+        &mut material,
+    )?;
+    repo.learn(&desired.verified);
     let mut out = std::io::stdout().lock();
     let shown = &args.run.view;
     match shown.output {
@@ -364,6 +374,18 @@ pub fn serve(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {
     let at = Location::resolve(&config.git, args.repo.repo.as_deref(), args.repo.cache_dir.as_deref())?;
     // Open once now: a bad repository is an error at start, not at the first event.
     drop(EnvRepo::open_at(&at, &config.git)?);
+    let open_files = prenv::app::serve::open_file_limit();
+    let max_connections = prenv::app::serve::connection_cap(args.max_connections, open_files)
+        .map_err(anyhow::Error::msg)
+        .context("--max-connections")?;
+    if (max_connections as u64) < args.max_connections {
+        tracing::warn!(
+            requested = args.max_connections,
+            max_connections,
+            open_files = open_files.unwrap_or_default(),
+            "--max-connections lowered to fit the open-file limit, keeping files for syncs"
+        );
+    }
     let options = prenv::app::serve::ServeOptions {
         listen: args.listen,
         secret: secret.into_bytes(),
@@ -372,6 +394,11 @@ pub fn serve(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {
         resync: (args.resync_secs > 0).then(|| std::time::Duration::from_secs(args.resync_secs)),
         repo: at.location,
         cache_dir: at.cache_dir,
+        limits: prenv::app::serve::Limits {
+            max_connections,
+            header_timeout: std::time::Duration::from_millis(args.header_timeout_ms),
+            body_timeout: std::time::Duration::from_secs(args.body_timeout_secs),
+        },
     };
     runtime()?.block_on(prenv::app::serve::serve(config.clone(), options))?;
     Ok(Outcome::Clean)

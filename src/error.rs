@@ -97,6 +97,10 @@ pub enum Error {
         source: getrandom::Error,
     },
 
+    /// A container registry refused or failed a manifest check (never taken for "not pushed yet").
+    #[error("registry: checking {image}: {message}")]
+    Registry { image: String, message: String },
+
     /// Reading or writing a local file failed.
     #[error("{action} {}", path.display())]
     Io {
@@ -136,6 +140,7 @@ impl Error {
             Error::Secrets { .. } => "secrets",
             Error::Identity { .. } => "identity",
             Error::Randomness { .. } => "randomness",
+            Error::Registry { .. } => "registry",
             Error::Io { .. } => "io",
         }
     }

@@ -608,6 +608,11 @@ fn the_sealed_secrets_render_fits_the_upstream_schemas() {
     );
 }
 
+/// How many custom resources a check covered, for the test's output.
+fn total(checked: &BTreeMap<String, usize>) -> usize {
+    checked.values().sum()
+}
+
 #[test]
 fn the_flux_scaffold_fits_the_upstream_schemas() {
     let dir = scaffold("prenv.toml");
@@ -628,6 +633,14 @@ fn the_flux_scaffold_fits_the_upstream_schemas() {
             "postgresql.cnpg.io/v1 Cluster",
         ],
     );
+    assert!(
+        checked["kustomize.toolkit.fluxcd.io/v1 Kustomization"] >= 7,
+        "{checked:?}"
+    );
+    println!(
+        "prenv init (Flux): {} custom resources checked: {checked:?}",
+        total(&checked)
+    );
 }
 
 #[test]
@@ -647,6 +660,30 @@ fn the_argocd_scaffold_fits_the_upstream_schemas() {
             "postgresql.cnpg.io/v1 Cluster",
         ],
     );
+    println!(
+        "prenv init (Argo CD): {} custom resources checked: {checked:?}",
+        total(&checked)
+    );
+}
+
+#[test]
+fn the_cluster_issuer_of_every_dns_provider_fits_the_upstream_schema() {
+    let example = std::fs::read_to_string(repo_root().join("examples/prenv.toml")).unwrap();
+    for (provider, extra) in [("digitalocean", ""), ("route53", "dns_region = \"eu-west-1\"\n")] {
+        let dir = tempfile::tempdir().unwrap();
+        let body = example.replace(
+            "dns_provider = \"cloudflare\"",
+            &format!("{extra}dns_provider = \"{provider}\""),
+        );
+        let config = write_config(dir.path(), &body);
+        let repo = dir.path().join("repo");
+        let out = prenv(&["--config", s(&config), "init", "--repo", s(&repo)]);
+        assert!(out.status.success(), "{provider}: {}", text(&out.stderr));
+        let issuer = std::fs::read_to_string(repo.join("infrastructure/certificates/cluster-issuer.yaml")).unwrap();
+        assert!(issuer.contains(&format!("{provider}:")), "{issuer}");
+        let checked = check_tree(provider, &repo.join("infrastructure/certificates"));
+        assert_checked(&checked, &["cert-manager.io/v1 ClusterIssuer"]);
+    }
 }
 
 #[test]

@@ -14,43 +14,20 @@ use prenv::model::layout::ENV_FILES;
 use prenv::model::meta::EnvMeta;
 use prenv::model::pr::{PrState, PullRequest};
 use prenv::model::tree::Tree;
-use prenv::secrets::CredentialMaker;
 use proptest::prelude::*;
+
+mod common;
+
+use common::{NoCredentials, lib_pr, postgres_config};
 
 const ENVS: u64 = 6;
 
 fn config() -> Config {
-    Config::parse(
-        "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\ndatabases = [\"postgres\"]\n[sync]\nmax_prune_share = 1.0\n",
-        "test",
-    )
-    .unwrap()
-}
-
-struct NoCredentials;
-
-impl CredentialMaker for NoCredentials {
-    fn mariadb_credentials(&mut self, _: &EnvMeta, _: DateTime<Utc>) -> prenv::Result<Vec<u8>> {
-        unreachable!("the config has no mariadb")
-    }
+    postgres_config("[sync]\nmax_prune_share = 1.0\n")
 }
 
 fn pr(n: u64, state: PrState) -> PullRequest {
-    PullRequest {
-        number: n,
-        state,
-        draft: false,
-        title: "t".into(),
-        labels: vec![],
-        head_sha: format!("{:040x}", n),
-        head_ref: format!("f/{n}"),
-        head_repo: Some("acme/shop".into()),
-        base_repo: Some("acme/shop".into()),
-        author: None,
-        closed_at: (state == PrState::Closed).then(|| "2026-11-24T11:00:00Z".parse().unwrap()),
-        merged_at: None,
-        updated_at: "2026-11-24T11:00:00Z".parse().unwrap(),
-    }
+    lib_pr(n, state, format!("{:040x}", n), "2026-11-24T11:00:00Z")
 }
 
 /// One thing a person (or a bad merge) does to the repository.

@@ -2,16 +2,19 @@
 //! tip, build one commit from the desired tree in git objects, and publish it with
 //! compare-and-swap semantics.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
-use crate::core::diff::{EntryKind, Found, Inventory};
-use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision};
+use crate::core::diff::{EntryKind, Found, Inventory, listed_in_index};
+use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision, Verifications};
 use crate::error::{Error, Result, Sdk};
 use crate::model::config::Git as GitConfig;
-use crate::model::layout::{ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, TreeId};
+use crate::model::layout::{ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, Place, TreeId, env_dir};
 use crate::model::tree::Tree;
+
+use super::memory::{KnownEnv, RepoMemory};
 
 /// Environment variables an HTTPS token is read from, in order.
 pub const TOKEN_VARS: [&str; 2] = ["PRENV_GIT_TOKEN", "GITHUB_TOKEN"];
@@ -97,6 +100,8 @@ pub struct EnvRepo {
     ssh_key: Option<PathBuf>,
     /// Held for the run so two prenv processes on one machine never share a cache clone at once.
     _cache_lock: Option<std::fs::File>,
+    /// What earlier runs read and verified here (see [`RepoMemory`]).
+    memory: RepoMemory,
 }
 
 impl EnvRepo {
@@ -124,7 +129,9 @@ impl EnvRepo {
             (repo, Target::Local, None)
         };
         remove_orphan_packs(repo.path());
+        let memory = RepoMemory::load(cache_dir, repo.path());
         Ok(EnvRepo {
+            memory,
             git_dir: repo.path().to_path_buf(),
             repo,
             target,
@@ -212,27 +219,77 @@ impl EnvRepo {
                     inventory.env_entry(name, kind, None, None, &[]);
                     continue;
                 }
-                let dir = self.repo.find_tree(entry.id()).map_err(err)?;
-                let files = self.files(&dir)?;
-                let meta = match dir.get_name(META_FILE) {
-                    Some(m) if m.kind() == Some(ObjectType::Blob) => Some(self.repo.find_blob(m.id()).map_err(err)?),
-                    _ => None,
-                };
-                let tree = Some(TreeId(oid_bytes(entry.id())));
-                inventory.env_entry(name, kind, tree, meta.as_ref().map(|b| b.content()), &files);
+                let tree = TreeId(oid_bytes(entry.id()));
+                // A directory read before (same tree id: same bytes) is not opened again.
+                if let Some((meta, files)) = self.memory.env(tree, name) {
+                    inventory.env_known(tree, meta, &files);
+                    continue;
+                }
+                self.read_env(&mut inventory, name, entry.id())?;
             }
         }
         if let Some(flux) = self.subtree(&root, FLUX_DIR, &mut inventory)? {
-            let index = match flux.get_name("kustomization.yaml") {
-                Some(i) if i.kind() == Some(ObjectType::Blob) => Some(self.repo.find_blob(i.id()).map_err(err)?),
+            let listed = match flux.get_name("kustomization.yaml") {
+                Some(i) if i.kind() == Some(ObjectType::Blob) => Some(match self.memory.index(blob_id(i.id())) {
+                    Some(listed) => listed,
+                    None => {
+                        let listed = listed_in_index(self.repo.find_blob(i.id()).map_err(err)?.content());
+                        self.memory.remember_index(blob_id(i.id()), listed.clone());
+                        listed
+                    }
+                }),
                 _ => None,
             };
-            inventory.flux_wiring(index.as_ref().map(|b| b.content()), &self.files(&flux)?);
+            inventory.flux_wiring_listed(listed, &self.files(&flux)?);
         }
         if let Some(argo) = self.subtree(&root, ARGOCD_DIR, &mut inventory)? {
             inventory.argo_wiring(&self.files(&argo)?);
         }
         Ok(inventory.finish())
+    }
+
+    /// Reads environment directory `name` (tree `id`) into `inventory`, and remembers what it gave
+    /// when it is prenv's and holds nothing else.
+    fn read_env(&self, inventory: &mut Inventory, name: &str, id: Oid) -> Result<()> {
+        let err = |e| git_err("reading the tree of", &self.display, e);
+        let dir = self.repo.find_tree(id).map_err(err)?;
+        let files = self.files(&dir)?;
+        let meta = match dir.get_name(META_FILE) {
+            Some(m) if m.kind() == Some(ObjectType::Blob) => Some(self.repo.find_blob(m.id()).map_err(err)?),
+            _ => None,
+        };
+        let tree = TreeId(oid_bytes(id));
+        let clean = inventory.env_entry(
+            name,
+            EntryKind::Dir,
+            Some(tree),
+            meta.as_ref().map(|b| b.content()),
+            &files,
+        );
+        let found = inventory.peek_env(name).cloned();
+        if let Some(known) = found
+            .filter(|_| clean)
+            .and_then(|meta| KnownEnv::new(meta, files.iter().map(|f| (f.name.as_str(), f.id))))
+        {
+            self.memory.remember_env(tree, known);
+        }
+        Ok(())
+    }
+
+    /// Records what the directories of `envs` hold at `commit`, just written: the next read of
+    /// them costs nothing.
+    fn remember_written(&self, commit: Oid, envs: &BTreeSet<String>) -> Result<()> {
+        let err = |e| git_err("reading the tree of", &self.display, e);
+        let root = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(err)?;
+        let mut scratch = Inventory::new(None);
+        for env in envs {
+            if let Ok(entry) = root.get_path(Path::new(&env_dir(env)))
+                && entry.kind() == Some(ObjectType::Tree)
+            {
+                self.read_env(&mut scratch, env, entry.id())?;
+            }
+        }
+        Ok(())
     }
 
     /// Every file below `tree`, with its path relative to it; links, submodules and files in
@@ -579,7 +636,26 @@ impl EnvStore for EnvRepo {
     fn publish(&mut self, base: &RepoView, change: &Change) -> Result<Published> {
         let base = revision_oid(base)?;
         let commit = self.commit(base, &change.upserts, &change.removals, &change.message)?;
-        self.swap(commit, base)
+        let published = self.swap(commit, base)?;
+        if let Published::Done(_) = published {
+            let touched: BTreeSet<String> = change
+                .upserts
+                .paths()
+                .chain(change.removals.iter().map(String::as_str))
+                .filter_map(|p| Place::of(p).env().map(String::from))
+                .collect();
+            self.remember_written(commit, &touched)?;
+        }
+        Ok(published)
+    }
+
+    fn verifications(&self) -> &dyn Verifications {
+        &self.memory
+    }
+
+    fn learn(&mut self, verified: &[(TreeId, Option<BlobId>)]) {
+        self.memory.learn(verified);
+        self.memory.save();
     }
 }
 

@@ -6,4 +6,6 @@ pub mod git;
 pub mod git_history;
 pub mod github;
 pub mod kube;
+pub mod memory;
 pub mod pr_status;
+pub mod registry;

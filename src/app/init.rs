@@ -11,5 +11,10 @@ use crate::model::config::Config;
 /// Scaffolds the environments repository at `dir` for `config`'s engine.
 pub fn init(config: &Config, dir: &Path, force: bool) -> Result<Written> {
     let tree = scaffold::scaffold(config)?;
+    if !config.platform.alerts.any() {
+        tracing::warn!(
+            "no receiver in [platform.alerts]: Alertmanager will drop every alert (disk, memory, restarts); set slack_channel or email_to and run scripts/create-secrets alerts"
+        );
+    }
     fs::write_keeping_edits(&tree, dir, force)
 }

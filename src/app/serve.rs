@@ -1,7 +1,9 @@
 //! `prenv serve`: the webhook receiver. A signed `pull_request` event reaches the environments
 //! repository in about a second: the signature is checked in constant time, duplicate deliveries are
 //! dropped, bursts are debounced into one sync of the affected PRs, and a periodic full resync from
-//! the GitHub listing is the backstop for anything a webhook missed.
+//! the GitHub listing is the backstop for anything a webhook missed. Its front door (serve/front_door.rs)
+//! bounds what a client without a signature can hold: header and body timeouts, and a connection
+//! cap fitted to the open-file limit, so idle and slowloris connections cannot shut GitHub out.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -24,6 +26,9 @@ use crate::core::ports::{EnvStore, PrSource};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::pr::{self, PullRequest};
+
+mod front_door;
+pub use front_door::{Limits, connection_cap, open_file_limit};
 
 /// The `pull_request` actions that can change an environment.
 pub const ACTIONS: &[&str] = &[
@@ -57,6 +62,8 @@ pub struct ServeOptions {
     /// Where the environments repository is (resolved by the CLI).
     pub repo: String,
     pub cache_dir: std::path::PathBuf,
+    /// What a client may hold before it is cut off.
+    pub limits: Limits,
 }
 
 enum Work {
@@ -66,6 +73,12 @@ enum Work {
 
 struct Metrics {
     deliveries: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connections the receiver closed, by reason: `evicted` (to make room), `refused` (no room),
+    /// `header_timeout`, `body_timeout`.
+    dropped: Mutex<BTreeMap<&'static str, u64>>,
+    connections_open: AtomicU64,
+    connections_max: AtomicU64,
+    accept_errors: AtomicU64,
     /// PRs with an environment whose state the last full resync could not confirm.
     unconfirmed: AtomicU64,
     syncs_ok: AtomicU64,
@@ -77,6 +90,10 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             deliveries: Mutex::default(),
+            dropped: Mutex::default(),
+            connections_open: AtomicU64::new(0),
+            connections_max: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
             unconfirmed: AtomicU64::new(0),
             syncs_ok: AtomicU64::new(0),
             syncs_failed: AtomicU64::new(0),
@@ -85,25 +102,32 @@ impl Default for Metrics {
     }
 }
 
+/// Adds one to the counter `key` of a labelled family.
+fn bump(counters: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+    *counters.lock().expect("metrics lock").entry(key).or_default() += 1;
+}
+
+/// The samples of a labelled family, for [`family`].
+fn samples(counters: &Mutex<BTreeMap<&'static str, u64>>) -> Vec<(&'static str, i64)> {
+    counters
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .map(|(k, n)| (*k, i64::try_from(*n).unwrap_or(i64::MAX)))
+        .collect()
+}
+
 impl Metrics {
     fn delivery(&self, outcome: &'static str) {
-        *self
-            .deliveries
-            .lock()
-            .expect("metrics lock")
-            .entry(outcome)
-            .or_default() += 1;
+        bump(&self.deliveries, outcome);
+    }
+
+    fn dropped(&self, reason: &'static str) {
+        bump(&self.dropped, reason);
     }
 
     fn render(&self) -> String {
         let mut out = String::new();
-        let deliveries: Vec<(&str, i64)> = self
-            .deliveries
-            .lock()
-            .expect("metrics lock")
-            .iter()
-            .map(|(k, n)| (*k, i64::try_from(*n).unwrap_or(i64::MAX)))
-            .collect();
         let by = Some("outcome");
         family(
             &mut out,
@@ -111,8 +135,9 @@ impl Metrics {
             "Webhook deliveries by outcome.",
             Kind::Counter,
             by,
-            &deliveries,
+            &samples(&self.deliveries),
         );
+        self.render_connections(&mut out);
         let syncs = [("ok", read(&self.syncs_ok)), ("error", read(&self.syncs_failed))];
         family(
             &mut out,
@@ -136,6 +161,41 @@ impl Metrics {
             &mut out,
         );
         out
+    }
+
+    fn render_connections(&self, out: &mut String) {
+        family(
+            out,
+            "prenv_webhook_connections_open",
+            "Connections open to the receiver.",
+            Kind::Gauge,
+            None,
+            &one(read(&self.connections_open)),
+        );
+        family(
+            out,
+            "prenv_webhook_connections_max",
+            "The connection cap in force (--max-connections fitted to the open-file limit).",
+            Kind::Gauge,
+            None,
+            &one(read(&self.connections_max)),
+        );
+        family(
+            out,
+            "prenv_webhook_connections_dropped_total",
+            "Connections the receiver closed, by reason.",
+            Kind::Counter,
+            Some("reason"),
+            &samples(&self.dropped),
+        );
+        family(
+            out,
+            "prenv_webhook_accept_errors_total",
+            "Failed accept() calls (running out of files, above all); each pauses accepting.",
+            Kind::Counter,
+            None,
+            &one(read(&self.accept_errors)),
+        );
     }
 }
 
@@ -339,7 +399,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| Error::io("listening on", options.listen.to_string(), e))?;
-    tracing::info!(listen = %options.listen, "webhook receiver ready");
+    tracing::info!(listen = %options.listen, max_connections = options.limits.max_connections, "webhook receiver ready");
     let resync = options.resync.map(|every| {
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -354,11 +414,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<()> {
         })
     });
     drop(tx);
-    let worker = tokio::spawn(worker(config, options.clone(), rx, metrics));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| Error::io("serving on", options.listen.to_string(), e))?;
+    let worker = tokio::spawn(worker(config, options.clone(), rx, metrics.clone()));
+    front_door::front_door(listener, app, options.limits, metrics, shutdown_signal()).await;
     tracing::info!("shutting down: finishing accepted work");
     if let Some(resync) = resync {
         resync.abort();

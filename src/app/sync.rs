@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::core::desired::{self, Desired, Inputs};
 use crate::core::diff::Changes;
 use crate::core::plan::{Evidence, Plan};
-use crate::core::ports::{Change, EnvStore, NoMemory, Published, RepoView};
+use crate::core::ports::{Change, EnvStore, Published, RepoView, Verifications};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::layout::{Place, secret_file};
@@ -70,9 +70,12 @@ impl FileCounts {
     }
 }
 
-/// The desired state of a sync against `view`, without writing anything (`prenv plan`).
+/// The desired state of a sync against `view`, without writing anything (`prenv plan`). `verified`
+/// is what the store remembers verifying ([`EnvStore::verifications`]).
+#[allow(clippy::too_many_arguments, reason = "the inputs of one run, each distinct")]
 pub fn prepare(
     view: &RepoView,
+    verified: &dyn Verifications,
     config: &Config,
     prs: &[PullRequest],
     now: DateTime<Utc>,
@@ -85,7 +88,7 @@ pub fn prepare(
         evidence: &opts.evidence,
         now,
         allow_mass_prune: opts.allow_mass_prune,
-        verified: &NoMemory,
+        verified,
     };
     desired::desired(&inputs, view, credentials)
 }
@@ -110,7 +113,7 @@ pub fn sync(
         if attempt > 1 {
             view = store.read()?;
         }
-        let prepared = prepare(&view, config, prs, now, opts, credentials)?;
+        let prepared = prepare(&view, store.verifications(), config, prs, now, opts, credentials)?;
         let mut outcome = SyncOutcome {
             repo: store.display().to_string(),
             branch: store.branch().to_string(),
@@ -125,6 +128,7 @@ pub fn sync(
         };
         if outcome.changes.is_empty() {
             tracing::info!("nothing changed; no commit");
+            store.learn(&prepared.verified);
             return Ok(outcome);
         }
         let change = Change {
@@ -132,7 +136,10 @@ pub fn sync(
             removals: outcome.changes.removed.iter().cloned().collect(),
             message: desired::commit_message(&outcome.plan, &outcome.changes),
         };
-        match store.publish(&view, &change)? {
+        let published = store.publish(&view, &change)?;
+        // Facts about content, true whether or not this commit landed.
+        store.learn(&prepared.verified);
+        match published {
             Published::Done(commit) => {
                 tracing::info!(commit = %commit, files = outcome.changes.len(), "published");
                 outcome.commit = Some(commit.to_string());

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::manifests::{render, templates};
 use crate::model::config::{Config, Database};
-use crate::model::layout::{BlobId, Place, TreeId, flux_file, secret_path};
+use crate::model::layout::{BlobId, ENV_FILES, Place, TreeId, env_dir, flux_file, secret_path};
 use crate::model::meta::EnvMeta;
 use crate::model::pr::PullRequest;
 use crate::model::tree::Tree;
@@ -40,8 +40,8 @@ pub struct Desired {
     pub changes: Changes,
     /// The files to write (added or modified, templates included).
     pub upserts: Tree,
-    /// Environment directories (tree id, wiring blob id) found to be exactly as rendered: for the
-    /// caller's verification cache.
+    /// Environment directories (tree id, wiring blob id) exactly as rendered once this run's files
+    /// are written: for the caller's verification memory.
     pub verified: Vec<(TreeId, Option<BlobId>)>,
     /// Files that are not prenv's inside its directories: kept, reported.
     pub strays: BTreeSet<String>,
@@ -102,7 +102,7 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     changes.added.extend(templates.paths().map(String::from));
     desired.extend(templates);
     refuse_obstacles(current, &changes)?;
-    let verified = newly_verified(&envs, &trusted, current, &changes);
+    let verified = newly_verified(&envs, &trusted, current, &desired, &changes);
     drop((envs, kept));
     explain_rerendered(&mut plan, &changes, current);
     let mut upserts = Tree::new();
@@ -146,20 +146,40 @@ fn refuse_obstacles(current: &RepoView, changes: &Changes) -> Result<()> {
     Ok(())
 }
 
-/// Environments that were rendered and compared and came out unchanged: their content is known.
+/// Environments whose content is known once this run's files are written: every rendered
+/// environment (unchanged or rewritten), as the tree id its directory holds afterwards — predicted
+/// from the rendered bytes and the files kept, exactly as git names it — and its wiring's blob id.
+/// A directory holding files that are not prenv's is left out: its tree cannot be predicted.
 fn newly_verified(
     envs: &[&EnvMeta],
     trusted: &BTreeSet<String>,
     current: &RepoView,
+    desired: &Tree,
     changes: &Changes,
 ) -> Vec<(TreeId, Option<BlobId>)> {
-    let changed: BTreeSet<&str> = changes.iter().filter_map(|p| Place::of(p).env()).collect();
+    let after = |path: &str| match desired.get(path) {
+        Some(bytes) => Some(BlobId::of(bytes)),
+        None if changes.removed.contains(path) => None,
+        None => current.owned.get(path).copied(),
+    };
     envs.iter()
-        .filter(|m| !trusted.contains(m.env.as_str()) && !changed.contains(m.env.as_str()))
-        .filter(|m| current.envs.get(&m.env) == Some(*m))
-        .filter_map(|m| {
-            let tree = current.env_trees.get(&m.env)?;
-            Some((*tree, current.owned.get(&flux_file(m.env.as_str())).copied()))
+        .filter(|m| !trusted.contains(m.env.as_str()))
+        .filter(|m| {
+            let dir = format!("{}/", env_dir(m.env.as_str()));
+            current
+                .strays
+                .range(dir.clone()..)
+                .next()
+                .is_none_or(|p| !p.starts_with(&dir))
+        })
+        .map(|m| {
+            let dir = env_dir(m.env.as_str());
+            let files: Vec<(&str, BlobId)> = ENV_FILES
+                .iter()
+                .filter_map(|f| after(&format!("{dir}/{f}")).map(|id| (*f, id)))
+                .collect();
+            let wiring = after(&flux_file(m.env.as_str()));
+            (TreeId::of_files(files), wiring)
         })
         .collect()
 }

@@ -53,6 +53,12 @@ impl Inventory {
         self.view.top_level.insert(name.to_string());
     }
 
+    /// The metadata read so far for environment `name`.
+    pub fn peek_env(&self, name: &str) -> Option<&EnvMeta> {
+        let name = EnvName::try_from(name.to_string()).ok()?;
+        self.view.envs.get(&name)
+    }
+
     /// A directory prenv writes into exists as something else.
     pub fn obstacle(&mut self, path: &str) {
         self.view.obstacles.insert(path.to_string());
@@ -60,6 +66,8 @@ impl Inventory {
 
     /// One entry `name` of `environments/`. `meta` is its `prenv.json` (absent: `None`), `files`
     /// everything inside, `tree` the directory's tree id where the store knows it.
+    /// Returns whether the entry is prenv's and holds nothing else: then what it gave is a fact about
+    /// its tree id, which a store may remember (see [`Inventory::env_known`]).
     pub fn env_entry(
         &mut self,
         name: &str,
@@ -67,7 +75,7 @@ impl Inventory {
         tree: Option<TreeId>,
         meta: Option<&[u8]>,
         files: &[Found],
-    ) {
+    ) -> bool {
         let what = match kind {
             EntryKind::Dir => None,
             EntryKind::File => Some("a file"),
@@ -78,7 +86,7 @@ impl Inventory {
             self.view
                 .blocked
                 .insert(name.to_string(), Blocked::NotPrenvs(what.into()));
-            return;
+            return false;
         }
         let meta_plain = files.iter().any(|f| f.name == META_FILE && f.plain);
         let owned = match meta {
@@ -91,7 +99,7 @@ impl Inventory {
             Err(NotOwned::Unmarked) => {
                 let why = "a directory prenv did not make: no prenv.json carrying its mark".into();
                 self.view.blocked.insert(name.to_string(), Blocked::NotPrenvs(why));
-                return;
+                return false;
             }
             Err(NotOwned::Unreadable(error)) => {
                 tracing::warn!(env = name, %error, "unreadable metadata file; the environment is kept as it is");
@@ -99,21 +107,35 @@ impl Inventory {
                 self.view
                     .blocked
                     .insert(name.to_string(), Blocked::Unreadable { file, error });
-                return;
+                return false;
             }
         };
         let dir = env_dir(name);
+        let mut clean = true;
         for f in files {
             let path = format!("{dir}/{}", f.name);
             if f.plain && ENV_FILES.contains(&f.name.as_str()) {
                 self.view.owned.insert(path, f.id);
             } else {
                 self.view.strays.insert(path);
+                clean = false;
             }
         }
         if let Some(tree) = tree {
             self.view.env_trees.insert(meta.env.clone(), tree);
         }
+        self.view.envs.insert(meta.env.clone(), meta);
+        clean
+    }
+
+    /// An environment directory whose tree id the store has read before and found prenv's with
+    /// nothing else in it: its metadata and files, without reading them again.
+    pub fn env_known(&mut self, tree: TreeId, meta: EnvMeta, files: &[(&str, BlobId)]) {
+        let dir = env_dir(meta.env.as_str());
+        for (name, id) in files {
+            self.view.owned.insert(format!("{dir}/{name}"), *id);
+        }
+        self.view.env_trees.insert(meta.env.clone(), tree);
         self.view.envs.insert(meta.env.clone(), meta);
     }
 
@@ -121,7 +143,12 @@ impl Inventory {
     /// environment. A file is prenv's when its environment is, or when the index lists it (its
     /// directory may have been removed by hand); anything else there is a stray.
     pub fn flux_wiring(&mut self, index: Option<&[u8]>, files: &[Found]) {
-        let listed = index.map(listed_in_index);
+        self.flux_wiring_listed(index.map(listed_in_index), files);
+    }
+
+    /// [`Inventory::flux_wiring`] with the index already parsed ([`listed_in_index`]; `None` when
+    /// there is no index).
+    pub fn flux_wiring_listed(&mut self, listed: Option<Option<BTreeSet<String>>>, files: &[Found]) {
         for f in files.iter() {
             let path = format!("{FLUX_DIR}/{}", f.name);
             let env = f.name.strip_suffix(".yaml").filter(|_| f.plain);
@@ -169,7 +196,7 @@ impl Inventory {
 }
 
 /// The environments the Flux index lists (`resources: [<env>.yaml, …]`); `None` when it cannot be read.
-fn listed_in_index(bytes: &[u8]) -> Option<BTreeSet<String>> {
+pub fn listed_in_index(bytes: &[u8]) -> Option<BTreeSet<String>> {
     let value: serde_yaml::Value = serde_yaml::from_slice(bytes).ok()?;
     let resources = value.get("resources")?.as_sequence()?;
     Some(
@@ -222,7 +249,12 @@ pub fn view_of(current: &Tree, tip: Option<Revision>) -> RepoView {
         inventory.env_entry(name, EntryKind::File, None, None, &[]);
     }
     for (env, files) in &dirs {
-        inventory.env_entry(env, EntryKind::Dir, None, metas.get(env).copied(), files);
+        // The id git would give the directory (nested directories aside, which prenv never writes).
+        let tree = files
+            .iter()
+            .all(|f| f.plain)
+            .then(|| TreeId::of_files(files.iter().map(|f| (f.name.as_str(), f.id))));
+        inventory.env_entry(env, EntryKind::Dir, tree, metas.get(env).copied(), files);
     }
     inventory.flux_wiring(index, &flux);
     inventory.argo_wiring(&argo);

@@ -134,6 +134,12 @@ pub trait EnvStore {
     /// Writes one commit on top of `base.tip` and moves the branch to it only if the branch still
     /// points at `base.tip` (compare and swap).
     fn publish(&mut self, base: &RepoView, change: &Change) -> Result<Published>;
+    /// What the store remembers of earlier runs' verifications; a store may remember nothing.
+    fn verifications(&self) -> &dyn Verifications {
+        &NoMemory
+    }
+    /// Keeps what this run verified (see [`Verifications`]) for the next run, where the store can.
+    fn learn(&mut self, _verified: &[(TreeId, Option<BlobId>)]) {}
 }
 
 /// In-memory fakes of the ports, for table tests of the flows and for benchmarks.
@@ -150,10 +156,26 @@ pub mod memory {
         }
     }
 
+    /// A verification memory held in memory.
+    #[derive(Debug, Clone, Default)]
+    pub struct Remembered(pub BTreeSet<(TreeId, Option<BlobId>)>);
+
+    impl Verifications for Remembered {
+        fn knows(&self, tree: TreeId, wiring: Option<BlobId>) -> bool {
+            self.0.contains(&(tree, wiring))
+        }
+
+        fn learn(&mut self, verified: &[(TreeId, Option<BlobId>)]) {
+            self.0.extend(verified.iter().copied());
+        }
+    }
+
     /// A repository held in memory with the semantics prenv relies on from git: each publish is one
     /// commit, applied only if the branch has not moved (compare and swap).
     #[derive(Default)]
     pub struct MemoryStore {
+        /// What runs verified, as a store that remembers keeps it.
+        pub memory: Remembered,
         /// Every commit's whole tree, oldest first; the last is the branch tip.
         pub commits: Vec<(Tree, String)>,
         /// Called before each publish to simulate another writer; returning a tree commits it first.
@@ -194,6 +216,14 @@ pub mod memory {
             Ok(at
                 .and_then(|n| self.commits.get(n - 1))
                 .and_then(|(t, _)| t.get(path).map(<[u8]>::to_vec)))
+        }
+
+        fn verifications(&self) -> &dyn Verifications {
+            &self.memory
+        }
+
+        fn learn(&mut self, verified: &[(TreeId, Option<BlobId>)]) {
+            self.memory.learn(verified);
         }
 
         fn publish(&mut self, base: &RepoView, change: &Change) -> Result<Published> {

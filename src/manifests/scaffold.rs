@@ -1,94 +1,104 @@
-//! The platform scaffold `prenv init` writes, as a tree: the environment templates, the engine
-//! wiring and the cluster infrastructure (ingress TLS, monitoring, logs, databases, runners). Pure:
-//! the config in, files out; writing them is the shell's (`app::init`).
+//! The platform scaffold `prenv init` writes, as a tree: the environment templates, the cluster
+//! infrastructure in stages (ingress TLS, monitoring, logs, databases, runners), the engine's
+//! wiring and the bootstrap scripts. Pure: the config in, files out; writing them is the shell's
+//! (`app::init`).
+//!
+//! The infrastructure is applied in [`STAGES`], each a directory of `infrastructure/`: a custom
+//! resource is never in the stage whose chart installs its CRD, and a stage that holds custom
+//! resources depends on the stage with that chart. With Flux every stage is a Kustomization with
+//! `dependsOn`; with Argo CD an Application in a sync wave (`argocd.rs`). The preview
+//! environments depend only on the stage they need, so an optional part that fails (monitoring,
+//! runners, a certificate not issued yet) never blocks a preview.
 
-use serde_json::json;
+mod argocd;
+mod objects;
+
+use serde_json::{Value, json};
 
 use super::{kinds, templates, yaml};
 use crate::error::{Error, Result};
-use crate::model::config::{Config, Engine};
+use crate::model::config::{Config, Engine, Platform};
 use crate::model::layout::{self, FLUX_DIR};
 use crate::model::tree::Tree;
 
+pub use objects::{RUNNER_NAMESPACE, RUNNER_SERVICE_ACCOUNT, alertmanager_config};
+
 /// The Secret holding the wildcard certificate; Traefik's default TLSStore serves it.
 pub const WILDCARD_SECRET: &str = "preview-wildcard-tls";
-/// Where the environments repository is cloned from when the config does not say (edit it).
-const PLACEHOLDER_URL: &str = "ssh://git@github.com/acme/environments.git";
+/// The Flux release `scripts/bootstrap-flux` installs. v2.6 is the first whose Kustomization
+/// accepts `deletionPolicy: WaitForTermination`, which every environment uses.
+pub const FLUX_VERSION: &str = "v2.6.4";
+/// The Argo CD release `scripts/bootstrap-argocd` installs (the version of the CRD fixtures).
+pub const ARGOCD_VERSION: &str = "v2.13.9";
+/// The cluster's entry point: Flux's bootstrap path, or the directory of Argo CD's root Application.
+pub const CLUSTER_DIR: &str = "clusters/preview";
+/// The Secret `flux bootstrap` creates from the deploy key (`--secret-name`); the environments'
+/// GitRepository reads the same repository with it.
+pub const FLUX_BOOTSTRAP_SECRET: &str = "flux-system";
+/// The Flux Receiver that reconciles at once on a push, and the Secret with its token.
+pub const RECEIVER_NAME: &str = "environments-push";
+pub const RECEIVER_SECRET: &str = "receiver-token";
+/// The Secret with Grafana's admin user and password (`scripts/create-secrets grafana`).
+pub const GRAFANA_SECRET: &str = "grafana-admin";
+/// The name of the root Kustomization (or Application) over the environments' wiring.
+pub const ENVIRONMENTS: &str = "prenv-environments";
+/// What the environments need applied first: CloudNativePG's CRD (their database Cluster).
+pub const ENVIRONMENTS_DEPEND_ON: &[&str] = &["infra-controllers"];
 
-/// Everything `init` writes, by path.
+/// One stage of the infrastructure: `infrastructure/<dir>`, applied after the stages it depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Stage {
+    pub name: &'static str,
+    pub dir: &'static str,
+    pub depends_on: &'static [&'static str],
+}
+
+/// The stages. Charts that install CRDs are in a stage before the custom resources of those CRDs:
+/// kustomize-controller dry-runs every object of a stage (but CRDs and Namespaces) before it
+/// applies any (kustomize-controller `internal/controller/kustomization_controller.go` `apply`,
+/// fluxcd/pkg `ssa` `ResourceManager.ApplyAll`), so a CR beside the HelmRelease of its CRD fails
+/// every time on a fresh cluster, and the HelmRelease is never created.
+pub const STAGES: &[Stage] = &[
+    Stage {
+        name: "infra-controllers",
+        dir: "controllers",
+        depends_on: &[],
+    },
+    Stage {
+        name: "infra-cert-manager",
+        dir: "cert-manager",
+        depends_on: &[],
+    },
+    Stage {
+        name: "infra-certificates",
+        dir: "certificates",
+        depends_on: &["infra-cert-manager"],
+    },
+    Stage {
+        name: "infra-monitoring",
+        dir: "monitoring",
+        depends_on: &[],
+    },
+    Stage {
+        name: "infra-monitoring-rules",
+        dir: "monitoring-rules",
+        depends_on: &["infra-monitoring"],
+    },
+    Stage {
+        name: "infra-runners",
+        dir: "runners",
+        depends_on: &[],
+    },
+];
+
+/// Everything `init` writes, by path; refuses a config that lacks what the engine needs.
 pub fn scaffold(config: &Config) -> Result<Tree> {
-    if config.engine == Engine::Argocd {
-        return scaffold_argocd(config);
-    }
+    check_complete(config)?;
     let mut tree = templates::tree()?;
-    tree.extend(templates::platform("flux")?);
-    let flux = &config.flux;
-    let url = config
-        .git
-        .url
-        .clone()
-        .filter(|u| u.contains("://") || u.contains('@'))
-        .unwrap_or_else(|| PLACEHOLDER_URL.into());
-    let certificate = json!({
-        "apiVersion": "cert-manager.io/v1",
-        "kind": "Certificate",
-        "metadata": {"name": "preview-wildcard", "namespace": "kube-system"},
-        "spec": {
-            "secretName": WILDCARD_SECRET,
-            "dnsNames": [format!("*.{}", config.domain)],
-            "issuerRef": {"kind": "ClusterIssuer", "name": "letsencrypt"},
-        },
-    });
-    tree.insert(
-        "infrastructure/wildcard-certificate.yaml",
-        yaml::to_string(&certificate)?,
-    )?;
-    let decryption = json!({"provider": "sops", "secretRef": {"name": flux.sops_secret}});
-    let sync = vec![
-        json!({
-            "apiVersion": "source.toolkit.fluxcd.io/v1",
-            "kind": "GitRepository",
-            "metadata": {"name": flux.source, "namespace": flux.namespace},
-            "spec": {"interval": "5m", "url": url, "ref": {"branch": config.git.branch}, "secretRef": {"name": "environments-git"}},
-        }),
-        json!({
-            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-            "kind": "Kustomization",
-            "metadata": {"name": "infrastructure", "namespace": flux.namespace},
-            "spec": {
-                "interval": "10m", "timeout": "10m", "path": "./infrastructure", "prune": true, "wait": true,
-                "sourceRef": {"kind": "GitRepository", "name": flux.source}, "decryption": decryption,
-            },
-        }),
-        json!({
-            "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-            "kind": "Kustomization",
-            "metadata": {"name": "prenv-environments", "namespace": flux.namespace},
-            "spec": {
-                "interval": "1m", "path": format!("./{FLUX_DIR}"), "prune": true,
-                "dependsOn": [{"name": "infrastructure"}],
-                "sourceRef": {"kind": "GitRepository", "name": flux.source}, "decryption": decryption,
-            },
-        }),
-        // A push to the environments repository reconciles at once instead of at the next interval.
-        json!({
-            "apiVersion": "notification.toolkit.fluxcd.io/v1",
-            "kind": "Receiver",
-            "metadata": {"name": "environments-push", "namespace": flux.namespace},
-            "spec": {
-                "type": "github", "events": ["ping", "push"], "secretRef": {"name": "receiver-token"},
-                "resources": [{"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "name": flux.source}],
-            },
-        }),
-    ];
-    tree.insert("clusters/preview/sync.yaml", yaml::to_multi_doc(&sync)?)?;
-    let cluster = kinds::KustomizeFile {
-        resources: vec!["sync.yaml".into()],
-        ..kinds::KustomizeFile::default()
-    };
-    tree.insert("clusters/preview/kustomization.yaml", yaml::to_string(&cluster)?)?;
-    let empty = kinds::KustomizeFile::default();
-    tree.insert(format!("{FLUX_DIR}/kustomization.yaml"), yaml::to_string(&empty)?)?;
+    tree.extend(templates::platform("common")?);
+    tree.extend(objects::infrastructure(config)?);
+    objects::route_alerts(config, &mut tree)?;
+    tree.insert("scripts/platform.env", objects::platform_env(config)?)?;
     if !config.secrets.age_recipients.is_empty() {
         let rules = json!({"creation_rules": [{
             "path_regex": ".*\\.sops\\.ya?ml$",
@@ -97,141 +107,131 @@ pub fn scaffold(config: &Config) -> Result<Tree> {
         }]});
         tree.insert(".sops.yaml", yaml::to_string(&rules)?)?;
     }
-    Ok(tree)
+    match config.engine {
+        Engine::Flux => {
+            tree.extend(templates::platform("flux")?);
+            flux_wiring(config, &mut tree)?;
+            Ok(tree)
+        }
+        Engine::Argocd => {
+            tree.extend(templates::platform("argocd")?);
+            argocd::convert(config, tree)
+        }
+    }
 }
 
-/// The Argo CD platform: the same infrastructure, each Flux HelmRelease turned into an Argo CD
-/// Application with the same chart, pinned version and values (one source of truth), a root
-/// Application over `infrastructure/`, the Sealed Secrets controller, and the environments'
-/// ApplicationSet.
-fn scaffold_argocd(config: &Config) -> Result<Tree> {
-    let mut flux_config = config.clone();
-    flux_config.engine = Engine::Flux;
-    let flux = scaffold(&flux_config)?;
-    let argo = &config.argocd;
-    let repo_url = argo.repo_url.clone().unwrap_or_else(|| PLACEHOLDER_URL.into());
-    let mut repositories = std::collections::BTreeMap::new();
-    for (path, bytes) in flux
-        .iter()
-        .filter(|(p, _)| p.starts_with("infrastructure/") && p.ends_with(".yaml"))
-    {
-        for doc in parse_docs(path, bytes)? {
-            if doc["kind"] == "HelmRepository" {
-                let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                let url = doc["spec"]["url"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .trim_start_matches("oci://")
-                    .to_string();
-                repositories.insert(name, url);
-            }
-        }
-    }
-    let mut tree = Tree::new();
-    for (path, bytes) in flux.iter() {
-        if path.starts_with("clusters/") || path.starts_with("flux/") {
-            continue;
-        }
-        if !(path.starts_with("infrastructure/") && path.ends_with(".yaml") && !path.ends_with("kustomization.yaml")) {
-            tree.insert(path, bytes)?;
-            continue;
-        }
-        let mut out = Vec::new();
-        for doc in parse_docs(path, bytes)? {
-            match doc["kind"].as_str() {
-                Some("HelmRepository") => {}
-                Some("HelmRelease") => out.push(helm_application(&doc, &repositories, &argo.namespace, &argo.project)?),
-                _ => out.push(doc),
-            }
-        }
-        if path.ends_with("sources.yaml") {
-            out.push(helm_app(
-                "sealed-secrets",
-                "kube-system",
-                "https://bitnami-labs.github.io/sealed-secrets",
-                "sealed-secrets",
-                "2.16.2",
-                json!({"fullnameOverride": "sealed-secrets-controller", "resources": {"limits": {"memory": "128Mi"}}}),
-                &argo.namespace,
-                &argo.project,
-            ));
-        }
-        tree.insert(path, yaml::to_multi_doc(&out)?)?;
-    }
-    let root = json!({
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Application",
-        "metadata": {"name": "prenv-infrastructure", "namespace": argo.namespace, "finalizers": ["resources-finalizer.argocd.argoproj.io"]},
-        "spec": {
-            "project": argo.project,
-            "source": {"repoURL": repo_url, "targetRevision": argo.target_revision, "path": "infrastructure"},
-            "destination": {"server": "https://kubernetes.default.svc", "namespace": argo.namespace},
-            "syncPolicy": {"automated": {"prune": true, "selfHeal": true}, "syncOptions": ["ServerSideApply=true"]},
-        },
-    });
-    tree.insert("argocd/infrastructure.yaml", yaml::to_string(&root)?)?;
-    let set = kinds::application_set(config, &layout::meta_glob());
-    tree.insert("argocd/applicationset.yaml", yaml::to_string(&set)?)?;
-    let index = kinds::KustomizeFile {
-        resources: vec!["infrastructure.yaml".into(), "applicationset.yaml".into()],
-        ..kinds::KustomizeFile::default()
+/// `prenv init` writes nothing for a config the platform cannot come up with: each missing value
+/// is named with its key and the fix, before any file is written.
+fn check_complete(config: &Config) -> Result<()> {
+    let refuse = |message: String| Error::Config {
+        path: "prenv.toml (prenv init)".into(),
+        message,
     };
-    tree.insert("argocd/kustomization.yaml", yaml::to_string(&index)?)?;
-    Ok(tree)
+    if let Some(message) = config.platform.missing_for_init() {
+        return Err(refuse(message));
+    }
+    match config.engine {
+        Engine::Flux => flux_repo_url(config).map(drop).map_err(refuse),
+        Engine::Argocd if config.argocd.repo_url.as_deref().is_none_or(str::is_empty) => Err(refuse(
+            "key `argocd.repo_url` is missing; with Argo CD the platform's Applications and the environments' ApplicationSet clone the environments repository from it".into(),
+        )),
+        Engine::Argocd => Ok(()),
+    }
 }
 
-fn parse_docs(path: &str, bytes: &[u8]) -> Result<Vec<serde_json::Value>> {
-    serde_yaml::Deserializer::from_slice(bytes)
-        .map(|d| serde::Deserialize::deserialize(d).map_err(|e| Error::Render(format!("scaffold file {path}: {e}"))))
-        .filter(|v: &Result<serde_json::Value>| !matches!(v, Ok(serde_json::Value::Null)))
-        .collect()
+/// The SSH URL Flux clones the environments repository from, as `ssh://` (the form Flux's
+/// GitRepository and `flux bootstrap git` take): `platform.repo_url`, else `git.url` when it is SSH.
+pub fn flux_repo_url(config: &Config) -> std::result::Result<String, String> {
+    let url = config
+        .platform
+        .repo_url
+        .clone()
+        .or_else(|| config.git.url.clone().filter(|u| Platform::is_ssh_url(u)))
+        .ok_or_else(|| {
+            "key `platform.repo_url` is missing; Flux reads the environments repository over SSH with the deploy key scripts/bootstrap-flux creates: set it to ssh://git@github.com/OWNER/REPO.git".to_string()
+        })?;
+    Ok(match url.strip_prefix("ssh://") {
+        Some(_) => url,
+        // scp-like `git@host:owner/repo.git` -> `ssh://git@host/owner/repo.git`
+        None => {
+            let (user_host, path) = url.split_once(':').unwrap_or((&url, ""));
+            format!("ssh://{user_host}/{}", path.trim_start_matches('/'))
+        }
+    })
 }
 
-fn helm_application(
-    release: &serde_json::Value,
-    repositories: &std::collections::BTreeMap<String, String>,
-    argo_namespace: &str,
-    project: &str,
-) -> Result<serde_json::Value> {
-    let name = release["metadata"]["name"].as_str().unwrap_or_default();
-    let namespace = release["metadata"]["namespace"].as_str().unwrap_or("monitoring");
-    let chart = &release["spec"]["chart"]["spec"];
-    let repo = chart["sourceRef"]["name"].as_str().unwrap_or_default();
-    let url = repositories
-        .get(repo)
-        .ok_or_else(|| Error::Render(format!("HelmRelease {name} refers to unknown HelmRepository {repo}")))?;
-    Ok(helm_app(
-        name,
-        namespace,
-        url,
-        chart["chart"].as_str().unwrap_or_default(),
-        chart["version"].as_str().unwrap_or_default(),
-        release["spec"]["values"].clone(),
-        argo_namespace,
-        project,
-    ))
+/// The Flux wiring: one Kustomization per stage, the environments' source and root Kustomization,
+/// the webhook Receiver and its Ingress, in `clusters/preview/` beside what `flux bootstrap` writes
+/// (`flux-system/`). That directory has no kustomization.yaml on purpose: kustomize-controller then
+/// applies every manifest in it and every subdirectory with its own kustomization.yaml (fluxcd/pkg
+/// `kustomize.Generator.findOrGenerateKustomization`), so `flux-system/` is included whenever
+/// bootstrap has written it, and Flux manages itself from git.
+fn flux_wiring(config: &Config, tree: &mut Tree) -> Result<()> {
+    let stages: Vec<Value> = STAGES
+        .iter()
+        .map(|s| {
+            flux_kustomization(
+                config,
+                s.name,
+                &format!("./infrastructure/{}", s.dir),
+                s.depends_on,
+                true,
+            )
+        })
+        .collect();
+    tree.insert(
+        format!("{CLUSTER_DIR}/infrastructure.yaml"),
+        yaml::to_multi_doc(&stages)?,
+    )?;
+    let flux = &config.flux;
+    let mut wiring = Vec::new();
+    // With `flux.source = "flux-system"` the environments use bootstrap's own GitRepository.
+    if flux.source != flux.namespace {
+        let url = flux_repo_url(config).map_err(Error::Render)?;
+        wiring.push(json!({
+            "apiVersion": "source.toolkit.fluxcd.io/v1",
+            "kind": "GitRepository",
+            "metadata": {"name": flux.source, "namespace": flux.namespace},
+            "spec": {"interval": "5m", "url": url, "ref": {"branch": config.git.branch}, "secretRef": {"name": FLUX_BOOTSTRAP_SECRET}},
+        }));
+    }
+    // The environments' own Kustomizations decrypt SOPS files; the root only applies those
+    // objects and needs no key (a decryption Secret that does not exist fails a Kustomization:
+    // kustomize-controller `internal/decryptor` `ImportKeys`).
+    let mut root = flux_kustomization(
+        config,
+        ENVIRONMENTS,
+        &format!("./{FLUX_DIR}"),
+        ENVIRONMENTS_DEPEND_ON,
+        false,
+    );
+    root["spec"]["interval"] = json!("1m");
+    wiring.push(root);
+    tree.insert(format!("{CLUSTER_DIR}/environments.yaml"), yaml::to_multi_doc(&wiring)?)?;
+    tree.insert(
+        format!("{CLUSTER_DIR}/receiver.yaml"),
+        yaml::to_multi_doc(&objects::receiver(config))?,
+    )?;
+    let empty = kinds::KustomizeFile::default();
+    tree.insert(format!("{FLUX_DIR}/kustomization.yaml"), yaml::to_string(&empty)?)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn helm_app(
-    name: &str,
-    namespace: &str,
-    repo_url: &str,
-    chart: &str,
-    version: &str,
-    values: serde_json::Value,
-    argo_namespace: &str,
-    project: &str,
-) -> serde_json::Value {
+/// A Flux Kustomization of this repository's `path` in the Flux namespace. `wait` makes it ready
+/// only once everything it applied is (the charts installed, their CRDs registered), which is
+/// what a stage that depends on it waits for.
+fn flux_kustomization(config: &Config, name: &str, path: &str, depends_on: &[&str], wait: bool) -> Value {
+    let flux = &config.flux;
+    let mut spec = json!({
+        "interval": "10m", "retryInterval": "2m", "timeout": "10m", "path": path, "prune": true, "wait": wait,
+        "sourceRef": {"kind": "GitRepository", "name": flux.source},
+    });
+    if !depends_on.is_empty() {
+        spec["dependsOn"] = depends_on.iter().map(|d| json!({"name": d})).collect();
+    }
     json!({
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Application",
-        "metadata": {"name": name, "namespace": argo_namespace},
-        "spec": {
-            "project": project,
-            "source": {"repoURL": repo_url, "chart": chart, "targetRevision": version, "helm": {"releaseName": name, "valuesObject": values}},
-            "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
-            "syncPolicy": {"automated": {"prune": true, "selfHeal": true}, "syncOptions": ["CreateNamespace=true", "ServerSideApply=true"]},
-        },
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+        "kind": "Kustomization",
+        "metadata": {"name": name, "namespace": flux.namespace},
+        "spec": spec,
     })
 }

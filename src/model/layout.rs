@@ -137,12 +137,40 @@ impl<'a> Place<'a> {
 }
 
 /// A git tree id: how the repository names a directory's whole content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TreeId(pub [u8; 20]);
+
+impl TreeId {
+    /// The id git gives a directory holding exactly `files` (plain files, mode 100644, no
+    /// subdirectory): SHA-1 of `tree <len>\0` and the entries sorted by name, each
+    /// `100644 <name>\0<20-byte blob id>` (git's `tree-walk` format; for plain files git's name
+    /// order is byte order). Lets the core predict the tree a commit will hold without writing it.
+    pub fn of_files<'a>(files: impl IntoIterator<Item = (&'a str, BlobId)>) -> TreeId {
+        let mut files: Vec<(&str, BlobId)> = files.into_iter().collect();
+        files.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut body = Vec::with_capacity(files.len() * 48);
+        for (name, id) in &files {
+            body.extend_from_slice(b"100644 ");
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            body.extend_from_slice(&id.0);
+        }
+        let mut hasher = Sha1::new();
+        hasher.update(format!("tree {}\0", body.len()).as_bytes());
+        hasher.update(&body);
+        TreeId(hasher.finalize().into())
+    }
+}
+
+impl std::fmt::Display for TreeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
 
 /// A git blob id (SHA-1 of `blob <len>\0` and the bytes): how the repository names a file's
 /// content, so the desired bytes can be compared with a committed file without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct BlobId(pub [u8; 20]);
 
 impl BlobId {

@@ -110,3 +110,43 @@ pub fn render_example(config: &str) -> tempfile::TempDir {
     assert!(out.status.success(), "{}", text(&out.stderr));
     dir
 }
+
+/// A flux config with one PostgreSQL database and no secrets, for tests that drive the library.
+pub fn postgres_config(extra: &str) -> prenv::model::config::Config {
+    let text = format!(
+        "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\ndatabases = [\"postgres\"]\n{extra}"
+    );
+    prenv::model::config::Config::parse(&text, "test").unwrap()
+}
+
+/// A credential maker for configs without MariaDB: it is never asked.
+pub struct NoCredentials;
+
+impl prenv::secrets::CredentialMaker for NoCredentials {
+    fn mariadb_credentials(
+        &mut self,
+        _: &prenv::model::meta::EnvMeta,
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> prenv::Result<Vec<u8>> {
+        unreachable!("the config has no mariadb")
+    }
+}
+
+/// PR `n` of acme/shop from its own repository, at `sha`, last updated at `updated`.
+pub fn lib_pr(n: u64, state: prenv::model::pr::PrState, sha: String, updated: &str) -> prenv::model::pr::PullRequest {
+    prenv::model::pr::PullRequest {
+        number: n,
+        state,
+        draft: false,
+        title: "t".into(),
+        labels: vec![],
+        head_sha: sha,
+        head_ref: format!("f/{n}"),
+        head_repo: Some("acme/shop".into()),
+        base_repo: Some("acme/shop".into()),
+        author: None,
+        closed_at: (state == prenv::model::pr::PrState::Closed).then(|| "2026-11-24T11:00:00Z".parse().unwrap()),
+        merged_at: None,
+        updated_at: updated.parse().unwrap(),
+    }
+}

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 mod platform;
 mod watch;
 
-pub use platform::Platform;
+pub use platform::{DnsProvider, Platform};
 pub use watch::Watch;
 
 use crate::error::{Error, Result};
@@ -380,6 +380,7 @@ impl Config {
         self.validate_github()?;
         self.validate_secrets()?;
         self.validate_sync_and_git()?;
+        self.platform.validate()?;
         self.validate_engine()
     }
 
