@@ -1,418 +1,333 @@
-//! `prenv watch` end to end: a local fake Kubernetes API (list + watch of Flux Kustomizations) and a
-//! local fake GitHub that keeps what is written to it. A full lifecycle posts the expected statuses,
-//! one deployment and one comment edited in place; a restart posts nothing; 250 other comments do not
-//! hide prenv's own.
+//! `prenv watch` end to end on the Flux path: the real binary between a fake Kubernetes API server
+//! (list/watch semantics of kubernetes/apiserver, `tests/fakes/kube.rs`) replaying the
+//! kustomize-controller v1.9.4 status fixtures, and a fake GitHub that refuses what GitHub refuses
+//! and keeps every write (`tests/fakes/github.rs`).
 
-mod common;
+mod fakes;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::{get, patch, post};
-use common::*;
-use serde_json::{Value, json};
-use tokio::sync::broadcast;
+use fakes::replay::{Session, UNPACED, deletion, fixture, many};
 
-// ---------- fake Kubernetes ----------
+const A: &str = "3f786850e387550fdab836ed7e6dc881de23001b";
+const B: &str = "b5e5ed6dec4810da85f01fd692050e26bc5a09a9";
+const C: &str = "103e6d3465f605daf999614fd9784c1ce9878d1c";
+const PR99: &str = "b6589fc6ab0dc82cf12099d1c2d40ab994e8410c";
 
-#[derive(Clone)]
-struct Kube {
-    objects: Arc<Mutex<BTreeMap<String, Value>>>,
-    events: broadcast::Sender<String>,
-    version: Arc<Mutex<u64>>,
+fn states(statuses: Vec<(String, String)>) -> Vec<String> {
+    statuses.into_iter().map(|(s, _)| s).collect()
 }
 
-impl Kube {
-    fn new() -> Kube {
-        Kube {
-            objects: Arc::default(),
-            events: broadcast::channel(64).0,
-            version: Arc::new(Mutex::new(1)),
-        }
-    }
-
-    fn put(&self, kind: &str, mut object: Value) {
-        let mut v = self.version.lock().unwrap();
-        *v += 1;
-        object["metadata"]["resourceVersion"] = json!(v.to_string());
-        let name = object["metadata"]["name"].as_str().unwrap().to_string();
-        if kind == "DELETED" {
-            self.objects.lock().unwrap().remove(&name);
-        } else {
-            self.objects.lock().unwrap().insert(name, object.clone());
-        }
-        let _ = self.events.send(json!({"type": kind, "object": object}).to_string());
+/// Every deployment of the session is inactive.
+fn all_inactive(session: &Session) {
+    let deployments = session.hub.deployment_states();
+    assert!(!deployments.is_empty());
+    for (env, sha, state) in deployments {
+        assert_eq!(state, "inactive", "{env} at {sha} left {state}");
     }
 }
 
-async fn kustomizations(
-    State(kube): State<Kube>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> axum::response::Response {
-    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        let rx = kube.events.subscribe();
-        let stream = tokio_stream::wrappers::BroadcastStream::new(rx)
-            .filter_map(|line| async move { line.ok().map(|l| Ok::<_, std::io::Error>(format!("{l}\n"))) });
-        return axum::body::Body::from_stream(stream).into_response();
-    }
-    let items: Vec<Value> = kube.objects.lock().unwrap().values().cloned().collect();
-    let version = kube.version.lock().unwrap().to_string();
-    Json(json!({
-        "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "KustomizationList",
-        "metadata": {"resourceVersion": version}, "items": items
-    }))
-    .into_response()
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_deploy_is_reported_the_fix_is_ready_and_a_merge_retires_every_deployment() {
+    let mut session = Session::new("flux", UNPACED).await;
+    session
+        .hub
+        .set_pull(101, "closed", false, true, &[], Some("2026-11-24T12:20:00Z"));
+    let steps = fixture("flux", "first-deploy-health-timeout-then-fix").steps;
+    // The fix is pushed minutes after the failure: GitHub has been told of the failure by then.
+    session.replay(&steps[..14], &[]).await;
+    session.replay(&steps[14..], &[]).await;
+    let failed = session.hub.statuses_on(A);
+    assert_eq!(
+        states(failed.clone()),
+        ["pending", "failure"],
+        "reported within one event, whatever observedGeneration says"
+    );
+    let description = &failed[1].1;
+    assert!(description.chars().count() <= 140, "{description}");
+    assert!(
+        description.starts_with("HealthCheckFailed")
+            && description.contains("Deployment/shop-pr-101/app")
+            && description.contains("InProgress"),
+        "{description}"
+    );
+    assert_eq!(states(session.hub.statuses_on(B)), ["pending", "success"]);
+    let comments = session.hub.prenv_comments();
+    assert_eq!(comments.len(), 1, "one comment per PR, edited in place");
+    assert!(
+        comments[0].1.contains("is ready")
+            && comments[0].1.contains("`3f78685`")
+            && comments[0].1.contains("`b5e5ed6`"),
+        "{}",
+        comments[0].1
+    );
+
+    let last = steps.last().unwrap()["object"].clone();
+    session.replay(&deletion(&last), &[]).await;
+    let removed = session.hub.statuses_on(B).pop().unwrap();
+    assert_eq!(
+        removed,
+        ("success".into(), "Preview removed: the PR was merged".into()),
+        "a merged PR may resolve to success"
+    );
+    all_inactive(&session);
+    let comment = &session.hub.prenv_comments()[0].1;
+    assert!(
+        comment.contains("was removed") && comment.contains("the PR was merged"),
+        "{comment}"
+    );
+    println!(
+        "GitHub writes, a first deploy that fails, its fix, and the merge: {}",
+        session.hub.writes()
+    );
 }
 
-use futures::StreamExt as _;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_new_commit_keeps_the_old_deployment_until_a_fix_is_ready() {
+    let mut session = Session::new("flux", UNPACED).await;
+    let steps = fixture("flux", "new-commit-apply-fails-old-keeps-running").steps;
+    session.replay(&steps[..23], &[]).await;
+    let failure = session.hub.statuses_on(B).pop().unwrap();
+    assert_eq!(failure.0, "failure");
+    assert!(
+        failure.1.starts_with("ReconciliationFailed Cluster/shop-pr-101/db: …")
+            && failure.1.ends_with("can't shrink existing storage from 2Gi to 1Gi"),
+        "{}",
+        failure.1
+    );
+    let deployments = session.hub.deployment_states();
+    assert!(
+        deployments.contains(&("shop-pr-101".into(), A.into(), "success".into())),
+        "the old commit still runs: {deployments:?}"
+    );
+    let comment = &session.hub.prenv_comments()[0].1;
+    assert!(
+        comment.contains("### ❌ Preview environment `shop-pr-101` failed\n"),
+        "the heading names no reason: {comment}"
+    );
+    assert!(comment.contains("`3f78685` was ready"), "{comment}");
+    assert_eq!(
+        states(session.hub.statuses_on(B)),
+        ["pending", "failure"],
+        "retries every minute add nothing"
+    );
 
-// ---------- fake GitHub ----------
-
-/// (deployment id, state, environment URL)
-type DeploymentStatus = (u64, String, Option<String>);
-
-#[derive(Clone, Default)]
-struct Hub {
-    statuses: Arc<Mutex<Vec<(String, String)>>>,
-    deployments: Arc<Mutex<Vec<Value>>>,
-    deployment_statuses: Arc<Mutex<Vec<DeploymentStatus>>>,
-    comments: Arc<Mutex<Vec<(u64, String)>>>,
-    writes: Arc<Mutex<u64>>,
-}
-
-impl Hub {
-    fn write(&self) {
-        *self.writes.lock().unwrap() += 1;
-    }
-    fn writes(&self) -> u64 {
-        *self.writes.lock().unwrap()
-    }
-    fn prenv_comments(&self) -> Vec<String> {
-        self.comments
-            .lock()
-            .unwrap()
+    session.replay(&steps[23..], &[]).await;
+    assert_eq!(states(session.hub.statuses_on(C)), ["pending", "success"]);
+    let mut deployments = session.hub.deployment_states();
+    deployments.sort();
+    assert_eq!(
+        deployments
             .iter()
-            .filter(|(_, b)| b.contains("<!-- prenv:"))
-            .map(|(_, b)| b.clone())
-            .collect()
-    }
-}
-
-async fn status(State(hub): State<Hub>, Path(sha): Path<String>, Json(body): Json<Value>) -> StatusCode {
-    hub.write();
-    hub.statuses
-        .lock()
-        .unwrap()
-        .push((sha, body["state"].as_str().unwrap_or_default().to_string()));
-    StatusCode::CREATED
-}
-
-async fn deployment(State(hub): State<Hub>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
-    hub.write();
-    let mut d = hub.deployments.lock().unwrap();
-    let id = 1000 + d.len() as u64;
-    d.push(body);
-    (StatusCode::CREATED, Json(json!({"id": id})))
-}
-
-async fn deployment_status(State(hub): State<Hub>, Path(id): Path<u64>, Json(body): Json<Value>) -> StatusCode {
-    hub.write();
-    hub.deployment_statuses.lock().unwrap().push((
-        id,
-        body["state"].as_str().unwrap_or_default().to_string(),
-        body["environment_url"].as_str().map(String::from),
-    ));
-    StatusCode::CREATED
-}
-
-async fn list_comments(
-    State(hub): State<Hub>,
-    Query(q): Query<BTreeMap<String, String>>,
-    headers: HeaderMap,
-) -> axum::response::Response {
-    let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
-    let per = 100;
-    let all = hub.comments.lock().unwrap().clone();
-    let items: Vec<Value> = all
-        .iter()
-        .skip((page - 1) * per)
-        .take(per)
-        .map(|(id, b)| json!({"id": id, "body": b}))
-        .collect();
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let mut response = Json(items).into_response();
-    if page * per < all.len() {
-        let link = format!(
-            "<http://{host}/repos/acme/shop/issues/7/comments?per_page=100&page={}>; rel=\"next\"",
-            page + 1
-        );
-        response.headers_mut().insert("link", link.parse().unwrap());
-    }
-    response
-}
-
-async fn add_comment(State(hub): State<Hub>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
-    hub.write();
-    let mut c = hub.comments.lock().unwrap();
-    let id = 5000 + c.len() as u64;
-    c.push((id, body["body"].as_str().unwrap_or_default().to_string()));
-    (StatusCode::CREATED, Json(json!({"id": id})))
-}
-
-async fn edit_comment(State(hub): State<Hub>, Path(id): Path<u64>, Json(body): Json<Value>) -> StatusCode {
-    hub.write();
-    for c in hub.comments.lock().unwrap().iter_mut().filter(|c| c.0 == id) {
-        c.1 = body["body"].as_str().unwrap_or_default().to_string();
-    }
-    StatusCode::OK
-}
-
-async fn serve(app: axum::Router) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    port
-}
-
-// ---------- the lifecycle ----------
-
-const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
-
-fn kustomization(generation: i64, observed: i64, ready: Option<&str>, deleting: bool) -> Value {
-    let mut o = json!({
-        "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-        "metadata": {
-            "name": "shop-pr-7", "namespace": "flux-system", "generation": generation, "uid": "u-1",
-            "creationTimestamp": "2026-11-24T12:00:00Z",
-            "labels": {"app.kubernetes.io/managed-by": "prenv", "prenv.dev/pr": "7", "prenv.dev/env": "shop-pr-7"},
-            "annotations": {"prenv.dev/head-sha": SHA, "prenv.dev/url": "https://shop-pr-7.p.example.com", "prenv.dev/databases": "postgres"}
-        },
-        "spec": {"path": "./environments/shop-pr-7", "interval": "5m", "prune": true, "sourceRef": {"kind": "GitRepository", "name": "x"}},
-        "status": {"observedGeneration": observed, "conditions": []}
-    });
-    if let Some(status) = ready {
-        o["status"]["conditions"] = json!([{"type": "Ready", "status": status, "reason": if status == "True" { "ReconciliationSucceeded" } else { "Progressing" }, "message": "", "lastTransitionTime": "2026-11-24T12:01:00Z"}]);
-    }
-    if deleting {
-        o["metadata"]["deletionTimestamp"] =
-            json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    }
-    o
-}
-
-struct Watcher(std::process::Child);
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_watcher(dir: &std::path::Path, kube_port: u16, hub_port: u16, alert_secs: u64) -> Watcher {
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{kube_port}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\nusers:\n- name: fake\n  user:\n    token: fake\ncurrent-context: fake\n"
-        ),
-    )
-    .unwrap();
-    let config = write_config(
-        dir,
-        &format!(
-            "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\n[github]\nrepository = \"acme/shop\"\napi_url = \"http://127.0.0.1:{hub_port}\"\n[watch]\ngrafana_url = \"https://grafana.example.com\"\nterminating_alert_secs = {alert_secs}\n"
-        ),
+            .map(|(_, sha, state)| (&sha[..7], state.as_str()))
+            .collect::<Vec<_>>(),
+        [("103e6d3", "success"), ("3f78685", "inactive"), ("b5e5ed6", "inactive")]
     );
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    Watcher(
-        std::process::Command::new(env!("CARGO_BIN_EXE_prenv"))
-            .args([
-                "--config",
-                s(&config),
-                "watch",
-                "--listen",
-                &format!("127.0.0.1:{metrics}"),
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("GITHUB_TOKEN", "ghp_watch_test")
-            .env("PRENV_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn until(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// The fake Kubernetes API (with `shop-pr-7` committed) and the fake GitHub, both serving.
-async fn fakes() -> (Kube, u16, Hub, u16) {
-    let kube = Kube::new();
-    kube.put("ADDED", kustomization(1, 0, None, false));
-    let kube_port = serve(
-        axum::Router::new()
-            .route(
-                "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations",
-                get(kustomizations),
-            )
-            .with_state(kube.clone()),
-    )
-    .await;
-    let hub = Hub::default();
-    // 250 comments by others come first: prenv must page past them to find (and not duplicate) its own.
-    for i in 0..250u64 {
-        hub.comments.lock().unwrap().push((i + 1, format!("LGTM #{i}")));
-    }
-    let hub_port = serve(
-        axum::Router::new()
-            .route("/repos/acme/shop/statuses/{sha}", post(status))
-            .route("/repos/acme/shop/deployments", post(deployment))
-            .route("/repos/acme/shop/deployments/{id}/statuses", post(deployment_status))
-            .route(
-                "/repos/acme/shop/issues/7/comments",
-                get(list_comments).post(add_comment),
-            )
-            .route("/repos/acme/shop/issues/comments/{id}", patch(edit_comment))
-            .with_state(hub.clone()),
-    )
-    .await;
-    (kube, kube_port, hub, hub_port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_lifecycle_posts_statuses_one_deployment_and_one_comment_and_a_restart_posts_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (kube, kube_port, hub, hub_port) = fakes().await;
-    let watcher = start_watcher(dir.path(), kube_port, hub_port, 300);
-    until("the committed report", || hub.prenv_comments().len() == 1).await;
-    // A garbage object in between must be skipped, not crash the watcher.
-    kube.put("ADDED", json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": "junk", "namespace": "flux-system", "labels": {"app.kubernetes.io/managed-by": "prenv"}}}));
-    kube.put("MODIFIED", kustomization(1, 1, Some("Unknown"), false));
-    until("reconciling", || hub.statuses.lock().unwrap().len() == 2).await;
-    kube.put("MODIFIED", kustomization(1, 1, Some("True"), false));
-    until("ready", || {
-        hub.statuses.lock().unwrap().iter().any(|(_, s)| s == "success")
-    })
-    .await;
-    // The same state again (a resync of an unchanged object) writes nothing.
-    let before = hub.writes();
-    kube.put("MODIFIED", kustomization(1, 1, Some("True"), false));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(hub.writes(), before, "an unchanged state was written again");
-
-    // Restart: the new watcher lists the Ready object and finds its marker: nothing to write.
-    drop(watcher);
-    let watcher = start_watcher(dir.path(), kube_port, hub_port, 300);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(hub.writes(), before, "a restart posted again");
-
-    kube.put("MODIFIED", kustomization(1, 1, Some("True"), true));
-    kube.put("DELETED", kustomization(1, 1, Some("True"), true));
-    until("destroyed", || {
-        hub.prenv_comments()
-            .first()
-            .is_some_and(|c| c.contains("state=destroyed"))
-    })
-    .await;
-    drop(watcher);
-
-    let statuses: Vec<String> = hub
-        .statuses
-        .lock()
-        .unwrap()
+async fn an_hour_of_interval_reconciles_of_50_ready_environments_writes_nothing_nor_does_a_restart() {
+    let mut session = Session::new("flux", UNPACED).await;
+    // 50 environments reported at once exceed GitHub's 80 writes a minute; this test is about what
+    // comes after, so the fake's limit is off (the pacing test keeps it on).
+    session.hub.hub().limits = false;
+    session.spaced = false;
+    let steps = many(&fixture("flux", "interval-reconciles-unchanged").steps, 50);
+    let hour = steps
         .iter()
-        .map(|(sha, s)| {
-            assert_eq!(sha, SHA, "a status landed on the wrong commit");
-            s.clone()
-        })
-        .collect();
-    assert_eq!(
-        statuses,
-        ["pending", "pending", "success", "success"],
-        "committed, reconciling, ready, destroying"
-    );
-    assert_eq!(
-        hub.deployments.lock().unwrap().len(),
-        1,
-        "one deployment per environment"
-    );
-    let deployment_states: Vec<String> = hub
-        .deployment_statuses
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|d| d.1.clone())
-        .collect();
-    assert_eq!(deployment_states, ["in_progress", "in_progress", "success", "inactive"]);
-    let success = hub
-        .deployment_statuses
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|d| d.1 == "success")
-        .cloned()
+        .position(|s| s["at"].as_str().is_some_and(|t| t > "2026-11-24T13:00"))
         .unwrap();
-    assert_eq!(success.2.as_deref(), Some("https://shop-pr-7.p.example.com"));
-    let comments = hub.prenv_comments();
-    assert_eq!(comments.len(), 1, "exactly one comment, edited in place");
-    let comment = &comments[0];
-    for want in [
-        "shop-pr-7",
-        "https://shop-pr-7.p.example.com",
-        "postgres",
-        "grafana.example.com/d/prenv-preview",
-        "Loki",
-        "Timeline",
-        "destroyed",
+    session.replay(&steps[..1], &[]).await;
+    let initial = session.hub.writes();
+    assert_eq!(session.hub.prenv_comments().len(), 50);
+    session.replay(&steps[1..hour], &[]).await;
+    let events = session
+        .watcher
+        .as_ref()
+        .unwrap()
+        .metric("prenv_watch_events_total")
+        .await
+        .unwrap();
+    assert!(
+        events > 3_000.0,
+        "an hour of reconciles is thousands of events: {events}"
+    );
+    assert_eq!(
+        session.hub.writes() - initial,
+        0,
+        "an hour of interval reconciles wrote to GitHub"
+    );
+    println!(
+        "GitHub writes: 50 environments first seen ready {initial}; then an hour of interval reconciles ({events} watch events) 0"
+    );
+
+    session.stop();
+    session.start();
+    session.settle().await;
+    assert_eq!(session.hub.writes() - initial, 0, "a restart wrote to GitHub");
+    let watcher = session.watcher.as_ref().unwrap();
+    assert_eq!(
+        watcher.metric("prenv_open_to_ready_seconds_count").await,
+        Some(0.0),
+        "a restart invented a sample"
+    );
+    let metrics = watcher.metrics().await;
+    for family in [
+        "prenv_environments{state=\"ready\"} 50",
+        "prenv_github_writes_total{kind=\"comment\"} 0",
+        "prenv_github_pending_reports 0",
+        "prenv_report_delay_seconds_count",
+        "prenv_watch_relists_total 1",
+        "prenv_github_requests_total{outcome=\"ok\"}",
+        "prenv_environments_terminating_too_long 0",
     ] {
-        assert!(comment.contains(want), "comment lacks {want:?}:\n{comment}");
+        assert!(metrics.contains(family), "{family} missing from /metrics:\n{metrics}");
     }
-    println!("GitHub writes for one environment lifecycle: {}", hub.writes());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_namespace_still_terminating_past_the_threshold_is_flagged_on_the_pr() {
-    let dir = tempfile::tempdir().unwrap();
-    let (kube, kube_port, hub, hub_port) = fakes().await;
-    let _watcher = start_watcher(dir.path(), kube_port, hub_port, 1);
-    until("the committed report", || hub.prenv_comments().len() == 1).await;
-    kube.put("MODIFIED", kustomization(1, 1, Some("True"), true));
-    until("the stuck note", || {
-        hub.prenv_comments()
-            .first()
-            .is_some_and(|c| c.contains("still terminating"))
-    })
-    .await;
-    assert!(hub.prenv_comments()[0].contains("state=destroying-stuck"));
-    let deployments_before = hub.deployment_statuses.lock().unwrap().len();
-    kube.put("DELETED", kustomization(1, 1, Some("True"), true));
-    until("destroyed", || {
-        hub.prenv_comments()
-            .first()
-            .is_some_and(|c| c.contains("state=destroyed"))
-    })
-    .await;
-    assert_eq!(
-        hub.deployment_statuses.lock().unwrap().len(),
-        deployments_before,
-        "no second inactive status"
+async fn an_environment_deleted_during_a_410_gap_is_reported_gone_at_the_relist() {
+    let mut session = Session::new("flux", UNPACED).await;
+    session
+        .hub
+        .set_pull(99, "closed", false, false, &[], Some("2026-11-24T12:05:00Z"));
+    session.replay(&fixture("flux", "watch-410-relist").steps, &[]).await;
+    let comments = session.hub.prenv_comments();
+    let gone = comments
+        .iter()
+        .find(|(pr, _)| *pr == 99)
+        .map(|(_, b)| b.clone())
+        .unwrap();
+    assert!(
+        gone.contains("was removed") && gone.contains("after a gap in the watch") && gone.contains("the PR was closed"),
+        "{gone}"
     );
+    assert_eq!(
+        session.hub.statuses_on(PR99).pop().unwrap().1,
+        "Preview removed: the PR was closed"
+    );
+    assert!(
+        session
+            .hub
+            .deployment_states()
+            .iter()
+            .any(|(env, _, s)| env == "shop-pr-99" && s == "inactive")
+    );
+    let appeared = comments
+        .iter()
+        .find(|(pr, _)| *pr == 102)
+        .map(|(_, b)| b.clone())
+        .unwrap();
+    assert!(appeared.contains("is ready"), "{appeared}");
+    assert_eq!(comments.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_way_keeps_one_comment_and_one_deployment_and_finds_what_was_deleted_meanwhile() {
+    let mut session = Session::new("flux", UNPACED).await;
+    session
+        .hub
+        .set_pull(99, "closed", false, true, &[], Some("2026-11-24T12:00:20Z"));
+    session.replay(&fixture("flux", "watcher-restart").steps, &[]).await;
+    let mut comments = session.hub.prenv_comments();
+    comments.sort();
+    assert_eq!(
+        comments.iter().map(|(pr, _)| *pr).collect::<Vec<_>>(),
+        [99, 101, 102],
+        "one comment each"
+    );
+    let gone = &comments[0].1;
+    assert!(
+        gone.contains("was removed") && gone.contains("the PR was merged"),
+        "{gone}"
+    );
+    let ready = &comments[1].1;
+    // The steps reported before the restart are kept (the marker carries them), in time order.
+    assert!(
+        ready.contains("is ready") && ready.contains("committed ") && ready.contains("→ ready "),
+        "the timeline survived: {ready}"
+    );
+    let deployments = session.hub.deployment_states();
+    assert_eq!(
+        deployments.iter().filter(|(env, _, _)| env == "shop-pr-101").count(),
+        1,
+        "{deployments:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_stuck_past_the_alert_is_flagged_then_gone_and_a_draft_does_not_read_as_passing() {
+    let mut session = Session::new("flux", &format!("{UNPACED}terminating_alert_secs = 1\n")).await;
+    session.hub.set_pull(101, "open", true, false, &[], None);
+    let steps = fixture("flux", "deletion-stuck-prune-error").steps;
+    session.replay(&steps[..2], &[]).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    session.settle().await;
+    let comment = &session.hub.prenv_comments()[0].1;
+    assert!(
+        comment.contains("Still terminating past the alert threshold"),
+        "{comment}"
+    );
+    let watcher = session.watcher.as_ref().unwrap();
+    assert_eq!(
+        watcher.metric("prenv_environments_terminating_too_long").await,
+        Some(1.0)
+    );
+    session.replay(&steps[2..], &[]).await;
+    let comment = &session.hub.prenv_comments()[0].1;
+    assert!(
+        comment.contains("was removed") && !comment.contains("Still terminating"),
+        "{comment}"
+    );
+    let watcher = session.watcher.as_ref().unwrap();
+    assert_eq!(
+        watcher.metric("prenv_environments_terminating_too_long").await,
+        Some(0.0)
+    );
+    assert_eq!(watcher.metric("prenv_close_to_gone_seconds_count").await, Some(1.0));
+    let removed = session.hub.statuses_on(A).pop().unwrap();
+    assert_eq!(
+        removed.0, "pending",
+        "an open PR's check must not pass without a preview"
+    );
+    assert!(
+        removed.1.starts_with("Preview removed: the PR was converted to draft"),
+        "{}",
+        removed.1
+    );
+    all_inactive(&session);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_paced_a_second_apart_and_the_comment_is_found_past_other_comments() {
+    let mut session = Session::new("flux", "").await;
+    for i in 0..250u64 {
+        session.hub.hub().comments.push((i + 1, 101, format!("LGTM #{i}")));
+    }
+    let steps = fixture("flux", "first-deploy-succeeds").steps;
+    // The deploy takes longer than writing "pending" does (in a loaded test run the ready event
+    // could otherwise replace the waiting pending report, which is the outbox's job).
+    session.replay(&steps[..9], &[]).await;
+    session.replay(&steps[9..], &[]).await;
+    let writes = session.hub.hub().writes.clone();
+    assert_eq!(
+        writes.len(),
+        6,
+        "pending and ready: status, deployment (+status) and comment each: {writes:?}"
+    );
+    for pair in writes.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            gap >= Duration::from_millis(990),
+            "{gap:?} between {} and {}",
+            pair[0].path,
+            pair[1].path
+        );
+    }
+    // A restart reads all three pages of comments and finds its own: no second comment.
+    session.stop();
+    session.start();
+    session.settle().await;
+    assert_eq!(session.hub.prenv_comments().len(), 1);
+    assert_eq!(session.hub.writes(), 6);
 }

@@ -1,32 +1,61 @@
 //! `prenv watch`: runs in the cluster, watches the Flux Kustomizations (or Argo CD Applications) that
-//! prenv's wiring creates, and reports each environment's state onto its PR. It never crashes on a
-//! strange object (logged and skipped), never posts on the wrong PR (the PR comes from prenv's own
-//! label), and writes to GitHub only when a state changes.
+//! prenv's wiring creates, and reports each environment's state onto its PR. The shell only moves
+//! data: watch events into the pure tracker (`core::tracker`), its reports into an outbox, and one
+//! reporter task that drains the outbox to GitHub at a paced rate. A newer report of an environment
+//! replaces an older one still waiting, so a backlog never writes stale states. It never crashes on a
+//! strange object (logged and skipped) and never posts on the wrong PR (the PR comes from prenv's own
+//! label).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::{Stream, StreamExt};
+use tokio::sync::{Notify, mpsc};
 
 use crate::adapters::kube::Seen;
-use crate::adapters::pr_status::PrStatus;
 use crate::app::metrics::{Histogram, Kind, family, one, read};
-use crate::core::status::{self, EnvState, Observed};
+use crate::core::status::{self, Observation};
+use crate::core::tracker::{Effect, EnvRecord, Event, StatusSink, Tracker, WriteCounts};
 use crate::error::{Error, Result};
 use crate::model::config::{Config, Engine};
 
 /// Buckets (seconds) of the open→ready and close→gone histograms.
 const BUCKETS: [f64; 9] = [30.0, 60.0, 120.0, 180.0, 300.0, 420.0, 600.0, 900.0, 1800.0];
+/// Buckets (seconds) of the delay from a state change to GitHub showing it.
+const DELAY_BUCKETS: [f64; 8] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0];
+/// A failed report or recall is retried after this, doubling up to [`RETRY_MAX`]: GitHub asks to
+/// back off, and the next state change of the environment replaces the report anyway.
+const RETRY_START: Duration = Duration::from_secs(15);
+const RETRY_MAX: Duration = Duration::from_secs(600);
+/// How often a watch whose stream ended checks whether GitHub has been told everything.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// The environment states `prenv_environments` always lists (0 when none).
+const STATES: [&str; 7] = [
+    "unknown",
+    "committed",
+    "reconciling",
+    "waiting",
+    "ready",
+    "failed",
+    "destroying",
+];
 
 /// Prometheus metrics of the watcher.
 pub struct WatchMetrics {
     open_to_ready: Histogram,
     close_to_gone: Histogram,
-    states: Mutex<BTreeMap<String, &'static str>>,
-    terminating_too_long: AtomicU64,
+    report_delay: Histogram,
+    census: Mutex<(BTreeMap<&'static str, i64>, i64)>,
+    failures: Mutex<BTreeMap<String, i64>>,
+    writes: OnceLock<Arc<WriteCounts>>,
+    pending_reports: AtomicU64,
+    events: AtomicU64,
+    relists: AtomicU64,
+    interruptions: AtomicU64,
     pub skipped_objects: AtomicU64,
     pub report_errors: AtomicU64,
 }
@@ -36,8 +65,14 @@ impl Default for WatchMetrics {
         WatchMetrics {
             open_to_ready: Histogram::new(&BUCKETS),
             close_to_gone: Histogram::new(&BUCKETS),
-            states: Mutex::default(),
-            terminating_too_long: AtomicU64::new(0),
+            report_delay: Histogram::new(&DELAY_BUCKETS),
+            census: Mutex::default(),
+            failures: Mutex::default(),
+            writes: OnceLock::new(),
+            pending_reports: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            relists: AtomicU64::new(0),
+            interruptions: AtomicU64::new(0),
             skipped_objects: AtomicU64::new(0),
             report_errors: AtomicU64::new(0),
         }
@@ -45,178 +80,480 @@ impl Default for WatchMetrics {
 }
 
 impl WatchMetrics {
+    /// The Prometheus text of every metric, with the GitHub client's own counters.
     pub fn render(&self, github: &crate::adapters::github::Stats) -> String {
         let mut out = String::new();
         self.open_to_ready.render(
             "prenv_open_to_ready_seconds",
-            "From the environment's object appearing to Ready.",
+            "From a head commit's start (its commit to the environments repository, else its first sight) to Ready; once per commit.",
             &mut out,
         );
         self.close_to_gone.render(
             "prenv_close_to_gone_seconds",
-            "From deletion starting to the object gone.",
+            "From deletion starting to the object gone, when the watcher saw it go.",
             &mut out,
         );
-        let by_state: BTreeMap<&str, i64> =
-            self.states
-                .lock()
-                .expect("metrics lock")
-                .values()
-                .fold(BTreeMap::new(), |mut m, state| {
-                    *m.entry(*state).or_default() += 1;
-                    m
-                });
-        let states: Vec<(&str, i64)> = ["committed", "reconciling", "ready", "failed", "destroying"]
-            .into_iter()
-            .map(|s| (s, by_state.get(s).copied().unwrap_or(0)))
+        self.report_delay.render(
+            "prenv_report_delay_seconds",
+            "From a state change to GitHub showing it (pacing and retries included).",
+            &mut out,
+        );
+        self.render_environments(&mut out);
+        self.render_github(github, &mut out);
+        let singles = [
+            ("prenv_watch_events_total", "Watch events received.", &self.events),
+            (
+                "prenv_watch_relists_total",
+                "Full (re-)lists: the start, and each 410 Gone.",
+                &self.relists,
+            ),
+            (
+                "prenv_watch_interruptions_total",
+                "Watch errors (retried with backoff).",
+                &self.interruptions,
+            ),
+            (
+                "prenv_watch_skipped_objects_total",
+                "Objects that could not be read.",
+                &self.skipped_objects,
+            ),
+            (
+                "prenv_watch_report_errors_total",
+                "Failed reports and comment look-ups (retried with backoff).",
+                &self.report_errors,
+            ),
+        ];
+        for (name, help, counter) in singles {
+            family(&mut out, name, help, Kind::Counter, None, &one(read(counter)));
+        }
+        out
+    }
+
+    fn render_environments(&self, out: &mut String) {
+        let (states, stuck) = self.census.lock().expect("metrics lock").clone();
+        let samples: Vec<(&str, i64)> = STATES
+            .iter()
+            .map(|s| (*s, states.get(s).copied().unwrap_or(0)))
             .collect();
         family(
-            &mut out,
+            out,
             "prenv_environments",
             "Environments by state.",
             Kind::Gauge,
             Some("state"),
-            &states,
+            &samples,
         );
+        family(
+            out,
+            "prenv_environments_terminating_too_long",
+            "Environments still terminating past the alert threshold.",
+            Kind::Gauge,
+            None,
+            &one(stuck),
+        );
+        let failures = self.failures.lock().expect("metrics lock").clone();
+        let samples: Vec<(&str, i64)> = failures.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+        family(
+            out,
+            "prenv_environment_failures_total",
+            "Failures reported, by the controller's reason.",
+            Kind::Counter,
+            Some("reason"),
+            &samples,
+        );
+    }
+
+    fn render_github(&self, github: &crate::adapters::github::Stats, out: &mut String) {
         let requests = [
             ("ok", read(&github.ok)),
             ("retried", read(&github.retried)),
             ("failed", read(&github.failed)),
         ];
-        let by = Some("outcome");
         family(
-            &mut out,
+            out,
             "prenv_github_requests_total",
             "GitHub requests by outcome.",
             Kind::Counter,
-            by,
+            Some("outcome"),
             &requests,
         );
-        let singles = [
-            (
-                "prenv_environments_terminating_too_long",
-                "Environments still terminating past the alert threshold.",
-                Kind::Gauge,
-                read(&self.terminating_too_long),
-            ),
+        if let Some(w) = self.writes.get() {
+            let writes = [
+                ("status", read(&w.statuses)),
+                ("deployment", read(&w.deployments)),
+                ("deployment_status", read(&w.deployment_statuses)),
+                ("comment", read(&w.comments)),
+            ];
+            family(
+                out,
+                "prenv_github_writes_total",
+                "GitHub writes (content-creating requests) by kind.",
+                Kind::Counter,
+                Some("kind"),
+                &writes,
+            );
+        }
+        let gauges = [
             (
                 "prenv_github_rate_limit_remaining",
                 "The last x-ratelimit-remaining seen (-1: none yet).",
-                Kind::Gauge,
                 github.rate_limit_remaining.load(Ordering::Relaxed),
             ),
             (
-                "prenv_watch_skipped_objects_total",
-                "Objects that could not be read.",
-                Kind::Counter,
-                read(&self.skipped_objects),
-            ),
-            (
-                "prenv_watch_report_errors_total",
-                "Failed reports (retried on the next event).",
-                Kind::Counter,
-                read(&self.report_errors),
+                "prenv_github_pending_reports",
+                "GitHub jobs waiting or under way: reports, comment look-ups, the startup sweep.",
+                read(&self.pending_reports),
             ),
         ];
-        for (name, help, kind, value) in singles {
-            family(&mut out, name, help, kind, None, &one(value));
+        for (name, help, value) in gauges {
+            family(out, name, help, Kind::Gauge, None, &one(value));
         }
-        out
+    }
+
+    fn take(&self, effect: &Effect) {
+        match effect {
+            Effect::OpenToReady { seconds, .. } => self.open_to_ready.observe(*seconds),
+            Effect::CloseToGone { seconds, .. } => self.close_to_gone.observe(*seconds),
+            Effect::Failure { reason, .. } => {
+                let label: String = reason
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                *self.failures.lock().expect("metrics lock").entry(label).or_default() += 1;
+            }
+            Effect::Recall { .. } | Effect::Report(_) => {}
+        }
     }
 }
 
-/// Watches and reports until the stream ends (it does not, short of a shutdown).
-pub async fn watch(
-    config: &Config,
-    stream: impl Stream<Item = Seen>,
-    mut reporter: PrStatus,
-    metrics: Arc<WatchMetrics>,
-) -> Result<()> {
-    let mut stream = std::pin::pin!(stream);
-    let read = match config.engine {
-        Engine::Flux => status::from_flux,
-        Engine::Argocd => status::from_argo,
-    };
-    let mut ready_seen: BTreeMap<String, bool> = BTreeMap::new();
-    let alert = chrono::Duration::seconds(i64::try_from(config.watch.terminating_alert_secs).unwrap_or(i64::MAX));
-    // Environments being deleted: what was observed, since when, and whether it was flagged.
-    let mut terminating: BTreeMap<String, (Observed, chrono::DateTime<Utc>, bool)> = BTreeMap::new();
-    let tick_every = std::time::Duration::from_secs(config.watch.terminating_alert_secs.clamp(1, 30));
-    let mut tick = tokio::time::interval(tick_every);
-    loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            _ = tick.tick() => {
-                let now = Utc::now();
-                for (obs, since, flagged) in terminating.values_mut().filter(|(_, since, f)| !*f && now - *since >= alert) {
-                    *flagged = true;
-                    metrics.terminating_too_long.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(env = %obs.env, since = %since, "environment still terminating past the alert threshold");
-                    let stuck = Observed { stuck: true, ..obs.clone() };
-                    if let Err(e) = reporter.report(&stuck, now).await {
-                        metrics.report_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(env = %stuck.env, error = %e, "reporting failed");
+/// What the reporter task does next.
+#[derive(Debug, Clone, PartialEq)]
+enum Job {
+    Recall {
+        env: String,
+        pr: u64,
+        attempts: u32,
+    },
+    /// The startup sweep, with the environments the first list showed.
+    Sweep {
+        listed: std::collections::BTreeSet<String>,
+        attempts: u32,
+    },
+    Report {
+        record: Box<EnvRecord>,
+        queued: Instant,
+        attempts: u32,
+    },
+}
+
+struct Queued {
+    record: Box<EnvRecord>,
+    queued: Instant,
+    attempts: u32,
+    not_before: Instant,
+}
+
+/// Work for the reporter: recalls first (they unblock the tracker), then one report per
+/// environment, oldest first; a newer report replaces a waiting one. Pure: times are arguments.
+#[derive(Default)]
+struct Queue {
+    recalls: VecDeque<(Job, Instant)>,
+    sweep: Option<(Job, Instant)>,
+    reports: BTreeMap<String, Queued>,
+    order: VecDeque<String>,
+}
+
+impl Queue {
+    fn recall(&mut self, env: String, pr: u64, attempts: u32, not_before: Instant) {
+        self.recalls.push_back((Job::Recall { env, pr, attempts }, not_before));
+    }
+
+    fn sweep(&mut self, listed: std::collections::BTreeSet<String>, attempts: u32, not_before: Instant) {
+        self.sweep = Some((Job::Sweep { listed, attempts }, not_before));
+    }
+
+    fn report(&mut self, record: Box<EnvRecord>, now: Instant) {
+        match self.reports.get_mut(&record.env) {
+            Some(waiting) => waiting.record = record,
+            None => {
+                self.order.push_back(record.env.clone());
+                let queued = Queued {
+                    record,
+                    queued: now,
+                    attempts: 0,
+                    not_before: now,
+                };
+                self.reports.insert(queued.record.env.clone(), queued);
+            }
+        }
+    }
+
+    /// Puts back a report that failed, unless a newer one arrived meanwhile.
+    fn retry(&mut self, record: Box<EnvRecord>, queued: Instant, attempts: u32, now: Instant) {
+        if self.reports.contains_key(&record.env) {
+            return;
+        }
+        self.order.push_back(record.env.clone());
+        let not_before = now + backoff(attempts);
+        let env = record.env.clone();
+        self.reports.insert(
+            env,
+            Queued {
+                record,
+                queued,
+                attempts,
+                not_before,
+            },
+        );
+    }
+
+    /// The next due job, or when the next one is due (`None`: nothing waits).
+    fn take(&mut self, now: Instant) -> std::result::Result<Job, Option<Instant>> {
+        if let Some(i) = self.recalls.iter().position(|(_, due)| *due <= now) {
+            return Ok(self.recalls.remove(i).expect("a position in the queue").0);
+        }
+        if self.sweep.as_ref().is_some_and(|(_, due)| *due <= now) {
+            return Ok(self.sweep.take().expect("a sweep is queued").0);
+        }
+        if let Some(i) = self.order.iter().position(|env| self.reports[env].not_before <= now) {
+            let env = self.order.remove(i).expect("a position in the queue");
+            let q = self.reports.remove(&env).expect("ordered reports are queued");
+            return Ok(Job::Report {
+                record: q.record,
+                queued: q.queued,
+                attempts: q.attempts,
+            });
+        }
+        let due = self
+            .recalls
+            .iter()
+            .chain(&self.sweep)
+            .map(|(_, d)| *d)
+            .chain(self.reports.values().map(|q| q.not_before));
+        Err(due.min())
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    RETRY_START.saturating_mul(1 << attempts.min(10)).min(RETRY_MAX)
+}
+
+/// The queue shared by the watch loop and the reporter task.
+#[derive(Default)]
+struct Outbox {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    /// Jobs taken and not finished (0 or 1): a report sleeping in the pacer is still pending.
+    busy: AtomicU64,
+}
+
+impl Outbox {
+    fn with<T>(&self, f: impl FnOnce(&mut Queue) -> T) -> T {
+        let result = f(&mut self.queue.lock().expect("outbox lock"));
+        self.wake.notify_one();
+        result
+    }
+
+    /// Jobs waiting or under way: reports, comment look-ups and the sweep.
+    fn len(&self) -> u64 {
+        let q = self.queue.lock().expect("outbox lock");
+        (q.reports.len() + q.recalls.len() + usize::from(q.sweep.is_some())) as u64 + self.busy.load(Ordering::SeqCst)
+    }
+
+    fn done(&self) {
+        self.busy.store(0, Ordering::SeqCst);
+    }
+
+    async fn next(&self) -> Job {
+        loop {
+            let next = {
+                let mut queue = self.queue.lock().expect("outbox lock");
+                let next = queue.take(Instant::now());
+                // Marked busy under the lock, so `len` never misses a job between queue and work.
+                if next.is_ok() {
+                    self.busy.store(1, Ordering::SeqCst);
+                }
+                next
+            };
+            match next {
+                Ok(job) => return job,
+                Err(Some(due)) => {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep_until(due.into()) => {}
                     }
                 }
-                continue;
+                Err(None) => self.wake.notified().await,
             }
-        };
-        let (value, deleted) = match next {
-            None => return Ok(()),
-            Some(Seen::Applied(v)) => (v, false),
-            Some(Seen::Deleted(v)) => (v, true),
-            Some(Seen::Listing | Seen::Listed) => continue,
-            Some(Seen::Interrupted(e)) => {
-                tracing::warn!(error = %e, "watch interrupted; retrying with backoff");
-                continue;
-            }
-        };
-        let deletion_timestamp = value["metadata"]["deletionTimestamp"]
-            .as_str()
-            .and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok());
-        let mut observed: Observed = match read(&value) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, "object not readable as a prenv environment; skipped");
-                metrics.skipped_objects.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        let now = Utc::now();
-        if observed.state == EnvState::Destroying && !terminating.contains_key(&observed.env) {
-            let since = deletion_timestamp.unwrap_or(now);
-            terminating.insert(observed.env.clone(), (observed.clone(), since, false));
         }
-        if deleted {
-            if terminating.remove(&observed.env).is_some_and(|(_, _, flagged)| flagged) {
-                metrics.terminating_too_long.fetch_sub(1, Ordering::Relaxed);
-            }
-            observed.state = EnvState::Destroyed;
-            if let Some(since) = deletion_timestamp {
-                metrics
-                    .close_to_gone
-                    .observe((now - since).num_milliseconds() as f64 / 1000.0);
-            }
-            metrics.states.lock().expect("metrics lock").remove(&observed.env);
-            ready_seen.remove(&observed.env);
-        } else {
-            metrics
-                .states
-                .lock()
-                .expect("metrics lock")
-                .insert(observed.env.clone(), observed.state.word());
-            if observed.state == EnvState::Ready && !ready_seen.get(&observed.env).copied().unwrap_or(false) {
-                ready_seen.insert(observed.env.clone(), true);
-                if let Some(created) = observed.created {
-                    metrics
-                        .open_to_ready
-                        .observe((now - created).num_milliseconds() as f64 / 1000.0);
+    }
+}
+
+/// The reporter task: drains the outbox to GitHub, one job at a time.
+async fn report<S: StatusSink>(
+    project_id: String,
+    mut reporter: S,
+    outbox: Arc<Outbox>,
+    recalled: mpsc::UnboundedSender<(String, Option<EnvRecord>)>,
+    metrics: Arc<WatchMetrics>,
+) {
+    loop {
+        match outbox.next().await {
+            Job::Recall { env, pr, attempts } => match reporter.recall(&env, pr, Utc::now()).await {
+                Ok(memory) => {
+                    if recalled.send((env, memory)).is_err() {
+                        return;
+                    }
                 }
+                Err(e) => {
+                    metrics.report_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pr, env = %env, error = %e, "cannot read the PR's comments; retrying with backoff");
+                    let due = Instant::now() + backoff(attempts);
+                    outbox.with(|q| q.recall(env, pr, attempts + 1, due));
+                }
+            },
+            Job::Sweep { listed, attempts } => match reporter.sweep(&listed, &project_id, Utc::now()).await {
+                Ok(found) => {
+                    for (env, record) in found {
+                        tracing::info!(env = %env, "an environment gone while no watcher ran");
+                        if recalled.send((env, Some(record))).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    metrics.report_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cannot sweep recent PRs for environments gone meanwhile; retrying with backoff");
+                    let due = Instant::now() + backoff(attempts);
+                    outbox.with(|q| q.sweep(listed, attempts + 1, due));
+                }
+            },
+            Job::Report {
+                record,
+                queued,
+                attempts,
+            } => match reporter.write(&record, Utc::now()).await {
+                Ok(()) => metrics.report_delay.observe(queued.elapsed().as_secs_f64()),
+                Err(e) => {
+                    metrics.report_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(pr = record.pr, env = %record.env, error = %e, "reporting failed; retrying with backoff");
+                    outbox.with(|q| q.retry(record, queued, attempts + 1, Instant::now()));
+                }
+            },
+        }
+        outbox.done();
+        metrics.pending_reports.store(outbox.len(), Ordering::Relaxed);
+    }
+}
+
+/// Stops the reporter task when the watch ends or is dropped (Ctrl-C).
+struct Abort(tokio::task::JoinHandle<()>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches and reports until the stream ends (in production it does not, short of a shutdown);
+/// then finishes what is queued for GitHub and returns.
+pub async fn watch<S: StatusSink>(
+    config: &Config,
+    stream: impl Stream<Item = Seen>,
+    mut reporter: S,
+    metrics: Arc<WatchMetrics>,
+) -> Result<()> {
+    let problems = config.watch.problems();
+    if !problems.is_empty() {
+        return Err(Error::Config {
+            path: "prenv.toml".into(),
+            message: problems.join("; "),
+        });
+    }
+    reporter.configure(&config.watch, &config.lifecycle);
+    let _ = metrics.writes.set(reporter.writes());
+    let outbox = Arc::new(Outbox::default());
+    let (recalled_tx, mut recalled) = mpsc::unbounded_channel();
+    let _worker = Abort(tokio::spawn(report(
+        config.project_id.clone(),
+        reporter,
+        outbox.clone(),
+        recalled_tx,
+        metrics.clone(),
+    )));
+    let alert_secs = config.watch.terminating_alert_secs;
+    let mut tracker = Tracker::new(chrono::Duration::seconds(i64::try_from(alert_secs).unwrap_or(i64::MAX)));
+    let mut tick = tokio::time::interval(Duration::from_secs(alert_secs.clamp(1, 30)));
+    let mut stream = std::pin::pin!(stream);
+    let mut ended = false;
+    loop {
+        let event = tokio::select! {
+            // Recalled memory first: it unblocks environments the tracker holds back.
+            biased;
+            Some((env, memory)) = recalled.recv() => Some(Event::Recalled { env, memory }),
+            _ = tick.tick() => Some(Event::Tick),
+            seen = stream.next(), if !ended => match seen {
+                None => {
+                    ended = true;
+                    None
+                }
+                Some(seen) => event_of(seen, config, &metrics),
+            },
+            // After the stream: until every recall is answered and every report written.
+            _ = tokio::time::sleep(DRAIN_POLL), if ended => {
+                if outbox.len() == 0 && recalled.is_empty() {
+                    return Ok(());
+                }
+                None
+            }
+        };
+        let Some(event) = event else { continue };
+        let now = Instant::now();
+        let first_list = matches!(event, Event::Listed) && !tracker.has_listed();
+        let effects = tracker.observe(event, Utc::now());
+        if first_list {
+            outbox.with(|q| q.sweep(tracker.known(), 0, now));
+        }
+        for effect in effects {
+            metrics.take(&effect);
+            match effect {
+                Effect::Recall { env, pr } => outbox.with(|q| q.recall(env, pr, 0, now)),
+                Effect::Report(record) => outbox.with(|q| q.report(record, now)),
+                _ => {}
             }
         }
-        if let Err(e) = reporter.report(&observed, now).await {
-            metrics.report_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(pr = observed.pr, env = %observed.env, error = %e, "reporting failed; the next event retries");
+        *metrics.census.lock().expect("metrics lock") = tracker.census();
+        metrics.pending_reports.store(outbox.len(), Ordering::Relaxed);
+    }
+}
+
+/// The tracker's event for what the watch saw; `None` for what it need not know (logged).
+fn event_of(seen: Seen, config: &Config, metrics: &WatchMetrics) -> Option<Event> {
+    metrics.events.fetch_add(1, Ordering::Relaxed);
+    let read = |value: &serde_json::Value| -> Option<Observation> {
+        let observed = match config.engine {
+            Engine::Flux => status::from_flux(value),
+            Engine::Argocd => status::from_argo(value, &config.image),
+        };
+        observed
+            .map_err(|e| {
+                metrics.skipped_objects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "object not readable as a prenv environment; skipped");
+            })
+            .ok()
+    };
+    match seen {
+        Seen::Applied(value) => read(&value).map(Event::Applied),
+        Seen::Deleted(value) => read(&value).map(Event::Deleted),
+        Seen::Listing => {
+            metrics.relists.fetch_add(1, Ordering::Relaxed);
+            Some(Event::Listing)
+        }
+        Seen::Listed => Some(Event::Listed),
+        Seen::Interrupted(e) => {
+            metrics.interruptions.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "watch interrupted; kube-runtime retries with backoff");
+            None
         }
     }
 }
@@ -242,4 +579,231 @@ pub async fn serve_metrics(
     axum::serve(listener, app)
         .await
         .map_err(|e| Error::io("serving on", listen.to_string(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::tracker::{Head, Since, State};
+
+    fn record(env: &str, state: State) -> Box<EnvRecord> {
+        Box::new(EnvRecord {
+            env: env.into(),
+            pr: 7,
+            url: None,
+            databases: None,
+            state,
+            stuck: false,
+            deleting_since: None,
+            noticed_late: false,
+            heads: vec![Head {
+                sha: "a".repeat(40),
+                since: Utc::now(),
+                from: Since::Seen,
+                steps: vec![],
+            }],
+        })
+    }
+
+    #[test]
+    fn the_outbox_serves_recalls_first_keeps_one_report_per_environment_and_backs_off() {
+        let mut q = Queue::default();
+        let t0 = Instant::now();
+        q.report(record("a", State::Committed), t0);
+        q.report(record("b", State::Committed), t0);
+        q.report(record("a", State::Ready), t0);
+        q.recall("c".into(), 9, 0, t0);
+        assert!(matches!(q.take(t0), Ok(Job::Recall { env, .. }) if env == "c"));
+        let Ok(Job::Report { record: first, .. }) = q.take(t0) else {
+            panic!("a report")
+        };
+        assert_eq!(
+            (first.env.as_str(), first.state.clone()),
+            ("a", State::Ready),
+            "the newer report replaced the older"
+        );
+        q.retry(first, t0, 1, t0);
+        assert!(matches!(q.take(t0), Ok(Job::Report { record, .. }) if record.env == "b"));
+        assert_eq!(
+            q.take(t0),
+            Err(Some(t0 + backoff(1))),
+            "the failed report waits its backoff"
+        );
+        q.report(
+            record(
+                "a",
+                State::Failed(crate::core::status::Failure {
+                    reason: "X".into(),
+                    object: None,
+                    message: String::new(),
+                }),
+            ),
+            t0,
+        );
+        assert!(matches!(q.take(t0 + backoff(1)), Ok(Job::Report { record, .. }) if record.state.word() == "failed"));
+        assert_eq!(q.take(t0), Err(None));
+        assert_eq!(backoff(30), RETRY_MAX);
+    }
+}
+
+/// The watch flow (stream → tracker → outbox → sink) against the in-memory status sink, replaying
+/// the controllers' status fixtures: what the PRs are told, and how many writes it takes.
+#[cfg(test)]
+mod flow {
+    use super::*;
+    use crate::core::tracker::{MemorySink, State};
+
+    const FLUX: &str = "engine = \"flux\"\n";
+    /// The fixtures' deletions happened days before the wall clock: no stuck alert in these tables
+    /// (the end-to-end tests cover it).
+    const NEVER: u64 = 1 << 40;
+    const ARGO: &str = "engine = \"argocd\"\n[argocd]\nrepo_url = \"https://github.com/acme/shop-environments.git\"\n";
+
+    fn config(engine: &str) -> Config {
+        let text = format!(
+            "project_id = \"shop\"\ndomain = \"preview.example.com\"\nimage = \"ghcr.io/acme/shop\"\ndatabases = [\"postgres\"]\n{engine}[watch]\nwrite_interval_ms = 0\nwrites_per_minute = 0\nwrites_per_hour = 0\nterminating_alert_secs = {NEVER}\n"
+        );
+        Config::parse(&text, "test").expect("a valid test config")
+    }
+
+    /// The fixture's steps as watch runs: one `Vec<Seen>` per watcher process (a `restart` step
+    /// starts the next), without the steps no watcher saw (`missed`).
+    fn runs(fixture: &str) -> Vec<Vec<Seen>> {
+        let value: serde_json::Value = serde_json::from_str(fixture).expect("a fixture");
+        let mut runs = vec![Vec::new()];
+        for step in value["steps"].as_array().expect("steps") {
+            let run = runs.last_mut().expect("a run");
+            match step["event"].as_str().unwrap_or_default() {
+                _ if step["missed"] == true => {}
+                "apply" => run.push(Seen::Applied(step["object"].clone())),
+                "delete" => run.push(Seen::Deleted(step["object"].clone())),
+                "list" | "relist" => {
+                    run.push(Seen::Listing);
+                    run.extend(
+                        step["list"]["items"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .cloned()
+                            .map(Seen::Applied),
+                    );
+                    run.push(Seen::Listed);
+                }
+                "restart" => runs.push(Vec::new()),
+                _ => {}
+            }
+        }
+        runs
+    }
+
+    /// Replays every run against one sink (the PRs outlive the watcher) and returns what was
+    /// written, as "<pr> <short head> <state>[ <reason>]", and the writes of each run.
+    async fn replay(engine: &str, fixture: &str) -> (Vec<String>, Vec<u64>) {
+        let config = config(engine);
+        let sink = MemorySink::default();
+        let mut per_run = Vec::new();
+        for run in runs(fixture) {
+            let before = sink.writes().total();
+            // Each event waits until GitHub was told about the one before, as events spaced out
+            // in time are; otherwise a newer report replaces a waiting one (the outbox's job).
+            let metrics = Arc::new(WatchMetrics::default());
+            let idle = metrics.clone();
+            let stream = futures::stream::iter(run).then(move |seen| {
+                let idle = idle.clone();
+                async move {
+                    for _ in 0..10_000 {
+                        tokio::task::yield_now().await;
+                        if idle.pending_reports.load(Ordering::SeqCst) == 0 {
+                            break;
+                        }
+                    }
+                    seen
+                }
+            });
+            watch(&config, stream, sink.clone(), metrics)
+                .await
+                .expect("the watch runs");
+            per_run.push(sink.writes().total() - before);
+        }
+        let told = sink
+            .prs()
+            .written
+            .iter()
+            .map(|r| {
+                let reason = match &r.state {
+                    State::Failed(f) => format!(" {}", f.reason),
+                    _ => String::new(),
+                };
+                format!("{} {} {}{reason}", r.pr, &r.head()[..7], r.state.word())
+            })
+            .collect();
+        (told, per_run)
+    }
+
+    /// A row: name, engine config, fixture, what the PRs are told, writes per watcher run.
+    type Row<'a> = (&'a str, &'a str, &'a str, &'a [&'a str], &'a [u64]);
+
+    #[tokio::test]
+    async fn the_watch_flow_tells_each_pr_the_truth_once() {
+        let table: &[Row] = &[
+            (
+                "a failed first deploy, then its fix",
+                FLUX,
+                include_str!("../../tests/fixtures/status/flux/first-deploy-health-timeout-then-fix.json"),
+                // Reported failed at the first Ready=False, whatever observedGeneration says; its
+                // retries (Ready=Unknown, then False again) tell nothing new.
+                &[
+                    "101 3f78685 committed",
+                    "101 3f78685 failed HealthCheckFailed",
+                    "101 b5e5ed6 committed",
+                    "101 b5e5ed6 ready",
+                ],
+                &[4],
+            ),
+            (
+                "two hours of interval reconciles",
+                FLUX,
+                include_str!("../../tests/fixtures/status/flux/interval-reconciles-unchanged.json"),
+                // 24 interval runs, another PR's commit and a requested reconcile: nothing after the
+                // first report.
+                &["101 3f78685 ready"],
+                &[1],
+            ),
+            (
+                "a restart mid-way",
+                FLUX,
+                include_str!("../../tests/fixtures/status/flux/watcher-restart.json"),
+                // The second process recalls what the first told and writes only what changed: 101
+                // became ready meanwhile, 99 went away while no watcher ran (found by the sweep).
+                &[
+                    "102 89e6c98 ready",
+                    "99 b6589fc ready",
+                    "99 b6589fc destroying",
+                    "101 3f78685 committed",
+                    "101 3f78685 ready",
+                    "99 b6589fc destroyed",
+                ],
+                &[4, 2],
+            ),
+            (
+                "a sync failing through its retries, then a fix",
+                ARGO,
+                include_str!("../../tests/fixtures/status/argocd/new-commit-sync-fails-retries.json"),
+                // Five retries and the SyncError that follows are one failure; the fix is ready.
+                &[
+                    "101 3f78685 ready",
+                    "101 b5e5ed6 committed",
+                    "101 b5e5ed6 failed SyncFailed",
+                    "101 103e6d3 committed",
+                    "101 103e6d3 ready",
+                ],
+                &[5],
+            ),
+        ];
+        for (name, engine, fixture, want_told, want_writes) in table {
+            let (told, writes) = replay(engine, fixture).await;
+            assert_eq!(told, *want_told, "{name}");
+            assert_eq!(writes, *want_writes, "{name}: writes per watcher run");
+        }
+    }
 }

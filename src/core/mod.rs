@@ -8,3 +8,4 @@ pub mod diff;
 pub mod plan;
 pub mod ports;
 pub mod status;
+pub mod tracker;
