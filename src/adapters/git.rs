@@ -11,7 +11,11 @@ use crate::core::diff::{EntryKind, Found, Inventory, listed_in_index};
 use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision, Verifications};
 use crate::error::{Error, Result, Sdk};
 use crate::model::config::Git as GitConfig;
-use crate::model::layout::{ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, Place, TreeId, env_dir};
+use crate::model::layout::{
+    ARGOCD_DIR, BlobId, ENV_FILES, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, Place, TreeId, env_dir, meta_path,
+};
+use crate::model::meta::owned_meta;
+use crate::model::naming::EnvName;
 use crate::model::tree::Tree;
 
 use super::memory::{KnownEnv, RepoMemory};
@@ -276,17 +280,53 @@ impl EnvRepo {
         Ok(())
     }
 
-    /// Records what the directories of `envs` hold at `commit`, just written: the next read of
-    /// them costs nothing.
-    fn remember_written(&self, commit: Oid, envs: &BTreeSet<String>) -> Result<()> {
+    /// Records what the environment directories `change` touched hold at `commit`, just written
+    /// on top of `base`, from the bytes written and what `base` held, so the next read of them
+    /// costs nothing. Nothing is read back but two trees (objects in a fresh pack are expensive to
+    /// read); a directory whose tree id is not exactly the one those files give is not remembered.
+    fn remember_written(&self, commit: Oid, base: &RepoView, change: &Change) -> Result<()> {
+        let touched: BTreeSet<&str> = change
+            .upserts
+            .paths()
+            .chain(change.removals.iter().map(String::as_str))
+            .filter_map(|p| Place::of(p).env())
+            .collect();
+        if touched.is_empty() {
+            return Ok(());
+        }
         let err = |e| git_err("reading the tree of", &self.display, e);
         let root = self.repo.find_commit(commit).and_then(|c| c.tree()).map_err(err)?;
-        let mut scratch = Inventory::new(None);
-        for env in envs {
-            if let Ok(entry) = root.get_path(Path::new(&env_dir(env)))
-                && entry.kind() == Some(ObjectType::Tree)
-            {
-                self.read_env(&mut scratch, env, entry.id())?;
+        let Ok(entry) = root.get_path(Path::new(ENVIRONMENTS_DIR)) else {
+            return Ok(());
+        };
+        let envs = self.repo.find_tree(entry.id()).map_err(err)?;
+        let removed: BTreeSet<&str> = change.removals.iter().map(String::as_str).collect();
+        for env in touched {
+            let Some(entry) = envs.get_name(env).filter(|e| e.kind() == Some(ObjectType::Tree)) else {
+                continue;
+            };
+            let dir = env_dir(env);
+            let after = |file: &str| {
+                let path = format!("{dir}/{file}");
+                match change.upserts.get(&path) {
+                    Some(bytes) => Some(BlobId::of(bytes)),
+                    None if removed.contains(path.as_str()) => None,
+                    None => base.owned.get(&path).copied(),
+                }
+            };
+            let meta = match change.upserts.get(&meta_path(env)) {
+                Some(bytes) => owned_meta(env, bytes).ok(),
+                None => EnvName::try_from(env.to_string())
+                    .ok()
+                    .and_then(|n| base.envs.get(&n).cloned()),
+            };
+            let files: Vec<(&str, BlobId)> = ENV_FILES.iter().filter_map(|f| after(f).map(|id| (*f, id))).collect();
+            let tree = TreeId(oid_bytes(entry.id()));
+            if TreeId::of_files(files.iter().copied()) != tree {
+                continue;
+            }
+            if let Some(known) = meta.and_then(|m| KnownEnv::new(m, files)) {
+                self.memory.remember_env(tree, known);
             }
         }
         Ok(())
@@ -633,18 +673,12 @@ impl EnvStore for EnvRepo {
         self.read_file_at(revision_oid(view)?, path)
     }
 
-    fn publish(&mut self, base: &RepoView, change: &Change) -> Result<Published> {
-        let base = revision_oid(base)?;
+    fn publish(&mut self, base_view: &RepoView, change: &Change) -> Result<Published> {
+        let base = revision_oid(base_view)?;
         let commit = self.commit(base, &change.upserts, &change.removals, &change.message)?;
         let published = self.swap(commit, base)?;
         if let Published::Done(_) = published {
-            let touched: BTreeSet<String> = change
-                .upserts
-                .paths()
-                .chain(change.removals.iter().map(String::as_str))
-                .filter_map(|p| Place::of(p).env().map(String::from))
-                .collect();
-            self.remember_written(commit, &touched)?;
+            self.remember_written(commit, base_view, change)?;
         }
         Ok(published)
     }

@@ -456,7 +456,8 @@ impl Drop for Abort {
 }
 
 /// Watches and reports until the stream ends (in production it does not, short of a shutdown);
-/// then finishes what is queued for GitHub and returns.
+/// then finishes what is queued for GitHub and returns. Longer than most functions: one `select!`
+/// loop over the stream, the pacer and the retry timer, whose arms share the outbox.
 pub async fn watch<S: StatusSink>(
     config: &Config,
     stream: impl Stream<Item = Seen>,

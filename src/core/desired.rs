@@ -50,7 +50,8 @@ pub struct Desired {
 /// Computes the desired state against `current`. New environments that need credentials get them
 /// from `credentials`; existing credential files are kept byte for byte. Every owned environment
 /// is compared with its rendering (unless `verified` knows its content), so drift is restored;
-/// paths prenv does not own, or must leave alone, are never compared, written or removed.
+/// paths prenv does not own, or must leave alone, are never compared, written or removed. The one
+/// pipeline, longer than most functions so that its steps read in order.
 pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn CredentialMaker) -> Result<Desired> {
     let config = inputs.config;
     let mut plan = plan::plan_with(config, inputs.prs, current, inputs.now, inputs.evidence);

@@ -260,9 +260,12 @@ fn kept_meta(config: &Config, digest: &str, env: &EnvName, recorded: &EnvMeta) -
         preserve_until: recorded.preserve_until,
         render_digest: digest.to_string(),
         pr_updated_at: recorded.pr_updated_at,
+        committed_at: recorded.committed_at.filter(|t| *t >= recorded.created_at),
     })
 }
 
+/// The decision for one PR against what the repository holds. Longer than most functions: the
+/// guards (ownership, rollback) and the lifecycle match read best as one sequence.
 fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now: DateTime<Utc>) -> Decision {
     let env = match EnvName::new(&config.project_id, pr.number) {
         Ok(env) => env,
@@ -314,6 +317,11 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
             let created_at = prior.map_or(now, |p| p.created_at.min(now));
             let mut meta = env_meta(config, pr, env.clone(), created_at, preserve_until);
             meta.render_digest = digest.to_string();
+            // A new head is committed now; the same head keeps the time it was first committed.
+            meta.committed_at = match prior {
+                Some(p) if p.head_sha == meta.head_sha => p.committed_at.map(|t| t.min(now)),
+                _ => Some(now),
+            };
             // Only a change worth a commit records a newer PR time: a title edit commits nothing.
             if let Some(p) = prior
                 && (EnvMeta {
@@ -428,6 +436,7 @@ fn env_meta(
         preserve_until,
         render_digest: config.render_digest(),
         pr_updated_at: Some(pr.updated_at),
+        committed_at: None,
     }
 }
 
@@ -605,6 +614,28 @@ pub(crate) mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn each_head_records_when_it_was_first_committed() {
+        let cfg = config();
+        let env = EnvName::new("shop", 12).unwrap();
+        let first = plan(&cfg, &[pr(12)], &BTreeMap::new(), at(NOW));
+        let meta = first.decisions[0].desired.clone().unwrap();
+        assert_eq!(meta.committed_at, Some(at(NOW)));
+        // Later runs with the same head keep the time: the watcher's budget is per push.
+        let later = at("2026-11-24T13:00:00Z");
+        let existing = BTreeMap::from([(env.clone(), meta.clone())]);
+        let again = plan(&cfg, &[pr(12)], &existing, later);
+        assert_eq!(again.decisions[0].action, Action::Keep);
+        assert_eq!(again.decisions[0].desired.as_ref().unwrap().committed_at, Some(at(NOW)));
+        // A new head is committed at this run's time.
+        let mut pushed = pr(12);
+        pushed.head_sha = "9".repeat(40);
+        pushed.updated_at = later;
+        let moved = plan(&cfg, &[pushed], &existing, later);
+        assert_eq!(moved.decisions[0].action, Action::Update);
+        assert_eq!(moved.decisions[0].desired.as_ref().unwrap().committed_at, Some(later));
     }
 
     #[test]

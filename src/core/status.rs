@@ -20,7 +20,7 @@ use crate::model::labels;
 /// When prenv committed the head to the environments repository. The renderer does not write it yet
 /// (see the watcher's README section); without it the watcher falls back to the object's creation or
 /// the moment it first saw the head.
-pub const COMMITTED_AT: &str = "prenv.dev/committed-at";
+pub const COMMITTED_AT: &str = crate::model::labels::COMMITTED_AT;
 /// A controller message kept for the PR comment is cut to this many characters: enough for any
 /// kustomize-controller or Argo CD message seen in practice, and the comment stays far below GitHub's
 /// 65,536-character limit.
@@ -421,7 +421,9 @@ pub fn from_argo(value: &serde_json::Value, image: &str) -> Result<Observation, 
     })
 }
 
-/// The verdict of a live (not deleting) Application; see [`from_argo`].
+/// The verdict of a live (not deleting) Application; see [`from_argo`]. One ordered list of the
+/// controller's signals (operation, retries, conditions, health), kept together on purpose: the
+/// order is the semantics.
 fn argo_verdict(status: &ArgoStatus, operation_requested: bool, image: &str, head: &str) -> Verdict {
     let sync = status
         .sync

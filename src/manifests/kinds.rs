@@ -180,6 +180,10 @@ pub fn application_set(config: &Config, meta_glob: &str) -> Value {
                         labels::HEAD_SHA: "{{.head_sha}}",
                         labels::URL: "{{.url}}",
                         labels::DATABASES: "{{ join \",\" .databases }}",
+                        // `index` yields no value rather than an error (missingkey=error applies
+                        // to `.key` only, Go text/template exec.go `evalField`) for metadata
+                        // written before prenv recorded the time; the watcher then ignores it.
+                        labels::COMMITTED_AT: "{{ index . \"committed_at\" }}",
                     },
                     // Deleting the Application deletes what it deployed, namespace included.
                     "finalizers": ["resources-finalizer.argocd.argoproj.io"],

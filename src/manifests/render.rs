@@ -67,6 +67,12 @@ pub fn render_selected(
             let mut annotations = env_annotations(meta);
             let dbs: Vec<&str> = meta.databases.iter().map(|d| d.name()).collect();
             annotations.insert(labels::DATABASES.into(), dbs.join(","));
+            if let Some(at) = meta.committed_at {
+                annotations.insert(
+                    labels::COMMITTED_AT.into(),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
+            }
             let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), annotations);
             tree.insert(flux_file(meta.env.as_str()), yaml::to_string(&object)?)?;
         }

@@ -10,3 +10,6 @@ pub const HEAD_SHA: &str = "prenv.dev/head-sha";
 pub const HEAD_REF: &str = "prenv.dev/head-ref";
 pub const URL: &str = "prenv.dev/url";
 pub const DATABASES: &str = "prenv.dev/databases";
+/// When prenv committed the environment's head (RFC 3339), on the Flux Kustomization or Argo CD
+/// Application: the watcher's clock for each push.
+pub const COMMITTED_AT: &str = "prenv.dev/committed-at";

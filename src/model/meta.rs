@@ -40,6 +40,10 @@ pub struct EnvMeta {
     /// it, so a late sync with an older snapshot never rolls an environment back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pr_updated_at: Option<DateTime<Utc>>,
+    /// When prenv first committed this head commit to the environments repository: the watcher
+    /// measures each push against the time budget from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_at: Option<DateTime<Utc>>,
 }
 
 impl EnvMeta {

@@ -136,7 +136,8 @@ impl Alerts {
         self.secret.as_deref().unwrap_or(DEFAULT_ALERTS_SECRET)
     }
 
-    /// The checks of `[platform.alerts]`: each receiver complete, each value well formed.
+    /// The checks of `[platform.alerts]`: each receiver complete, each value well formed. One
+    /// flat list of checks, longer than most functions so that every rule reads in one place.
     fn validate(&self) -> Result<(), String> {
         if let Some(channel) = &self.slack_channel
             && (!(channel.starts_with('#') || channel.starts_with('@'))
