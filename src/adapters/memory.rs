@@ -22,23 +22,118 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bincode::Options;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::ports::Verifications;
+use crate::model::config::Database;
 use crate::model::layout::{BlobId, ENV_FILES, TreeId};
 use crate::model::meta::EnvMeta;
+use crate::model::naming::EnvName;
 
 /// Bumped when the file's layout changes.
-const FORMAT: &[u8] = b"prenv-memory 1\n";
+const FORMAT: &[u8] = b"prenv-memory 2\n";
 /// A memory file larger than this is not read (a repository of 100,000 environments is ~50 MB).
 const MAX_BYTES: u64 = 256 << 20;
 
 /// One environment directory as a read found it: prenv's, holding only prenv's files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KnownEnv {
-    pub meta: EnvMeta,
+    meta: StoredMeta,
     /// Each file as its index in [`ENV_FILES`] and its blob id.
     files: Vec<(u8, BlobId)>,
+}
+
+/// [`EnvMeta`] as the memory file holds it. bincode is not self-describing: a field that
+/// `prenv.json` leaves out when empty (`skip_serializing_if`) must always be written here, or the
+/// file does not decode; so every field is listed, and the conversions below fail to compile when
+/// [`EnvMeta`] gains one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredMeta {
+    generator: String,
+    schema: u32,
+    env: EnvName,
+    namespace: String,
+    pr: u64,
+    head_sha: String,
+    head_ref: String,
+    url: String,
+    image: String,
+    databases: Vec<Database>,
+    created_at: DateTime<Utc>,
+    closed_at: Option<DateTime<Utc>>,
+    merged: bool,
+    preserve_until: Option<DateTime<Utc>>,
+    render_digest: String,
+    pr_updated_at: Option<DateTime<Utc>>,
+    committed_at: Option<DateTime<Utc>>,
+}
+
+impl From<EnvMeta> for StoredMeta {
+    fn from(m: EnvMeta) -> StoredMeta {
+        let EnvMeta {
+            generator,
+            schema,
+            env,
+            namespace,
+            pr,
+            head_sha,
+            head_ref,
+            url,
+            image,
+            databases,
+            created_at,
+            closed_at,
+            merged,
+            preserve_until,
+            render_digest,
+            pr_updated_at,
+            committed_at,
+        } = m;
+        StoredMeta {
+            generator,
+            schema,
+            env,
+            namespace,
+            pr,
+            head_sha,
+            head_ref,
+            url,
+            image,
+            databases,
+            created_at,
+            closed_at,
+            merged,
+            preserve_until,
+            render_digest,
+            pr_updated_at,
+            committed_at,
+        }
+    }
+}
+
+impl From<StoredMeta> for EnvMeta {
+    fn from(m: StoredMeta) -> EnvMeta {
+        EnvMeta {
+            generator: m.generator,
+            schema: m.schema,
+            env: m.env,
+            namespace: m.namespace,
+            pr: m.pr,
+            head_sha: m.head_sha,
+            head_ref: m.head_ref,
+            url: m.url,
+            image: m.image,
+            databases: m.databases,
+            created_at: m.created_at,
+            closed_at: m.closed_at,
+            merged: m.merged,
+            preserve_until: m.preserve_until,
+            render_digest: m.render_digest,
+            pr_updated_at: m.pr_updated_at,
+            committed_at: m.committed_at,
+        }
+    }
 }
 
 impl KnownEnv {
@@ -48,7 +143,14 @@ impl KnownEnv {
             .into_iter()
             .map(|(name, id)| Some((ENV_FILES.iter().position(|f| *f == name)? as u8, id)))
             .collect::<Option<Vec<_>>>()?;
-        Some(KnownEnv { meta, files })
+        Some(KnownEnv {
+            meta: meta.into(),
+            files,
+        })
+    }
+
+    pub fn meta(&self) -> EnvMeta {
+        self.meta.clone().into()
     }
 
     pub fn files(&self) -> Vec<(&'static str, BlobId)> {
@@ -111,7 +213,7 @@ impl RepoMemory {
         self.seen.borrow_mut().insert(tree);
         let envs = self.envs.borrow();
         let known = envs.get(&tree).filter(|k| k.meta.env.as_str() == name)?;
-        Some((known.meta.clone(), known.files()))
+        Some((known.meta(), known.files()))
     }
 
     pub fn remember_env(&self, tree: TreeId, known: KnownEnv) {
@@ -224,4 +326,41 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     let path = dir.join(format!(".tmp-{}-{nanos}", std::process::id()));
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
     Ok((path, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_without_its_optional_times_survives_the_file() {
+        let json = r#"{"generator":"prenv","schema":1,"env":"shop-pr-7","namespace":"shop-pr-7","pr":7,
+            "head_sha":"0000000000000000000000000000000000000007","head_ref":"f/7",
+            "url":"https://shop-pr-7.p.example.com","image":"r/i:pr-7","databases":["postgres","mariadb"],
+            "created_at":"2026-11-24T12:00:00Z","closed_at":null,"merged":false,"preserve_until":null}"#;
+        let meta: EnvMeta = serde_json::from_str(json).unwrap();
+        assert!(meta.pr_updated_at.is_none() && meta.committed_at.is_none());
+        let mut with_times = meta.clone();
+        with_times.committed_at = Some("2026-11-24T12:00:01Z".parse().unwrap());
+        let stored = Stored {
+            version: "v".into(),
+            envs: vec![
+                (
+                    TreeId([1; 20]),
+                    KnownEnv::new(meta.clone(), [("prenv.json", BlobId([2; 20]))]).unwrap(),
+                ),
+                (
+                    TreeId([3; 20]),
+                    KnownEnv::new(with_times.clone(), [("prenv.json", BlobId([4; 20]))]).unwrap(),
+                ),
+            ],
+            verified: vec![(TreeId([1; 20]), None)],
+            index: None,
+        };
+        let bytes = codec().serialize(&stored).unwrap();
+        let back: Stored = codec().deserialize(&bytes).unwrap();
+        assert_eq!(back.envs[0].1.meta(), meta);
+        assert_eq!(back.envs[1].1.meta(), with_times);
+        assert_eq!(back.envs[1].1.files(), vec![("prenv.json", BlobId([4; 20]))]);
+    }
 }
