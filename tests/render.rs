@@ -230,6 +230,11 @@ fn the_flux_wiring_lists_one_kustomization_per_environment() {
     );
     for o in &objects {
         assert_eq!(str_at(o, &["apiVersion"]), Some("kustomize.toolkit.fluxcd.io/v1"));
+        // The watcher's clock for this push: when prenv committed the head (here, --now).
+        assert_eq!(
+            str_at(o, &["metadata", "annotations", "prenv.dev/committed-at"]),
+            Some(common::NOW)
+        );
         let name = str_at(o, &["metadata", "name"]).unwrap();
         assert_eq!(
             str_at(o, &["spec", "path"]),
