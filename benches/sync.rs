@@ -11,20 +11,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod support;
+
 const NOW: &str = "2026-11-24T12:00:00Z";
 const CONFIG: &str = "project_id = \"shop\"\ndomain = \"preview.example.com\"\nimage = \"ghcr.io/acme/shop\"\ndatabases = [\"postgres\", \"mariadb\"]\nengine = \"flux\"\n";
-
-fn sizes() -> Vec<u64> {
-    std::env::var("PRENV_BENCH_SIZES")
-        .unwrap_or_else(|_| "100,1000,10000".into())
-        .split(',')
-        .map(|n| {
-            n.trim()
-                .parse()
-                .expect("PRENV_BENCH_SIZES: numbers separated by commas")
-        })
-        .collect()
-}
 
 /// Rounds per size: fewer for the largest, whose full sync and git floor take tens of seconds.
 fn rounds(prs: u64) -> usize {
@@ -139,7 +129,7 @@ fn apply(repo: &Path, work: &Path, from: &str, to: &str) {
 
 fn main() {
     let mut incremental = Vec::new();
-    for prs in sizes() {
+    for prs in support::sizes("100,1000,10000") {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("prenv.toml"), config_text()).unwrap();

@@ -11,23 +11,13 @@ use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
 
+mod support;
+
 const EVENTS: u64 = 200;
 /// The PRs the events are about (the others' environments just exist).
 const PRS: u64 = 50;
 const SECRET: &str = "bench-secret";
 const CONFIG: &str = "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\ndatabases = [\"postgres\"]\nengine = \"flux\"\n[github]\nrepository = \"acme/shop\"\n";
-
-fn sizes() -> Vec<u64> {
-    std::env::var("PRENV_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000".into())
-        .split(',')
-        .map(|n| {
-            n.trim()
-                .parse()
-                .expect("PRENV_BENCH_SIZES: numbers separated by commas")
-        })
-        .collect()
-}
 
 /// `envs` open PRs as `prenv sync --prs` reads them.
 fn snapshot(envs: u64) -> String {
@@ -68,7 +58,7 @@ fn tip(repo: &std::path::Path) -> Option<git2::Oid> {
 }
 
 fn main() {
-    for envs in sizes() {
+    for envs in support::sizes("1000,10000") {
         run(envs);
     }
 }

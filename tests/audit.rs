@@ -358,14 +358,14 @@ const CASES: &[Case] = &[
     (
         "secretGenerator env: (singular), outside its directory, in Kustomization",
         With(|r| {
-            r.write("shared/db.env", format!("PASSWORD={VALUE}\n"));
+            r.write("common/db.env", format!("PASSWORD={VALUE}\n"));
             r.commit_file(
                 "envs/a/Kustomization",
-                Some("secretGenerator:\n- name: db\n  env: ../../shared/db.env\n"),
+                Some("secretGenerator:\n- name: db\n  env: ../../common/db.env\n"),
                 "leak",
             );
         }),
-        &[("shared/db.env", "envs.PASSWORD")],
+        &[("common/db.env", "envs.PASSWORD")],
     ),
     (
         "secretGenerator files: plain and sops-encrypted",
@@ -379,15 +379,15 @@ const CASES: &[Case] = &[
     (
         "an env file that turns plain while its kustomization's tree stays the same",
         With(|r| {
-            r.write("shared/db.env", &sealed().dotenv);
+            r.write("common/db.env", &sealed().dotenv);
             r.commit_file(
                 "apps/a/kustomization.yaml",
-                Some("secretGenerator:\n- name: db\n  envs: [../../shared/db.env]\n"),
+                Some("secretGenerator:\n- name: db\n  envs: [../../common/db.env]\n"),
                 "sealed",
             );
-            r.commit_file("shared/db.env", Some(&format!("PASSWORD={VALUE}\n")), "leak");
+            r.commit_file("common/db.env", Some(&format!("PASSWORD={VALUE}\n")), "leak");
         }),
-        &[("shared/db.env", "envs.PASSWORD")],
+        &[("common/db.env", "envs.PASSWORD")],
     ),
     (
         "an inline patch",

@@ -7,13 +7,11 @@ use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
-use crate::core::diff::{EntryKind, Found, Inventory, listed_in_index};
+use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, listed_in_index};
 use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision, Verifications};
 use crate::error::{Error, Result, Sdk};
 use crate::model::config::Git as GitConfig;
-use crate::model::layout::{
-    ARGOCD_DIR, BlobId, ENV_FILES, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, Place, TreeId, env_dir, meta_path,
-};
+use crate::model::layout::{ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, Place, TreeId, meta_path};
 use crate::model::meta::owned_meta;
 use crate::model::naming::EnvName;
 use crate::model::tree::Tree;
@@ -270,10 +268,8 @@ impl EnvRepo {
             meta.as_ref().map(|b| b.content()),
             &files,
         );
-        let found = inventory.peek_env(name).cloned();
-        if let Some(known) = found
-            .filter(|_| clean)
-            .and_then(|meta| KnownEnv::new(meta, files.iter().map(|f| (f.name.as_str(), f.id))))
+        if let Some(known) =
+            clean.and_then(|meta| KnownEnv::new(meta.clone(), files.iter().map(|f| (f.name.as_str(), f.id))))
         {
             self.memory.remember_env(tree, known);
         }
@@ -305,22 +301,13 @@ impl EnvRepo {
             let Some(entry) = envs.get_name(env).filter(|e| e.kind() == Some(ObjectType::Tree)) else {
                 continue;
             };
-            let dir = env_dir(env);
-            let after = |file: &str| {
-                let path = format!("{dir}/{file}");
-                match change.upserts.get(&path) {
-                    Some(bytes) => Some(BlobId::of(bytes)),
-                    None if removed.contains(path.as_str()) => None,
-                    None => base.owned.get(&path).copied(),
-                }
-            };
             let meta = match change.upserts.get(&meta_path(env)) {
                 Some(bytes) => owned_meta(env, bytes).ok(),
                 None => EnvName::try_from(env.to_string())
                     .ok()
                     .and_then(|n| base.envs.get(&n).cloned()),
             };
-            let files: Vec<(&str, BlobId)> = ENV_FILES.iter().filter_map(|f| after(f).map(|id| (*f, id))).collect();
+            let files = env_files_after(env, base, &change.upserts, |p| removed.contains(p));
             let tree = TreeId(oid_bytes(entry.id()));
             if TreeId::of_files(files.iter().copied()) != tree {
                 continue;

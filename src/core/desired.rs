@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::manifests::{render, templates};
 use crate::model::config::{Config, Database};
-use crate::model::layout::{BlobId, ENV_FILES, Place, TreeId, env_dir, flux_file, secret_path};
+use crate::model::layout::{BlobId, Place, TreeId, env_dir, flux_file, secret_path};
 use crate::model::meta::EnvMeta;
 use crate::model::pr::PullRequest;
 use crate::model::tree::Tree;
@@ -104,7 +104,6 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     desired.extend(templates);
     refuse_obstacles(current, &changes)?;
     let verified = newly_verified(&envs, &trusted, current, &desired, &changes);
-    drop((envs, kept));
     explain_rerendered(&mut plan, &changes, current);
     let mut upserts = Tree::new();
     for path in changes.added.iter().chain(&changes.modified) {
@@ -158,11 +157,7 @@ fn newly_verified(
     desired: &Tree,
     changes: &Changes,
 ) -> Vec<(TreeId, Option<BlobId>)> {
-    let after = |path: &str| match desired.get(path) {
-        Some(bytes) => Some(BlobId::of(bytes)),
-        None if changes.removed.contains(path) => None,
-        None => current.owned.get(path).copied(),
-    };
+    let removed = |path: &str| changes.removed.contains(path);
     envs.iter()
         .filter(|m| !trusted.contains(m.env.as_str()))
         .filter(|m| {
@@ -174,12 +169,11 @@ fn newly_verified(
                 .is_none_or(|p| !p.starts_with(&dir))
         })
         .map(|m| {
-            let dir = env_dir(m.env.as_str());
-            let files: Vec<(&str, BlobId)> = ENV_FILES
-                .iter()
-                .filter_map(|f| after(&format!("{dir}/{f}")).map(|id| (*f, id)))
-                .collect();
-            let wiring = after(&flux_file(m.env.as_str()));
+            let files = diff::env_files_after(m.env.as_str(), current, desired, removed);
+            let wiring = match desired.get(&flux_file(m.env.as_str())) {
+                Some(bytes) => Some(BlobId::of(bytes)),
+                None => current.owned.get(&flux_file(m.env.as_str())).copied(),
+            };
             (TreeId::of_files(files), wiring)
         })
         .collect()
@@ -199,10 +193,7 @@ fn explain_rerendered(plan: &mut Plan, changes: &Changes, current: &RepoView) {
             continue;
         };
         d.action = Action::Update;
-        let drifted = d
-            .desired
-            .as_ref()
-            .is_some_and(|m| current.envs.get(&m.env) == Some(m) && current.envs.contains_key(&m.env));
+        let drifted = d.desired.as_ref().is_some_and(|m| current.envs.get(&m.env) == Some(m));
         d.reason = if drifted {
             format!("drift repaired: {}", files.join(", "))
         } else {

@@ -53,12 +53,6 @@ impl Inventory {
         self.view.top_level.insert(name.to_string());
     }
 
-    /// The metadata read so far for environment `name`.
-    pub fn peek_env(&self, name: &str) -> Option<&EnvMeta> {
-        let name = EnvName::try_from(name.to_string()).ok()?;
-        self.view.envs.get(&name)
-    }
-
     /// A directory prenv writes into exists as something else.
     pub fn obstacle(&mut self, path: &str) {
         self.view.obstacles.insert(path.to_string());
@@ -66,8 +60,8 @@ impl Inventory {
 
     /// One entry `name` of `environments/`. `meta` is its `prenv.json` (absent: `None`), `files`
     /// everything inside, `tree` the directory's tree id where the store knows it.
-    /// Returns whether the entry is prenv's and holds nothing else: then what it gave is a fact about
-    /// its tree id, which a store may remember (see [`Inventory::env_known`]).
+    /// Returns the metadata when the entry is prenv's and holds nothing else: then what it gave is a
+    /// fact about its tree id, which a store may remember (see [`Inventory::env_known`]).
     pub fn env_entry(
         &mut self,
         name: &str,
@@ -75,7 +69,7 @@ impl Inventory {
         tree: Option<TreeId>,
         meta: Option<&[u8]>,
         files: &[Found],
-    ) -> bool {
+    ) -> Option<&EnvMeta> {
         let what = match kind {
             EntryKind::Dir => None,
             EntryKind::File => Some("a file"),
@@ -86,7 +80,7 @@ impl Inventory {
             self.view
                 .blocked
                 .insert(name.to_string(), Blocked::NotPrenvs(what.into()));
-            return false;
+            return None;
         }
         let meta_plain = files.iter().any(|f| f.name == META_FILE && f.plain);
         let owned = match meta {
@@ -99,7 +93,7 @@ impl Inventory {
             Err(NotOwned::Unmarked) => {
                 let why = "a directory prenv did not make: no prenv.json carrying its mark".into();
                 self.view.blocked.insert(name.to_string(), Blocked::NotPrenvs(why));
-                return false;
+                return None;
             }
             Err(NotOwned::Unreadable(error)) => {
                 tracing::warn!(env = name, %error, "unreadable metadata file; the environment is kept as it is");
@@ -107,7 +101,7 @@ impl Inventory {
                 self.view
                     .blocked
                     .insert(name.to_string(), Blocked::Unreadable { file, error });
-                return false;
+                return None;
             }
         };
         let dir = env_dir(name);
@@ -124,8 +118,9 @@ impl Inventory {
         if let Some(tree) = tree {
             self.view.env_trees.insert(meta.env.clone(), tree);
         }
-        self.view.envs.insert(meta.env.clone(), meta);
-        clean
+        let env = meta.env.clone();
+        let meta = self.view.envs.entry(env).insert_entry(meta).into_mut();
+        clean.then_some(meta)
     }
 
     /// An environment directory whose tree id the store has read before and found prenv's with
@@ -193,6 +188,30 @@ impl Inventory {
     pub fn finish(self) -> RepoView {
         self.view
     }
+}
+
+/// The files prenv owns in environment `env` once `written` is written and the paths `removed`
+/// says are deleted, on top of what `current` holds: each name with its blob id, in the order of
+/// [`ENV_FILES`]. With [`TreeId::of_files`] it names the directory git will hold.
+pub fn env_files_after(
+    env: &str,
+    current: &RepoView,
+    written: &Tree,
+    removed: impl Fn(&str) -> bool,
+) -> Vec<(&'static str, BlobId)> {
+    let dir = env_dir(env);
+    ENV_FILES
+        .iter()
+        .filter_map(|f| {
+            let path = format!("{dir}/{f}");
+            let id = match written.get(&path) {
+                Some(bytes) => Some(BlobId::of(bytes)),
+                None if removed(&path) => None,
+                None => current.owned.get(&path).copied(),
+            };
+            id.map(|id| (*f, id))
+        })
+        .collect()
 }
 
 /// The environments the Flux index lists (`resources: [<env>.yaml, …]`); `None` when it cannot be read.
