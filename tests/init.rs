@@ -1674,6 +1674,13 @@ fn init_twice_changes_nothing_and_keeps_edited_files_unless_forced() {
         "{}",
         text(&again.stdout)
     );
+    // Every run says which URL GitHub delivers pull_request events to, and that no App is set.
+    assert!(
+        text(&again.stdout).contains("https://prenv-webhook.preview.example.com/webhook (event \"Pull requests\""),
+        "{}",
+        text(&again.stdout)
+    );
+    assert!(text(&again.stderr).contains("github.app_id or github.installation_id is not set"));
     let edited = dir.path().join("infrastructure/controllers/cloudnative-pg.yaml");
     std::fs::write(&edited, "# ours\n").unwrap();
     let kept = init(dir.path(), &[]);

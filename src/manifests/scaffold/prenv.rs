@@ -390,18 +390,22 @@ fn service_monitors() -> Vec<Value> {
         .collect()
 }
 
+/// The URL GitHub delivers `pull_request` events to: serve's `/webhook` on `platform.webhook_host`.
+pub fn webhook_url(config: &Config) -> String {
+    format!("https://{}{WEBHOOK_PATH}", config.platform.webhook_host(&config.domain))
+}
+
 /// The values of `scripts/platform.env` that `scripts/create-secrets prenv` needs.
 pub fn env_values(config: &Config) -> Vec<(&'static str, String)> {
     let push = push_url(config).unwrap_or_default();
     let (push_host, push_port) = push_host(&push);
-    let host = config.platform.webhook_host(&config.domain);
     let app = &config.github;
     vec![
         ("PRENV_NAMESPACE", PRENV_NAMESPACE.into()),
         ("PRENV_GITHUB_SECRET", GITHUB_SECRET.into()),
         ("SERVE_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
         ("SERVE_GIT_SECRET", GIT_SECRET.into()),
-        ("SERVE_WEBHOOK_URL", format!("https://{host}{WEBHOOK_PATH}")),
+        ("SERVE_WEBHOOK_URL", webhook_url(config)),
         ("SERVE_PUSH_URL", push.clone()),
         ("SERVE_PUSH_HOST", push_host),
         ("SERVE_PUSH_PORT", push_port),
