@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 use serde_yaml::Value;
@@ -285,4 +286,62 @@ fn the_cluster_prenv_toml_is_the_given_config_pushing_over_ssh_with_the_mounted_
 
 fn name_of(o: &Value) -> &str {
     str_at(o, &["metadata", "name"]).unwrap()
+}
+
+#[test]
+fn with_sealed_secrets_serve_seals_with_the_mounted_public_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(repo_root().join("examples/prenv-argocd.toml")).unwrap();
+    let body = example.replace(
+        "[secrets]\n",
+        "[secrets]\nbackend = \"sealed-secrets\"\nsealed_secrets_cert = \"cert.pem\"\n",
+    );
+    let config = write_config(dir.path(), &body);
+    let repo = dir.path().join("repo");
+    let out = prenv(&["--config", s(&config), "init", "--repo", s(&repo)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let objects = prenv_objects(&repo);
+    let map = objects
+        .iter()
+        .find(|o| str_at(o, &["kind"]) == Some("ConfigMap"))
+        .unwrap();
+    let cluster =
+        prenv::model::config::Config::parse(str_at(map, &["data", "prenv.toml"]).unwrap(), "cluster").unwrap();
+    let cert = cluster.secrets.sealed_secrets_cert.clone().unwrap();
+    let pod = &find(&objects, "Deployment", "prenv-serve")["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| str_at(m, &["mountPath"]).is_some_and(|p| cert.starts_with(&format!("{p}/"))))
+        .unwrap_or_else(|| panic!("{cert} is on no mount"));
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(
+        str_at(volume, &["configMap", "name"]),
+        Some("prenv-sealed-secrets-cert")
+    );
+    let env = std::fs::read_to_string(repo.join("scripts/platform.env")).unwrap();
+    assert!(
+        env.contains("SEALED_CERT_CONFIG_MAP='prenv-sealed-secrets-cert'"),
+        "{env}"
+    );
+    let secrets = Command::new("bash")
+        .arg(repo.join("scripts/create-secrets"))
+        .args(["--dry-run", "prenv"])
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(secrets.status.success(), "{}", text(&secrets.stderr));
+    let printed = text(&secrets.stdout);
+    assert!(printed.contains("+ kubeseal --fetch-cert"), "{printed}");
+    assert!(
+        printed.contains("-n prenv-system create configmap prenv-sealed-secrets-cert --from-file=cert.pem="),
+        "{printed}"
+    );
 }
