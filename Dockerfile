@@ -11,7 +11,7 @@
 # moving a base is a reviewed commit, never a silent re-tag.
 #
 # Runtime contract: ENTRYPOINT is prenv, so a Pod passes only `args:` (CMD prints the help); the user is 65532:65532
-# (distroless's nonroot, the one deploy/ runs as); the root filesystem can be read-only: prenv writes
+# (distroless's nonroot, the one prenv init's serve and watch Deployments run as); the root filesystem can be read-only: prenv writes
 # only its git cache and default data directory, both under /tmp, so mount an emptyDir (Kubernetes) or
 # a tmpfs (`docker run --read-only --tmpfs /tmp`) there. `prenv watch` writes nothing at all.
 

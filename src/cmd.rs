@@ -334,6 +334,11 @@ pub fn init(config: &Config, args: &InitArgs) -> anyhow::Result<Outcome> {
         done.unchanged,
         done.kept.len()
     )?;
+    writeln!(
+        std::io::stdout().lock(),
+        "GitHub webhook of the application repository (or its GitHub App): {} (event \"Pull requests\"; secret: scripts/create-secrets prenv)",
+        prenv::manifests::scaffold::webhook_url(&config)
+    )?;
     Ok(Outcome::Clean)
 }
 

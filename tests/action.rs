@@ -168,7 +168,10 @@ fn the_image_is_a_static_binary_on_distroless_run_as_non_root_on_a_read_only_roo
         uid.parse::<u32>().is_ok_and(|n| n != 0),
         "USER {user}: numeric and not root, so runAsNonRoot can check it"
     );
-    assert_eq!(uid, "65532", "the user deploy/ runs as");
+    assert_eq!(
+        uid, "65532",
+        "the user the scaffolded serve and watch Deployments run as"
+    );
     let entrypoint = runtime.iter().find(|(k, _)| k == "ENTRYPOINT").expect("an ENTRYPOINT");
     assert_eq!(
         entrypoint.1, r#"["/usr/local/bin/prenv"]"#,
