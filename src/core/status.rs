@@ -861,8 +861,11 @@ mod tests {
         let seen = from_flux(&o).unwrap();
         assert_eq!(seen.eligible_at, Some("2026-11-24T11:58:00Z".parse().unwrap()));
         assert_eq!(seen.committed_at, Some("2026-11-24T11:59:00Z".parse().unwrap()));
-        // The ApplicationSet template renders a missing key as "" (metadata older than the key).
-        o["metadata"]["annotations"]["prenv.dev/eligible-at"] = json!("");
-        assert_eq!(from_flux(&o).unwrap().eligible_at, None);
+        // What the ApplicationSet template makes of a prenv.json older than the key (Go
+        // text/template prints a missing map value as "<no value>"), and a blank: no time.
+        for blank in ["<no value>", ""] {
+            o["metadata"]["annotations"]["prenv.dev/eligible-at"] = json!(blank);
+            assert_eq!(from_flux(&o).unwrap().eligible_at, None, "{blank:?}");
+        }
     }
 }
