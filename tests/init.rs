@@ -81,14 +81,6 @@ fn files(dir: &Path, name: &str) -> Vec<PathBuf> {
     found
 }
 
-fn docs(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
-
 fn kind(o: &Value) -> &str {
     str_at(o, &["kind"]).unwrap_or_default()
 }

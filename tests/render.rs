@@ -236,6 +236,14 @@ fn the_flux_wiring_lists_one_kustomization_per_environment() {
             Some(common::NOW)
         );
         let name = str_at(o, &["metadata", "name"]).unwrap();
+        // The start of open→ready: when the PR became deployable, as prenv.json records it.
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("environments/{name}/prenv.json"))).unwrap(),
+        )
+        .unwrap();
+        let eligible = str_at(o, &["metadata", "annotations", "prenv.dev/eligible-at"]);
+        assert_eq!(eligible, meta["eligible_at"].as_str(), "{name}");
+        assert!(eligible.is_some_and(|t| t <= common::NOW), "{name}: {eligible:?}");
         assert_eq!(
             str_at(o, &["spec", "path"]),
             Some(format!("./environments/{name}").as_str())

@@ -67,6 +67,7 @@ struct StoredMeta {
     render_digest: String,
     pr_updated_at: Option<DateTime<Utc>>,
     committed_at: Option<DateTime<Utc>>,
+    eligible_at: Option<DateTime<Utc>>,
 }
 
 impl From<EnvMeta> for StoredMeta {
@@ -89,6 +90,7 @@ impl From<EnvMeta> for StoredMeta {
             render_digest,
             pr_updated_at,
             committed_at,
+            eligible_at,
         } = m;
         StoredMeta {
             generator,
@@ -108,6 +110,7 @@ impl From<EnvMeta> for StoredMeta {
             render_digest,
             pr_updated_at,
             committed_at,
+            eligible_at,
         }
     }
 }
@@ -132,6 +135,7 @@ impl From<StoredMeta> for EnvMeta {
             render_digest: m.render_digest,
             pr_updated_at: m.pr_updated_at,
             committed_at: m.committed_at,
+            eligible_at: m.eligible_at,
         }
     }
 }

@@ -313,8 +313,17 @@ pub fn parse_delivery(
     }
     let pr = value.get("pull_request").ok_or("no `pull_request`")?;
     let mut prs = pr::parse_snapshot(&format!("[{pr}]"), "webhook payload").map_err(|e| e.to_string())?;
+    let label = value.get("label").and_then(|l| l.get("name")).and_then(|n| n.as_str());
     prs.pop()
-        .map(|p| Delivery::Pr(Box::new(p)))
+        .map(|mut p| {
+            // The event's time is the payload's `updated_at`: what made a PR deployable, and when.
+            p.trigger = Some(pr::Trigger {
+                action: action.to_string(),
+                label: label.map(String::from),
+                at: p.updated_at,
+            });
+            Delivery::Pr(Box::new(p))
+        })
         .ok_or_else(|| "empty pull_request".into())
 }
 

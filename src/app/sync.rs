@@ -299,6 +299,8 @@ mod tests {
             closed_at: None,
             merged_at: None,
             updated_at: "2026-11-24T10:00:00Z".parse().unwrap(),
+            created_at: None,
+            trigger: None,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::model::meta::{EnvMeta, GENERATOR, META_SCHEMA};
 use crate::model::naming::{self, EnvName};
 use crate::model::pr::{PrState, PullRequest};
 
+use super::eligible;
 use super::ports::{Blocked, RepoView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -261,6 +262,7 @@ fn kept_meta(config: &Config, digest: &str, env: &EnvName, recorded: &EnvMeta) -
         render_digest: digest.to_string(),
         pr_updated_at: recorded.pr_updated_at,
         committed_at: recorded.committed_at.filter(|t| *t >= recorded.created_at),
+        eligible_at: recorded.eligible_at,
     })
 }
 
@@ -321,6 +323,16 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
             meta.committed_at = match prior {
                 Some(p) if p.head_sha == meta.head_sha => p.committed_at.map(|t| t.min(now)),
                 _ => Some(now),
+            };
+            // When the PR became deployable: recorded once, when its environment is created.
+            meta.eligible_at = match prior {
+                Some(p) => p.eligible_at,
+                None => eligible::eligible_at(
+                    pr,
+                    pr.is_fork(config.github.repository.as_deref()),
+                    &config.lifecycle,
+                    now,
+                ),
             };
             // Only a change worth a commit records a newer PR time: a title edit commits nothing.
             if let Some(p) = prior
@@ -437,6 +449,7 @@ fn env_meta(
         render_digest: config.render_digest(),
         pr_updated_at: Some(pr.updated_at),
         committed_at: None,
+        eligible_at: None,
     }
 }
 
@@ -475,6 +488,8 @@ pub(crate) mod tests {
             closed_at: None,
             merged_at: None,
             updated_at: at("2026-11-20T10:00:00Z"),
+            created_at: None,
+            trigger: None,
         }
     }
 
@@ -636,6 +651,25 @@ pub(crate) mod tests {
         let moved = plan(&cfg, &[pushed], &existing, later);
         assert_eq!(moved.decisions[0].action, Action::Update);
         assert_eq!(moved.decisions[0].desired.as_ref().unwrap().committed_at, Some(later));
+    }
+
+    #[test]
+    fn the_environment_records_when_its_pr_became_deployable_once() {
+        let cfg = config();
+        let env = EnvName::new("shop", 12).unwrap();
+        let mut opened = pr(12);
+        opened.created_at = Some(at("2026-11-20T09:00:00Z"));
+        let first = plan(&cfg, &[opened.clone()], &BTreeMap::new(), at(NOW));
+        let meta = first.decisions[0].desired.clone().unwrap();
+        assert_eq!(meta.eligible_at, Some(at("2026-11-20T09:00:00Z")));
+        // A push later keeps it: only the environment's opening counts from the PR event.
+        let mut pushed = opened;
+        pushed.head_sha = "9".repeat(40);
+        pushed.updated_at = at("2026-11-24T13:00:00Z");
+        let existing = BTreeMap::from([(env, meta)]);
+        let moved = plan(&cfg, &[pushed], &existing, at("2026-11-24T13:00:00Z"));
+        let desired = moved.decisions[0].desired.as_ref().unwrap();
+        assert_eq!(desired.eligible_at, Some(at("2026-11-20T09:00:00Z")));
     }
 
     #[test]

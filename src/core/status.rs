@@ -126,6 +126,8 @@ pub struct Observation {
     pub created: Option<DateTime<Utc>>,
     /// The [`COMMITTED_AT`] annotation.
     pub committed_at: Option<DateTime<Utc>>,
+    /// The `prenv.dev/eligible-at` annotation: when the PR became deployable.
+    pub eligible_at: Option<DateTime<Utc>>,
     /// `metadata.deletionTimestamp`.
     pub deleting_since: Option<DateTime<Utc>>,
     /// When the controller last changed the condition the verdict rests on (Flux: Ready's
@@ -309,6 +311,7 @@ fn read<S: serde::de::DeserializeOwned + Default>(value: &serde_json::Value, kin
         databases: m.annotations.get(labels::DATABASES).cloned(),
         created: m.creation_timestamp,
         committed_at: m.annotations.get(COMMITTED_AT).and_then(|t| t.parse().ok()),
+        eligible_at: m.annotations.get(labels::ELIGIBLE_AT).and_then(|t| t.parse().ok()),
         deleting_since: m.deletion_timestamp,
         changed_at: None,
         verdict: Verdict::NotYet,
@@ -847,6 +850,22 @@ mod tests {
         ] {
             assert!(from_flux(&obj).is_err(), "{name}");
             assert!(from_argo(&obj, IMAGE).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_times_prenv_recorded_are_read_from_the_annotations_and_blanks_ignored() {
+        let mut o = flux(2, &[("Ready", "True", "ReconciliationSucceeded", 2)]);
+        o["metadata"]["annotations"]["prenv.dev/eligible-at"] = json!("2026-11-24T11:58:00Z");
+        o["metadata"]["annotations"]["prenv.dev/committed-at"] = json!("2026-11-24T11:59:00Z");
+        let seen = from_flux(&o).unwrap();
+        assert_eq!(seen.eligible_at, Some("2026-11-24T11:58:00Z".parse().unwrap()));
+        assert_eq!(seen.committed_at, Some("2026-11-24T11:59:00Z".parse().unwrap()));
+        // What the ApplicationSet template makes of a prenv.json older than the key (Go
+        // text/template prints a missing map value as "<no value>"), and a blank: no time.
+        for blank in ["<no value>", ""] {
+            o["metadata"]["annotations"]["prenv.dev/eligible-at"] = json!(blank);
+            assert_eq!(from_flux(&o).unwrap().eligible_at, None, "{blank:?}");
         }
     }
 }

@@ -184,6 +184,7 @@ pub fn application_set(config: &Config, meta_glob: &str) -> Value {
                         // to `.key` only, Go text/template exec.go `evalField`) for metadata
                         // written before prenv recorded the time; the watcher then ignores it.
                         labels::COMMITTED_AT: "{{ index . \"committed_at\" }}",
+                        labels::ELIGIBLE_AT: "{{ index . \"eligible_at\" }}",
                     },
                     // Deleting the Application deletes what it deployed, namespace included.
                     "finalizers": ["resources-finalizer.argocd.argoproj.io"],

@@ -73,6 +73,12 @@ pub fn render_selected(
                     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 );
             }
+            if let Some(at) = meta.eligible_at {
+                annotations.insert(
+                    labels::ELIGIBLE_AT.into(),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
+            }
             let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), annotations);
             tree.insert(flux_file(meta.env.as_str()), yaml::to_string(&object)?)?;
         }

@@ -13,3 +13,5 @@ pub const DATABASES: &str = "prenv.dev/databases";
 /// When prenv committed the environment's head (RFC 3339), on the Flux Kustomization or Argo CD
 /// Application: the watcher's clock for each push.
 pub const COMMITTED_AT: &str = "prenv.dev/committed-at";
+/// When the PR became deployable (RFC 3339), on the same objects: the start of open→ready.
+pub const ELIGIBLE_AT: &str = "prenv.dev/eligible-at";

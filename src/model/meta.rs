@@ -44,6 +44,10 @@ pub struct EnvMeta {
     /// measures each push against the time budget from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed_at: Option<DateTime<Utc>>,
+    /// When the PR became deployable (`core::eligible`), recorded when the environment is created:
+    /// the watcher measures the environment's first head from here (open→ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eligible_at: Option<DateTime<Utc>>,
 }
 
 impl EnvMeta {

@@ -53,6 +53,15 @@ pub fn kustomize(dir: &Path) -> Vec<serde_yaml::Value> {
         .collect()
 }
 
+/// The YAML documents of a file, empty ones left out.
+pub fn docs(path: &Path) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
+
 pub fn str_at<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a str> {
     let mut cur = v;
     for key in path {
@@ -148,5 +157,7 @@ pub fn lib_pr(n: u64, state: prenv::model::pr::PrState, sha: String, updated: &s
         closed_at: (state == prenv::model::pr::PrState::Closed).then(|| "2026-11-24T11:00:00Z".parse().unwrap()),
         merged_at: None,
         updated_at: updated.parse().unwrap(),
+        created_at: None,
+        trigger: None,
     }
 }
