@@ -13,6 +13,7 @@ pub fn repo_root() -> PathBuf {
 /// Runs the real `prenv` binary.
 pub fn prenv(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prenv"))
+        .env("PRENV_IMAGE_CHECK", "false")
         .args(args)
         .env_remove("PRENV_CONFIG")
         .env("PRENV_LOG", "warn")

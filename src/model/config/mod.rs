@@ -157,6 +157,12 @@ pub struct Sync {
     pub breaker_min_envs: usize,
     /// Attempts to publish a commit when other writers keep moving the branch.
     pub max_attempts: u32,
+    /// Ask the registry whether a head's image exists before an environment moves to it
+    /// (`HEAD /v2/<name>/manifests/<tag>`); `false` for a registry prenv cannot reach, which moves
+    /// environments at once as before. Credentials come from the environment only:
+    /// `PRENV_REGISTRY_USERNAME` with `PRENV_REGISTRY_PASSWORD` (or `PRENV_REGISTRY_TOKEN`), and
+    /// `GITHUB_TOKEN` for ghcr.io.
+    pub image_check: bool,
 }
 
 impl Default for Sync {
@@ -165,6 +171,7 @@ impl Default for Sync {
             max_prune_share: 0.5,
             breaker_min_envs: 4,
             max_attempts: 10,
+            image_check: true,
         }
     }
 }
