@@ -319,28 +319,7 @@ fn quota_grows_one_step_per_database() {
         ("[\"postgres\", \"mariadb\"]", "1300m", "1536Mi", "2Gi"),
     ];
     for (dbs, cpu, memory, storage) in table {
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_config(
-            dir.path(),
-            &format!(
-                "project_id = \"q\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\ndatabases = {dbs}\n[secrets]\nage_recipients = [\"{}\"]\n",
-                age::x25519::Identity::generate().to_public()
-            ),
-        );
-        let snapshot = write_prs(dir.path(), &[gh_pr(1, "main", &"a".repeat(40), &[])]);
-        let out = prenv(&[
-            "--config",
-            s(&config),
-            "render",
-            "--prs",
-            s(&snapshot),
-            "--out",
-            s(&dir.path().join("o")),
-            "--now",
-            NOW,
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let objects = kustomize(&dir.path().join("o/environments/q-pr-1"));
+        let objects = render_env_with_databases(dbs);
         let quota = objects
             .iter()
             .find(|o| str_at(o, &["kind"]) == Some("ResourceQuota"))

@@ -54,28 +54,7 @@ fn int(v: &Value) -> u64 {
 #[test]
 fn the_quota_admits_the_surge_pod_beside_the_running_one_and_every_database() {
     for dbs in ["[]", "[\"postgres\"]", "[\"mariadb\"]", "[\"postgres\", \"mariadb\"]"] {
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_config(
-            dir.path(),
-            &format!(
-                "project_id = \"q\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\ndatabases = {dbs}\n[secrets]\nage_recipients = [\"{}\"]\n",
-                age::x25519::Identity::generate().to_public()
-            ),
-        );
-        let snapshot = write_prs(dir.path(), &[gh_pr(1, "main", &"a".repeat(40), &[])]);
-        let out = prenv(&[
-            "--config",
-            s(&config),
-            "render",
-            "--prs",
-            s(&snapshot),
-            "--out",
-            s(&dir.path().join("o")),
-            "--now",
-            NOW,
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let objects = kustomize(&dir.path().join("o/environments/q-pr-1"));
+        let objects = render_env_with_databases(dbs);
         let kind = |k: &'static str| objects.iter().filter(move |o| str_at(o, &["kind"]) == Some(k));
         let mut peak = Peak::default();
         for app in kind("Deployment") {
