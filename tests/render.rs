@@ -339,8 +339,8 @@ fn a_rendered_environment_matches_its_snapshot() {
     let dir = render_example("prenv-argocd.toml");
     let tree = prenv::adapters::fs::read_tree(dir.path(), "environments/shop-pr-106").unwrap();
     let mut combined = String::new();
-    // The credentials are random and encrypted: tests/secrets.rs checks them.
-    for (path, bytes) in tree.iter().filter(|(p, _)| !p.ends_with(".sops.yaml")) {
+    // The credentials are random and sealed: tests/sealed.rs checks them.
+    for (path, bytes) in tree.iter().filter(|(p, _)| !p.ends_with(".sealed.yaml")) {
         combined.push_str(&format!("# ---- {path}\n{}", text(bytes)));
     }
     insta::assert_snapshot!("env_shop_pr_106_argocd_both_databases", combined);

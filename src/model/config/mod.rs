@@ -546,6 +546,11 @@ impl Config {
                 ));
             }
         }
+        // Only the MariaDB credentials are committed as a secret file: without them nothing needs decrypting.
+        let sops_file = self.secrets.backend == SecretsBackend::Sops && self.databases.contains(&Database::Mariadb);
+        if self.engine == Engine::Argocd && sops_file {
+            return Err("key `secrets.backend` = \"sops\" does not work with `engine` = \"argocd\": Argo CD cannot decrypt SOPS files and `prenv init` installs no decryptor (such as KSOPS), so the MariaDB credentials Secret would never be created; set `secrets.backend = \"sealed-secrets\"` with `secrets.sealed_secrets_cert` (prenv init installs the Sealed Secrets controller for Argo CD), or use `engine = \"flux\"`, which decrypts SOPS itself".into());
+        }
         let sealed = self.secrets.backend == SecretsBackend::SealedSecrets;
         if sealed && self.secrets.sealed_secrets_cert.as_deref().is_none_or(str::is_empty) {
             return Err("key `secrets.sealed_secrets_cert` is missing; with backend = \"sealed-secrets\" prenv seals for the controller's certificate (kubeseal --fetch-cert > cert.pem)".into());
@@ -838,6 +843,36 @@ engine = "flux"
             }
             _ => format!("{MINIMAL}{extra}"),
         }
+    }
+
+    #[test]
+    fn argo_cd_with_sops_encrypted_credentials_is_refused_naming_both_fixes() {
+        let argo = |databases: &str, secrets: &str| {
+            format!(
+                "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"argocd\"\ndatabases = {databases}\n[argocd]\nrepo_url = \"https://git.example.com/e.git\"\n{secrets}"
+            )
+        };
+        let recipients =
+            "[secrets]\nage_recipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n";
+        // With or without age recipients: the Argo CD problem is named first, not the missing key.
+        for secrets in ["", recipients] {
+            let err = Config::parse(&argo("[\"mariadb\"]", secrets), "prenv.toml")
+                .unwrap_err()
+                .to_string();
+            for want in [
+                "`secrets.backend` = \"sops\"",
+                "`engine` = \"argocd\"",
+                "KSOPS",
+                "secrets.sealed_secrets_cert",
+                "engine = \"flux\"",
+            ] {
+                assert!(err.contains(want), "{err:?} lacks {want:?}");
+            }
+        }
+        // Without MariaDB nothing is committed as a secret file: nothing to decrypt, nothing refused.
+        assert!(Config::parse(&argo("[\"postgres\"]", recipients), "prenv.toml").is_ok());
+        let sealed = "[secrets]\nbackend = \"sealed-secrets\"\nsealed_secrets_cert = \"cert.pem\"\n";
+        assert!(Config::parse(&argo("[\"mariadb\"]", sealed), "prenv.toml").is_ok());
     }
 
     #[test]
