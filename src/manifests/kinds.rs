@@ -207,7 +207,9 @@ pub fn application_set(config: &Config, meta_glob: &str) -> Value {
                         // written before prenv recorded the time; the watcher then ignores it.
                         labels::COMMITTED_AT: "{{ index . \"committed_at\" }}",
                         // Empty unless the environment waits for a newer head's image (`with` on
-                        // a missing key yields nothing): the watcher reports the wait on that head.
+                        // a missing key yields nothing; with goTemplate the file's nested object is
+                        // kept as it is, argo-cd applicationset/generators/git.go
+                        // `generateParamsFromGitFile`): the watcher reports the wait on that head.
                         labels::WAITING_FOR_SHA: "{{ with index . \"waiting_for\" }}{{ .sha }}{{ end }}",
                         labels::WAITING_FOR_IMAGE: "{{ with index . \"waiting_for\" }}{{ .image }}{{ end }}",
                         labels::WAITING_SINCE: "{{ with index . \"waiting_for\" }}{{ .since }}{{ end }}",
