@@ -402,6 +402,7 @@ pub fn serve(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {
             body_timeout: std::time::Duration::from_secs(args.body_timeout_secs),
         },
         images: None,
+        image_recheck: std::time::Duration::from_secs(args.image_recheck_secs),
     };
     runtime()?.block_on(async {
         // Made inside the runtime: the registry client's connections live on it.

@@ -328,3 +328,104 @@ fn the_watcher_reports_the_wait_as_pending_on_the_waiting_head_and_ready_only_af
         "timed from when the wait began: {took:?}"
     );
 }
+
+/// The meta of `env` at the tip of `remote`, once it exists.
+fn meta_at(remote: &Path, env: &str) -> Option<serde_json::Value> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(remote)
+        .args(["show", &format!("main:environments/{env}/prenv.json")])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Polls `done` until it holds, failing after a deadline generous for a loaded machine.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_syncs_a_waiting_environment_again_and_moves_it_once_ci_pushed_the_image() {
+    use hmac::{KeyInit, Mac};
+    use std::io::{Read, Write};
+    const SECRET: &str = "webhook-secret-for-image-tests";
+    let fake = registry().await;
+    let f = Fixture::new(&fake, "");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prenv"))
+        .args([
+            "--config",
+            s(&f.dir.path().join("prenv.toml")),
+            "serve",
+            "--repo",
+            s(&f.remote),
+        ])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--resync-secs",
+            "0",
+            "--debounce-ms",
+            "50",
+        ])
+        .args(["--image-recheck-secs", "1"])
+        .env_remove("PRENV_IMAGE_CHECK")
+        .env("PRENV_REGISTRY_USERNAME", USER)
+        .env("PRENV_REGISTRY_PASSWORD", PASSWORD)
+        .env("PRENV_WEBHOOK_SECRET", SECRET)
+        .env("PRENV_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let send = |raw: &[u8]| -> String {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new();
+        };
+        let _ = stream.write_all(raw);
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    eventually("prenv serve answers /healthz", || {
+        send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").contains("200 OK")
+    });
+    let mut pull = pr(7, A, "2026-11-24T10:00:00Z");
+    pull["base"]["repo"] = serde_json::json!({"id": 7001, "full_name": "acme/shop"});
+    let body = serde_json::to_vec(&serde_json::json!({
+        "action": "opened", "number": 7, "pull_request": pull,
+        "repository": {"id": 7001, "full_name": "acme/shop", "owner": {"login": "acme"}}, "sender": {"login": "dev"}
+    }))
+    .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let mut raw = format!(
+        "POST /webhook HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nX-GitHub-Event: pull_request\r\nX-GitHub-Delivery: d-1\r\nX-Hub-Signature-256: {signature}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    assert!(send(&raw).contains(" 202 "), "the delivery is accepted");
+    eventually("the environment is created, waiting for its image", || {
+        meta_at(&f.remote, "shop-pr-7").is_some_and(|m| m["waiting_for"].is_object())
+    });
+    let checks = fake.manifest_checks();
+    // No further event arrives and the full resync is off: only the re-check can move it.
+    fake.push("acme/shop", "pr-7-aaaaaaa", OCI_INDEX);
+    eventually("the environment moves once the image exists", || {
+        meta_at(&f.remote, "shop-pr-7").is_some_and(|m| m.get("waiting_for").is_none())
+    });
+    assert!(fake.manifest_checks() > checks, "the re-check asked the registry again");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -44,10 +44,6 @@ pub const ACTIONS: &[&str] = &[
 ];
 /// Delivery ids remembered to drop GitHub's redeliveries and replays.
 const REMEMBERED_DELIVERIES: usize = 10_000;
-/// How soon an environment waiting for its head's image is synced again: CI pushes minutes after
-/// the event, and half a minute keeps the wait short without loading the registry (one request per
-/// waiting head). The periodic full resync remains the backstop.
-const IMAGE_RECHECK: Duration = Duration::from_secs(30);
 /// Latency buckets (seconds) of the webhook → commit histogram.
 const BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
@@ -70,6 +66,10 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// The registry asked before an environment moves to a new image; `None`: image checks off.
     pub images: Option<sync::Images>,
+    /// How soon a PR whose environment waits for its head's image is synced again (default 30 s:
+    /// CI pushes minutes after the event, and half a minute keeps the wait short with one request
+    /// per waiting head). The periodic full resync remains the backstop.
+    pub image_recheck: Duration,
 }
 
 enum Work {
@@ -78,7 +78,8 @@ enum Work {
         received: Instant,
     },
     FullResync,
-    /// A PR whose environment waits for its head's image, synced again after [`IMAGE_RECHECK`].
+    /// A PR whose environment waits for its head's image, synced again after
+    /// [`ServeOptions::image_recheck`].
     Recheck(Box<PullRequest>),
 }
 
@@ -425,6 +426,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<()> {
         })
     });
     let recheck = Recheck {
+        after: options.image_recheck,
         queue: tx.downgrade(),
         scheduled: Arc::new(Mutex::new(HashSet::new())),
     };
@@ -517,11 +519,12 @@ async fn worker(
     }
 }
 
-/// Syncs again, after [`IMAGE_RECHECK`], the PRs whose environment waits for an image: once each,
+/// Syncs again, after [`ServeOptions::image_recheck`], the PRs whose environment waits for an image: once each,
 /// however many syncs found it waiting meanwhile. The queue is held weakly, so a pending recheck
 /// never keeps the receiver from shutting down.
 #[derive(Clone)]
 struct Recheck {
+    after: Duration,
     queue: mpsc::WeakUnboundedSender<Work>,
     scheduled: Arc<Mutex<HashSet<u64>>>,
 }
@@ -537,7 +540,7 @@ impl Recheck {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(IMAGE_RECHECK).await;
+            tokio::time::sleep(this.after).await;
             let mut scheduled = this.scheduled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for pr in fresh {
                 scheduled.remove(&pr.number);
