@@ -124,6 +124,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 600)]
     pub resync_secs: u64,
 
+    /// Sync a PR whose environment waits for its head's image again after this many seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub image_recheck_secs: u64,
+
     /// Larger webhook bodies are refused with 413.
     #[arg(long, default_value_t = 5 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -192,14 +192,16 @@ fn open_repo(config: &Config, args: &RepoArgs) -> anyhow::Result<EnvRepo> {
     Ok(EnvRepo::open_at(&at, &config.git)?)
 }
 
-fn sync_options(view: &PlanView, snapshot: &Snapshot) -> SyncOptions {
-    SyncOptions {
+fn sync_options(config: &Config, view: &PlanView, snapshot: &Snapshot) -> anyhow::Result<SyncOptions> {
+    Ok(SyncOptions {
         allow_mass_prune: view.allow_mass_prune,
         evidence: Evidence {
             unconfirmed: snapshot.unconfirmed.clone(),
             closed_by_operator: view.confirm_closed.iter().copied().collect(),
+            ..Evidence::default()
         },
-    }
+        registry: sync::image_checks(config)?,
+    })
 }
 
 /// What `plan` and `sync` both start from: the repository read once, the PRs for it, the options
@@ -218,7 +220,7 @@ fn start(config: &Config, args: &SyncArgs) -> anyhow::Result<Run> {
     let view = repo.read()?;
     let snapshot = snapshot(config, &args.snapshot, &view)?;
     Ok(Run {
-        opts: sync_options(&args.view, &snapshot),
+        opts: sync_options(config, &args.view, &snapshot)?,
         material: fs::load_material(config)?,
         now: now(&args.snapshot),
         repo,
@@ -404,7 +406,16 @@ pub fn serve(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {
             header_timeout: std::time::Duration::from_millis(args.header_timeout_ms),
             body_timeout: std::time::Duration::from_secs(args.body_timeout_secs),
         },
+        images: None,
+        image_recheck: std::time::Duration::from_secs(args.image_recheck_secs),
     };
-    runtime()?.block_on(prenv::app::serve::serve(config.clone(), options))?;
+    runtime()?.block_on(async {
+        // Made inside the runtime: the registry client's connections live on it.
+        let options = prenv::app::serve::ServeOptions {
+            images: sync::image_checks(config)?,
+            ..options
+        };
+        prenv::app::serve::serve(config.clone(), options).await
+    })?;
     Ok(Outcome::Clean)
 }

@@ -789,7 +789,9 @@ impl FakeRunner {
         let mut cmd = Command::new("bash");
         cmd.args(["--noprofile", "--norc", "-e", "-o", "pipefail"]).arg(&script);
         cmd.current_dir(self.workspace()).env_clear();
+        // No test reaches a registry: image checks are tests/image_wait.rs's.
         cmd.env("PATH", std::env::var("PATH").unwrap())
+            .env("PRENV_IMAGE_CHECK", "false")
             .env("GITHUB_OUTPUT", &output_file);
         cmd.envs(&self.env);
         for (k, v) in step["env"].as_mapping().into_iter().flatten() {

@@ -327,28 +327,7 @@ fn quota_grows_one_step_per_database() {
         ("[\"postgres\", \"mariadb\"]", "1300m", "1536Mi", "2Gi"),
     ];
     for (dbs, cpu, memory, storage) in table {
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_config(
-            dir.path(),
-            &format!(
-                "project_id = \"q\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\ndatabases = {dbs}\n[secrets]\nage_recipients = [\"{}\"]\n",
-                age::x25519::Identity::generate().to_public()
-            ),
-        );
-        let snapshot = write_prs(dir.path(), &[gh_pr(1, "main", &"a".repeat(40), &[])]);
-        let out = prenv(&[
-            "--config",
-            s(&config),
-            "render",
-            "--prs",
-            s(&snapshot),
-            "--out",
-            s(&dir.path().join("o")),
-            "--now",
-            NOW,
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let objects = kustomize(&dir.path().join("o/environments/q-pr-1"));
+        let objects = render_env_with_databases(dbs);
         let quota = objects
             .iter()
             .find(|o| str_at(o, &["kind"]) == Some("ResourceQuota"))
@@ -368,8 +347,8 @@ fn a_rendered_environment_matches_its_snapshot() {
     let dir = render_example("prenv-argocd.toml");
     let tree = prenv::adapters::fs::read_tree(dir.path(), "environments/shop-pr-106").unwrap();
     let mut combined = String::new();
-    // The credentials are random and encrypted: tests/secrets.rs checks them.
-    for (path, bytes) in tree.iter().filter(|(p, _)| !p.ends_with(".sops.yaml")) {
+    // The credentials are random and sealed: tests/sealed.rs checks them.
+    for (path, bytes) in tree.iter().filter(|(p, _)| !p.ends_with(".sealed.yaml")) {
         combined.push_str(&format!("# ---- {path}\n{}", text(bytes)));
     }
     insta::assert_snapshot!("env_shop_pr_106_argocd_both_databases", combined);

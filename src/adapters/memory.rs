@@ -28,11 +28,11 @@ use serde::{Deserialize, Serialize};
 use crate::core::ports::Verifications;
 use crate::model::config::Database;
 use crate::model::layout::{BlobId, ENV_FILES, TreeId};
-use crate::model::meta::EnvMeta;
+use crate::model::meta::{EnvMeta, ImageWait};
 use crate::model::naming::EnvName;
 
 /// Bumped when the file's layout changes.
-const FORMAT: &[u8] = b"prenv-memory 2\n";
+const FORMAT: &[u8] = b"prenv-memory 3\n";
 /// A memory file larger than this is not read (a repository of 100,000 environments is ~50 MB).
 const MAX_BYTES: u64 = 256 << 20;
 
@@ -68,6 +68,7 @@ struct StoredMeta {
     pr_updated_at: Option<DateTime<Utc>>,
     committed_at: Option<DateTime<Utc>>,
     eligible_at: Option<DateTime<Utc>>,
+    waiting_for: Option<ImageWait>,
 }
 
 impl From<EnvMeta> for StoredMeta {
@@ -91,6 +92,7 @@ impl From<EnvMeta> for StoredMeta {
             pr_updated_at,
             committed_at,
             eligible_at,
+            waiting_for,
         } = m;
         StoredMeta {
             generator,
@@ -111,6 +113,7 @@ impl From<EnvMeta> for StoredMeta {
             pr_updated_at,
             committed_at,
             eligible_at,
+            waiting_for,
         }
     }
 }
@@ -136,6 +139,7 @@ impl From<StoredMeta> for EnvMeta {
             pr_updated_at: m.pr_updated_at,
             committed_at: m.committed_at,
             eligible_at: m.eligible_at,
+            waiting_for: m.waiting_for,
         }
     }
 }

@@ -616,6 +616,8 @@ pub fn commit_status_of<'a>(
 ) -> (&'static str, String, Option<&'a str>) {
     let url = record.url.as_deref();
     let (state, description, target) = match &record.state {
+        // The wait for a head's image says which image: the PR author knows CI is not done.
+        State::Waiting(why) if why.starts_with(crate::core::status::IMAGE_WAIT) => ("pending", why.clone(), url),
         State::Committed | State::Reconciling | State::Waiting(_) => {
             ("pending", "Preview environment is being deployed".to_string(), url)
         }

@@ -105,6 +105,28 @@ pub trait PrSource {
     fn snapshot(&self, with_envs: &BTreeSet<u64>) -> Result<Snapshot>;
 }
 
+/// What the registry said about one image (`repository:tag`), asked before an environment moves to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageFact {
+    /// The registry has it: the environment may move.
+    Present,
+    /// The registry answered that it has no such tag (a 404): CI has not pushed it yet.
+    Absent,
+    /// No answer prenv can trust (an outage, a timeout, refused credentials), and why: the
+    /// environment keeps what it runs, exactly as for an absent image, and the plan says why.
+    Unknown(String),
+}
+
+/// Facts by image (`repository:tag`). An image the map does not name was not asked about (the check
+/// is off, or the caller is a test or benchmark): it counts as present, as before the check existed.
+pub type ImageFacts = BTreeMap<String, ImageFact>;
+
+/// Where image facts come from: the registry, or a fake. One call per run, for the images of the
+/// heads that would change; an implementation answers every image it is given.
+pub trait ImageRegistry {
+    fn check(&self, images: &BTreeSet<String>) -> ImageFacts;
+}
+
 /// One commit to publish: files to add or replace, paths to delete, and the message.
 #[derive(Debug, Clone, Default)]
 pub struct Change {
@@ -153,6 +175,34 @@ pub mod memory {
     impl PrSource for FixedPrs {
         fn snapshot(&self, _with_envs: &BTreeSet<u64>) -> Result<Snapshot> {
             Ok(self.0.clone())
+        }
+    }
+
+    /// A registry that holds a fixed set of images and fails for the ones in `failing`; it counts
+    /// the images it was asked about, so tests see which checks a run made.
+    #[derive(Debug, Default)]
+    pub struct KnownImages {
+        pub present: BTreeSet<String>,
+        /// Image → the error the registry gives for it.
+        pub failing: BTreeMap<String, String>,
+        pub asked: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl ImageRegistry for KnownImages {
+        fn check(&self, images: &BTreeSet<String>) -> ImageFacts {
+            let mut asked = self.asked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            asked.extend(images.iter().cloned());
+            images
+                .iter()
+                .map(|image| {
+                    let fact = match self.failing.get(image) {
+                        Some(why) => ImageFact::Unknown(why.clone()),
+                        None if self.present.contains(image) => ImageFact::Present,
+                        None => ImageFact::Absent,
+                    };
+                    (image.clone(), fact)
+                })
+                .collect()
         }
     }
 

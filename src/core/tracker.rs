@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::status::{Failure, Observation, Verdict};
+use crate::core::status::{Failure, IMAGE_WAIT, Observation, Verdict};
 use crate::error::{Error, Result};
 use crate::model::config::{Lifecycle, Watch};
 use crate::model::pr::{PrState, PullRequest};
@@ -539,6 +539,10 @@ fn decide(record: &mut EnvRecord, obs: &Observation, fresh: bool, now: DateTime<
         Some(record.state.clone())
     };
     let next = match (&obs.verdict, current.clone()) {
+        // A head that waited for its image is ready only after the controller was seen at work on
+        // it: a status from before the wait ended (an app held at zero replicas is healthy) says
+        // nothing about the pod that starts now.
+        (Verdict::Ready, Some(State::Waiting(why))) if why.starts_with(IMAGE_WAIT) => State::Reconciling,
         (Verdict::Ready, _) => State::Ready,
         (Verdict::Failed(f), Some(State::Failed(g))) if g.same_as(f) => State::Failed(g),
         (Verdict::Failed(f), _) => State::Failed(f.clone()),

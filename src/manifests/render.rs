@@ -29,6 +29,8 @@ use crate::model::tree::Tree;
 
 /// Pod Security Standard every preview namespace enforces (RNF-09).
 const POD_SECURITY_LEVEL: &str = "restricted";
+/// The app's Deployment in `base/deployment.yaml`.
+const APP_DEPLOYMENT: &str = "app";
 /// The CloudNativePG cluster name in `overlays/postgres`; the operator writes `<name>-app`.
 const POSTGRES_CLUSTER: &str = "db";
 
@@ -79,6 +81,7 @@ pub fn render_selected(
                     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 );
             }
+            annotations.extend(waiting_annotations(meta));
             let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), annotations);
             tree.insert(flux_file(meta.env.as_str()), yaml::to_string(&object)?)?;
         }
@@ -153,6 +156,23 @@ fn env_annotations(meta: &EnvMeta) -> BTreeMap<String, String> {
         (labels::HEAD_REF.into(), naming::encode_annotation(&meta.head_ref)),
         (labels::URL.into(), meta.url.clone()),
     ])
+}
+
+/// The head an environment waits to move to, for the watcher (see [`labels::WAITING_FOR_SHA`]).
+fn waiting_annotations(meta: &EnvMeta) -> BTreeMap<String, String> {
+    meta.waiting_for
+        .iter()
+        .flat_map(|w| {
+            [
+                (labels::WAITING_FOR_SHA.to_string(), w.sha.clone()),
+                (labels::WAITING_FOR_IMAGE.to_string(), w.image.clone()),
+                (
+                    labels::WAITING_SINCE.to_string(),
+                    w.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ),
+            ]
+        })
+        .collect()
 }
 
 /// The patches an environment applies to the template: its host on the Ingress, its URL and PR
@@ -237,6 +257,16 @@ fn env_kustomization(config: &Config, meta: &EnvMeta) -> Result<KustomizeFile> {
             new_tag: tag.into(),
         }],
         patches,
+        // A new environment whose first image is not pushed yet runs no app pod (it could only fail
+        // to pull); everything else is created so that only the app starts once the image exists.
+        replicas: if meta.holds_app() {
+            vec![kinds::ReplicaCount {
+                name: APP_DEPLOYMENT.into(),
+                count: 0,
+            }]
+        } else {
+            Vec::new()
+        },
         ..KustomizeFile::default()
     })
 }

@@ -48,11 +48,32 @@ pub struct EnvMeta {
     /// the watcher measures the environment's first head from here (open→ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eligible_at: Option<DateTime<Utc>>,
+    /// A newer head whose image the registry does not have yet: the environment keeps running
+    /// `head_sha`/`image` meanwhile, and the watcher reports the wait on this head's commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<ImageWait>,
+}
+
+/// The head an environment waits to move to, because its image is not in the registry yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageWait {
+    /// The PR's head commit that is not deployed yet.
+    pub sha: String,
+    /// Its image, `repository:tag`.
+    pub image: String,
+    /// When prenv first found the head waiting: the head's start for the 10-minute budget.
+    pub since: DateTime<Utc>,
 }
 
 impl EnvMeta {
     pub fn short_sha(&self) -> &str {
         &self.head_sha[..self.head_sha.len().min(config::SHORT_SHA_LEN)]
+    }
+
+    /// Waiting for the image of the head it has: nothing runs yet (a new PR whose first image CI
+    /// has not pushed), so the app is held at zero replicas instead of failing to pull.
+    pub fn holds_app(&self) -> bool {
+        self.waiting_for.as_ref().is_some_and(|w| w.image == self.image)
     }
 
     pub fn host(&self) -> &str {
