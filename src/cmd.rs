@@ -142,7 +142,7 @@ fn source<'a>(config: &'a Config, args: &SnapshotArgs) -> Box<dyn PrSource + 'a>
 
 /// The snapshot for the environments in `view`, with a warning for every PR it could not confirm.
 fn snapshot(config: &Config, args: &SnapshotArgs, view: &RepoView) -> anyhow::Result<Snapshot> {
-    let snapshot = source(config, args).snapshot(&view.prs_with_envs())?;
+    let snapshot = source(config, args).snapshot(&view.prs_with_envs(&config.project_id))?;
     warn_unconfirmed(&snapshot.unconfirmed);
     Ok(snapshot)
 }

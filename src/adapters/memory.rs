@@ -32,7 +32,7 @@ use crate::model::meta::EnvMeta;
 use crate::model::naming::EnvName;
 
 /// Bumped when the file's layout changes.
-const FORMAT: &[u8] = b"prenv-memory 2\n";
+const FORMAT: &[u8] = b"prenv-memory 3\n";
 /// A memory file larger than this is not read (a repository of 100,000 environments is ~50 MB).
 const MAX_BYTES: u64 = 256 << 20;
 
@@ -67,6 +67,7 @@ struct StoredMeta {
     render_digest: String,
     pr_updated_at: Option<DateTime<Utc>>,
     committed_at: Option<DateTime<Utc>>,
+    project: Option<String>,
 }
 
 impl From<EnvMeta> for StoredMeta {
@@ -89,6 +90,7 @@ impl From<EnvMeta> for StoredMeta {
             render_digest,
             pr_updated_at,
             committed_at,
+            project,
         } = m;
         StoredMeta {
             generator,
@@ -108,6 +110,7 @@ impl From<EnvMeta> for StoredMeta {
             render_digest,
             pr_updated_at,
             committed_at,
+            project,
         }
     }
 }
@@ -132,6 +135,7 @@ impl From<StoredMeta> for EnvMeta {
             render_digest: m.render_digest,
             pr_updated_at: m.pr_updated_at,
             committed_at: m.committed_at,
+            project: m.project,
         }
     }
 }

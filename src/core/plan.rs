@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::model::config::{self, Config};
-use crate::model::meta::{EnvMeta, GENERATOR, META_SCHEMA};
+use crate::model::meta::{EnvMeta, GENERATOR, META_SCHEMA, belongs_to};
 use crate::model::naming::{self, EnvName};
 use crate::model::pr::{PrState, PullRequest};
 
@@ -138,7 +138,12 @@ pub fn plan_with(
         tracing::debug!(pr = pr.number, env = %decision.env, action = %decision.action, reason = %decision.reason, "decided");
         decisions.push(decision);
     }
-    for (env, meta) in view.envs.iter().filter(|(env, _)| !seen.contains(env.as_str())) {
+    // Another project's environments are not this run's: not kept, not rendered, not counted.
+    let own = view
+        .envs
+        .iter()
+        .filter(|(env, meta)| !seen.contains(env.as_str()) && belongs_to(meta, &config.project_id));
+    for (env, meta) in own {
         decisions.push(unseen(config, &digest, env, meta, now, evidence));
     }
     for (env, why) in view.blocked.iter().filter(|(env, _)| !seen.contains(*env)) {
@@ -174,9 +179,7 @@ fn blocked(pr: u64, env: &str, why: &Blocked) -> Decision {
 
 /// The PR number of environment `env` when it is this project's (`{project_id}-pr-{number}`).
 pub fn pr_of(config: &Config, env: &str) -> Option<u64> {
-    let number = env.strip_prefix(&config.project_id)?.strip_prefix(naming::ENV_INFIX)?;
-    let pr: u64 = number.parse().ok()?;
-    (pr.to_string() == number).then_some(pr)
+    naming::pr_of(&config.project_id, env)
 }
 
 /// An existing environment whose PR the snapshot does not mention.
@@ -261,6 +264,7 @@ fn kept_meta(config: &Config, digest: &str, env: &EnvName, recorded: &EnvMeta) -
         render_digest: digest.to_string(),
         pr_updated_at: recorded.pr_updated_at,
         committed_at: recorded.committed_at.filter(|t| *t >= recorded.created_at),
+        project: recorded.project.clone(),
     })
 }
 
@@ -278,6 +282,11 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
         return blocked(pr.number, env.as_str(), why);
     }
     let prior = view.envs.get(&env);
+    if let Some(p) = prior.filter(|p| !belongs_to(p, &config.project_id)) {
+        let other = p.project.as_deref().unwrap_or("another project");
+        let why = Blocked::NotPrenvs(format!("prenv's, but its prenv.json names project {other:?}"));
+        return blocked(pr.number, env.as_str(), &why);
+    }
     // Information older than what produced the environment never changes it (a slow resync, a late
     // sync with an older snapshot): the environment stays as the newer information left it.
     if let Some(p) = prior
@@ -323,13 +332,16 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
                 _ => Some(now),
             };
             // Only a change worth a commit records a newer PR time: a title edit commits nothing.
+            // Nor does metadata written before it named its project gain the name by itself.
             if let Some(p) = prior
                 && (EnvMeta {
                     pr_updated_at: p.pr_updated_at,
+                    project: p.project.clone(),
                     ..meta.clone()
                 }) == *p
             {
                 meta.pr_updated_at = p.pr_updated_at;
+                meta.project = p.project.clone();
             }
             let (action, mut reason) = classify(pr, &meta, prior);
             if wired && prior.is_none() {
@@ -437,6 +449,7 @@ fn env_meta(
         render_digest: config.render_digest(),
         pr_updated_at: Some(pr.updated_at),
         committed_at: None,
+        project: Some(config.project_id.clone()),
     }
 }
 
