@@ -487,7 +487,17 @@ impl EnvRepo {
                 let name = self.branch_ref();
                 let result = match old {
                     Some(old) => self.repo.reference_matching(&name, new, true, old, "prenv sync"),
-                    None => self.repo.reference(&name, new, false, "prenv sync"),
+                    None => {
+                        // libgit2 checks that a new branch does not exist before it takes the
+                        // branch's lock (refs/refdb_fs.c `refdb_fs_backend__write`), so two
+                        // first commits could both land, the second replacing the first: prenv's
+                        // writers create the branch under a lock of their own, checking again inside.
+                        let _lock = lock_file(&self.git_dir.join("prenv-new-branch.lock"))?;
+                        match self.repo.refname_to_id(&name) {
+                            Ok(_) => return Ok(Published::Rejected),
+                            Err(_) => self.repo.reference(&name, new, false, "prenv sync"),
+                        }
+                    }
                 };
                 match result {
                     Ok(_) => Ok(Published::Done(Revision(new.to_string()))),
