@@ -71,17 +71,11 @@ impl Platform {
         std::fs::create_dir_all(&home).unwrap();
         let config = write_config(&home, conf);
         let prs = write_prs(&home, prs);
-        let mut args = vec![
-            "--config",
-            s(&config),
-            cmd,
-            "--prs",
-            s(&prs),
-            "--repo",
-            s(&self.remote),
-            "--now",
-            NOW,
-        ];
+        let mut args = vec!["--config", s(&config), cmd, "--repo", s(&self.remote)];
+        // Onboarding reads no PRs and no clock.
+        if cmd != "onboard" {
+            args.extend(["--prs", s(&prs), "--now", NOW]);
+        }
         args.extend_from_slice(extra);
         prenv(&args)
     }
@@ -274,8 +268,9 @@ fn concurrent_syncs_of_different_projects_all_land() {
         }
     });
     let tree = platform.tree();
+    let log = git(&platform.remote, &["log", "--stat", "--format=%H %P%n%B", "main"]);
     for p in projects {
-        assert_eq!(of_project(&tree, p).len(), 3 * 7, "{p}: {tree:#?}");
+        assert_eq!(of_project(&tree, p).len(), 3 * 7, "{p}:\n{log}");
     }
     let index = platform.file("flux/environments/kustomization.yaml").unwrap();
     assert_eq!(
@@ -432,3 +427,170 @@ fn a_project_id_that_would_make_names_ambiguous_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("-pr-"), "{}", text(&out.stderr));
 }
+
+/// An application of its own, as a team brings it: its Deployment (another port, probes and
+/// variables), Service, Ingress and an extra resource, all plain YAML. What prenv patches keeps
+/// its name (`app` Deployment with image `app`, `app` Ingress); see base/README.md.
+const BLOG_TEMPLATE: &[(&str, &str)] = &[
+    (
+        "kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - app.yaml\n  - settings.yaml\n",
+    ),
+    (
+        "app.yaml",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: app
+  labels: {app.kubernetes.io/name: app}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app.kubernetes.io/name: app}}
+  template:
+    metadata:
+      labels: {app.kubernetes.io/name: app}
+    spec:
+      containers:
+        - name: app
+          image: app
+          ports: [{name: http, containerPort: 9000}]
+          env:
+            - {name: BLOG_MODE, value: preview}
+          envFrom: [{configMapRef: {name: blog-settings}}]
+          readinessProbe: {httpGet: {path: /healthz, port: http}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: app
+spec:
+  selector: {app.kubernetes.io/name: app}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: app
+spec:
+  ingressClassName: traefik
+  tls: [{hosts: [blog.example.invalid]}]
+  rules:
+    - host: blog.example.invalid
+      http:
+        paths: [{path: /, pathType: Prefix, backend: {service: {name: app, port: {name: http}}}}]
+"#,
+    ),
+    (
+        "settings.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: blog-settings\ndata:\n  THEME: dark\n",
+    ),
+];
+
+fn add_blog_template(platform: &Platform) {
+    platform.push(|w| {
+        let base = w.join("projects/blog/base");
+        std::fs::create_dir_all(&base).unwrap();
+        for (name, body) in BLOG_TEMPLATE {
+            std::fs::write(base.join(name), body).unwrap();
+        }
+    });
+}
+
+fn find<'a>(objects: &'a [serde_yaml::Value], kind: &str, name: &str) -> Option<&'a serde_yaml::Value> {
+    objects
+        .iter()
+        .find(|o| str_at(o, &["kind"]) == Some(kind) && str_at(o, &["metadata", "name"]) == Some(name))
+}
+
+#[test]
+fn two_applications_with_their_own_templates_live_in_one_repository() {
+    let platform = Platform::new();
+    let shop = config("shop", "databases = [\"postgres\"]");
+    let blog = config("blog", "databases = [\"postgres\"]");
+    platform.sync("shop", &shop, &[open("shop", 1, 0)]);
+    add_blog_template(&platform);
+    platform.sync("blog", &blog, &[open("blog", 1, 0)]);
+    let kustomization = platform.file("environments/blog-pr-1/kustomization.yaml").unwrap();
+    // Its own base; no overlay of its own for PostgreSQL, so the default one.
+    assert!(kustomization.contains("../../projects/blog/base"), "{kustomization}");
+    assert!(kustomization.contains("../../overlays/postgres"), "{kustomization}");
+    let work = platform.checkout();
+    let root = work.path().join("w");
+    let blog_objects = kustomize(&root.join("environments/blog-pr-1"));
+    let shop_objects = kustomize(&root.join("environments/shop-pr-1"));
+    let container = |objects: &[serde_yaml::Value]| {
+        find(objects, "Deployment", "app").unwrap()["spec"]["template"]["spec"]["containers"][0].clone()
+    };
+    let (blog_app, shop_app) = (container(&blog_objects), container(&shop_objects));
+    assert_eq!(blog_app["ports"][0]["containerPort"].as_u64(), Some(9000));
+    assert_eq!(shop_app["ports"][0]["containerPort"].as_u64(), Some(8080));
+    assert_eq!(
+        str_at(&blog_app, &["readinessProbe", "httpGet", "path"]),
+        Some("/healthz")
+    );
+    assert_eq!(
+        str_at(&blog_app, &["image"]),
+        Some(
+            format!(
+                "ghcr.io/acme/blog:pr-1-{}",
+                &open("blog", 1, 0)["head"]["sha"].as_str().unwrap()[..7]
+            )
+            .as_str()
+        )
+    );
+    let env_names: Vec<&str> = blog_app["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for name in ["BLOG_MODE", "DATABASE_URL", "PRENV_URL", "PRENV_PR"] {
+        assert!(env_names.contains(&name), "{name} missing from {env_names:?}");
+    }
+    let settings = find(&blog_objects, "ConfigMap", "blog-settings").expect("blog's extra resource");
+    assert_eq!(str_at(settings, &["metadata", "namespace"]), Some("blog-pr-1"));
+    assert!(find(&shop_objects, "ConfigMap", "blog-settings").is_none());
+    let ingress = find(&blog_objects, "Ingress", "app").unwrap();
+    assert_eq!(
+        str_at(ingress, &["spec", "rules", "0", "host"]),
+        Some("blog-pr-1.p.example.com")
+    );
+    // Shop's environment did not move off the shared default template.
+    let shop_kustomization = platform.file("environments/shop-pr-1/kustomization.yaml").unwrap();
+    assert!(shop_kustomization.contains("- \"../../base\""), "{shop_kustomization}");
+}
+
+#[test]
+fn one_projects_broken_template_does_not_block_another_projects_environments() {
+    let platform = Platform::new();
+    let shop = config("shop", "databases = []");
+    let blog = config("blog", "databases = []");
+    platform.sync("shop", &shop, &[open("shop", 1, 0)]);
+    add_blog_template(&platform);
+    platform.sync("blog", &blog, &[open("blog", 1, 0)]);
+    // Someone breaks blog's template: it names a file that does not exist.
+    platform.push(|w| {
+        std::fs::write(
+            w.join("projects/blog/base/kustomization.yaml"),
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - app.yaml\n  - missing.yaml\n",
+        )
+        .unwrap();
+    });
+    // Shop's next PR is written, and everything Flux applies for shop still builds: each
+    // environment has a Flux Kustomization of its own, so only blog's fail to reconcile.
+    platform.sync("shop", &shop, &[open("shop", 1, 0), open("shop", 2, 0)]);
+    let work = platform.checkout();
+    let root = work.path().join("w");
+    let wiring = kustomize(&root.join("flux/environments"));
+    let names: Vec<&str> = wiring.iter().filter_map(|o| str_at(o, &["metadata", "name"])).collect();
+    assert_eq!(names, ["blog-pr-1", "shop-pr-1", "shop-pr-2"]);
+    for env in ["shop-pr-1", "shop-pr-2"] {
+        kustomize(&root.join("environments").join(env));
+    }
+    let broken = Command::new(kubectl())
+        .args(["kustomize", s(&root.join("environments/blog-pr-1"))])
+        .output()
+        .unwrap();
+    assert!(!broken.status.success(), "blog's environment should not build");
+}
+

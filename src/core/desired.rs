@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::manifests::{render, templates};
 use crate::model::config::{Config, Database};
 use crate::model::layout::{
-    ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, Place, TreeId, argocd_project_of, env_dir, flux_file, secret_path,
+    self, ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, Place, TreeId, argocd_project_of, env_dir, flux_file, secret_path,
 };
 use crate::model::meta::{EnvMeta, belongs_to};
 use crate::model::pr::PullRequest;
@@ -112,7 +112,19 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         }
     }
     let mut changes = diff::changes_of(&compared, &desired);
-    let templates = templates::missing(|top| current.top_level.contains(top))?;
+    // The defaults are added where the repository has none, unless this project builds only on its own.
+    let own_base = current.templates.contains(&layout::project_base(&config.project_id));
+    let own_overlays = config.databases.iter().all(|db| {
+        current
+            .templates
+            .contains(&layout::project_overlay(&config.project_id, db.name()))
+    });
+    let uses_default = |top: &str| match top {
+        layout::BASE_DIR => !own_base,
+        layout::OVERLAYS_DIR => !own_overlays,
+        _ => true,
+    };
+    let templates = templates::missing(|top| current.top_level.contains(top) || !uses_default(top))?;
     changes.added.extend(templates.paths().map(String::from));
     desired.extend(templates);
     refuse_obstacles(current, &changes)?;
