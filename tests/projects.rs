@@ -594,3 +594,62 @@ fn one_projects_broken_template_does_not_block_another_projects_environments() {
     assert!(!broken.status.success(), "blog's environment should not build");
 }
 
+#[test]
+fn onboarding_a_second_application_is_one_command_and_idempotent() {
+    let platform = Platform::new();
+    let shop = config("shop", "databases = [\"postgres\"]");
+    platform.sync("shop", &shop, &[open("shop", 1, 0)]);
+    let blog = config("blog", "databases = [\"postgres\"]");
+    let tip = || git(&platform.remote, &["rev-parse", "main"]);
+    let before = tip();
+    // The dry run shows the files and the GitHub steps, and writes nothing.
+    let dry = platform.run("blog", &blog, "onboard", &[], &["--dry-run"]);
+    let shown = text(&dry.stdout);
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    for want in [
+        "also serving shop",
+        "would write projects/blog/base/deployment.yaml",
+        "would write projects/blog/overlays/postgres/kustomization.yaml",
+        "https://github.com/acme/blog/settings/hooks/new",
+        "require the status check `prenv/preview`",
+        "dry run: nothing written",
+    ] {
+        assert!(shown.contains(want), "{want:?} missing:\n{shown}");
+    }
+    assert!(!shown.contains("overlays/mariadb"), "{shown}");
+    assert_eq!(tip(), before);
+    let out = platform.run("blog", &blog, "onboard", &[], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("committed"), "{}", text(&out.stdout));
+    let onboarded = tip();
+    let again = platform.run("blog", &blog, "onboard", &[], &[]);
+    assert!(
+        text(&again.stdout).contains("no change: blog is onboarded already"),
+        "{}",
+        text(&again.stdout)
+    );
+    assert_eq!(tip(), onboarded);
+    // Shop, whose environments build on the shared template, is not moved off it.
+    let shop_again = platform.run("shop", &shop, "onboard", &[], &[]);
+    assert!(
+        text(&shop_again.stdout).contains("build on the shared base/"),
+        "{}",
+        text(&shop_again.stdout)
+    );
+    assert_eq!(tip(), onboarded);
+    // Blog's first sync builds on its own template, which builds.
+    platform.sync("blog", &blog, &[open("blog", 1, 0)]);
+    let kustomization = platform.file("environments/blog-pr-1/kustomization.yaml").unwrap();
+    assert!(kustomization.contains("../../projects/blog/base"), "{kustomization}");
+    assert!(
+        kustomization.contains("../../projects/blog/overlays/postgres"),
+        "{kustomization}"
+    );
+    let work = platform.checkout();
+    let objects = kustomize(&work.path().join("w/environments/blog-pr-1"));
+    assert!(find(&objects, "Cluster", "db").is_some(), "blog's own postgres overlay");
+    // A bad config is refused before anything is read or written.
+    let bad = platform.run("bad", &config("Blog", ""), "onboard", &[], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("project_id"), "{}", text(&bad.stderr));
+}
