@@ -28,6 +28,9 @@ pub struct Cli {
 pub enum Commands {
     /// Scaffold an environments repository: templates, engine wiring and cluster infrastructure.
     Init(InitArgs),
+    /// Add this config's project to an environments repository that may serve others already:
+    /// check the config, scaffold its own template, print the GitHub steps; again, it changes nothing.
+    Onboard(OnboardArgs),
     /// Write the desired tree (base/, overlays/, environments/, wiring) for a PR snapshot into a directory.
     Render(RenderArgs),
     /// Print what a sync would create, update, keep, pin and prune, without writing anything.
@@ -105,6 +108,19 @@ pub struct InitArgs {
     /// Overwrite files whose content differs from the scaffold (edited files are kept otherwise).
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OnboardArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+
+    /// Show what would be written and done, without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

@@ -18,8 +18,8 @@ use prenv::model::pr::Snapshot;
 use prenv::secrets::sops;
 
 use crate::cli::{
-    AuditArgs, DecryptArgs, EncryptArgs, IdentityArgs, InitArgs, Output, PlanArgs, PlanView, RenderArgs, RepoArgs,
-    RewrapArgs, ServeArgs, SnapshotArgs, SyncArgs, WatchArgs,
+    AuditArgs, DecryptArgs, EncryptArgs, IdentityArgs, InitArgs, OnboardArgs, Output, PlanArgs, PlanView, RenderArgs,
+    RepoArgs, RewrapArgs, ServeArgs, SnapshotArgs, SyncArgs, WatchArgs,
 };
 
 /// What a successful command found.
@@ -142,7 +142,7 @@ fn source<'a>(config: &'a Config, args: &SnapshotArgs) -> Box<dyn PrSource + 'a>
 
 /// The snapshot for the environments in `view`, with a warning for every PR it could not confirm.
 fn snapshot(config: &Config, args: &SnapshotArgs, view: &RepoView) -> anyhow::Result<Snapshot> {
-    let snapshot = source(config, args).snapshot(&view.prs_with_envs())?;
+    let snapshot = source(config, args).snapshot(&view.prs_with_envs(&config.project_id))?;
     warn_unconfirmed(&snapshot.unconfirmed);
     Ok(snapshot)
 }
@@ -417,5 +417,43 @@ pub fn serve(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {
         };
         prenv::app::serve::serve(config.clone(), options).await
     })?;
+    Ok(Outcome::Clean)
+}
+
+pub fn onboard(config: &Config, args: &OnboardArgs) -> anyhow::Result<Outcome> {
+    let mut repo = open_repo(config, &args.repo)?;
+    let done = prenv::app::onboard::onboard(&mut repo, config, args.dry_run)?;
+    let mut out = std::io::stdout().lock();
+    if let Output::Json = args.output {
+        writeln!(out, "{}", serde_json::to_string_pretty(&done)?)?;
+        return Ok(Outcome::Clean);
+    }
+    let others = if done.other_projects.is_empty() {
+        "no other project".to_string()
+    } else {
+        format!(
+            "also serving {}",
+            done.other_projects.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    };
+    writeln!(
+        out,
+        "project {} on {} of {} ({others})",
+        done.project, done.branch, done.repo
+    )?;
+    writeln!(out, "template: {}", done.template)?;
+    let verb = if args.dry_run { "would write" } else { "wrote" };
+    for path in &done.scaffolded {
+        writeln!(out, "  {verb} {path}")?;
+    }
+    match &done.commit {
+        Some(commit) => writeln!(out, "committed {} to {} of {}", &commit[..12], done.branch, done.repo)?,
+        None if args.dry_run => writeln!(out, "dry run: nothing written")?,
+        None => writeln!(out, "no change: {} is onboarded already", done.project)?,
+    }
+    writeln!(out, "on GitHub, the platform owner:")?;
+    for (i, step) in done.github_steps.iter().enumerate() {
+        writeln!(out, "  {}. {step}", i + 1)?;
+    }
     Ok(Outcome::Clean)
 }

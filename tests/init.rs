@@ -1893,7 +1893,7 @@ fn the_argocd_scaffold_installs_the_same_pinned_charts_as_applications() {
     assert_eq!(wiring.iter().map(kind).collect::<Vec<_>>(), ["ApplicationSet"]);
     // prenv's first sync rewrites argocd/ whole: the scaffold writes there only what it would.
     let render = render_example("prenv-argocd.toml");
-    for file in ["argocd/applicationset.yaml", "argocd/kustomization.yaml"] {
+    for file in ["argocd/applicationset-shop.yaml", "argocd/kustomization.yaml"] {
         assert_eq!(
             std::fs::read(dir.path().join(file)).unwrap(),
             std::fs::read(render.path().join(file)).unwrap(),

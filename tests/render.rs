@@ -265,9 +265,13 @@ fn the_argocd_wiring_is_an_applicationset_over_the_metadata_files() {
     assert_eq!(objects.len(), 1);
     let set = &objects[0];
     assert_eq!(str_at(set, &["kind"]), Some("ApplicationSet"));
+    // One ApplicationSet per project, in a file of its own, over its own environments only: a
+    // file path glob (argo-cd docs/operator-manual/applicationset/Generators-Git.md, "Git
+    // Generator: Files") that no other project's names match (a project id holds no `-pr-`).
+    assert!(dir.path().join("argocd/applicationset-shop.yaml").exists());
     assert_eq!(
         str_at(set, &["spec", "generators", "0", "git", "files", "0", "path"]),
-        Some("environments/*/prenv.json")
+        Some("environments/shop-pr-*/prenv.json")
     );
     // Name, path and namespace come from the directory (the git files generator's `path` params,
     // argo-cd v3.0 applicationset/generators/git.go `generateParamsFromGitFile`), not from the file.

@@ -69,6 +69,7 @@ struct StoredMeta {
     committed_at: Option<DateTime<Utc>>,
     eligible_at: Option<DateTime<Utc>>,
     waiting_for: Option<ImageWait>,
+    project: Option<String>,
 }
 
 impl From<EnvMeta> for StoredMeta {
@@ -93,6 +94,7 @@ impl From<EnvMeta> for StoredMeta {
             committed_at,
             eligible_at,
             waiting_for,
+            project,
         } = m;
         StoredMeta {
             generator,
@@ -114,6 +116,7 @@ impl From<EnvMeta> for StoredMeta {
             committed_at,
             eligible_at,
             waiting_for,
+            project,
         }
     }
 }
@@ -140,6 +143,7 @@ impl From<StoredMeta> for EnvMeta {
             committed_at: m.committed_at,
             eligible_at: m.eligible_at,
             waiting_for: m.waiting_for,
+            project: m.project,
         }
     }
 }

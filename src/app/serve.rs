@@ -579,7 +579,7 @@ fn run_sync(
         ..SyncOptions::default()
     };
     if full {
-        let listed = GitHubPrs(config).snapshot(&view.prs_with_envs())?;
+        let listed = GitHubPrs(config).snapshot(&view.prs_with_envs(&config.project_id))?;
         // Events in the same burst are at least as fresh as the listing.
         let from_events: HashSet<u64> = prs.iter().map(|p| p.number).collect();
         prs.extend(listed.prs.into_iter().filter(|p| !from_events.contains(&p.number)));

@@ -242,10 +242,12 @@ pub fn rewrap(store: &mut dyn EnvStore, config: &Config, identities: &[age::x255
             commit: None,
         };
         let mut upserts = Tree::new();
+        // Only this project's secrets: another project's are encrypted for its own recipients.
+        let own: std::collections::BTreeSet<&str> = view.envs_of(&config.project_id).map(|m| m.env.as_str()).collect();
         let secrets = view
             .owned
             .keys()
-            .filter(|p| matches!(Place::of(p), Place::EnvFile { file: f, .. } if f == file));
+            .filter(|p| matches!(Place::of(p), Place::EnvFile { env, file: f } if f == file && own.contains(env)));
         for path in secrets {
             done.checked += 1;
             let bytes = store.read_file(&view, path)?.unwrap_or_default();

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::model::config::{self, Config};
-use crate::model::meta::{EnvMeta, GENERATOR, ImageWait, META_SCHEMA};
+use crate::model::meta::{EnvMeta, GENERATOR, ImageWait, META_SCHEMA, belongs_to};
 use crate::model::naming::{self, EnvName};
 use crate::model::pr::{PrState, PullRequest};
 
@@ -142,7 +142,12 @@ pub fn plan_with(
         tracing::debug!(pr = pr.number, env = %decision.env, action = %decision.action, reason = %decision.reason, "decided");
         decisions.push(decision);
     }
-    for (env, meta) in view.envs.iter().filter(|(env, _)| !seen.contains(env.as_str())) {
+    // Another project's environments are not this run's: not kept, not rendered, not counted.
+    let own = view
+        .envs
+        .iter()
+        .filter(|(env, meta)| !seen.contains(env.as_str()) && belongs_to(meta, &config.project_id));
+    for (env, meta) in own {
         decisions.push(unseen(config, &digest, env, meta, now, evidence));
     }
     for (env, why) in view.blocked.iter().filter(|(env, _)| !seen.contains(*env)) {
@@ -178,9 +183,7 @@ fn blocked(pr: u64, env: &str, why: &Blocked) -> Decision {
 
 /// The PR number of environment `env` when it is this project's (`{project_id}-pr-{number}`).
 pub fn pr_of(config: &Config, env: &str) -> Option<u64> {
-    let number = env.strip_prefix(&config.project_id)?.strip_prefix(naming::ENV_INFIX)?;
-    let pr: u64 = number.parse().ok()?;
-    (pr.to_string() == number).then_some(pr)
+    naming::pr_of(&config.project_id, env)
 }
 
 /// An existing environment whose PR the snapshot does not mention.
@@ -267,6 +270,7 @@ fn kept_meta(config: &Config, digest: &str, env: &EnvName, recorded: &EnvMeta) -
         committed_at: recorded.committed_at.filter(|t| *t >= recorded.created_at),
         eligible_at: recorded.eligible_at,
         waiting_for: recorded.waiting_for.clone().filter(|w| is_sha(&w.sha)),
+        project: recorded.project.clone(),
     })
 }
 
@@ -284,6 +288,11 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
         return blocked(pr.number, env.as_str(), why);
     }
     let prior = view.envs.get(&env);
+    if let Some(p) = prior.filter(|p| !belongs_to(p, &config.project_id)) {
+        let other = p.project.as_deref().unwrap_or("another project");
+        let why = Blocked::NotPrenvs(format!("prenv's, but its prenv.json names project {other:?}"));
+        return blocked(pr.number, env.as_str(), &why);
+    }
     // Information older than what produced the environment never changes it (a slow resync, a late
     // sync with an older snapshot): the environment stays as the newer information left it.
     if let Some(p) = prior
@@ -339,13 +348,16 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
                 ),
             };
             // Only a change worth a commit records a newer PR time: a title edit commits nothing.
+            // Nor does metadata written before it named its project gain the name by itself.
             if let Some(p) = prior
                 && (EnvMeta {
                     pr_updated_at: p.pr_updated_at,
+                    project: p.project.clone(),
                     ..meta.clone()
                 }) == *p
             {
                 meta.pr_updated_at = p.pr_updated_at;
+                meta.project = p.project.clone();
             }
             let (action, mut reason) = classify(pr, &meta, prior);
             if wired && prior.is_none() {
@@ -455,6 +467,7 @@ fn env_meta(
         committed_at: None,
         eligible_at: None,
         waiting_for: None,
+        project: Some(config.project_id.clone()),
     }
 }
 

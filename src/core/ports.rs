@@ -46,6 +46,13 @@ pub struct RepoView {
     pub obstacles: BTreeSet<String>,
     /// Top-level entries, so templates are added only where the repository has none.
     pub top_level: BTreeSet<String>,
+    /// Template directories of projects that hold a `kustomization.yaml`
+    /// (`projects/<id>/base`, `projects/<id>/overlays/<db>`): an environment builds on its
+    /// project's own template where there is one.
+    pub templates: BTreeSet<String>,
+    /// The project the ApplicationSet of `argocd/applicationset.yaml` (the file before projects
+    /// had one each) belongs to, when the file is there and names one.
+    pub argo_legacy_project: Option<String>,
 }
 
 /// Why prenv keeps its hands off an environment's path.
@@ -72,9 +79,17 @@ impl Blocked {
 }
 
 impl RepoView {
-    /// PR numbers of the environments prenv has: the ones a listing must account for.
-    pub fn prs_with_envs(&self) -> BTreeSet<u64> {
-        self.envs.values().map(|m| m.pr).collect()
+    /// PR numbers of the environments project `project_id` has: the ones its listing must
+    /// account for (another project's PR numbers mean other pull requests).
+    pub fn prs_with_envs(&self, project_id: &str) -> BTreeSet<u64> {
+        self.envs_of(project_id).map(|m| m.pr).collect()
+    }
+
+    /// The environments of project `project_id` ([`crate::model::meta::belongs_to`]).
+    pub fn envs_of<'a>(&'a self, project_id: &'a str) -> impl Iterator<Item = &'a EnvMeta> + 'a {
+        self.envs
+            .values()
+            .filter(move |m| crate::model::meta::belongs_to(m, project_id))
     }
 }
 

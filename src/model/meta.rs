@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::config::{self, Database};
-use super::naming::EnvName;
+use super::naming::{self, EnvName};
 
 /// The ownership mark: an environment directory without it is never touched.
 pub const GENERATOR: &str = "prenv";
@@ -44,6 +44,11 @@ pub struct EnvMeta {
     /// measures each push against the time budget from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed_at: Option<DateTime<Utc>>,
+    /// The project (`project_id`) whose environment this is: with the mark, the ownership check
+    /// of every run. Absent in metadata written before projects shared a repository; then the
+    /// environment belongs to the project whose id prefixes its name ([`belongs_to`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// When the PR became deployable (`core::eligible`), recorded when the environment is created:
     /// the watcher measures the environment's first head from here (open→ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +101,17 @@ pub fn owned_meta(dir: &str, bytes: &[u8]) -> Result<EnvMeta, NotOwned> {
         )));
     }
     Ok(meta)
+}
+
+/// Whether environment `meta` (already carrying the mark) is project `project_id`'s: its metadata
+/// names that project, or, written before metadata named projects, its name is
+/// `{project_id}-pr-{number}`. An environment of another project is never read as one's own.
+pub fn belongs_to(meta: &EnvMeta, project_id: &str) -> bool {
+    let named = naming::pr_of(project_id, meta.env.as_str()).is_some();
+    match &meta.project {
+        Some(project) => project == project_id && named,
+        None => named,
+    }
 }
 
 /// Why an environment directory's metadata does not make it prenv's.

@@ -408,6 +408,14 @@ impl Config {
             ),
             ("project_id", id, naming::dns_label_problem(id), "use lowercase letters, digits and '-'"),
             (
+                "project_id",
+                id,
+                id.contains(naming::ENV_INFIX).then(|| {
+                    format!("contains {:?}, which separates the project from the PR number in environment names: another project's environments would look like this one's", naming::ENV_INFIX)
+                }),
+                "choose a project_id without \"-pr-\"",
+            ),
+            (
                 "domain",
                 domain,
                 (domain.len() > host_room).then(|| {
