@@ -790,7 +790,28 @@ pub(super) fn git_err(action: &'static str, repo: &str, e: git2::Error) -> Error
     Error::Git {
         action,
         repo: repo.to_string(),
-        source: sdk(&e, ""),
+        source: sdk(&e, certificate_hint(&e)),
+    }
+}
+
+/// What to do when the remote's identity is refused. prenv sets no `certificate_check` callback, so
+/// libgit2's own checks decide: over SSH (libgit2 1.9 `transports/ssh_libssh2.c`,
+/// `check_certificate`) a host key missing from `$HOME/.ssh/known_hosts`, or differing from it,
+/// fails with class Ssh, code Certificate ("invalid or unknown remote ssh hostkey"); over HTTPS
+/// (`streams/openssl.c`, `verify_server_cert`) a certificate the system's CA roots do not vouch for
+/// fails with class Ssl, code Certificate.
+fn certificate_hint(e: &git2::Error) -> &'static str {
+    match (e.class(), e.code()) {
+        (git2::ErrorClass::Ssh, ErrorCode::Certificate) => {
+            "; prenv accepts only SSH host keys listed in $HOME/.ssh/known_hosts: add the host's key there \
+             after checking its fingerprint (`ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts`; in the cluster, \
+             the `known_hosts` key of the prenv-git Secret)"
+        }
+        (git2::ErrorClass::Ssl, ErrorCode::Certificate) => {
+            "; the server's TLS certificate is not signed by a CA in the system's roots or names another host (SSL_CERT_FILE / \
+             SSL_CERT_DIR choose others)"
+        }
+        _ => "",
     }
 }
 
