@@ -223,26 +223,36 @@ impl EnvRepo {
                 }
                 let tree = TreeId(oid_bytes(entry.id()));
                 // A directory read before (same tree id: same bytes) is not opened again.
-                if let Some((meta, files)) = self.memory.env(tree, name) {
-                    inventory.env_known(tree, meta, &files);
+                if let Some(entry) = self.memory.env(tree, name)
+                    && let Ok(name) = EnvName::try_from(name.to_string())
+                {
+                    inventory.env_known(name, entry);
                     continue;
                 }
                 self.read_env(&mut inventory, name, entry.id())?;
             }
         }
         if let Some(flux) = self.subtree(&root, FLUX_DIR, &mut inventory)? {
-            let listed = match flux.get_name("kustomization.yaml") {
-                Some(i) if i.kind() == Some(ObjectType::Blob) => Some(match self.memory.index(blob_id(i.id())) {
-                    Some(listed) => listed,
-                    None => {
-                        let listed = listed_in_index(self.repo.find_blob(i.id()).map_err(err)?.content());
-                        self.memory.remember_index(blob_id(i.id()), listed.clone());
-                        listed
+            // The index is parsed only when a file there is not an environment's own.
+            let index = flux
+                .get_name("kustomization.yaml")
+                .filter(|i| i.kind() == Some(ObjectType::Blob))
+                .map(|i| i.id());
+            let mut failed = None;
+            let listed = || {
+                let id = index?;
+                match self.repo.find_blob(id) {
+                    Ok(blob) => Some(listed_in_index(blob.content())),
+                    Err(e) => {
+                        failed = Some(err(e));
+                        Some(None)
                     }
-                }),
-                _ => None,
+                }
             };
             inventory.flux_wiring_listed(listed, &self.files(&flux)?);
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         if let Some(argo) = self.subtree(&root, ARGOCD_DIR, &mut inventory)? {
             inventory.argo_wiring(&self.files(&argo)?);
@@ -268,9 +278,7 @@ impl EnvRepo {
             meta.as_ref().map(|b| b.content()),
             &files,
         );
-        if let Some(known) =
-            clean.and_then(|meta| KnownEnv::new(meta.clone(), files.iter().map(|f| (f.name.as_str(), f.id))))
-        {
+        if let Some(known) = clean.and_then(|meta| KnownEnv::new(meta, files.iter().map(|f| (f.name.as_str(), f.id)))) {
             self.memory.remember_env(tree, known);
         }
         Ok(())
@@ -303,16 +311,14 @@ impl EnvRepo {
             };
             let meta = match change.upserts.get(&meta_path(env)) {
                 Some(bytes) => owned_meta(env, bytes).ok(),
-                None => EnvName::try_from(env.to_string())
-                    .ok()
-                    .and_then(|n| base.envs.get(&n).cloned()),
+                None => base.envs.get(env).cloned(),
             };
             let files = env_files_after(env, base, &change.upserts, |p| removed.contains(p));
             let tree = TreeId(oid_bytes(entry.id()));
             if TreeId::of_files(files.iter().copied()) != tree {
                 continue;
             }
-            if let Some(known) = meta.and_then(|m| KnownEnv::new(m, files)) {
+            if let Some(known) = meta.and_then(|m| KnownEnv::new(&m, files)) {
                 self.memory.remember_env(tree, known);
             }
         }

@@ -14,7 +14,7 @@ use crate::core::plan::{Evidence, Plan};
 use crate::core::ports::{Change, EnvStore, Published, RepoView, Verifications};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
-use crate::model::layout::{Place, secret_file};
+use crate::model::layout::secret_file;
 use crate::model::pr::PullRequest;
 use crate::model::tree::Tree;
 use crate::secrets::{CredentialMaker, sops};
@@ -186,11 +186,13 @@ pub fn rewrap(store: &mut dyn EnvStore, config: &Config, identities: &[age::x255
             commit: None,
         };
         let mut upserts = Tree::new();
-        let secrets = view
-            .owned
-            .keys()
-            .filter(|p| matches!(Place::of(p), Place::EnvFile { file: f, .. } if f == file));
-        for path in secrets {
+        let secrets: Vec<String> = view
+            .envs
+            .entries()
+            .filter(|(_, entry)| entry.file(file).is_some())
+            .map(|(env, _)| format!("{}/{file}", crate::model::layout::env_dir(env.as_str())))
+            .collect();
+        for path in &secrets {
             done.checked += 1;
             let bytes = store.read_file(&view, path)?.unwrap_or_default();
             if let Some(rewrapped) = rewrap_one(path, &bytes, &wanted, config, identities)? {

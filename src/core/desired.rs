@@ -54,39 +54,39 @@ pub struct Desired {
 /// pipeline, longer than most functions so that its steps read in order.
 pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn CredentialMaker) -> Result<Desired> {
     let config = inputs.config;
-    let mut plan = plan::plan_with(config, inputs.prs, current, inputs.now, inputs.evidence);
+    let mut plan = plan::plan_knowing(
+        config,
+        inputs.prs,
+        current,
+        inputs.now,
+        inputs.evidence,
+        inputs.verified,
+    );
     breaker::check_mass_prune(&plan, current.envs.len(), &config.sync, inputs.allow_mass_prune)?;
-    let untouched: BTreeSet<String> = untouched(&plan, current);
+    let untouched: BTreeSet<&str> = untouched(&plan, current);
     // An environment whose metadata is unchanged and whose content is known to be as rendered
     // needs neither render nor compare: a sync of one changed PR among thousands stays fast.
-    let trusted: BTreeSet<String> = plan
+    let trusted: BTreeSet<&str> = plan
         .desired()
-        .filter(|m| current.envs.get(&m.env) == Some(*m))
+        .filter(|m| current.envs.get(m.env.as_str()) == Some(*m))
         .filter(|m| {
-            current.env_trees.get(&m.env).is_some_and(|tree| {
-                inputs
-                    .verified
-                    .knows(*tree, current.owned.get(&flux_file(m.env.as_str())).copied())
-            })
+            current
+                .envs
+                .entry(m.env.as_str())
+                .is_some_and(|e| e.tree.is_some_and(|tree| inputs.verified.knows(tree, e.wiring)))
         })
-        .map(|m| m.env.to_string())
+        .map(|m| m.env.as_str())
         .collect();
     let envs: Vec<&EnvMeta> = plan.desired().collect();
     let kept: Vec<&str> = untouched
         .iter()
-        .map(String::as_str)
-        .filter(|env| current.owned.contains_key(&flux_file(env)))
+        .copied()
+        .filter(|env| current.owned_id(&flux_file(env)).is_some())
         .collect();
     let mut desired = render::render_selected(config, &envs, &kept, |m| !trusted.contains(m.env.as_str()))?;
-    let mut compared: BTreeMap<&str, BlobId> = current
-        .owned
-        .iter()
-        .filter(|(path, _)| {
-            !Place::of(path)
-                .env()
-                .is_some_and(|env| trusted.contains(env) || untouched.contains(env))
-        })
-        .map(|(p, id)| (p.as_str(), *id))
+    let mut compared: BTreeMap<String, BlobId> = current
+        .owned_files(|env| !trusted.contains(env) && !untouched.contains(env))
+        .into_iter()
         .collect();
     for meta in envs
         .iter()
@@ -121,13 +121,13 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
 
 /// Environment names whose paths this run leaves exactly as they are: blocked ones (not prenv's,
 /// or unreadable), and ones kept without metadata to render from (wiring whose directory is gone).
-fn untouched(plan: &Plan, current: &RepoView) -> BTreeSet<String> {
+fn untouched<'a>(plan: &'a Plan, current: &'a RepoView) -> BTreeSet<&'a str> {
     let kept_bare = plan
         .decisions
         .iter()
         .filter(|d| d.action == Action::Blocked || (d.action == Action::Keep && d.desired.is_none()))
-        .map(|d| d.env.clone());
-    current.blocked.keys().cloned().chain(kept_bare).collect()
+        .map(|d| d.env.as_str());
+    current.blocked.keys().map(String::as_str).chain(kept_bare).collect()
 }
 
 /// An error when something would be written below a directory that exists as something else.
@@ -152,7 +152,7 @@ fn refuse_obstacles(current: &RepoView, changes: &Changes) -> Result<()> {
 /// A directory holding files that are not prenv's is left out: its tree cannot be predicted.
 fn newly_verified(
     envs: &[&EnvMeta],
-    trusted: &BTreeSet<String>,
+    trusted: &BTreeSet<&str>,
     current: &RepoView,
     desired: &Tree,
     changes: &Changes,
@@ -172,7 +172,7 @@ fn newly_verified(
             let files = diff::env_files_after(m.env.as_str(), current, desired, removed);
             let wiring = match desired.get(&flux_file(m.env.as_str())) {
                 Some(bytes) => Some(BlobId::of(bytes)),
-                None => current.owned.get(&flux_file(m.env.as_str())).copied(),
+                None => current.owned_id(&flux_file(m.env.as_str())),
             };
             (TreeId::of_files(files), wiring)
         })
@@ -193,7 +193,10 @@ fn explain_rerendered(plan: &mut Plan, changes: &Changes, current: &RepoView) {
             continue;
         };
         d.action = Action::Update;
-        let drifted = d.desired.as_ref().is_some_and(|m| current.envs.get(&m.env) == Some(m));
+        let drifted = d
+            .desired
+            .as_ref()
+            .is_some_and(|m| current.envs.get(m.env.as_str()) == Some(m));
         d.reason = if drifted {
             format!("drift repaired: {}", files.join(", "))
         } else {
