@@ -105,11 +105,10 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     refuse_obstacles(current, &changes)?;
     let verified = newly_verified(&envs, &trusted, current, &desired, &changes);
     explain_rerendered(&mut plan, &changes, current);
-    let mut upserts = Tree::new();
-    for path in changes.added.iter().chain(&changes.modified) {
-        let bytes = desired.get(path).expect("changed paths come from the desired tree");
-        upserts.insert(path.as_str(), bytes)?;
-    }
+    // The files to write are the changed part of the desired tree, moved, not copied: a full
+    // sync of thousands of environments holds their bytes once.
+    let mut upserts = desired;
+    upserts.retain(|p| changes.added.contains(p) || changes.modified.contains(p));
     Ok(Desired {
         plan,
         changes,
