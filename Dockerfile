@@ -3,7 +3,7 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 -t ghcr.io/acme/prenv:dev .
 #
 # The build stages run on the build machine's own platform ($BUILDPLATFORM) and cross-compile with
-# cargo-zigbuild (zig is the C compiler for libgit2, zlib and aws-lc), so an arm64 image needs no
+# cargo-zigbuild (zig is the C compiler for libgit2, libssh2, OpenSSL, zlib and aws-lc), so an arm64 image needs no
 # emulation; the runtime stage only copies files in. .github/workflows/release.yml builds the
 # release binaries with the same command and the same tool versions.
 #
@@ -11,7 +11,7 @@
 # moving a base is a reviewed commit, never a silent re-tag.
 #
 # Runtime contract: ENTRYPOINT is prenv, so a Pod passes only `args:` (CMD prints the help); the user is 65532:65532
-# (distroless's nonroot, the one deploy/ runs as); the root filesystem can be read-only: prenv writes
+# (distroless's nonroot, the one prenv init's serve and watch Deployments run as); the root filesystem can be read-only: prenv writes
 # only its git cache and default data directory, both under /tmp, so mount an emptyDir (Kubernetes) or
 # a tmpfs (`docker run --read-only --tmpfs /tmp`) there. `prenv watch` writes nothing at all.
 
@@ -28,6 +28,14 @@ COPY --from=zig /opt/zig /opt/zig
 ENV PATH=/opt/zig/bin:$PATH \
     CARGO_ZIGBUILD_ZIG_PATH=/opt/zig/ziglang/zig \
     CARGO_TERM_COLOR=never
+# git2's HTTPS and SSH transports link a vendored OpenSSL (Cargo.toml), which openssl-src builds with
+# perl (its Configure loads IPC::Cmd, in Debian's perl, not the image's perl-base) and make, neither in
+# the slim image. Not pinned to exact versions: Debian keeps only a suite's newest build of a package,
+# so such a pin breaks the build at the next security update; the base digest fixes the suite.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends perl make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # TARGETARCH is the image's platform (amd64 or arm64), set by buildx; the Rust target follows from it.

@@ -72,6 +72,7 @@ fn run(envs: u64) {
     // The environments that already exist, written by a sync as a deployment would have them.
     let cache = dir.path().join("cache");
     let status = Command::new(env!("CARGO_BIN_EXE_prenv"))
+        .env("PRENV_IMAGE_CHECK", "false")
         .current_dir(dir.path())
         .args([
             "--config",
@@ -96,6 +97,7 @@ fn run(envs: u64) {
         .unwrap()
         .port();
     let mut server = Command::new(env!("CARGO_BIN_EXE_prenv"))
+        .env("PRENV_IMAGE_CHECK", "false")
         .current_dir(dir.path())
         .args([
             "--config",

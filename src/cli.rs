@@ -28,6 +28,9 @@ pub struct Cli {
 pub enum Commands {
     /// Scaffold an environments repository: templates, engine wiring and cluster infrastructure.
     Init(InitArgs),
+    /// Add this config's project to an environments repository that may serve others already:
+    /// check the config, scaffold its own template, print the GitHub steps; again, it changes nothing.
+    Onboard(OnboardArgs),
     /// Write the desired tree (base/, overlays/, environments/, wiring) for a PR snapshot into a directory.
     Render(RenderArgs),
     /// Print what a sync would create, update, keep, pin and prune, without writing anything.
@@ -108,6 +111,19 @@ pub struct InitArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct OnboardArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+
+    /// Show what would be written and done, without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on (POST /webhook, GET /healthz, GET /metrics).
     #[arg(long, default_value = "0.0.0.0:8080")]
@@ -123,6 +139,10 @@ pub struct ServeArgs {
     /// Full resync from the GitHub listing every this many seconds (the backstop); 0 disables it.
     #[arg(long, default_value_t = 600)]
     pub resync_secs: u64,
+
+    /// Sync a PR whose environment waits for its head's image again after this many seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub image_recheck_secs: u64,
 
     /// Larger webhook bodies are refused with 413.
     #[arg(long, default_value_t = 5 * 1024 * 1024)]

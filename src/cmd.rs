@@ -18,8 +18,8 @@ use prenv::model::pr::Snapshot;
 use prenv::secrets::sops;
 
 use crate::cli::{
-    AuditArgs, DecryptArgs, EncryptArgs, IdentityArgs, InitArgs, Output, PlanArgs, PlanView, RenderArgs, RepoArgs,
-    RewrapArgs, ServeArgs, SnapshotArgs, SyncArgs, WatchArgs,
+    AuditArgs, DecryptArgs, EncryptArgs, IdentityArgs, InitArgs, OnboardArgs, Output, PlanArgs, PlanView, RenderArgs,
+    RepoArgs, RewrapArgs, ServeArgs, SnapshotArgs, SyncArgs, WatchArgs,
 };
 
 /// What a successful command found.
@@ -142,7 +142,7 @@ fn source<'a>(config: &'a Config, args: &SnapshotArgs) -> Box<dyn PrSource + 'a>
 
 /// The snapshot for the environments in `view`, with a warning for every PR it could not confirm.
 fn snapshot(config: &Config, args: &SnapshotArgs, view: &RepoView) -> anyhow::Result<Snapshot> {
-    let snapshot = source(config, args).snapshot(&view.prs_with_envs())?;
+    let snapshot = source(config, args).snapshot(&view.prs_with_envs(&config.project_id))?;
     warn_unconfirmed(&snapshot.unconfirmed);
     Ok(snapshot)
 }
@@ -192,14 +192,16 @@ fn open_repo(config: &Config, args: &RepoArgs) -> anyhow::Result<EnvRepo> {
     Ok(EnvRepo::open_at(&at, &config.git)?)
 }
 
-fn sync_options(view: &PlanView, snapshot: &Snapshot) -> SyncOptions {
-    SyncOptions {
+fn sync_options(config: &Config, view: &PlanView, snapshot: &Snapshot) -> anyhow::Result<SyncOptions> {
+    Ok(SyncOptions {
         allow_mass_prune: view.allow_mass_prune,
         evidence: Evidence {
             unconfirmed: snapshot.unconfirmed.clone(),
             closed_by_operator: view.confirm_closed.iter().copied().collect(),
+            ..Evidence::default()
         },
-    }
+        registry: sync::image_checks(config)?,
+    })
 }
 
 /// What `plan` and `sync` both start from: the repository read once, the PRs for it, the options
@@ -218,7 +220,7 @@ fn start(config: &Config, args: &SyncArgs) -> anyhow::Result<Run> {
     let view = repo.read()?;
     let snapshot = snapshot(config, &args.snapshot, &view)?;
     Ok(Run {
-        opts: sync_options(&args.view, &snapshot),
+        opts: sync_options(config, &args.view, &snapshot)?,
         material: fs::load_material(config)?,
         now: now(&args.snapshot),
         repo,
@@ -334,6 +336,11 @@ pub fn init(config: &Config, args: &InitArgs) -> anyhow::Result<Outcome> {
         done.unchanged,
         done.kept.len()
     )?;
+    writeln!(
+        std::io::stdout().lock(),
+        "GitHub webhook of the application repository (or its GitHub App): {} (event \"Pull requests\"; secret: scripts/create-secrets prenv)",
+        prenv::manifests::scaffold::webhook_url(&config)
+    )?;
     Ok(Outcome::Clean)
 }
 
@@ -399,7 +406,54 @@ pub fn serve(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {
             header_timeout: std::time::Duration::from_millis(args.header_timeout_ms),
             body_timeout: std::time::Duration::from_secs(args.body_timeout_secs),
         },
+        images: None,
+        image_recheck: std::time::Duration::from_secs(args.image_recheck_secs),
     };
-    runtime()?.block_on(prenv::app::serve::serve(config.clone(), options))?;
+    runtime()?.block_on(async {
+        // Made inside the runtime: the registry client's connections live on it.
+        let options = prenv::app::serve::ServeOptions {
+            images: sync::image_checks(config)?,
+            ..options
+        };
+        prenv::app::serve::serve(config.clone(), options).await
+    })?;
+    Ok(Outcome::Clean)
+}
+
+pub fn onboard(config: &Config, args: &OnboardArgs) -> anyhow::Result<Outcome> {
+    let mut repo = open_repo(config, &args.repo)?;
+    let done = prenv::app::onboard::onboard(&mut repo, config, args.dry_run)?;
+    let mut out = std::io::stdout().lock();
+    if let Output::Json = args.output {
+        writeln!(out, "{}", serde_json::to_string_pretty(&done)?)?;
+        return Ok(Outcome::Clean);
+    }
+    let others = if done.other_projects.is_empty() {
+        "no other project".to_string()
+    } else {
+        format!(
+            "also serving {}",
+            done.other_projects.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    };
+    writeln!(
+        out,
+        "project {} on {} of {} ({others})",
+        done.project, done.branch, done.repo
+    )?;
+    writeln!(out, "template: {}", done.template)?;
+    let verb = if args.dry_run { "would write" } else { "wrote" };
+    for path in &done.scaffolded {
+        writeln!(out, "  {verb} {path}")?;
+    }
+    match &done.commit {
+        Some(commit) => writeln!(out, "committed {} to {} of {}", &commit[..12], done.branch, done.repo)?,
+        None if args.dry_run => writeln!(out, "dry run: nothing written")?,
+        None => writeln!(out, "no change: {} is onboarded already", done.project)?,
+    }
+    writeln!(out, "on GitHub, the platform owner:")?;
+    for (i, step) in done.github_steps.iter().enumerate() {
+        writeln!(out, "  {}. {step}", i + 1)?;
+    }
     Ok(Outcome::Clean)
 }

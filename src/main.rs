@@ -55,6 +55,7 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     let config = || prenv::adapters::fs::load_config(&cli.config);
     match &cli.command {
         Commands::Init(args) => cmd::init(&config()?, args),
+        Commands::Onboard(args) => cmd::onboard(&config()?, args),
         Commands::Render(args) => cmd::render(&config()?, args),
         Commands::Plan(args) => cmd::plan(&config()?, args),
         Commands::Sync(args) => cmd::sync(&config()?, args),

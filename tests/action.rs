@@ -168,7 +168,10 @@ fn the_image_is_a_static_binary_on_distroless_run_as_non_root_on_a_read_only_roo
         uid.parse::<u32>().is_ok_and(|n| n != 0),
         "USER {user}: numeric and not root, so runAsNonRoot can check it"
     );
-    assert_eq!(uid, "65532", "the user deploy/ runs as");
+    assert_eq!(
+        uid, "65532",
+        "the user the scaffolded serve and watch Deployments run as"
+    );
     let entrypoint = runtime.iter().find(|(k, _)| k == "ENTRYPOINT").expect("an ENTRYPOINT");
     assert_eq!(
         entrypoint.1, r#"["/usr/local/bin/prenv"]"#,
@@ -786,7 +789,9 @@ impl FakeRunner {
         let mut cmd = Command::new("bash");
         cmd.args(["--noprofile", "--norc", "-e", "-o", "pipefail"]).arg(&script);
         cmd.current_dir(self.workspace()).env_clear();
+        // No test reaches a registry: image checks are tests/image_wait.rs's.
         cmd.env("PATH", std::env::var("PATH").unwrap())
+            .env("PRENV_IMAGE_CHECK", "false")
             .env("GITHUB_OUTPUT", &output_file);
         cmd.envs(&self.env);
         for (k, v) in step["env"].as_mapping().into_iter().flatten() {

@@ -4,8 +4,8 @@
 //! the project that owns the kind at the version prenv installs or requires, with only the served
 //! versions prenv writes kept (`tests/fixtures/crds/README.md` names each file's repository, tag, commit
 //! and path). The objects come from the rendered environments of both example configs (with their
-//! `flux/` or `argocd/` wiring, plus the Sealed Secrets backend), both `prenv init` scaffolds and
-//! `deploy/`. An object of a non-core API group must have a fixture, and must fit its
+//! `flux/` or `argocd/` wiring, plus the Sealed Secrets backend), and both `prenv init` scaffolds
+//! (which include prenv's own serve and watch). An object of a non-core API group must have a fixture, and must fit its
 //! `openAPIV3Schema`: known fields only (unless the schema preserves unknown fields), types, enums,
 //! required fields, patterns, bounds and `anyOf`/`oneOf`/`allOf`/`not`. CEL rules
 //! (`x-kubernetes-validations`) are not evaluated. Helm values and Argo CD `valuesObject` are
@@ -628,6 +628,7 @@ fn the_flux_scaffold_fits_the_upstream_schemas() {
             "cert-manager.io/v1 ClusterIssuer",
             "cert-manager.io/v1 Certificate",
             "monitoring.coreos.com/v1 PrometheusRule",
+            "monitoring.coreos.com/v1 ServiceMonitor",
             "helm.cattle.io/v1 HelmChartConfig",
             "traefik.io/v1alpha1 TLSStore",
             "postgresql.cnpg.io/v1 Cluster",
@@ -655,6 +656,7 @@ fn the_argocd_scaffold_fits_the_upstream_schemas() {
             "cert-manager.io/v1 ClusterIssuer",
             "cert-manager.io/v1 Certificate",
             "monitoring.coreos.com/v1 PrometheusRule",
+            "monitoring.coreos.com/v1 ServiceMonitor",
             "helm.cattle.io/v1 HelmChartConfig",
             "traefik.io/v1alpha1 TLSStore",
             "postgresql.cnpg.io/v1 Cluster",
@@ -684,12 +686,6 @@ fn the_cluster_issuer_of_every_dns_provider_fits_the_upstream_schema() {
         let checked = check_tree(provider, &repo.join("infrastructure/certificates"));
         assert_checked(&checked, &["cert-manager.io/v1 ClusterIssuer"]);
     }
-}
-
-#[test]
-fn the_deploy_manifests_fit_the_upstream_schemas() {
-    // Only built-in kinds today; any custom resource added here is checked like the rest.
-    check_tree("deploy/", &repo_root().join("deploy"));
 }
 
 #[test]
@@ -753,13 +749,13 @@ fn a_custom_resource_without_a_fixture_is_named_with_its_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("monitor.yaml"),
-        "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata: {name: m, namespace: monitoring}\nspec: {}\n",
+        "apiVersion: monitoring.coreos.com/v1\nkind: PodMonitor\nmetadata: {name: m, namespace: monitoring}\nspec: {}\n",
     )
     .unwrap();
     let panic = std::panic::catch_unwind(|| check_tree("a tree", dir.path())).unwrap_err();
     let message = panic.downcast_ref::<String>().unwrap();
     assert!(
-        message.contains("monitor.yaml: ServiceMonitor monitoring/m (monitoring.coreos.com/v1) has no schema"),
+        message.contains("monitor.yaml: PodMonitor monitoring/m (monitoring.coreos.com/v1) has no schema"),
         "{message}"
     );
 }

@@ -39,6 +39,8 @@ impl Fixture {
 
     fn prenv(&self, cmd: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = Command::new(env!("CARGO_BIN_EXE_prenv"));
+        // No test reaches a registry: image checks are tests/image_wait.rs's.
+        c.env("PRENV_IMAGE_CHECK", "false");
         c.args([
             "--config",
             s(&self.dir.path().join("prenv.toml")),
@@ -64,6 +66,7 @@ impl Fixture {
         let (config, remote) = (self.dir.path().join("prenv.toml"), self.remote.clone());
         tokio::task::spawn_blocking(move || {
             Command::new(env!("CARGO_BIN_EXE_prenv"))
+                .env("PRENV_IMAGE_CHECK", "false")
                 .args(["--config", s(&config), "sync", "--repo", s(&remote), "--now", NOW])
                 .env("GITHUB_TOKEN", "ghp_testtoken_never_logged")
                 .env("PRENV_LOG", "info")
@@ -268,6 +271,7 @@ async fn one_pr_that_cannot_be_looked_up_is_kept_and_reported_while_the_rest_syn
     let (config, remote) = (f.dir.path().join("prenv.toml"), f.remote.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_prenv"))
+            .env("PRENV_IMAGE_CHECK", "false")
             .args([
                 "--config",
                 s(&config),
@@ -453,6 +457,7 @@ async fn a_github_app_exchanges_its_jwt_for_installation_tokens_and_refreshes_th
     let (dir, remote) = (f.dir.path().to_path_buf(), f.remote.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_prenv"))
+            .env("PRENV_IMAGE_CHECK", "false")
             .args([
                 "--config",
                 s(&dir.join("prenv.toml")),
@@ -497,6 +502,7 @@ async fn the_periodic_full_resync_catches_what_no_webhook_reported() {
         .unwrap()
         .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_prenv"))
+        .env("PRENV_IMAGE_CHECK", "false")
         .args([
             "--config",
             s(&f.dir.path().join("prenv.toml")),

@@ -81,14 +81,6 @@ fn files(dir: &Path, name: &str) -> Vec<PathBuf> {
     found
 }
 
-fn docs(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
-
 fn kind(o: &Value) -> &str {
     str_at(o, &["kind"]).unwrap_or_default()
 }
@@ -418,16 +410,109 @@ fn flux_applies_every_custom_resource_after_the_stage_whose_chart_installs_its_c
         "infra-controllers",
         "infra-certificates",
         "infra-monitoring-rules",
+        "infra-prenv",
+        "infra-prenv-monitoring",
         "prenv-environments",
         "shop-pr-101",
     ] {
         assert!(names.contains(want), "no Kustomization {want} in {names:?}");
     }
+    let monitors = stages
+        .iter()
+        .flat_map(|s| s.objects.iter().map(move |o| (s.name.as_str(), o)))
+        .filter(|(_, o)| kind(o) == "ServiceMonitor")
+        .map(|(stage, o)| format!("{stage}/{}", name(o)))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        monitors,
+        [
+            "infra-prenv-monitoring/prenv-serve",
+            "infra-prenv-monitoring/prenv-watcher"
+        ],
+        "the ServiceMonitors are checked, after kube-prometheus-stack"
+    );
     println!(
         "Flux: {checked} custom resources in {} Kustomizations checked for apply order",
         stages.len()
     );
     assert!(checked >= 25, "only {checked} custom resources checked");
+}
+
+/// Namespaces that exist before Flux applies any stage: Kubernetes' own, and Flux's (bootstrap).
+const NAMESPACES_BEFORE_FLUX: &[&str] = &[
+    "default",
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "flux-system",
+];
+
+#[test]
+fn flux_applies_every_object_after_its_namespace_exists() {
+    // kustomize-controller applies a stage's Namespaces first and dry-runs the rest (fluxcd/pkg
+    // `ssa` `ResourceManager.ApplyAllStaged`): an object in a namespace that neither this stage
+    // nor one it depends on creates fails on a fresh cluster, every time.
+    let dir = scaffolded_with_previews("prenv.toml");
+    let stages = flux_stages(dir.path());
+    let deps: BTreeMap<String, Vec<String>> = stages.iter().map(|s| (s.name.clone(), s.deps.clone())).collect();
+    let created = |stage: &FluxStage| -> Vec<String> {
+        stage
+            .objects
+            .iter()
+            .filter(|o| kind(o) == "Namespace")
+            .map(|o| name(o).to_string())
+            .collect()
+    };
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for stage in &stages {
+        let mut known: Vec<String> = created(stage);
+        for before in closure(&stage.name, &deps) {
+            known.extend(created(stages.iter().find(|s| s.name == before).unwrap()));
+        }
+        for o in &stage.objects {
+            let Some(ns) = str_at(o, &["metadata", "namespace"]) else {
+                continue;
+            };
+            checked += 1;
+            if !NAMESPACES_BEFORE_FLUX.contains(&ns) && !known.iter().any(|k| k == ns) {
+                wrong.push(format!(
+                    "{} {} in {}: namespace {ns} is created by no stage before it",
+                    kind(o),
+                    name(o),
+                    stage.name
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(checked >= 30, "only {checked} namespaced objects checked");
+}
+
+#[test]
+fn prenv_serve_and_watch_wait_for_no_optional_platform_part() {
+    // Flux: the stage of serve and watch depends on nothing; its ServiceMonitors are apart.
+    let dir = scaffolded_with_previews("prenv.toml");
+    let stages = flux_stages(dir.path());
+    let deps: BTreeMap<String, Vec<String>> = stages.iter().map(|s| (s.name.clone(), s.deps.clone())).collect();
+    assert_eq!(closure("infra-prenv", &deps), BTreeSet::from(["flux-system"]));
+    let prenv = stages.iter().find(|s| s.name == "infra-prenv").unwrap();
+    assert!(
+        prenv.objects.iter().all(|o| is_built_in(group(o))),
+        "infra-prenv holds a custom resource, which would need a chart first"
+    );
+    for want in ["prenv-serve", "prenv-watcher"] {
+        assert!(prenv.objects.iter().any(|o| kind(o) == "Deployment" && name(o) == want));
+    }
+    let monitoring = closure("infra-prenv-monitoring", &deps);
+    assert!(monitoring.contains("infra-monitoring"), "{monitoring:?}");
+    // Argo CD: serve and watch sync no later than the monitoring stack, and after the previews.
+    let dir = scaffolded_with_previews("prenv-argocd.toml");
+    let stages = argo_stages(dir.path());
+    let wave_of = |n: &str| stages.iter().find(|s| s.name == n).unwrap().wave;
+    assert!(wave_of("infra-prenv") <= wave_of("infra-monitoring"));
+    assert!(wave_of("infra-prenv") > wave_of("prenv-environments"));
+    assert!(wave_of("infra-prenv-monitoring") > wave_of("infra-monitoring"));
 }
 
 #[test]
@@ -1462,6 +1547,31 @@ fn init_refuses_an_incomplete_config_with_the_key_and_the_fix_and_writes_nothing
 }
 
 #[test]
+fn init_refuses_a_webhook_host_the_wildcard_certificate_does_not_cover() {
+    // [platform] is the example's last section: the key lands in it.
+    for (host, refused) in [
+        ("hooks.acme.dev", true),
+        ("a.b.preview.example.com", true),
+        ("hooks.preview.example.com", false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = variant(dir.path(), "prenv.toml", &[], &format!("webhook_host = \"{host}\"\n"));
+        let repo = dir.path().join("repo");
+        let out = init_with(&config, &repo, &[]);
+        if refused {
+            assert_eq!(out.status.code(), Some(2), "{host}");
+            let want = format!("key `platform.webhook_host` = \"{host}\" is not one label under the domain");
+            assert!(text(&out.stderr).contains(&want), "{}", text(&out.stderr));
+            assert!(!repo.exists(), "{host}: init wrote files");
+        } else {
+            assert!(out.status.success(), "{host}: {}", text(&out.stderr));
+            let serve = std::fs::read_to_string(repo.join("infrastructure/prenv/serve.yaml")).unwrap();
+            assert!(serve.contains(&format!("host: {host}")), "{serve}");
+        }
+    }
+}
+
+#[test]
 fn every_kustomization_of_the_scaffold_builds() {
     let dir = scaffolded();
     let mut built = 0;
@@ -1556,6 +1666,13 @@ fn init_twice_changes_nothing_and_keeps_edited_files_unless_forced() {
         "{}",
         text(&again.stdout)
     );
+    // Every run says which URL GitHub delivers pull_request events to, and that no App is set.
+    assert!(
+        text(&again.stdout).contains("https://prenv-webhook.preview.example.com/webhook (event \"Pull requests\""),
+        "{}",
+        text(&again.stdout)
+    );
+    assert!(text(&again.stderr).contains("github.app_id or github.installation_id is not set"));
     let edited = dir.path().join("infrastructure/controllers/cloudnative-pg.yaml");
     std::fs::write(&edited, "# ours\n").unwrap();
     let kept = init(dir.path(), &[]);
@@ -1698,6 +1815,13 @@ fn create_secrets_runs_dry_and_never_prints_a_value() {
         ("ARC_GITHUB_APP_PRIVATE_KEY_FILE", "/k.pem"),
         ("GRAFANA_ADMIN_PASSWORD", secret),
     ];
+    let mut env = env.to_vec();
+    env.extend([
+        ("PRENV_WEBHOOK_SECRET", secret),
+        ("PRENV_GITHUB_APP_KEY_FILE", "/prenv-app.pem"),
+        // A personal token in the environment is never used (RNF-08): an App key and a deploy key.
+        ("GITHUB_TOKEN", "ghp_never-used"),
+    ]);
     let secrets = dry(dir.path(), "create-secrets", &[], &env);
     for want in [
         "-n cert-manager create secret generic dns-api-token",
@@ -1705,12 +1829,27 @@ fn create_secrets_runs_dry_and_never_prints_a_value() {
         "-n arc-runners create secret generic arc-github-app",
         "-n monitoring create secret generic grafana-admin",
         "webhook URL: https://flux-webhook.preview.example.com/hook/",
+        "-n prenv-system create secret generic prenv-webhook --from-file=PRENV_WEBHOOK_SECRET=",
+        "-n prenv-system create secret generic prenv-github --from-file=PRENV_GITHUB_APP_KEY=/prenv-app.pem",
+        "-n prenv-system create secret generic prenv-git --from-file=identity=",
+        "ssh-keygen -q -t ed25519",
+        "webhook URL: https://prenv-webhook.preview.example.com/webhook",
+        "event \"Pull requests\"",
+        "lacks github.app_id",
     ] {
         assert!(secrets.contains(want), "create-secrets lacks {want}:\n{secrets}");
     }
+    for value in [secret, "ghp_never-used"] {
+        assert!(
+            !secrets.contains(value),
+            "create-secrets printed a secret value:\n{secrets}"
+        );
+    }
+    // prenv alone, as a part of its own.
+    let prenv = dry(dir.path(), "create-secrets", &["prenv"], &env);
     assert!(
-        !secrets.contains(secret),
-        "create-secrets printed a secret value:\n{secrets}"
+        prenv.contains("prenv-webhook") && !prenv.contains("grafana-admin"),
+        "{prenv}"
     );
     assert_creates_or_updates("create-secrets", &secrets);
     // The webhook path is notification-controller's: sha256(token + name + namespace)
@@ -1754,7 +1893,7 @@ fn the_argocd_scaffold_installs_the_same_pinned_charts_as_applications() {
     assert_eq!(wiring.iter().map(kind).collect::<Vec<_>>(), ["ApplicationSet"]);
     // prenv's first sync rewrites argocd/ whole: the scaffold writes there only what it would.
     let render = render_example("prenv-argocd.toml");
-    for file in ["argocd/applicationset.yaml", "argocd/kustomization.yaml"] {
+    for file in ["argocd/applicationset-shop.yaml", "argocd/kustomization.yaml"] {
         assert_eq!(
             std::fs::read(dir.path().join(file)).unwrap(),
             std::fs::read(render.path().join(file)).unwrap(),

@@ -179,7 +179,7 @@ fn a_damaged_memory_file_is_ignored_and_changes_no_result() {
     for damage in [
         Vec::new(),
         good[..good.len() / 2].to_vec(),
-        b"prenv-memory 2\n\xff\xff\xff\xff\xff\xff\xff\xff\xff".to_vec(),
+        b"prenv-memory 3\n\xff\xff\xff\xff\xff\xff\xff\xff\xff".to_vec(),
         good.iter().map(|b| b ^ 0x5a).collect(),
     ] {
         std::fs::write(&files[0], &damage).unwrap();

@@ -236,6 +236,14 @@ fn the_flux_wiring_lists_one_kustomization_per_environment() {
             Some(common::NOW)
         );
         let name = str_at(o, &["metadata", "name"]).unwrap();
+        // The start of open→ready: when the PR became deployable, as prenv.json records it.
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("environments/{name}/prenv.json"))).unwrap(),
+        )
+        .unwrap();
+        let eligible = str_at(o, &["metadata", "annotations", "prenv.dev/eligible-at"]);
+        assert_eq!(eligible, meta["eligible_at"].as_str(), "{name}");
+        assert!(eligible.is_some_and(|t| t <= common::NOW), "{name}: {eligible:?}");
         assert_eq!(
             str_at(o, &["spec", "path"]),
             Some(format!("./environments/{name}").as_str())
@@ -257,9 +265,13 @@ fn the_argocd_wiring_is_an_applicationset_over_the_metadata_files() {
     assert_eq!(objects.len(), 1);
     let set = &objects[0];
     assert_eq!(str_at(set, &["kind"]), Some("ApplicationSet"));
+    // One ApplicationSet per project, in a file of its own, over its own environments only: a
+    // file path glob (argo-cd docs/operator-manual/applicationset/Generators-Git.md, "Git
+    // Generator: Files") that no other project's names match (a project id holds no `-pr-`).
+    assert!(dir.path().join("argocd/applicationset-shop.yaml").exists());
     assert_eq!(
         str_at(set, &["spec", "generators", "0", "git", "files", "0", "path"]),
-        Some("environments/*/prenv.json")
+        Some("environments/shop-pr-*/prenv.json")
     );
     // Name, path and namespace come from the directory (the git files generator's `path` params,
     // argo-cd v3.0 applicationset/generators/git.go `generateParamsFromGitFile`), not from the file.
@@ -319,28 +331,7 @@ fn quota_grows_one_step_per_database() {
         ("[\"postgres\", \"mariadb\"]", "1300m", "1536Mi", "2Gi"),
     ];
     for (dbs, cpu, memory, storage) in table {
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_config(
-            dir.path(),
-            &format!(
-                "project_id = \"q\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\ndatabases = {dbs}\n[secrets]\nage_recipients = [\"{}\"]\n",
-                age::x25519::Identity::generate().to_public()
-            ),
-        );
-        let snapshot = write_prs(dir.path(), &[gh_pr(1, "main", &"a".repeat(40), &[])]);
-        let out = prenv(&[
-            "--config",
-            s(&config),
-            "render",
-            "--prs",
-            s(&snapshot),
-            "--out",
-            s(&dir.path().join("o")),
-            "--now",
-            NOW,
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let objects = kustomize(&dir.path().join("o/environments/q-pr-1"));
+        let objects = render_env_with_databases(dbs);
         let quota = objects
             .iter()
             .find(|o| str_at(o, &["kind"]) == Some("ResourceQuota"))
@@ -360,8 +351,8 @@ fn a_rendered_environment_matches_its_snapshot() {
     let dir = render_example("prenv-argocd.toml");
     let tree = prenv::adapters::fs::read_tree(dir.path(), "environments/shop-pr-106").unwrap();
     let mut combined = String::new();
-    // The credentials are random and encrypted: tests/secrets.rs checks them.
-    for (path, bytes) in tree.iter().filter(|(p, _)| !p.ends_with(".sops.yaml")) {
+    // The credentials are random and sealed: tests/sealed.rs checks them.
+    for (path, bytes) in tree.iter().filter(|(p, _)| !p.ends_with(".sealed.yaml")) {
         combined.push_str(&format!("# ---- {path}\n{}", text(bytes)));
     }
     insta::assert_snapshot!("env_shop_pr_106_argocd_both_databases", combined);

@@ -121,3 +121,50 @@ fn mariadb_credentials_are_sealed_for_the_controller_and_open_with_its_key() {
         file
     );
 }
+
+/// The Argo CD example as a user copies it: its environments carry credentials Argo CD can create
+/// (a SealedSecret the controller opens; Argo CD cannot decrypt SOPS), sealed for the committed
+/// example certificate (public only: its key was thrown away when it was made).
+#[test]
+fn the_argocd_example_seals_its_database_credentials_and_commits_no_sops_file() {
+    let cert = std::fs::read_to_string(repo_root().join("examples/sealed-secrets-cert.pem")).unwrap();
+    assert!(
+        cert.contains("BEGIN CERTIFICATE") && !cert.contains("PRIVATE KEY"),
+        "a public certificate only"
+    );
+    let dir = render_example("prenv-argocd.toml");
+    let envs = dir.path().join("environments");
+    let mut checked = 0;
+    for env in std::fs::read_dir(&envs).unwrap().map(|e| e.unwrap().path()) {
+        let files: Vec<String> = std::fs::read_dir(&env)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !files.iter().any(|f| f.contains(".sops.")),
+            "{}: {files:?}",
+            env.display()
+        );
+        let objects = kustomize(&env);
+        let sealed = objects
+            .iter()
+            .find(|o| str_at(o, &["kind"]) == Some("SealedSecret"))
+            .unwrap_or_else(|| panic!("{}: no SealedSecret", env.display()));
+        assert_eq!(str_at(sealed, &["apiVersion"]), Some("bitnami.com/v1alpha1"));
+        let data = sealed["spec"]["encryptedData"].as_mapping().unwrap();
+        for key in ["MARIADB_USER", "MARIADB_PASSWORD", "MARIADB_ROOT_PASSWORD"] {
+            let blob = base64::engine::general_purpose::STANDARD
+                .decode(data[key].as_str().unwrap())
+                .unwrap();
+            // kubeseal's layout: the session key wrapped for the certificate's 4096-bit key.
+            assert_eq!(u16::from_be_bytes([blob[0], blob[1]]), 512, "{key}");
+        }
+        assert!(
+            !objects.iter().any(|o| str_at(o, &["kind"]) == Some("Secret")),
+            "{}: the controller makes the Secret; none is committed",
+            env.display()
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "the example renders environments");
+}

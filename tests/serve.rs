@@ -81,6 +81,8 @@ impl Server {
             .unwrap()
             .port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_prenv"));
+        // No test reaches a registry: image checks are tests/image_wait.rs's.
+        command.env("PRENV_IMAGE_CHECK", "false");
         command
             .args([
                 "--config",

@@ -356,6 +356,8 @@ fn race(f: &Fixture, repo: &str, via_cache: bool) {
         .map(|n| {
             let prs = f.prs(&format!("race-{n}.json"), &[open(n)]);
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_prenv"));
+            // No test reaches a registry: image checks are tests/image_wait.rs's.
+            cmd.env("PRENV_IMAGE_CHECK", "false");
             cmd.args([
                 "--config",
                 s(&f.config),
@@ -487,6 +489,7 @@ fn the_embedded_default_repository_is_created_on_first_use() {
     let data = f.dir.path().join("data");
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_prenv"))
+            .env("PRENV_IMAGE_CHECK", "false")
             .args(["--config", s(&f.config), "sync", "--prs", s(&prs), "--now", NOW])
             .env("XDG_DATA_HOME", &data)
             .output()
@@ -509,6 +512,7 @@ fn a_sync_killed_at_any_moment_leaves_a_complete_commit() {
     let prs = f.prs("big.json", &(1..=300).map(open).collect::<Vec<_>>());
     for delay_ms in [5u64, 20, 40, 80, 120, 200, 300] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_prenv"))
+            .env("PRENV_IMAGE_CHECK", "false")
             .args([
                 "--config",
                 s(&f.config),

@@ -284,7 +284,12 @@ async fn a_deletion_stuck_past_the_alert_is_flagged_then_gone_and_a_draft_does_n
         watcher.metric("prenv_environments_terminating_too_long").await,
         Some(0.0)
     );
-    assert_eq!(watcher.metric("prenv_close_to_gone_seconds_count").await, Some(1.0));
+    session.settle().await;
+    assert_eq!(
+        watcher.metric("prenv_close_to_gone_seconds_count").await,
+        Some(0.0),
+        "a draft's environment removed is no close: no close→gone sample"
+    );
     let removed = session.hub.statuses_on(A).pop().unwrap();
     assert_eq!(
         removed.0, "pending",
@@ -330,4 +335,24 @@ async fn writes_are_paced_a_second_apart_and_the_comment_is_found_past_other_com
     session.settle().await;
     assert_eq!(session.hub.prenv_comments().len(), 1);
     assert_eq!(session.hub.writes(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_to_gone_counts_from_the_prs_close_not_from_the_deletion() {
+    let mut session = Session::new("flux", UNPACED).await;
+    // Closed a moment ago, while the fixture's deletion started days before: measured from the
+    // close the sample is seconds (bucket le="30"), from the deletion it would be days.
+    let closed = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    session.hub.set_pull(101, "closed", false, true, &[], Some(&closed));
+    session
+        .replay(&fixture("flux", "deletion-stuck-prune-error").steps, &[])
+        .await;
+    session.settle().await;
+    let watcher = session.watcher.as_ref().unwrap();
+    assert_eq!(watcher.metric("prenv_close_to_gone_seconds_count").await, Some(1.0));
+    let metrics = watcher.metrics().await;
+    assert!(
+        metrics.contains("prenv_close_to_gone_seconds_bucket{le=\"30\"} 1\n"),
+        "close→gone did not count from the close:\n{metrics}"
+    );
 }

@@ -68,7 +68,12 @@ impl Sim {
                         self.markers.insert(record.env.clone(), *record);
                     }
                     Effect::OpenToReady { env, seconds } => self.samples.push(format!("{env} ready after {seconds}s")),
-                    Effect::CloseToGone { env, seconds } => self.samples.push(format!("{env} gone after {seconds}s")),
+                    Effect::CommitToReady { env, seconds } => {
+                        self.samples.push(format!("{env} commit ready after {seconds}s"))
+                    }
+                    Effect::CloseToGone { env, seconds, .. } => {
+                        self.samples.push(format!("{env} gone after {seconds}s"))
+                    }
                     Effect::Failure { .. } => {}
                 }
             }
@@ -171,7 +176,8 @@ fn flux_a_failed_first_deploy_is_reported_at_once_and_the_fix_recovers() {
             "101 b5e5ed6 committed",
             "101 b5e5ed6 ready",
         ],
-        &["shop-pr-101 ready after 221.149s"],
+        // The environment first ready with the fix: open→ready runs from the opening, not the fix.
+        &["shop-pr-101 ready after 718s"],
     );
 }
 
@@ -187,7 +193,7 @@ fn flux_a_failed_new_commit_is_reported_while_the_old_one_keeps_running() {
             "101 103e6d3 committed",
             "101 103e6d3 ready",
         ],
-        &["shop-pr-101 ready after 41.1s"],
+        &["shop-pr-101 commit ready after 41.1s"],
     );
 }
 
@@ -197,7 +203,7 @@ fn flux_ready_for_an_older_generation_is_not_ready_for_the_new_head() {
         "flux",
         "new-commit-race-generation-lags",
         &["101 3f78685 ready", "101 b5e5ed6 committed", "101 b5e5ed6 ready"],
-        &["shop-pr-101 ready after 43.4s"],
+        &["shop-pr-101 commit ready after 43.4s"],
     );
 }
 
@@ -298,7 +304,8 @@ fn argo_degraded_is_a_failure_of_its_commit_only() {
             "101 b5e5ed6 committed",
             "101 b5e5ed6 ready",
         ],
-        &["shop-pr-101 ready after 98.91s"],
+        // The environment first ready with the fix: open→ready runs from the opening, not the fix.
+        &["shop-pr-101 ready after 1048s"],
     );
 }
 
@@ -314,7 +321,7 @@ fn argo_a_failing_sync_is_reported_at_its_first_failed_attempt_once() {
             "101 103e6d3 committed",
             "101 103e6d3 ready",
         ],
-        &["shop-pr-101 ready after 106.9s"],
+        &["shop-pr-101 commit ready after 106.9s"],
     );
 }
 

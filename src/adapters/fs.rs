@@ -4,11 +4,13 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::core::diff::{EntryKind, Found, Inventory};
+use crate::core::diff::{EntryKind, Found, Inventory, template_dir};
 use crate::core::ports::{PrSource, RepoView};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
-use crate::model::layout::{ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, FLUX_INDEX, META_FILE};
+use crate::model::layout::{
+    ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, FLUX_INDEX, META_FILE, PROJECTS_DIR,
+};
 use crate::model::pr::{self, Snapshot};
 use crate::model::tree::Tree;
 use crate::secrets::{self, Material};
@@ -90,7 +92,20 @@ pub fn read_rendered(dir: &Path) -> Result<RepoView> {
         inventory.flux_wiring(index.as_deref(), &files);
     }
     if real_dir(dir, ARGOCD_DIR, &mut inventory)?.is_some() {
-        inventory.argo_wiring(&found_below(dir, ARGOCD_DIR)?);
+        let files = found_below(dir, ARGOCD_DIR)?;
+        let legacy = files
+            .iter()
+            .find(|f| f.name == "applicationset.yaml" && f.plain)
+            .map(|_| read_file(&dir.join(ARGOCD_APPLICATIONSET)))
+            .transpose()?;
+        inventory.argo_wiring(&files, legacy.as_deref());
+    }
+    if real_dir(dir, PROJECTS_DIR, &mut inventory)?.is_some() {
+        for f in found_below(dir, PROJECTS_DIR)? {
+            if let Some(template) = template_dir(&format!("{PROJECTS_DIR}/{}", f.name)) {
+                inventory.template(template);
+            }
+        }
     }
     Ok(inventory.finish())
 }

@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
 use super::pack::{BlobPack, MODE_FILE, MODE_TREE, TreeEntry, tree_body};
-use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, listed_in_index};
+use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, listed_in_index, template_dir};
 use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision, Verifications};
 use crate::error::{Error, Result, Sdk};
 use crate::model::config::Git as GitConfig;
-use crate::model::layout::{ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, Place, TreeId, meta_path};
+use crate::model::layout::{
+    ARGOCD_DIR, BASE_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, OVERLAYS_DIR, PROJECTS_DIR, Place, TreeId,
+    meta_path,
+};
 use crate::model::meta::owned_meta;
 use crate::model::naming::EnvName;
 use crate::model::tree::Tree;
@@ -255,9 +258,53 @@ impl EnvRepo {
             }
         }
         if let Some(argo) = self.subtree(&root, ARGOCD_DIR, &mut inventory)? {
-            inventory.argo_wiring(&self.files(&argo)?);
+            let legacy = match argo.get_name("applicationset.yaml") {
+                Some(e) if e.kind() == Some(ObjectType::Blob) => Some(self.repo.find_blob(e.id()).map_err(err)?),
+                _ => None,
+            };
+            inventory.argo_wiring(&self.files(&argo)?, legacy.as_ref().map(|b| b.content()));
         }
+        self.read_templates(&root, &mut inventory)?;
         Ok(inventory.finish())
+    }
+
+    /// Records which projects have a template of their own (`projects/<id>/base`, …): only
+    /// tree entries are looked at, no file is read.
+    fn read_templates(&self, root: &git2::Tree<'_>, inventory: &mut Inventory) -> Result<()> {
+        let Ok(projects) = root.get_path(Path::new(PROJECTS_DIR)) else {
+            return Ok(());
+        };
+        if projects.kind() != Some(ObjectType::Tree) {
+            return Ok(());
+        }
+        let err = |e| git_err("reading the tree of", &self.display, e);
+        let projects = self.repo.find_tree(projects.id()).map_err(err)?;
+        for project in projects.iter().filter(|e| e.kind() == Some(ObjectType::Tree)) {
+            let Ok(name) = project.name() else { continue };
+            let tree = self.repo.find_tree(project.id()).map_err(err)?;
+            let mut dirs = vec![format!("{BASE_DIR}/kustomization.yaml")];
+            if let Some(overlays) = tree
+                .get_name(OVERLAYS_DIR)
+                .filter(|e| e.kind() == Some(ObjectType::Tree))
+            {
+                let overlays = self.repo.find_tree(overlays.id()).map_err(err)?;
+                dirs.extend(
+                    overlays
+                        .iter()
+                        .filter_map(|e| Some(format!("{OVERLAYS_DIR}/{}/kustomization.yaml", e.name().ok()?))),
+                );
+            }
+            for rel in dirs {
+                if tree
+                    .get_path(Path::new(&rel))
+                    .is_ok_and(|e| e.kind() == Some(ObjectType::Blob))
+                    && let Some(dir) = template_dir(&format!("{PROJECTS_DIR}/{name}/{rel}"))
+                {
+                    inventory.template(dir);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads environment directory `name` (tree `id`) into `inventory`, and remembers what it gave
@@ -530,7 +577,17 @@ impl EnvRepo {
                 let name = self.branch_ref();
                 let result = match old {
                     Some(old) => self.repo.reference_matching(&name, new, true, old, "prenv sync"),
-                    None => self.repo.reference(&name, new, false, "prenv sync"),
+                    None => {
+                        // libgit2 checks that a new branch does not exist before it takes the
+                        // branch's lock (refs/refdb_fs.c `refdb_fs_backend__write`), so two
+                        // first commits could both land, the second replacing the first: prenv's
+                        // writers create the branch under a lock of their own, checking again inside.
+                        let _lock = lock_file(&self.git_dir.join("prenv-new-branch.lock"))?;
+                        match self.repo.refname_to_id(&name) {
+                            Ok(_) => return Ok(Published::Rejected),
+                            Err(_) => self.repo.reference(&name, new, false, "prenv sync"),
+                        }
+                    }
                 };
                 match result {
                     Ok(_) => Ok(Published::Done(Revision(new.to_string()))),
@@ -858,7 +915,28 @@ pub(super) fn git_err(action: &'static str, repo: &str, e: git2::Error) -> Error
     Error::Git {
         action,
         repo: repo.to_string(),
-        source: sdk(&e, ""),
+        source: sdk(&e, certificate_hint(&e)),
+    }
+}
+
+/// What to do when the remote's identity is refused. prenv sets no `certificate_check` callback, so
+/// libgit2's own checks decide: over SSH (libgit2 1.9 `transports/ssh_libssh2.c`,
+/// `check_certificate`) a host key missing from `$HOME/.ssh/known_hosts`, or differing from it,
+/// fails with class Ssh, code Certificate ("invalid or unknown remote ssh hostkey"); over HTTPS
+/// (`streams/openssl.c`, `verify_server_cert`) a certificate the system's CA roots do not vouch for
+/// fails with class Ssl, code Certificate.
+fn certificate_hint(e: &git2::Error) -> &'static str {
+    match (e.class(), e.code()) {
+        (git2::ErrorClass::Ssh, ErrorCode::Certificate) => {
+            "; prenv accepts only SSH host keys listed in $HOME/.ssh/known_hosts: add the host's key there \
+             after checking its fingerprint (`ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts`; in the cluster, \
+             the `known_hosts` key of the prenv-git Secret)"
+        }
+        (git2::ErrorClass::Ssl, ErrorCode::Certificate) => {
+            "; the server's TLS certificate is not signed by a CA in the system's roots or names another host (SSL_CERT_FILE / \
+             SSL_CERT_DIR choose others)"
+        }
+        _ => "",
     }
 }
 

@@ -75,7 +75,15 @@ pub fn environments(config: &Config, client: kube::Client) -> impl Stream<Item =
         Engine::Flux => config.flux.namespace.clone(),
         Engine::Argocd => config.argocd.namespace.clone(),
     };
-    let selector = format!("{}={}", labels::MANAGED_BY, GENERATOR);
+    // Only this project's: another project's environments are reported by its own watcher, on
+    // its own repository (every object prenv writes carries both labels).
+    let selector = format!(
+        "{}={},{}={}",
+        labels::MANAGED_BY,
+        GENERATOR,
+        labels::PROJECT,
+        config.project_id
+    );
     watch(client, config.engine, &namespace, &selector)
 }
 

@@ -38,7 +38,7 @@ use crate::model::layout::{BlobId, ENV_FILES, TreeId};
 use crate::model::meta::EnvMeta;
 
 /// Bumped when the file's layout changes.
-const FORMAT: &[u8] = b"prenv-memory 3\n";
+const FORMAT: &[u8] = b"prenv-memory 4\n";
 /// A memory file larger than this is not read (a repository of 100,000 environments is ~80 MB).
 const MAX_BYTES: u64 = 256 << 20;
 /// Rewrite the file when it holds more than this many times the records the last read needed
@@ -76,6 +76,13 @@ impl KnownEnv {
         out.extend_from_slice(&until.to_le_bytes());
         out.push(u8::try_from(digest.len()).ok()?);
         out.extend_from_slice(digest);
+        // The project: its length plus one, 0 for none.
+        let project = meta.project.as_deref().map(str::as_bytes);
+        out.push(match project {
+            Some(p) => u8::try_from(p.len() + 1).ok()?,
+            None => 0,
+        });
+        out.extend_from_slice(project.unwrap_or_default());
         out.push(u8::try_from(files.len()).ok()?);
         for (index, id) in &files {
             out.push(*index);
@@ -93,6 +100,7 @@ struct EnvRecord<'a> {
     pr: u64,
     preserve_until: Option<DateTime<Utc>>,
     digest: &'a str,
+    project: Option<&'a str>,
     files: Vec<(&'static str, BlobId)>,
     /// Where the metadata's JSON starts in the record.
     json_at: usize,
@@ -115,6 +123,10 @@ impl<'a> EnvRecord<'a> {
         };
         let len = r.u8()? as usize;
         let digest = std::str::from_utf8(r.take(len)?).ok()?;
+        let project = match r.u8()? as usize {
+            0 => None,
+            len => Some(std::str::from_utf8(r.take(len - 1)?).ok()?),
+        };
         let count = r.u8()? as usize;
         let mut files = Vec::with_capacity(count);
         for _ in 0..count {
@@ -127,6 +139,7 @@ impl<'a> EnvRecord<'a> {
             pr,
             preserve_until,
             digest,
+            project,
             files,
             json_at: r.at,
         })
@@ -275,6 +288,7 @@ impl RepoMemory {
             record.pr,
             record.preserve_until,
             record.digest.to_string(),
+            record.project.map(String::from),
             tree,
             record.files,
             source,

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::adapters::github::{GitHub, Method};
 use crate::core::status::Failure;
-use crate::core::tracker::{EnvRecord, Head, Since, State, StatusSink, Why, WriteCounts, why_removed};
+use crate::core::tracker::{EnvRecord, Head, Since, State, StatusSink, Why, WriteCounts, removal_due, why_removed};
 use crate::error::{Error, Result};
 use crate::model::config::{Lifecycle, Watch};
 use crate::model::naming::EnvName;
@@ -164,6 +164,7 @@ fn legacy(pairs: &str, env: &str, now: DateTime<Utc>) -> Option<Marker> {
             from: Since::Seen,
             steps: Vec::new(),
         }],
+        opening: None,
     });
     Some(Marker {
         env: env.to_string(),
@@ -256,6 +257,15 @@ impl StatusSink for PrStatus {
     /// The writes made so far, shared with the metrics.
     fn writes(&self) -> Arc<WriteCounts> {
         self.writes.clone()
+    }
+
+    /// From the PR as GitHub has it now (`GET /repos/{owner}/{repo}/pulls/{n}`, the look-up
+    /// [`PrStatus::why`] makes too): its close, or its pin's end.
+    async fn removal_due(&mut self, pr: u64, _now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let path = self.github.repo_path(&format!("pulls/{pr}"));
+        let (body, _) = self.github.call(Method::Get, &path, None).await?;
+        let prs = pr::parse_snapshot(&format!("[{body}]"), &format!("GitHub PR #{pr}"))?;
+        Ok(prs.first().and_then(|p| removal_due(p, &self.lifecycle)))
     }
 
     /// Finds the environment's comment (every page) and returns the memory its marker carries.
@@ -606,6 +616,8 @@ pub fn commit_status_of<'a>(
 ) -> (&'static str, String, Option<&'a str>) {
     let url = record.url.as_deref();
     let (state, description, target) = match &record.state {
+        // The wait for a head's image says which image: the PR author knows CI is not done.
+        State::Waiting(why) if why.starts_with(crate::core::status::IMAGE_WAIT) => ("pending", why.clone(), url),
         State::Committed | State::Reconciling | State::Waiting(_) => {
             ("pending", "Preview environment is being deployed".to_string(), url)
         }
@@ -690,6 +702,7 @@ fn state_rows(record: &EnvRecord, why: Option<Why>, lifecycle: &Lifecycle) -> St
         return String::new();
     };
     let from = match head.from {
+        Since::Eligible => "from when the PR became deployable",
         Since::Committed => "from the commit",
         Since::Created => "from the environment's creation in the cluster",
         Since::Seen => "from when the watcher first saw this commit",
@@ -869,6 +882,7 @@ mod tests {
                     steps: steps(8),
                 })
                 .collect(),
+            opening: None,
         }
     }
 

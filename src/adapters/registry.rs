@@ -11,7 +11,7 @@
 //! `Authorization: Bearer`. A registry that challenges with `Basic` (distribution's htpasswd) gets the
 //! basic credentials directly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use regex::Regex;
 
+use crate::core::ports::{ImageFact, ImageFacts, ImageRegistry};
 use crate::error::{Error, Result};
 
 /// Every manifest type a pushed tag can be, so the registry never hides one behind content
@@ -487,6 +488,111 @@ impl Registry {
     }
 }
 
+/// Environment variables the registry credentials come from (never the config file).
+pub const USERNAME_VAR: &str = "PRENV_REGISTRY_USERNAME";
+pub const PASSWORD_VAR: &str = "PRENV_REGISTRY_PASSWORD";
+/// An access token, sent as the password (ghcr.io, Docker Hub and most registries take one).
+pub const TOKEN_VAR: &str = "PRENV_REGISTRY_TOKEN";
+/// The GitHub token, used for ghcr.io when no registry credentials are set.
+pub const GITHUB_TOKEN_VAR: &str = "GITHUB_TOKEN";
+/// The user name sent with a token when none is set: token services check the token, not the name.
+const TOKEN_USER: &str = "prenv";
+/// One image check (challenge, token, retry) may take this long before it counts as unanswered, so
+/// a registry that hangs delays a sync by this much at most, not per image.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+/// Checks in flight at once: a burst of new heads is answered quickly without hammering the registry.
+const CONCURRENT_CHECKS: usize = 8;
+
+impl Credentials {
+    /// The credentials for `image` from environment variables (`var` looks one up; empty counts as
+    /// unset): user and password, a token, or for ghcr.io the GitHub token; else anonymous.
+    pub fn from_vars(image: &str, var: impl Fn(&str) -> Option<String>) -> Credentials {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let username = var(USERNAME_VAR).unwrap_or_else(|| TOKEN_USER.to_string());
+        let on_ghcr = ImageRef::parse(image).is_ok_and(|r| r.host == "ghcr.io");
+        let password = var(PASSWORD_VAR)
+            .or_else(|| var(TOKEN_VAR))
+            .or_else(|| on_ghcr.then(|| var(GITHUB_TOKEN_VAR)).flatten());
+        match password {
+            Some(password) => Credentials::Basic { username, password },
+            None => Credentials::Anonymous,
+        }
+    }
+
+    /// [`Credentials::from_vars`] with this process's environment.
+    pub fn from_env(image: &str) -> Credentials {
+        Credentials::from_vars(image, |name| std::env::var(name).ok())
+    }
+}
+
+/// The registry as the sync flow asks it ([`ImageRegistry`]): each image checked at most
+/// [`CHECK_TIMEOUT`], [`CONCURRENT_CHECKS`] at a time; a failure is [`ImageFact::Unknown`] with the
+/// registry's words, never "absent".
+pub struct RegistryImages {
+    registry: Registry,
+    /// A runtime of its own for callers outside one (the command line); inside a runtime's blocking
+    /// thread (`prenv serve`'s sync) the checks run on that runtime.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl RegistryImages {
+    pub fn new(credentials: Credentials) -> Result<RegistryImages> {
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(_) => None,
+            Err(_) => Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Registry {
+                        image: "(any)".into(),
+                        message: format!("cannot start the async runtime for registry checks: {e}"),
+                    })?,
+            ),
+        };
+        let registry = match &runtime {
+            Some(rt) => {
+                let _entered = rt.enter();
+                Registry::new(credentials)?
+            }
+            None => Registry::new(credentials)?,
+        };
+        Ok(RegistryImages { registry, runtime })
+    }
+
+    async fn fact(&self, image: &str) -> ImageFact {
+        let Some((repository, tag)) = image.rsplit_once(':').filter(|(r, _)| !r.ends_with('/')) else {
+            return ImageFact::Unknown(format!("{image} has no tag"));
+        };
+        let check = self.registry.manifest_exists(repository, tag);
+        match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+            Ok(Ok(true)) => ImageFact::Present,
+            Ok(Ok(false)) => ImageFact::Absent,
+            Ok(Err(Error::Registry { message, .. })) => ImageFact::Unknown(message),
+            Ok(Err(e)) => ImageFact::Unknown(e.to_string()),
+            Err(_) => ImageFact::Unknown(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
+        }
+    }
+}
+
+impl ImageRegistry for RegistryImages {
+    fn check(&self, images: &BTreeSet<String>) -> ImageFacts {
+        use futures::StreamExt;
+        let work = futures::stream::iter(images)
+            .map(|image| async move { (image.clone(), self.fact(image).await) })
+            .buffer_unordered(CONCURRENT_CHECKS)
+            .collect::<ImageFacts>();
+        let facts = match &self.runtime {
+            Some(rt) => rt.block_on(work),
+            // Inside a runtime only on a blocking thread (spawn_blocking), where blocking is allowed.
+            None => tokio::runtime::Handle::current().block_on(work),
+        };
+        for (image, fact) in &facts {
+            tracing::info!(image = %image, fact = ?fact, "image check");
+        }
+        facts
+    }
+}
+
 /// What a status other than 200, 401 or 404 on a manifest check means, in words.
 fn refusal(status: StatusCode, headers: &HeaderMap) -> String {
     match status {
@@ -599,6 +705,40 @@ mod tests {
             "repository%3Aa%2Fb%3Apull%2Cpush"
         );
         assert_eq!(query_escape("reg.example-1_~"), "reg.example-1_~");
+    }
+
+    #[test]
+    fn credentials_come_from_the_environment_with_ghcr_falling_back_to_the_github_token() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        let shown = |c: Credentials| format!("{c:?}");
+        type Vars = &'static [(&'static str, &'static str)];
+        let table: [(&str, Vars, &str); 6] = [
+            ("ghcr.io/acme/shop", &[], "Anonymous"),
+            ("ghcr.io/acme/shop", &[(GITHUB_TOKEN_VAR, "gh")], "Basic(prenv, ***)"),
+            ("registry.example.com/shop", &[(GITHUB_TOKEN_VAR, "gh")], "Anonymous"),
+            (
+                "registry.example.com/shop",
+                &[(USERNAME_VAR, "ci"), (PASSWORD_VAR, "pw"), (GITHUB_TOKEN_VAR, "gh")],
+                "Basic(ci, ***)",
+            ),
+            ("registry.example.com/shop", &[(TOKEN_VAR, "t")], "Basic(prenv, ***)"),
+            (
+                "ghcr.io/acme/shop",
+                &[(TOKEN_VAR, " "), (PASSWORD_VAR, "")],
+                "Anonymous",
+            ),
+        ];
+        for (image, set, want) in table {
+            assert_eq!(shown(Credentials::from_vars(image, vars(set))), want, "{image} {set:?}");
+        }
+        let Credentials::Basic { password, .. } =
+            Credentials::from_vars("ghcr.io/a/b", vars(&[(TOKEN_VAR, "t"), (GITHUB_TOKEN_VAR, "gh")]))
+        else {
+            panic!("basic credentials")
+        };
+        assert_eq!(password, "t", "the registry's own token wins over the GitHub token");
     }
 
     #[test]

@@ -16,5 +16,10 @@ pub fn init(config: &Config, dir: &Path, force: bool) -> Result<Written> {
             "no receiver in [platform.alerts]: Alertmanager will drop every alert (disk, memory, restarts); set slack_channel or email_to and run scripts/create-secrets alerts"
         );
     }
+    if config.github.app_id.is_none() || config.github.installation_id.is_none() {
+        tracing::warn!(
+            "github.app_id or github.installation_id is not set: prenv serve and prenv watch in the cluster authenticate as a GitHub App (never a personal token); set both and run prenv init again"
+        );
+    }
     fs::write_keeping_edits(&tree, dir, force)
 }

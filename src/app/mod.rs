@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod init;
 pub mod metrics;
+pub mod onboard;
 pub mod render;
 pub mod serve;
 pub mod show;

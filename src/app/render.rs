@@ -23,7 +23,7 @@ pub struct Rendered {
 /// `source` for the PRs (accounting for the environments found there), and writes the difference.
 pub fn render(config: &Config, dir: &Path, source: &dyn PrSource, now: DateTime<Utc>, check: bool) -> Result<Rendered> {
     let current = fs::read_rendered(dir)?;
-    let snapshot = source.snapshot(&current.prs_with_envs())?;
+    let snapshot = source.snapshot(&current.prs_with_envs(&config.project_id))?;
     let evidence = Evidence {
         unconfirmed: snapshot.unconfirmed.clone(),
         ..Evidence::default()

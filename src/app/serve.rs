@@ -64,11 +64,23 @@ pub struct ServeOptions {
     pub cache_dir: std::path::PathBuf,
     /// What a client may hold before it is cut off.
     pub limits: Limits,
+    /// The registry asked before an environment moves to a new image; `None`: image checks off.
+    pub images: Option<sync::Images>,
+    /// How soon a PR whose environment waits for its head's image is synced again (default 30 s:
+    /// CI pushes minutes after the event, and half a minute keeps the wait short with one request
+    /// per waiting head). The periodic full resync remains the backstop.
+    pub image_recheck: Duration,
 }
 
 enum Work {
-    Pr { pr: Box<PullRequest>, received: Instant },
+    Pr {
+        pr: Box<PullRequest>,
+        received: Instant,
+    },
     FullResync,
+    /// A PR whose environment waits for its head's image, synced again after
+    /// [`ServeOptions::image_recheck`].
+    Recheck(Box<PullRequest>),
 }
 
 struct Metrics {
@@ -313,8 +325,17 @@ pub fn parse_delivery(
     }
     let pr = value.get("pull_request").ok_or("no `pull_request`")?;
     let mut prs = pr::parse_snapshot(&format!("[{pr}]"), "webhook payload").map_err(|e| e.to_string())?;
+    let label = value.get("label").and_then(|l| l.get("name")).and_then(|n| n.as_str());
     prs.pop()
-        .map(|p| Delivery::Pr(Box::new(p)))
+        .map(|mut p| {
+            // The event's time is the payload's `updated_at`: what made a PR deployable, and when.
+            p.trigger = Some(pr::Trigger {
+                action: action.to_string(),
+                label: label.map(String::from),
+                at: p.updated_at,
+            });
+            Delivery::Pr(Box::new(p))
+        })
         .ok_or_else(|| "empty pull_request".into())
 }
 
@@ -413,8 +434,13 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<()> {
             }
         })
     });
+    let recheck = Recheck {
+        after: options.image_recheck,
+        queue: tx.downgrade(),
+        scheduled: Arc::new(Mutex::new(HashSet::new())),
+    };
     drop(tx);
-    let worker = tokio::spawn(worker(config, options.clone(), rx, metrics.clone()));
+    let worker = tokio::spawn(worker(config, options.clone(), rx, metrics.clone(), recheck));
     front_door::front_door(listener, app, options.limits, metrics, shutdown_signal()).await;
     tracing::info!("shutting down: finishing accepted work");
     if let Some(resync) = resync {
@@ -444,7 +470,13 @@ async fn shutdown_signal() {
 }
 
 /// Takes work off the queue, debounces bursts and runs one sync at a time.
-async fn worker(config: Config, options: ServeOptions, mut rx: mpsc::UnboundedReceiver<Work>, metrics: Arc<Metrics>) {
+async fn worker(
+    config: Config,
+    options: ServeOptions,
+    mut rx: mpsc::UnboundedReceiver<Work>,
+    metrics: Arc<Metrics>,
+    recheck: Recheck,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + options.debounce;
@@ -455,14 +487,19 @@ async fn worker(config: Config, options: ServeOptions, mut rx: mpsc::UnboundedRe
         let mut prs: BTreeMap<u64, PullRequest> = BTreeMap::new();
         let mut received = Vec::new();
         for work in batch {
-            if let Work::Pr { pr, received: at } = work {
-                received.push(at);
-                // The latest state of each PR wins; ties go to the later delivery.
-                match prs.get(&pr.number) {
-                    Some(old) if old.updated_at > pr.updated_at => {}
-                    _ => {
-                        prs.insert(pr.number, *pr);
-                    }
+            let pr = match work {
+                Work::Pr { pr, received: at } => {
+                    received.push(at);
+                    pr
+                }
+                Work::Recheck(pr) => pr,
+                Work::FullResync => continue,
+            };
+            // The latest state of each PR wins; ties go to the later delivery.
+            match prs.get(&pr.number) {
+                Some(old) if old.updated_at > pr.updated_at => {}
+                _ => {
+                    prs.insert(pr.number, *pr);
                 }
             }
         }
@@ -472,7 +509,8 @@ async fn worker(config: Config, options: ServeOptions, mut rx: mpsc::UnboundedRe
         })
         .await;
         match outcome {
-            Ok(Ok(())) => {
+            Ok(Ok(waiting)) => {
+                recheck.later(waiting);
                 metrics.syncs_ok.fetch_add(1, Ordering::Relaxed);
                 for at in received {
                     metrics.latency.observe(at.elapsed().as_secs_f64());
@@ -490,20 +528,58 @@ async fn worker(config: Config, options: ServeOptions, mut rx: mpsc::UnboundedRe
     }
 }
 
+/// Syncs again, after [`ServeOptions::image_recheck`], the PRs whose environment waits for an image: once each,
+/// however many syncs found it waiting meanwhile. The queue is held weakly, so a pending recheck
+/// never keeps the receiver from shutting down.
+#[derive(Clone)]
+struct Recheck {
+    after: Duration,
+    queue: mpsc::WeakUnboundedSender<Work>,
+    scheduled: Arc<Mutex<HashSet<u64>>>,
+}
+
+impl Recheck {
+    fn later(&self, waiting: Vec<PullRequest>) {
+        let fresh: Vec<PullRequest> = {
+            let mut scheduled = self.scheduled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            waiting.into_iter().filter(|pr| scheduled.insert(pr.number)).collect()
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(this.after).await;
+            let mut scheduled = this.scheduled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for pr in fresh {
+                scheduled.remove(&pr.number);
+                tracing::info!(pr = pr.number, "re-checking the image an environment waits for");
+                if let Some(queue) = this.queue.upgrade() {
+                    let _ = queue.send(Work::Recheck(Box::new(pr)));
+                }
+            }
+        });
+    }
+}
+
 /// One sync: the PRs from the events (environments of other PRs are kept), or, for a full resync,
-/// the GitHub listing with positive-evidence lookups.
+/// the GitHub listing with positive-evidence lookups. Returns the PRs whose environment now waits
+/// for its head's image, to sync again soon.
 fn run_sync(
     config: &Config,
     options: &ServeOptions,
     metrics: &Metrics,
     mut prs: Vec<PullRequest>,
     full: bool,
-) -> Result<()> {
+) -> Result<Vec<PullRequest>> {
     let mut repo = EnvRepo::open(&options.repo, &config.git, &options.cache_dir, false)?;
     let view = repo.read()?;
-    let mut opts = SyncOptions::default();
+    let mut opts = SyncOptions {
+        registry: options.images.clone(),
+        ..SyncOptions::default()
+    };
     if full {
-        let listed = GitHubPrs(config).snapshot(&view.prs_with_envs())?;
+        let listed = GitHubPrs(config).snapshot(&view.prs_with_envs(&config.project_id))?;
         // Events in the same burst are at least as fresh as the listing.
         let from_events: HashSet<u64> = prs.iter().map(|p| p.number).collect();
         prs.extend(listed.prs.into_iter().filter(|p| !from_events.contains(&p.number)));
@@ -515,7 +591,13 @@ fn run_sync(
     let mut material = crate::adapters::fs::load_material(config)?;
     let outcome = sync::sync(&mut repo, view, config, &prs, chrono::Utc::now(), &opts, &mut material)?;
     tracing::info!(commit = ?outcome.commit, prs = prs.len(), full, "sync done");
-    Ok(())
+    let waiting: HashSet<u64> = outcome
+        .plan
+        .desired()
+        .filter(|m| m.waiting_for.is_some())
+        .map(|m| m.pr)
+        .collect();
+    Ok(prs.into_iter().filter(|p| waiting.contains(&p.number)).collect())
 }
 
 #[cfg(test)]

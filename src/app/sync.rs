@@ -2,7 +2,8 @@
 //! [`crate::core::desired`]), publish one commit, and on a lost race read again, re-plan and retry
 //! with backoff. Also `plan` (the same without publishing) and `secrets rewrap`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,8 +11,8 @@ use serde::Serialize;
 
 use crate::core::desired::{self, Desired, Inputs};
 use crate::core::diff::Changes;
-use crate::core::plan::{Evidence, Plan};
-use crate::core::ports::{Change, EnvStore, Published, RepoView, Verifications};
+use crate::core::plan::{self, Evidence, Plan};
+use crate::core::ports::{Change, EnvStore, ImageRegistry, Published, RepoView, Verifications};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::layout::secret_file;
@@ -30,6 +31,60 @@ pub struct SyncOptions {
     /// Lets the circuit breaker pass a mass prune, once.
     pub allow_mass_prune: bool,
     pub evidence: Evidence,
+    /// The registry asked, before each plan, about the images of the heads that would move; `None`
+    /// (image checks off, or a caller that checks nothing): every image counts as present.
+    pub registry: Option<Images>,
+}
+
+/// A shared [`ImageRegistry`], for [`SyncOptions`].
+#[derive(Clone)]
+pub struct Images(pub Arc<dyn ImageRegistry + Send + Sync>);
+
+impl std::fmt::Debug for Images {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Images(registry)")
+    }
+}
+
+/// Turns image checks off for one process whatever the config says (`false`, `off`, `0`): for runs
+/// without registry access, such as the test suite's.
+pub const IMAGE_CHECK_VAR: &str = "PRENV_IMAGE_CHECK";
+
+/// The registry `plan`, `sync` and `serve` ask, with credentials from the environment; `None` when
+/// `sync.image_check = false` or [`IMAGE_CHECK_VAR`] turns checks off.
+pub fn image_checks(config: &Config) -> Result<Option<Images>> {
+    let off = std::env::var(IMAGE_CHECK_VAR)
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "false" | "off" | "0" | "no"));
+    if !config.sync.image_check || off {
+        tracing::info!("image checks are off: environments move to new heads without asking the registry");
+        return Ok(None);
+    }
+    let credentials = crate::adapters::registry::Credentials::from_env(&config.image);
+    let registry = crate::adapters::registry::RegistryImages::new(credentials)?;
+    Ok(Some(Images(Arc::new(registry))))
+}
+
+/// The evidence to plan with: the caller's, plus what the registry says about the images of the
+/// heads that would move against `view` (only those: an environment already running its head's
+/// image costs no request). Facts the caller brought are not asked again.
+fn with_image_facts(
+    view: &RepoView,
+    config: &Config,
+    prs: &[PullRequest],
+    now: DateTime<Utc>,
+    opts: &SyncOptions,
+) -> Evidence {
+    let mut evidence = opts.evidence.clone();
+    if let Some(Images(registry)) = &opts.registry {
+        let wanted: BTreeSet<String> = plan::images_to_check(config, prs, view, now)
+            .into_iter()
+            .filter(|image| !evidence.images.contains_key(image))
+            .collect();
+        if !wanted.is_empty() {
+            evidence.images.extend(registry.check(&wanted));
+        }
+    }
+    evidence
 }
 
 /// Everything a run decided and did.
@@ -82,10 +137,11 @@ pub fn prepare(
     opts: &SyncOptions,
     credentials: &mut dyn CredentialMaker,
 ) -> Result<Desired> {
+    let evidence = with_image_facts(view, config, prs, now, opts);
     let inputs = Inputs {
         config,
         prs,
-        evidence: &opts.evidence,
+        evidence: &evidence,
         now,
         allow_mass_prune: opts.allow_mass_prune,
         verified,
@@ -186,9 +242,9 @@ pub fn rewrap(store: &mut dyn EnvStore, config: &Config, identities: &[age::x255
             commit: None,
         };
         let mut upserts = Tree::new();
+        // Only this project's secrets: another project's are encrypted for its own recipients.
         let secrets: Vec<String> = view
-            .envs
-            .entries()
+            .envs_of(&config.project_id)
             .filter(|(_, entry)| entry.file(file).is_some())
             .map(|(env, _)| format!("{}/{file}", crate::model::layout::env_dir(env.as_str())))
             .collect();
@@ -301,6 +357,8 @@ mod tests {
             closed_at: None,
             merged_at: None,
             updated_at: "2026-11-24T10:00:00Z".parse().unwrap(),
+            created_at: None,
+            trigger: None,
         }
     }
 

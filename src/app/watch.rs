@@ -23,7 +23,9 @@ use crate::core::tracker::{Effect, EnvRecord, Event, StatusSink, Tracker, WriteC
 use crate::error::{Error, Result};
 use crate::model::config::{Config, Engine};
 
-/// Buckets (seconds) of the open→ready and close→gone histograms.
+/// Buckets (seconds) of the open→ready, commit→ready and close→gone histograms. 300 and 600 are
+/// the objectives (gone within 5 minutes, ready within 10), so the SLO rules
+/// (monitoring-rules/slo-rules.yaml) read their shares from the `le="300"` and `le="600"` buckets.
 const BUCKETS: [f64; 9] = [30.0, 60.0, 120.0, 180.0, 300.0, 420.0, 600.0, 900.0, 1800.0];
 /// Buckets (seconds) of the delay from a state change to GitHub showing it.
 const DELAY_BUCKETS: [f64; 8] = [1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0];
@@ -47,6 +49,7 @@ const STATES: [&str; 7] = [
 /// Prometheus metrics of the watcher.
 pub struct WatchMetrics {
     open_to_ready: Histogram,
+    commit_to_ready: Histogram,
     close_to_gone: Histogram,
     report_delay: Histogram,
     census: Mutex<(BTreeMap<&'static str, i64>, i64)>,
@@ -64,6 +67,7 @@ impl Default for WatchMetrics {
     fn default() -> Self {
         WatchMetrics {
             open_to_ready: Histogram::new(&BUCKETS),
+            commit_to_ready: Histogram::new(&BUCKETS),
             close_to_gone: Histogram::new(&BUCKETS),
             report_delay: Histogram::new(&DELAY_BUCKETS),
             census: Mutex::default(),
@@ -85,12 +89,17 @@ impl WatchMetrics {
         let mut out = String::new();
         self.open_to_ready.render(
             "prenv_open_to_ready_seconds",
-            "From a head commit's start (its commit to the environments repository, else its first sight) to Ready; once per commit.",
+            "From the PR becoming deployable (opened, ready for review, labelled, reopened; else the commit) to its environment's first head Ready; once per environment.",
+            &mut out,
+        );
+        self.commit_to_ready.render(
+            "prenv_commit_to_ready_seconds",
+            "From prenv committing a later head of an environment (else its first sight) to Ready; once per commit.",
             &mut out,
         );
         self.close_to_gone.render(
             "prenv_close_to_gone_seconds",
-            "From deletion starting to the object gone, when the watcher saw it go.",
+            "From the PR's close (or its pin's end; else the deletion's start) to the environment gone, when the watcher saw it go.",
             &mut out,
         );
         self.report_delay.render(
@@ -213,7 +222,7 @@ impl WatchMetrics {
     fn take(&self, effect: &Effect) {
         match effect {
             Effect::OpenToReady { seconds, .. } => self.open_to_ready.observe(*seconds),
-            Effect::CloseToGone { seconds, .. } => self.close_to_gone.observe(*seconds),
+            Effect::CommitToReady { seconds, .. } => self.commit_to_ready.observe(*seconds),
             Effect::Failure { reason, .. } => {
                 let label: String = reason
                     .chars()
@@ -221,7 +230,8 @@ impl WatchMetrics {
                     .collect();
                 *self.failures.lock().expect("metrics lock").entry(label).or_default() += 1;
             }
-            Effect::Recall { .. } | Effect::Report(_) => {}
+            // Measured by the reporter, once it knows when the PR closed.
+            Effect::CloseToGone { .. } | Effect::Recall { .. } | Effect::Report(_) => {}
         }
     }
 }
@@ -244,6 +254,14 @@ enum Job {
         queued: Instant,
         attempts: u32,
     },
+    /// Close→gone of an environment seen gone `at`: from the PR's close, looked up.
+    Measure {
+        env: String,
+        pr: u64,
+        at: chrono::DateTime<Utc>,
+        /// From the deletion's start, if the PR cannot be looked up.
+        fallback: f64,
+    },
 }
 
 struct Queued {
@@ -258,6 +276,7 @@ struct Queued {
 #[derive(Default)]
 struct Queue {
     recalls: VecDeque<(Job, Instant)>,
+    measures: VecDeque<Job>,
     sweep: Option<(Job, Instant)>,
     reports: BTreeMap<String, Queued>,
     order: VecDeque<String>,
@@ -312,6 +331,9 @@ impl Queue {
         if let Some(i) = self.recalls.iter().position(|(_, due)| *due <= now) {
             return Ok(self.recalls.remove(i).expect("a position in the queue").0);
         }
+        if let Some(job) = self.measures.pop_front() {
+            return Ok(job);
+        }
         if self.sweep.as_ref().is_some_and(|(_, due)| *due <= now) {
             return Ok(self.sweep.take().expect("a sweep is queued").0);
         }
@@ -357,7 +379,8 @@ impl Outbox {
     /// Jobs waiting or under way: reports, comment look-ups and the sweep.
     fn len(&self) -> u64 {
         let q = self.queue.lock().expect("outbox lock");
-        (q.reports.len() + q.recalls.len() + usize::from(q.sweep.is_some())) as u64 + self.busy.load(Ordering::SeqCst)
+        (q.reports.len() + q.recalls.len() + q.measures.len() + usize::from(q.sweep.is_some())) as u64
+            + self.busy.load(Ordering::SeqCst)
     }
 
     fn done(&self) {
@@ -440,6 +463,19 @@ async fn report<S: StatusSink>(
                     outbox.with(|q| q.retry(record, queued, attempts + 1, Instant::now()));
                 }
             },
+            Job::Measure { env, pr, at, fallback } => match reporter.removal_due(pr, Utc::now()).await {
+                Ok(Some(due)) => {
+                    let seconds = (at - due).num_milliseconds().max(0) as f64 / 1000.0;
+                    metrics.close_to_gone.observe(seconds);
+                }
+                // Removed while the PR is open (a draft again, a fork unlabelled): no close.
+                Ok(None) => tracing::debug!(pr, env = %env, "removed while its PR is open; no close→gone sample"),
+                Err(e) => {
+                    metrics.report_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pr, env = %env, error = %e, "cannot look up when the PR closed; close→gone counts from the deletion's start");
+                    metrics.close_to_gone.observe(fallback);
+                }
+            },
         }
         outbox.done();
         metrics.pending_reports.store(outbox.len(), Ordering::Relaxed);
@@ -520,6 +556,14 @@ pub async fn watch<S: StatusSink>(
             match effect {
                 Effect::Recall { env, pr } => outbox.with(|q| q.recall(env, pr, 0, now)),
                 Effect::Report(record) => outbox.with(|q| q.report(record, now)),
+                Effect::CloseToGone { env, pr, at, seconds } => outbox.with(|q| {
+                    q.measures.push_back(Job::Measure {
+                        env,
+                        pr,
+                        at,
+                        fallback: seconds,
+                    })
+                }),
                 _ => {}
             }
         }
@@ -603,6 +647,7 @@ mod tests {
                 from: Since::Seen,
                 steps: vec![],
             }],
+            opening: None,
         })
     }
 

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, Result};
 use crate::manifests::{render, templates};
 use crate::model::config::{Config, Database};
-use crate::model::layout::{BlobId, Place, TreeId, env_dir, flux_file, secret_path};
+use crate::model::layout::{
+    self, ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, Place, TreeId, argocd_project_of, env_dir, flux_file, secret_path,
+};
 use crate::model::meta::EnvMeta;
 use crate::model::pr::PullRequest;
 use crate::model::tree::Tree;
@@ -62,8 +64,9 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         inputs.evidence,
         inputs.verified,
     );
-    breaker::check_mass_prune(&plan, current.envs.len(), &config.sync, inputs.allow_mass_prune)?;
-    let untouched: BTreeSet<&str> = untouched(&plan, current);
+    let own_envs = current.envs_of(&config.project_id).count();
+    breaker::check_mass_prune(&plan, own_envs, &config.sync, inputs.allow_mass_prune)?;
+    let untouched: BTreeSet<&str> = untouched(config, &plan, current);
     // An environment whose metadata is unchanged and whose content is known to be as rendered
     // needs neither render nor compare: a sync of one changed PR among thousands stays fast.
     let trusted: BTreeSet<&str> = plan
@@ -83,10 +86,20 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         .copied()
         .filter(|env| current.owned_id(&flux_file(env)).is_some())
         .collect();
-    let mut desired = render::render_selected(config, &envs, &kept, |m| !trusted.contains(m.env.as_str()))?;
+    let argo_kept = other_applicationsets(config, current);
+    let around = render::Around {
+        kept,
+        argo_kept: argo_kept
+            .iter()
+            .map(|p| p.trim_start_matches(&format!("{ARGOCD_DIR}/")).to_string())
+            .collect(),
+        templates: current.templates.clone(),
+    };
+    let mut desired = render::render_selected(config, &envs, &around, |m| !trusted.contains(m.env.as_str()))?;
     let mut compared: BTreeMap<String, BlobId> = current
         .owned_files(|env| !trusted.contains(env) && !untouched.contains(env))
         .into_iter()
+        .filter(|(path, _)| !argo_kept.contains(path.as_str()))
         .collect();
     for meta in envs
         .iter()
@@ -99,7 +112,19 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         }
     }
     let mut changes = diff::changes_of(&compared, &desired);
-    let templates = templates::missing(|top| current.top_level.contains(top))?;
+    // The defaults are added where the repository has none, unless this project builds only on its own.
+    let own_base = current.templates.contains(&layout::project_base(&config.project_id));
+    let own_overlays = config.databases.iter().all(|db| {
+        current
+            .templates
+            .contains(&layout::project_overlay(&config.project_id, db.name()))
+    });
+    let uses_default = |top: &str| match top {
+        layout::BASE_DIR => !own_base,
+        layout::OVERLAYS_DIR => !own_overlays,
+        _ => true,
+    };
+    let templates = templates::missing(|top| current.top_level.contains(top) || !uses_default(top))?;
     changes.added.extend(templates.paths().map(String::from));
     desired.extend(templates);
     refuse_obstacles(current, &changes)?;
@@ -119,14 +144,55 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
 }
 
 /// Environment names whose paths this run leaves exactly as they are: blocked ones (not prenv's,
-/// or unreadable), and ones kept without metadata to render from (wiring whose directory is gone).
-fn untouched<'a>(plan: &'a Plan, current: &'a RepoView) -> BTreeSet<&'a str> {
+/// or unreadable), ones kept without metadata to render from (wiring whose directory is gone),
+/// and every other project's.
+fn untouched<'a>(config: &Config, plan: &'a Plan, current: &'a RepoView) -> BTreeSet<&'a str> {
     let kept_bare = plan
         .decisions
         .iter()
         .filter(|d| d.action == Action::Blocked || (d.action == Action::Keep && d.desired.is_none()))
         .map(|d| d.env.as_str());
-    current.blocked.keys().map(String::as_str).chain(kept_bare).collect()
+    let project = &config.project_id;
+    let others = current
+        .envs
+        .entries()
+        .filter(|(env, entry)| !entry.belongs_to(env.as_str(), project))
+        .map(|(env, _)| env.as_str());
+    let others_wired = current
+        .wired_only
+        .iter()
+        .filter(|env| plan::pr_of(config, env.as_str()).is_none())
+        .map(crate::model::naming::EnvName::as_str);
+    current
+        .blocked
+        .keys()
+        .map(String::as_str)
+        .chain(kept_bare)
+        .chain(others)
+        .chain(others_wired)
+        .collect()
+}
+
+/// The Argo CD wiring files that are other projects' ApplicationSets (their own files, or the
+/// file from before projects when it names another project): kept and listed as they are.
+fn other_applicationsets(config: &Config, current: &RepoView) -> BTreeSet<String> {
+    let project = config.project_id.as_str();
+    current
+        .owned
+        .keys()
+        .filter(|path| {
+            let Some(file) = path.strip_prefix(&format!("{ARGOCD_DIR}/")) else {
+                return false;
+            };
+            match argocd_project_of(file) {
+                Some(owner) => owner != project,
+                None => {
+                    path.as_str() == ARGOCD_APPLICATIONSET && current.argo_legacy_project.as_deref() != Some(project)
+                }
+            }
+        })
+        .cloned()
+        .collect()
 }
 
 /// An error when something would be written below a directory that exists as something else.

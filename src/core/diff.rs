@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::layout::{
-    ARGOCD_APPLICATIONSET, ARGOCD_DIR, ARGOCD_INDEX, BlobId, ENV_FILES, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, TreeId,
-    env_dir, meta_path,
+    ARGOCD_APPLICATIONSET, ARGOCD_DIR, ARGOCD_INDEX, BASE_DIR, BlobId, ENV_FILES, ENVIRONMENTS_DIR, FLUX_DIR,
+    META_FILE, OVERLAYS_DIR, PROJECTS_DIR, TreeId, argocd_project_of, env_dir, meta_path,
 };
 use crate::model::meta::{EnvMeta, NotOwned, owned_meta};
 use crate::model::naming::EnvName;
@@ -191,12 +191,28 @@ impl Inventory {
         }
     }
 
-    /// The files of `argocd/`: the ApplicationSet and its kustomization are prenv's.
-    pub fn argo_wiring(&mut self, files: &[Found]) {
+    /// A project template directory holding a `kustomization.yaml` (`projects/<id>/base`, …).
+    pub fn template(&mut self, dir: &str) {
+        self.view.templates.insert(dir.to_string());
+    }
+
+    /// The files of `argocd/`: the ApplicationSets (one per project, or the one file from before
+    /// projects) and their kustomization are prenv's. `legacy` is the content of
+    /// `argocd/applicationset.yaml` where there is one: the project it names owns it.
+    pub fn argo_wiring(&mut self, files: &[Found], legacy: Option<&[u8]>) {
         self.add_known();
+        self.view.argo_legacy_project = legacy.and_then(|bytes| {
+            let value: serde_yaml::Value = serde_yaml::from_slice(bytes).ok()?;
+            let project = value
+                .get("metadata")?
+                .get("labels")?
+                .get(crate::model::labels::PROJECT)?;
+            project.as_str().map(String::from)
+        });
         for f in files {
             let path = format!("{ARGOCD_DIR}/{}", f.name);
-            if f.plain && matches!(path.as_str(), ARGOCD_APPLICATIONSET | ARGOCD_INDEX) {
+            let per_project = argocd_project_of(&f.name).is_some();
+            if f.plain && (per_project || matches!(path.as_str(), ARGOCD_APPLICATIONSET | ARGOCD_INDEX)) {
                 self.view.owned.insert(path, f.id);
             } else {
                 self.view.strays.insert(path);
@@ -252,7 +268,7 @@ pub fn view_of(current: &Tree, tip: Option<Revision>) -> RepoView {
     let mut inventory = Inventory::new(tip);
     let mut dirs: BTreeMap<&str, Vec<Found>> = BTreeMap::new();
     let mut metas: BTreeMap<&str, &[u8]> = BTreeMap::new();
-    let (mut flux, mut argo, mut index) = (Vec::new(), Vec::new(), None);
+    let (mut flux, mut argo, mut index, mut argo_legacy) = (Vec::new(), Vec::new(), None, None);
     let mut files_in_place = Vec::new();
     for (path, bytes) in current.iter() {
         if let Some(top) = path.split('/').next() {
@@ -279,7 +295,12 @@ pub fn view_of(current: &Tree, tip: Option<Revision>) -> RepoView {
             }
             flux.push(found(file));
         } else if let Some(file) = path.strip_prefix(&format!("{ARGOCD_DIR}/")) {
+            if path == ARGOCD_APPLICATIONSET {
+                argo_legacy = Some(bytes);
+            }
             argo.push(found(file));
+        } else if let Some(dir) = template_dir(path) {
+            inventory.template(dir);
         } else if path == ENVIRONMENTS_DIR {
             inventory.obstacle(ENVIRONMENTS_DIR);
         }
@@ -296,8 +317,20 @@ pub fn view_of(current: &Tree, tip: Option<Revision>) -> RepoView {
         inventory.env_entry(env, EntryKind::Dir, tree, metas.get(env).copied(), files);
     }
     inventory.flux_wiring(index, &flux);
-    inventory.argo_wiring(&argo);
+    inventory.argo_wiring(&argo, argo_legacy);
     inventory.finish()
+}
+
+/// The template directory a path's `kustomization.yaml` makes (`projects/<id>/base` or
+/// `projects/<id>/overlays/<db>`), if it is one.
+pub fn template_dir(path: &str) -> Option<&str> {
+    let dir = path.strip_suffix("/kustomization.yaml")?;
+    let parts: Vec<&str> = dir.split('/').collect();
+    let is_template = matches!(
+        parts.as_slice(),
+        [PROJECTS_DIR, _, BASE_DIR] | [PROJECTS_DIR, _, OVERLAYS_DIR, _]
+    );
+    is_template.then_some(dir)
 }
 
 /// The environments prenv created in a whole tree held in memory.

@@ -5,6 +5,7 @@
 pub mod breaker;
 pub mod desired;
 pub mod diff;
+pub mod eligible;
 pub mod plan;
 pub mod ports;
 pub mod status;

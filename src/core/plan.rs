@@ -8,11 +8,12 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::model::config::{self, Config};
-use crate::model::meta::{EnvMeta, GENERATOR, META_SCHEMA};
+use crate::model::meta::{EnvMeta, GENERATOR, ImageWait, META_SCHEMA, belongs_to};
 use crate::model::naming::{self, EnvName};
 use crate::model::pr::{PrState, PullRequest};
 
-use super::ports::{Blocked, NoMemory, RepoView, Verifications};
+use super::eligible;
+use super::ports::{Blocked, ImageFact, ImageFacts, NoMemory, RepoView, Verifications};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +102,9 @@ pub struct Evidence {
     /// PRs missing from the snapshot that the operator declares closed (`--confirm-closed N`):
     /// the operator's word is the evidence, and their environments are pruned.
     pub closed_by_operator: BTreeSet<u64>,
+    /// What the registry said about the images of the heads that would change (see
+    /// [`images_to_check`]); an image not named here counts as present.
+    pub images: ImageFacts,
 }
 
 /// Whether a PR should have an environment, and why not when it should not.
@@ -148,12 +152,17 @@ pub fn plan_knowing(
     let mut seen = BTreeSet::new();
     let digest = config.render_digest();
     for pr in prs {
-        let decision = decide(config, &digest, pr, view, now);
+        let decision = hold_for_image(decide(config, &digest, pr, view, now), view, &evidence.images, now);
         seen.insert(decision.env.clone());
         tracing::debug!(pr = pr.number, env = %decision.env, action = %decision.action, reason = %decision.reason, "decided");
         decisions.push(decision);
     }
-    for (env, entry) in view.envs.entries().filter(|(env, _)| !seen.contains(env.as_str())) {
+    // Another project's environments are not this run's: not kept, not rendered, not counted.
+    let own = view
+        .envs
+        .entries()
+        .filter(|(env, entry)| !seen.contains(env.as_str()) && entry.belongs_to(env.as_str(), &config.project_id));
+    for (env, entry) in own {
         let settled = entry.render_digest == digest
             && entry.tree.is_some_and(|tree| verified.knows(tree, entry.wiring))
             && entry.preserve_until.is_none_or(|until| now < until)
@@ -207,9 +216,7 @@ fn blocked(pr: u64, env: &str, why: &Blocked) -> Decision {
 
 /// The PR number of environment `env` when it is this project's (`{project_id}-pr-{number}`).
 pub fn pr_of(config: &Config, env: &str) -> Option<u64> {
-    let number = env.strip_prefix(&config.project_id)?.strip_prefix(naming::ENV_INFIX)?;
-    let pr: u64 = number.parse().ok()?;
-    (pr.to_string() == number).then_some(pr)
+    naming::pr_of(&config.project_id, env)
 }
 
 /// An existing environment whose PR the snapshot does not mention.
@@ -315,6 +322,9 @@ fn kept_meta(config: &Config, digest: &str, env: &EnvName, recorded: &EnvMeta) -
         render_digest: digest.to_string(),
         pr_updated_at: recorded.pr_updated_at,
         committed_at: recorded.committed_at.filter(|t| *t >= recorded.created_at),
+        eligible_at: recorded.eligible_at,
+        waiting_for: recorded.waiting_for.clone().filter(|w| is_sha(&w.sha)),
+        project: recorded.project.clone(),
     })
 }
 
@@ -336,6 +346,11 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
         Some(Ok(meta)) => Some(meta),
         None => None,
     };
+    if let Some(p) = prior.filter(|p| !belongs_to(p, &config.project_id)) {
+        let other = p.project.as_deref().unwrap_or("another project");
+        let why = Blocked::NotPrenvs(format!("prenv's, but its prenv.json names project {other:?}"));
+        return blocked(pr.number, env.as_str(), &why);
+    }
     // Information older than what produced the environment never changes it (a slow resync, a late
     // sync with an older snapshot): the environment stays as the newer information left it.
     if let Some(p) = prior
@@ -380,14 +395,27 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
                 Some(p) if p.head_sha == meta.head_sha => p.committed_at.map(|t| t.min(now)),
                 _ => Some(now),
             };
+            // When the PR became deployable: recorded once, when its environment is created.
+            meta.eligible_at = match prior {
+                Some(p) => p.eligible_at,
+                None => eligible::eligible_at(
+                    pr,
+                    pr.is_fork(config.github.repository.as_deref()),
+                    &config.lifecycle,
+                    now,
+                ),
+            };
             // Only a change worth a commit records a newer PR time: a title edit commits nothing.
+            // Nor does metadata written before it named its project gain the name by itself.
             if let Some(p) = prior
                 && (EnvMeta {
                     pr_updated_at: p.pr_updated_at,
+                    project: p.project.clone(),
                     ..meta.clone()
                 }) == *p
             {
                 meta.pr_updated_at = p.pr_updated_at;
+                meta.project = p.project.clone();
             }
             let (action, mut reason) = classify(pr, &meta, prior);
             if wired && prior.is_none() {
@@ -495,7 +523,133 @@ fn env_meta(
         render_digest: config.render_digest(),
         pr_updated_at: Some(pr.updated_at),
         committed_at: None,
+        eligible_at: None,
+        waiting_for: None,
+        project: Some(config.project_id.clone()),
     }
+}
+
+/// A commit SHA as git writes it: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
+fn is_sha(sha: &str) -> bool {
+    matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// The image of a PR's head commit, `repository:tag`, as [`env_meta`] records it.
+fn head_image(config: &Config, pr: &PullRequest) -> String {
+    let tag = config::render_tag(&config.tag_template, pr.number, &pr.head_sha, &pr.head_ref);
+    format!("{}:{tag}", config.image)
+}
+
+/// The images a run must ask the registry about before planning: those of PRs that should be
+/// deployed and whose environment does not run that image yet (new PRs, new heads), and those of
+/// environments waiting for one. An environment already running its head's image costs no request,
+/// so a sync of one changed PR among thousands asks about one image.
+pub fn images_to_check(config: &Config, prs: &[PullRequest], view: &RepoView, now: DateTime<Utc>) -> BTreeSet<String> {
+    prs.iter()
+        .filter(|pr| matches!(want(config, pr, now), Want::Deploy { .. }))
+        .filter_map(|pr| {
+            let env = EnvName::new(&config.project_id, pr.number).ok()?;
+            if view.blocked.contains_key(env.as_str()) {
+                return None;
+            }
+            let image = head_image(config, pr);
+            let moving = view
+                .envs
+                .get(env.as_str())
+                .is_none_or(|p| p.image != image || p.waiting_for.is_some());
+            moving.then_some(image)
+        })
+        .collect()
+}
+
+/// An environment moves to a new image only once the registry has it. A decision that would move
+/// it to an image the registry lacks (or could not confirm) is held instead: an existing
+/// environment keeps running its previous head (image and head annotations unchanged, so nothing
+/// rolls) and records the head it waits for; a new one is created with its app at zero replicas,
+/// so the namespace, quota and databases are ready when the image lands and only the app starts
+/// then. Once the image is there, the head moves, and keeps the time it began waiting as its start.
+fn hold_for_image(d: Decision, view: &RepoView, images: &ImageFacts, now: DateTime<Utc>) -> Decision {
+    let Some(meta) = d.desired.as_ref().filter(|m| m.waiting_for.is_none()) else {
+        return d;
+    };
+    let prior = view.envs.get(meta.env.as_str());
+    let waited = prior
+        .and_then(|p| p.waiting_for.as_ref())
+        .filter(|w| w.sha == meta.head_sha && w.image == meta.image);
+    let why = match images.get(&meta.image) {
+        None | Some(ImageFact::Present) => return released(d, waited),
+        Some(ImageFact::Absent) => format!("waiting for image {}: the registry does not have it yet", meta.image),
+        Some(ImageFact::Unknown(error)) => format!("waiting for image {}: cannot check it ({error})", meta.image),
+    };
+    if prior.is_some_and(|p| p.image == meta.image && !p.holds_app()) {
+        return d; // already running that image: nothing to wait for
+    }
+    let since = waited.map_or(now, |w| w.since);
+    let wait = ImageWait {
+        sha: meta.head_sha.clone(),
+        image: meta.image.clone(),
+        since,
+    };
+    let (pr, env) = (d.pr, d.env.clone());
+    let Some(p) = prior.filter(|p| !p.holds_app()) else {
+        // Nothing runs yet: the environment is for the new head, with the app held.
+        let held = EnvMeta {
+            waiting_for: Some(wait),
+            ..meta.clone()
+        };
+        let same = prior == Some(&held);
+        let (action, reason) = match (prior, same) {
+            (None, _) => (
+                d.action,
+                format!(
+                    "{}; {why}, so the app is held at zero replicas until it exists",
+                    d.reason
+                ),
+            ),
+            (Some(_), true) => (
+                Action::Keep,
+                format!("{why} (since {}); the app is held at zero replicas", rfc3339(since)),
+            ),
+            (Some(_), false) => (
+                Action::Update,
+                format!("{}; {why}, so the app stays at zero replicas", d.reason),
+            ),
+        };
+        return decision(pr, env, action, reason, Some(held));
+    };
+    let mut held = EnvMeta {
+        head_sha: p.head_sha.clone(),
+        head_ref: p.head_ref.clone(),
+        image: p.image.clone(),
+        committed_at: p.committed_at,
+        waiting_for: Some(wait),
+        ..meta.clone()
+    };
+    // A title edit while waiting commits nothing, as in `decide`.
+    if (EnvMeta {
+        pr_updated_at: p.pr_updated_at,
+        ..held.clone()
+    }) == *p
+    {
+        held.pr_updated_at = p.pr_updated_at;
+    }
+    let (action, reason) = if held == *p {
+        let why = format!("{why} (since {}); keeps running {}", rfc3339(since), p.short_sha());
+        (Action::Keep, why)
+    } else {
+        let why = format!("{why}; keeps running {} meanwhile", p.short_sha());
+        (Action::Update, why)
+    };
+    decision(pr, env, action, reason, Some(held))
+}
+
+/// The decision once the awaited image exists: the head moves, timed from when it began waiting.
+fn released(mut d: Decision, waited: Option<&ImageWait>) -> Decision {
+    if let (Some(w), Some(meta)) = (waited, d.desired.as_mut()) {
+        meta.committed_at = Some(meta.committed_at.map_or(w.since, |t| t.min(w.since)));
+        d.reason = format!("image {} is in the registry now: {}", w.image, d.reason);
+    }
+    d
 }
 
 pub fn rfc3339(t: DateTime<Utc>) -> String {
@@ -535,6 +689,8 @@ pub(crate) mod tests {
             closed_at: None,
             merged_at: None,
             updated_at: at("2026-11-20T10:00:00Z"),
+            created_at: None,
+            trigger: None,
         }
     }
 
@@ -699,6 +855,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_environment_records_when_its_pr_became_deployable_once() {
+        let cfg = config();
+        let env = EnvName::new("shop", 12).unwrap();
+        let mut opened = pr(12);
+        opened.created_at = Some(at("2026-11-20T09:00:00Z"));
+        let first = plan(&cfg, &[opened.clone()], &BTreeMap::new(), at(NOW));
+        let meta = first.decisions[0].desired.clone().unwrap();
+        assert_eq!(meta.eligible_at, Some(at("2026-11-20T09:00:00Z")));
+        // A push later keeps it: only the environment's opening counts from the PR event.
+        let mut pushed = opened;
+        pushed.head_sha = "9".repeat(40);
+        pushed.updated_at = at("2026-11-24T13:00:00Z");
+        let existing = BTreeMap::from([(env, meta)]);
+        let moved = plan(&cfg, &[pushed], &existing, at("2026-11-24T13:00:00Z"));
+        let desired = moved.decisions[0].desired.as_ref().unwrap();
+        assert_eq!(desired.eligible_at, Some(at("2026-11-20T09:00:00Z")));
+    }
+
+    #[test]
     fn an_environment_missing_from_the_snapshot_is_kept() {
         let cfg = config();
         let env = EnvName::new("shop", 12).unwrap();
@@ -779,6 +954,7 @@ pub(crate) mod tests {
         let evidence = Evidence {
             unconfirmed: BTreeMap::from([(12, "GitHub answers 404".to_string())]),
             closed_by_operator: [13].into(),
+            ..Evidence::default()
         };
         let view = RepoView {
             envs: existing.into_iter().collect(),
@@ -830,5 +1006,186 @@ pub(crate) mod tests {
         let meta = plan.desired().next().unwrap();
         assert_eq!(meta.image, "ghcr.io/acme/shop:pr-42-1111111");
         assert_eq!(meta.url, "https://shop-pr-42.preview.example.com");
+    }
+
+    /// The plan of one PR against `existing`, with what the registry says of images.
+    fn plan_images(prs: &[PullRequest], existing: &[EnvMeta], facts: &[(&str, ImageFact)], now: &str) -> Plan {
+        let view = RepoView {
+            envs: existing.iter().map(|m| (m.env.clone(), m.clone())).collect(),
+            ..RepoView::default()
+        };
+        let evidence = Evidence {
+            images: facts.iter().map(|(i, f)| (i.to_string(), f.clone())).collect(),
+            ..Evidence::default()
+        };
+        plan_with(&config(), prs, &view, at(now), &evidence)
+    }
+
+    fn pushed(n: u64, sha: char, updated: &str) -> PullRequest {
+        PullRequest {
+            head_sha: sha.to_string().repeat(40),
+            updated_at: at(updated),
+            ..pr(n)
+        }
+    }
+
+    #[test]
+    fn a_new_head_whose_image_is_missing_keeps_the_running_one_and_records_the_wait() {
+        let env = EnvName::new("shop", 7).unwrap();
+        let running = plan(&config(), &[pr(7)], &BTreeMap::new(), at("2026-11-24T10:00:00Z")).decisions[0]
+            .desired
+            .clone()
+            .unwrap();
+        let new = "ghcr.io/acme/shop:pr-7-2222222";
+        // (what the registry says, the expected action, the reason fragment)
+        let table = [
+            (
+                ImageFact::Absent,
+                Action::Update,
+                "waiting for image ghcr.io/acme/shop:pr-7-2222222: the registry does not have it yet; keeps running 1111111",
+            ),
+            (
+                ImageFact::Unknown("the registry answered 503".into()),
+                Action::Update,
+                "cannot check it (the registry answered 503); keeps running 1111111",
+            ),
+        ];
+        for (fact, action, says) in table {
+            let first = plan_images(
+                &[pushed(7, '2', "2026-11-24T11:00:00Z")],
+                std::slice::from_ref(&running),
+                &[(new, fact.clone())],
+                NOW,
+            );
+            let d = &first.decisions[0];
+            assert_eq!((d.action, d.env.as_str()), (action, env.as_str()), "{fact:?}: {d:?}");
+            assert!(d.reason.contains(says), "{fact:?}: {}", d.reason);
+            let held = d.desired.clone().unwrap();
+            assert_eq!(
+                (held.head_sha.as_str(), held.image.as_str(), held.committed_at),
+                (running.head_sha.as_str(), running.image.as_str(), running.committed_at),
+                "the running head and image stay"
+            );
+            assert_eq!(
+                held.waiting_for,
+                Some(ImageWait {
+                    sha: "2".repeat(40),
+                    image: new.into(),
+                    since: at(NOW)
+                })
+            );
+            // A later run that still finds no image changes nothing, and keeps when the wait began.
+            let later = "2026-11-24T12:05:00Z";
+            let again = plan_images(
+                &[pushed(7, '2', "2026-11-24T11:00:00Z")],
+                std::slice::from_ref(&held),
+                &[(new, fact)],
+                later,
+            );
+            assert_eq!(again.decisions[0].action, Action::Keep, "{:?}", again.decisions[0]);
+            assert!(
+                again.decisions[0].reason.contains("since 2026-11-24T12:00:00Z"),
+                "{}",
+                again.decisions[0].reason
+            );
+            // The image appears: the head moves, timed from when it began waiting.
+            let moved = plan_images(
+                &[pushed(7, '2', "2026-11-24T11:00:00Z")],
+                &[held],
+                &[(new, ImageFact::Present)],
+                later,
+            );
+            let d = &moved.decisions[0];
+            let meta = d.desired.as_ref().unwrap();
+            assert_eq!(d.action, Action::Update);
+            assert!(
+                d.reason
+                    .starts_with("image ghcr.io/acme/shop:pr-7-2222222 is in the registry now"),
+                "{}",
+                d.reason
+            );
+            assert_eq!((meta.image.as_str(), meta.waiting_for.as_ref()), (new, None));
+            assert_eq!(meta.committed_at, Some(at(NOW)));
+        }
+    }
+
+    #[test]
+    fn a_new_pr_whose_image_is_missing_is_created_with_its_app_held_until_it_exists() {
+        let image = "ghcr.io/acme/shop:pr-8-1111111";
+        let created = plan_images(&[pr(8)], &[], &[(image, ImageFact::Absent)], NOW);
+        let d = &created.decisions[0];
+        assert_eq!(d.action, Action::Create);
+        assert!(d.reason.contains("held at zero replicas"), "{}", d.reason);
+        let held = d.desired.clone().unwrap();
+        assert!(held.holds_app());
+        // Still missing: kept. Pushed again meanwhile: the wait moves to the newer head.
+        let kept = plan_images(
+            &[pr(8)],
+            std::slice::from_ref(&held),
+            &[(image, ImageFact::Absent)],
+            "2026-11-24T12:01:00Z",
+        );
+        assert_eq!(kept.decisions[0].action, Action::Keep, "{:?}", kept.decisions[0]);
+        let newer = "ghcr.io/acme/shop:pr-8-3333333";
+        let moved = plan_images(
+            &[pushed(8, '3', "2026-11-24T12:00:30Z")],
+            std::slice::from_ref(&held),
+            &[(newer, ImageFact::Absent)],
+            "2026-11-24T12:01:00Z",
+        );
+        let m = moved.decisions[0].desired.clone().unwrap();
+        assert!(m.holds_app() && m.image == newer, "{m:?}");
+        // There: the app starts, and the head keeps its creation as its start.
+        let released = plan_images(
+            &[pr(8)],
+            std::slice::from_ref(&held),
+            &[(image, ImageFact::Present)],
+            "2026-11-24T12:09:00Z",
+        );
+        let r = released.decisions[0].desired.clone().unwrap();
+        assert_eq!(released.decisions[0].action, Action::Update);
+        assert!(!r.holds_app() && r.waiting_for.is_none());
+        assert_eq!(r.committed_at, held.committed_at);
+    }
+
+    #[test]
+    fn only_heads_that_would_move_or_wait_are_asked_about() {
+        let cfg = config();
+        let running = plan(&cfg, &[pr(1), pr(2)], &BTreeMap::new(), at(NOW));
+        let mut view = RepoView {
+            envs: running.desired().map(|m| (m.env.clone(), m.clone())).collect(),
+            ..RepoView::default()
+        };
+        let mut draft = pr(4);
+        draft.draft = true;
+        let prs = [pr(1), pushed(2, '2', NOW), pr(3), draft, closed(pr(5), NOW, &[])];
+        let asked = images_to_check(&cfg, &prs, &view, at(NOW));
+        assert_eq!(
+            asked.into_iter().collect::<Vec<_>>(),
+            ["ghcr.io/acme/shop:pr-2-2222222", "ghcr.io/acme/shop:pr-3-1111111"],
+            "running its image already (1), a draft (4) and a closed PR (5) cost no request"
+        );
+        let env1 = EnvName::new("shop", 1).unwrap();
+        view.envs.get_mut(&env1).unwrap().waiting_for = Some(ImageWait {
+            sha: "1".repeat(40),
+            image: "ghcr.io/acme/shop:pr-1-1111111".into(),
+            since: at(NOW),
+        });
+        assert!(images_to_check(&cfg, &[pr(1)], &view, at(NOW)).contains("ghcr.io/acme/shop:pr-1-1111111"));
+    }
+
+    #[test]
+    fn an_image_nobody_asked_about_counts_as_present() {
+        let cfg = config();
+        let running = plan(&cfg, &[pr(1)], &BTreeMap::new(), at(NOW)).decisions[0]
+            .desired
+            .clone()
+            .unwrap();
+        let moved = plan_images(&[pushed(1, '2', NOW)], &[running], &[], NOW);
+        assert_eq!(moved.decisions[0].action, Action::Update);
+        assert_eq!(
+            moved.decisions[0].desired.as_ref().unwrap().image,
+            "ghcr.io/acme/shop:pr-1-2222222"
+        );
     }
 }

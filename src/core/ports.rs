@@ -48,6 +48,13 @@ pub struct RepoView {
     pub obstacles: BTreeSet<String>,
     /// Top-level entries, so templates are added only where the repository has none.
     pub top_level: BTreeSet<String>,
+    /// Template directories of projects that hold a `kustomization.yaml`
+    /// (`projects/<id>/base`, `projects/<id>/overlays/<db>`): an environment builds on its
+    /// project's own template where there is one.
+    pub templates: BTreeSet<String>,
+    /// The project the ApplicationSet of `argocd/applicationset.yaml` (the file before projects
+    /// had one each) belongs to, when the file is there and names one.
+    pub argo_legacy_project: Option<String>,
 }
 
 /// Metadata a store remembers from an earlier read of the same tree, decoded only when a run needs
@@ -78,6 +85,8 @@ pub struct EnvEntry {
     pub preserve_until: Option<DateTime<Utc>>,
     /// The settings digest its files were rendered with ([`crate::model::config::Config::render_digest`]).
     pub render_digest: String,
+    /// The project its metadata names; `None` in metadata from before projects shared a repository.
+    pub project: Option<String>,
     /// The directory's tree id, where the store knows it.
     pub tree: Option<TreeId>,
     /// prenv's files in the directory, by name (one of [`crate::model::layout::ENV_FILES`]).
@@ -94,6 +103,7 @@ impl EnvEntry {
             pr: meta.pr,
             preserve_until: meta.preserve_until,
             render_digest: meta.render_digest.clone(),
+            project: meta.project.clone(),
             tree,
             files,
             wiring: None,
@@ -103,10 +113,12 @@ impl EnvEntry {
 
     /// An environment the store knows from an earlier read of tree `tree`; `pr`, `preserve_until`
     /// and `render_digest` are what the remembered metadata says.
+    #[allow(clippy::too_many_arguments, reason = "the facts a record keeps, each distinct")]
     pub fn remembered(
         pr: u64,
         preserve_until: Option<DateTime<Utc>>,
         render_digest: String,
+        project: Option<String>,
         tree: TreeId,
         files: Vec<(&'static str, BlobId)>,
         source: Arc<dyn MetaSource>,
@@ -115,6 +127,7 @@ impl EnvEntry {
             pr,
             preserve_until,
             render_digest,
+            project,
             tree: Some(tree),
             files,
             wiring: None,
@@ -132,6 +145,16 @@ impl EnvEntry {
             Meta::Remembered { source, decoded } => {
                 decoded.get_or_init(|| source.decode()).as_ref().map_err(String::as_str)
             }
+        }
+    }
+
+    /// Whether environment `name` is project `project_id`'s (the rule of
+    /// [`crate::model::meta::belongs_to`], without decoding the metadata).
+    pub fn belongs_to(&self, name: &str, project_id: &str) -> bool {
+        let named = crate::model::naming::pr_of(project_id, name).is_some();
+        match &self.project {
+            Some(project) => project == project_id && named,
+            None => named,
         }
     }
 
@@ -261,9 +284,17 @@ impl Blocked {
 }
 
 impl RepoView {
-    /// PR numbers of the environments prenv has: the ones a listing must account for.
-    pub fn prs_with_envs(&self) -> BTreeSet<u64> {
-        self.envs.entries().map(|(_, e)| e.pr).collect()
+    /// PR numbers of the environments project `project_id` has: the ones its listing must
+    /// account for (another project's PR numbers mean other pull requests).
+    pub fn prs_with_envs(&self, project_id: &str) -> BTreeSet<u64> {
+        self.envs_of(project_id).map(|(_, e)| e.pr).collect()
+    }
+
+    /// The environments of project `project_id` ([`EnvEntry::belongs_to`]), undecoded.
+    pub fn envs_of<'a>(&'a self, project_id: &'a str) -> impl Iterator<Item = (&'a EnvName, &'a EnvEntry)> + 'a {
+        self.envs
+            .entries()
+            .filter(move |(name, e)| e.belongs_to(name.as_str(), project_id))
     }
 
     /// The blob id of a file prenv owns, `None` when it owns no such file.
@@ -326,6 +357,28 @@ pub trait PrSource {
     fn snapshot(&self, with_envs: &BTreeSet<u64>) -> Result<Snapshot>;
 }
 
+/// What the registry said about one image (`repository:tag`), asked before an environment moves to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageFact {
+    /// The registry has it: the environment may move.
+    Present,
+    /// The registry answered that it has no such tag (a 404): CI has not pushed it yet.
+    Absent,
+    /// No answer prenv can trust (an outage, a timeout, refused credentials), and why: the
+    /// environment keeps what it runs, exactly as for an absent image, and the plan says why.
+    Unknown(String),
+}
+
+/// Facts by image (`repository:tag`). An image the map does not name was not asked about (the check
+/// is off, or the caller is a test or benchmark): it counts as present, as before the check existed.
+pub type ImageFacts = BTreeMap<String, ImageFact>;
+
+/// Where image facts come from: the registry, or a fake. One call per run, for the images of the
+/// heads that would change; an implementation answers every image it is given.
+pub trait ImageRegistry {
+    fn check(&self, images: &BTreeSet<String>) -> ImageFacts;
+}
+
 /// One commit to publish: files to add or replace, paths to delete, and the message.
 #[derive(Debug, Clone, Default)]
 pub struct Change {
@@ -374,6 +427,34 @@ pub mod memory {
     impl PrSource for FixedPrs {
         fn snapshot(&self, _with_envs: &BTreeSet<u64>) -> Result<Snapshot> {
             Ok(self.0.clone())
+        }
+    }
+
+    /// A registry that holds a fixed set of images and fails for the ones in `failing`; it counts
+    /// the images it was asked about, so tests see which checks a run made.
+    #[derive(Debug, Default)]
+    pub struct KnownImages {
+        pub present: BTreeSet<String>,
+        /// Image → the error the registry gives for it.
+        pub failing: BTreeMap<String, String>,
+        pub asked: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl ImageRegistry for KnownImages {
+        fn check(&self, images: &BTreeSet<String>) -> ImageFacts {
+            let mut asked = self.asked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            asked.extend(images.iter().cloned());
+            images
+                .iter()
+                .map(|image| {
+                    let fact = match self.failing.get(image) {
+                        Some(why) => ImageFact::Unknown(why.clone()),
+                        None if self.present.contains(image) => ImageFact::Present,
+                        None => ImageFact::Absent,
+                    };
+                    (image.clone(), fact)
+                })
+                .collect()
         }
     }
 

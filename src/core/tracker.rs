@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::status::{Failure, Observation, Verdict};
+use crate::core::status::{Failure, IMAGE_WAIT, Observation, Verdict};
 use crate::error::{Error, Result};
 use crate::model::config::{Lifecycle, Watch};
 use crate::model::pr::{PrState, PullRequest};
@@ -77,6 +77,9 @@ impl State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Since {
+    /// The `prenv.dev/eligible-at` annotation: when the PR became deployable (opened, ready for
+    /// review, labelled, reopened; `core::eligible`). Only the head that opened the environment.
+    Eligible,
     /// The `prenv.dev/committed-at` annotation: when prenv committed the head.
     Committed,
     /// The object's creation in the cluster (the environment's first head).
@@ -128,6 +131,11 @@ pub struct EnvRecord {
     pub noticed_late: bool,
     /// At most [`KEEP_HEADS`], oldest first; the last is the current head.
     pub heads: Vec<Head>,
+    /// The start of the environment's opening (when its PR became deployable, else its first
+    /// head's start) until it is first ready: its first ready of any head is open→ready, and only
+    /// the heads after that count commit→ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opening: Option<DateTime<Utc>>,
 }
 
 impl EnvRecord {
@@ -142,6 +150,7 @@ impl EnvRecord {
             deleting_since: None,
             noticed_late: false,
             heads: Vec::new(),
+            opening: None,
         }
     }
 
@@ -166,10 +175,21 @@ impl EnvRecord {
         }
     }
 
-    fn new_head(&mut self, obs: &Observation, now: DateTime<Utc>) {
-        let (since, from) = match (obs.committed_at.filter(|t| *t <= now), obs.created) {
-            (Some(at), _) => (at, Since::Committed),
-            (None, Some(created)) if self.heads.is_empty() && created <= now => (created, Since::Created),
+    /// `lifecycle`: the head starts a lifecycle of the environment (its first sight, or its return
+    /// after it was gone). Without memory that may be a later head of an environment that existed
+    /// before: the head opened the environment only when prenv committed it before the object was
+    /// created (a later push is committed after).
+    fn new_head(&mut self, obs: &Observation, lifecycle: bool, now: DateTime<Utc>) {
+        let committed = obs.committed_at.filter(|t| *t <= now);
+        let opens = lifecycle && committed.zip(obs.created).is_none_or(|(c, created)| c <= created);
+        let eligible = obs.eligible_at.filter(|t| opens && *t <= now);
+        if lifecycle {
+            self.opening = None;
+        }
+        let (since, from) = match (eligible, committed, obs.created) {
+            (Some(at), _, _) => (at, Since::Eligible),
+            (None, Some(at), _) => (at, Since::Committed),
+            (None, None, Some(created)) if opens && created <= now => (created, Since::Created),
             _ => (now, Since::Seen),
         };
         self.heads.push(Head {
@@ -178,6 +198,9 @@ impl EnvRecord {
             from,
             steps: Vec::new(),
         });
+        if opens {
+            self.opening = Some(since);
+        }
         let extra = self.heads.len().saturating_sub(KEEP_HEADS);
         self.heads.drain(..extra);
     }
@@ -226,6 +249,17 @@ pub fn why_removed(pr: &PullRequest, lifecycle: &Lifecycle, now: DateTime<Utc>) 
     }
 }
 
+/// When the removal of the environment of `pr` became due, the start of close→gone (RNF-02): the
+/// PR's close, or the end of its pin; `None` while the PR is open (a draft again, a fork unlabelled:
+/// no close to measure from).
+pub fn removal_due(pr: &PullRequest, lifecycle: &Lifecycle) -> Option<DateTime<Utc>> {
+    let closed = pr.closed_at.filter(|_| pr.state == PrState::Closed)?;
+    Some(match pr.has_label(&lifecycle.pin_label) {
+        true => closed + Duration::hours(i64::from(lifecycle.pin_hours)),
+        false => closed,
+    })
+}
+
 /// What the watch (or the shell) tells the tracker.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -252,10 +286,19 @@ pub enum Effect {
     Recall { env: String, pr: u64 },
     /// Make the PR show this record.
     Report(Box<EnvRecord>),
-    /// A head became ready: seconds from its start (sampled once per head, never on a restart).
+    /// The head that opened an environment became ready: seconds from its start, when the PR
+    /// became deployable where known (sampled once per head, never on a restart).
     OpenToReady { env: String, seconds: f64 },
-    /// An environment disappeared: seconds from its deletion starting.
-    CloseToGone { env: String, seconds: f64 },
+    /// A later head became ready: seconds from prenv committing it.
+    CommitToReady { env: String, seconds: f64 },
+    /// An environment the watcher saw disappear, `at`: `seconds` from its deletion starting. The
+    /// shell measures close→gone from the PR's close ([`removal_due`]), falling back to these.
+    CloseToGone {
+        env: String,
+        pr: u64,
+        at: DateTime<Utc>,
+        seconds: f64,
+    },
     /// A new failure, by the controller's reason.
     Failure { env: String, reason: String },
 }
@@ -457,7 +500,7 @@ fn apply(record: &mut EnvRecord, obs: &Observation, gone_how: Option<bool>, now:
         record.stuck = false;
         record.deleting_since = None;
         record.noticed_late = false;
-        record.new_head(obs, now);
+        record.new_head(obs, true, now);
         record.state = State::Committed;
         decide(record, obs, true, now, out);
     } else if gone_how.is_none() {
@@ -490,12 +533,16 @@ fn decide(record: &mut EnvRecord, obs: &Observation, fresh: bool, now: DateTime<
     let current = if fresh {
         None
     } else if obs.head_sha != record.head() {
-        record.new_head(obs, now);
+        record.new_head(obs, false, now);
         None
     } else {
         Some(record.state.clone())
     };
     let next = match (&obs.verdict, current.clone()) {
+        // A head that waited for its image is ready only after the controller was seen at work on
+        // it: a status from before the wait ended (an app held at zero replicas is healthy) says
+        // nothing about the pod that starts now.
+        (Verdict::Ready, Some(State::Waiting(why))) if why.starts_with(IMAGE_WAIT) => State::Reconciling,
         (Verdict::Ready, _) => State::Ready,
         (Verdict::Failed(f), Some(State::Failed(g))) if g.same_as(f) => State::Failed(g),
         (Verdict::Failed(f), _) => State::Failed(f.clone()),
@@ -538,11 +585,21 @@ fn ready(record: &mut EnvRecord, obs: &Observation, now: DateTime<Utc>, out: &mu
     let witnessed = !head.steps.is_empty() && !head.steps.iter().any(|s| s.0 == "ready");
     let since = head.since;
     record.step("ready", at);
-    if witnessed {
-        out.push(Effect::OpenToReady {
-            env: record.env.clone(),
-            seconds: (at - since).num_milliseconds() as f64 / 1000.0,
-        });
+    // The environment's first ready, whichever head got there (a failed first head fixed by a
+    // later push included), ends its opening; every later ready is its head's own.
+    let seconds = |from: DateTime<Utc>| (at - from).num_milliseconds() as f64 / 1000.0;
+    let env = record.env.clone();
+    match record.opening.take() {
+        Some(opened) if witnessed => out.push(Effect::OpenToReady {
+            env,
+            seconds: seconds(opened),
+        }),
+        Some(_) => {}
+        None if witnessed => out.push(Effect::CommitToReady {
+            env,
+            seconds: seconds(since),
+        }),
+        None => {}
     }
 }
 
@@ -557,6 +614,8 @@ fn gone(record: &mut EnvRecord, observed: bool, now: DateTime<Utc>, out: &mut Ve
     if let (true, Some(since)) = (observed, record.deleting_since) {
         out.push(Effect::CloseToGone {
             env: record.env.clone(),
+            pr: record.pr,
+            at: now,
             seconds: (now - since).num_milliseconds().max(0) as f64 / 1000.0,
         });
     }
@@ -607,6 +666,13 @@ pub trait StatusSink: Send + 'static {
     ) -> impl Future<Output = Result<Vec<(String, EnvRecord)>>> + Send;
     /// Makes the PR show `record`, writing only what differs from what it shows.
     fn write(&mut self, record: &EnvRecord, now: DateTime<Utc>) -> impl Future<Output = Result<()>> + Send;
+    /// When the removal of PR `pr`'s environment became due ([`removal_due`]), as the PR says now;
+    /// `None` while it is open.
+    fn removal_due(
+        &mut self,
+        pr: u64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<DateTime<Utc>>>> + Send;
     /// The writes made so far, shared with the metrics.
     fn writes(&self) -> Arc<WriteCounts>;
 }
@@ -621,6 +687,8 @@ pub struct MemoryPrs {
     /// The next this many writes fail (GitHub refusing), to test retries.
     pub fail_writes: u32,
     pub recalls: u64,
+    /// When each closed PR's removal became due, as GitHub would say; PRs not here are open.
+    pub removals_due: BTreeMap<u64, DateTime<Utc>>,
 }
 
 /// An in-memory [`StatusSink`] for table tests of the watch flow; clones share it. A write that
@@ -676,6 +744,10 @@ impl StatusSink for MemorySink {
         Ok(())
     }
 
+    async fn removal_due(&mut self, pr: u64, _now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.prs().removals_due.get(&pr).copied())
+    }
+
     fn writes(&self) -> Arc<WriteCounts> {
         self.writes.clone()
     }
@@ -701,6 +773,7 @@ mod tests {
             databases: None,
             created: Some(at(0)),
             committed_at: None,
+            eligible_at: None,
             deleting_since: (verdict == Verdict::Deleting).then(|| at(0)),
             changed_at: None,
             verdict,
@@ -823,6 +896,80 @@ mod tests {
     }
 
     #[test]
+    fn the_opening_head_counts_from_the_pr_event_and_later_heads_from_their_commit() {
+        let opened = |sha: &str, committed: i64, v| Observation {
+            eligible_at: Some(at(-120)),
+            committed_at: Some(at(committed)),
+            created: Some(at(5)),
+            ..obs(sha, v)
+        };
+        // A tracker that saw `seen` at `secs` first, with no memory of it on the PR.
+        let met = |seen: Observation, secs: i64| {
+            let mut t = Tracker::new(Duration::minutes(5));
+            t.observe(Event::Applied(seen), at(secs));
+            let forgotten = Event::Recalled {
+                env: "shop-pr-7".into(),
+                memory: None,
+            };
+            t.observe(forgotten, at(secs + 1));
+            t
+        };
+        let mut t = met(opened(A, 0, Verdict::Progressing), 10);
+        let first = t.observe(Event::Applied(opened(A, 0, Verdict::Ready)), at(180));
+        t.observe(Event::Applied(opened(B, 400, Verdict::Progressing)), at(410));
+        let later = t.observe(Event::Applied(opened(B, 400, Verdict::Ready)), at(460));
+        let samples = |effects: Vec<Effect>| {
+            effects
+                .into_iter()
+                .filter(|e| matches!(e, Effect::OpenToReady { .. } | Effect::CommitToReady { .. }))
+                .collect::<Vec<_>>()
+        };
+        let env = || "shop-pr-7".to_string();
+        assert_eq!(
+            samples(first),
+            [Effect::OpenToReady {
+                env: env(),
+                seconds: 300.0
+            }]
+        );
+        assert_eq!(
+            samples(later),
+            [Effect::CommitToReady {
+                env: env(),
+                seconds: 60.0
+            }]
+        );
+        let heads = &t.record("shop-pr-7").unwrap().heads;
+        assert_eq!((heads[0].from, heads[1].from), (Since::Eligible, Since::Committed));
+        assert_eq!(t.record("shop-pr-7").unwrap().opening, None);
+
+        // A watcher without memory that first meets a later head (committed after the object was
+        // created) does not take it for the opening one.
+        let mut fresh = met(opened(B, 400, Verdict::Progressing), 410);
+        let effects = fresh.observe(Event::Applied(opened(B, 400, Verdict::Ready)), at(460));
+        assert_eq!(
+            samples(effects),
+            [Effect::CommitToReady {
+                env: env(),
+                seconds: 60.0
+            }]
+        );
+    }
+
+    #[test]
+    fn removal_is_due_at_the_close_or_the_end_of_the_pin() {
+        let lifecycle = Lifecycle::default();
+        let mut pr = crate::core::plan::tests::pr(7);
+        assert_eq!(removal_due(&pr, &lifecycle), None, "open: nothing closed");
+        pr.state = PrState::Closed;
+        pr.closed_at = Some(at(60));
+        assert_eq!(removal_due(&pr, &lifecycle), Some(at(60)));
+        pr.labels = vec![lifecycle.pin_label.clone()];
+        let pin = i64::from(lifecycle.pin_hours) * 3600;
+        assert_eq!(removal_due(&pr, &lifecycle), Some(at(60 + pin)));
+    }
+
+    #[test]
     fn environments_missing_from_a_relist_are_gone_and_stuck_deletions_are_flagged() {
         let mut t = Tracker::new(Duration::minutes(5));
         t.observe(Event::Applied(obs(A, Verdict::Ready)), at(0));
@@ -868,6 +1015,8 @@ mod tests {
             closed_at: Some(at(closed_secs)),
             merged_at: merged.then(|| at(closed_secs)),
             updated_at: at(closed_secs),
+            created_at: None,
+            trigger: None,
         };
         let hours = |h: i64| h * 3600;
         let table = [

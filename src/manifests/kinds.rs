@@ -31,6 +31,16 @@ pub struct KustomizeFile {
     pub images: Vec<ImageOverride>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub patches: Vec<Patch>,
+    /// Replica counts that override the template's (kustomize `replicas`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaCount>,
+}
+
+/// One kustomize `replicas` entry: the workload's name and its count.
+#[derive(Debug, Serialize)]
+pub struct ReplicaCount {
+    pub name: String,
+    pub count: u32,
 }
 
 impl Default for KustomizeFile {
@@ -45,6 +55,7 @@ impl Default for KustomizeFile {
             common_annotations: BTreeMap::new(),
             images: Vec::new(),
             patches: Vec::new(),
+            replicas: Vec::new(),
         }
     }
 }
@@ -134,10 +145,21 @@ impl FluxKustomization {
                 "decryption": {"provider": "sops", "secretRef": {"name": flux.sops_secret}},
                 // In the spec so that every new head commit bumps the generation: the watcher counts
                 // Ready only when observedGeneration has caught up, i.e. for this very commit.
-                "commonMetadata": {"annotations": {labels::HEAD_SHA: meta.head_sha}},
+                "commonMetadata": {"annotations": common_annotations(meta)},
             }),
         }
     }
+}
+
+/// What every object of an environment carries: its head and, while it waits for a newer head's
+/// image, that image (so that entering and leaving the wait bump the generation too, and the
+/// watcher never reads a status from before the wait ended as the new head's).
+fn common_annotations(meta: &EnvMeta) -> BTreeMap<&'static str, String> {
+    let mut out = BTreeMap::from([(labels::HEAD_SHA, meta.head_sha.clone())]);
+    if let Some(w) = &meta.waiting_for {
+        out.insert(labels::WAITING_FOR_IMAGE, w.image.clone());
+    }
+    out
 }
 
 /// Argo CD ApplicationSet: a git files generator over every environment's metadata file, so each
@@ -184,6 +206,14 @@ pub fn application_set(config: &Config, meta_glob: &str) -> Value {
                         // to `.key` only, Go text/template exec.go `evalField`) for metadata
                         // written before prenv recorded the time; the watcher then ignores it.
                         labels::COMMITTED_AT: "{{ index . \"committed_at\" }}",
+                        labels::ELIGIBLE_AT: "{{ index . \"eligible_at\" }}",
+                        // Empty unless the environment waits for a newer head's image (`with` on
+                        // a missing key yields nothing; with goTemplate the file's nested object is
+                        // kept as it is, argo-cd applicationset/generators/git.go
+                        // `generateParamsFromGitFile`): the watcher reports the wait on that head.
+                        labels::WAITING_FOR_SHA: "{{ with index . \"waiting_for\" }}{{ .sha }}{{ end }}",
+                        labels::WAITING_FOR_IMAGE: "{{ with index . \"waiting_for\" }}{{ .image }}{{ end }}",
+                        labels::WAITING_SINCE: "{{ with index . \"waiting_for\" }}{{ .since }}{{ end }}",
                     },
                     // Deleting the Application deletes what it deployed, namespace included.
                     "finalizers": ["resources-finalizer.argocd.argoproj.io"],

@@ -1,7 +1,7 @@
 //! Rendering: the environments that the plan wants, as files. Pure: config and metadata in, a
 //! [`Tree`] out. Every manifest is a typed value; [`crate::manifests::yaml`] lays it out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec,
@@ -21,7 +21,7 @@ use super::{templates, yaml};
 use crate::error::{Error, Result};
 use crate::model::config::{Config, Database, Engine};
 use crate::model::labels;
-use crate::model::layout::{self, ARGOCD_APPLICATIONSET, ARGOCD_INDEX, FLUX_INDEX, META_FILE, env_dir, flux_file};
+use crate::model::layout::{self, ARGOCD_INDEX, FLUX_INDEX, META_FILE, env_dir, flux_file};
 use crate::model::meta::{EnvMeta, GENERATOR};
 use crate::model::naming;
 use crate::model::quantity::{Bytes, Cpu};
@@ -29,6 +29,8 @@ use crate::model::tree::Tree;
 
 /// Pod Security Standard every preview namespace enforces (RNF-09).
 const POD_SECURITY_LEVEL: &str = "restricted";
+/// The app's Deployment in `base/deployment.yaml`.
+const APP_DEPLOYMENT: &str = "app";
 /// The CloudNativePG cluster name in `overlays/postgres`; the operator writes `<name>-app`.
 const POSTGRES_CLUSTER: &str = "db";
 
@@ -42,18 +44,32 @@ pub fn render_all(config: &Config, envs: &[&EnvMeta]) -> Result<Tree> {
 /// Only the paths prenv owns: one directory per environment (`envs`, every environment that
 /// should exist) and the engine wiring.
 pub fn render_owned(config: &Config, envs: &[&EnvMeta]) -> Result<Tree> {
-    render_selected(config, envs, &[], |_| true)
+    render_selected(config, envs, &Around::default(), |_| true)
+}
+
+/// What the repository holds around one project's environments that its rendering refers to or
+/// must list as it is: everything that is not this project's to write.
+#[derive(Debug, Default)]
+pub struct Around<'a> {
+    /// Environments whose Flux wiring stays as it is (another project's, unreadable, or their PR
+    /// unknown): the shared index still lists them, in the same place.
+    pub kept: Vec<&'a str>,
+    /// ApplicationSet files of the Argo CD wiring that are not this project's: still listed.
+    pub argo_kept: Vec<String>,
+    /// The project template directories the repository holds (`projects/<id>/base`, …).
+    pub templates: BTreeSet<String>,
 }
 
 /// Like [`render_owned`], but writes the files of only the environments `wanted` selects (a sync
 /// skips the ones known to be as rendered); the wiring index lists every environment of `envs`
-/// and the `kept` ones, whose wiring stays as it is (unreadable, or their PR unknown).
+/// and what `around` says stays.
 pub fn render_selected(
     config: &Config,
     envs: &[&EnvMeta],
-    kept: &[&str],
+    around: &Around<'_>,
     wanted: impl Fn(&EnvMeta) -> bool,
 ) -> Result<Tree> {
+    let kept = &around.kept;
     let mut tree = Tree::new();
     // Quota, limits and policies depend only on the settings and databases: render them once.
     let mut shared: BTreeMap<Vec<Database>, SharedFiles> = BTreeMap::new();
@@ -61,7 +77,7 @@ pub fn render_selected(
         if !shared.contains_key(&meta.databases) {
             shared.insert(meta.databases.clone(), SharedFiles::render(config, &meta.databases)?);
         }
-        render_env(config, meta, &shared[&meta.databases], &mut tree)?;
+        render_env(config, meta, &shared[&meta.databases], &around.templates, &mut tree)?;
         if config.engine == Engine::Flux {
             // The watcher reads the database kinds from here for the PR comment.
             let mut annotations = env_annotations(meta);
@@ -73,13 +89,20 @@ pub fn render_selected(
                     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 );
             }
+            if let Some(at) = meta.eligible_at {
+                annotations.insert(
+                    labels::ELIGIBLE_AT.into(),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                );
+            }
+            annotations.extend(waiting_annotations(meta));
             let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), annotations);
             tree.insert(flux_file(meta.env.as_str()), yaml::to_string(&object)?)?;
         }
     }
     match config.engine {
         Engine::Flux => render_flux_index(envs, kept, &mut tree)?,
-        Engine::Argocd => render_argocd(config, &mut tree)?,
+        Engine::Argocd => render_argocd(config, &around.argo_kept, &mut tree)?,
     }
     Ok(tree)
 }
@@ -101,7 +124,13 @@ impl SharedFiles {
     }
 }
 
-fn render_env(config: &Config, meta: &EnvMeta, shared: &SharedFiles, tree: &mut Tree) -> Result<()> {
+fn render_env(
+    config: &Config,
+    meta: &EnvMeta,
+    shared: &SharedFiles,
+    templates: &BTreeSet<String>,
+    tree: &mut Tree,
+) -> Result<()> {
     let span = tracing::debug_span!("render", pr = meta.pr, env = %meta.env);
     let _guard = span.enter();
     let dir = env_dir(meta.env.as_str());
@@ -115,7 +144,7 @@ fn render_env(config: &Config, meta: &EnvMeta, shared: &SharedFiles, tree: &mut 
     let files: [(&str, &str); 5] = [
         (
             "kustomization.yaml",
-            &yaml::to_string(&env_kustomization(config, meta)?)?,
+            &yaml::to_string(&env_kustomization(config, meta, templates)?)?,
         ),
         ("namespace.yaml", &yaml::to_string(&namespace(meta))?),
         ("resourcequota.yaml", &shared.quota),
@@ -147,6 +176,23 @@ fn env_annotations(meta: &EnvMeta) -> BTreeMap<String, String> {
         (labels::HEAD_REF.into(), naming::encode_annotation(&meta.head_ref)),
         (labels::URL.into(), meta.url.clone()),
     ])
+}
+
+/// The head an environment waits to move to, for the watcher (see [`labels::WAITING_FOR_SHA`]).
+fn waiting_annotations(meta: &EnvMeta) -> BTreeMap<String, String> {
+    meta.waiting_for
+        .iter()
+        .flat_map(|w| {
+            [
+                (labels::WAITING_FOR_SHA.to_string(), w.sha.clone()),
+                (labels::WAITING_FOR_IMAGE.to_string(), w.image.clone()),
+                (
+                    labels::WAITING_SINCE.to_string(),
+                    w.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ),
+            ]
+        })
+        .collect()
 }
 
 /// The patches an environment applies to the template: its host on the Ingress, its URL and PR
@@ -190,16 +236,39 @@ fn env_patches(config: &Config, meta: &EnvMeta) -> Result<Vec<kinds::Patch>> {
     Ok(patches)
 }
 
-fn env_kustomization(config: &Config, meta: &EnvMeta) -> Result<KustomizeFile> {
+/// The template directories an environment builds on, relative to its directory: its project's
+/// own (`projects/<id>/base`, `projects/<id>/overlays/<db>`) where the repository holds them,
+/// the defaults (`base`, `overlays/<db>`) where it does not.
+fn template_refs(config: &Config, meta: &EnvMeta, templates: &BTreeSet<String>) -> (String, Vec<String>) {
+    let pick = |own: String, default: String| {
+        let dir = if templates.contains(&own) { own } else { default };
+        format!("../../{dir}")
+    };
+    let base = pick(layout::project_base(&config.project_id), layout::BASE_DIR.into());
+    let overlays = meta
+        .databases
+        .iter()
+        .map(|db| {
+            pick(
+                layout::project_overlay(&config.project_id, db.name()),
+                format!("{}/{}", layout::OVERLAYS_DIR, db.name()),
+            )
+        })
+        .collect();
+    (base, overlays)
+}
+
+fn env_kustomization(config: &Config, meta: &EnvMeta, templates: &BTreeSet<String>) -> Result<KustomizeFile> {
     let (image_name, tag) = meta
         .image
         .rsplit_once(':')
         .ok_or_else(|| Error::Render(format!("image {:?} of {} has no tag", meta.image, meta.env)))?;
     let patches = env_patches(config, meta)?;
+    let (base, overlays) = template_refs(config, meta, templates);
     Ok(KustomizeFile {
         namespace: Some(meta.namespace.clone()),
         resources: [
-            "../../base",
+            base.as_str(),
             "namespace.yaml",
             "resourcequota.yaml",
             "limitrange.yaml",
@@ -214,11 +283,7 @@ fn env_kustomization(config: &Config, meta: &EnvMeta) -> Result<KustomizeFile> {
         )
         .map(String::from)
         .collect(),
-        components: meta
-            .databases
-            .iter()
-            .map(|db| format!("../../overlays/{}", db.name()))
-            .collect(),
+        components: overlays,
         labels: vec![kinds::LabelSet {
             pairs: env_labels(config, meta),
             include_selectors: false,
@@ -231,6 +296,16 @@ fn env_kustomization(config: &Config, meta: &EnvMeta) -> Result<KustomizeFile> {
             new_tag: tag.into(),
         }],
         patches,
+        // A new environment whose first image is not pushed yet runs no app pod (it could only fail
+        // to pull); everything else is created so that only the app starts once the image exists.
+        replicas: if meta.holds_app() {
+            vec![kinds::ReplicaCount {
+                name: APP_DEPLOYMENT.into(),
+                count: 0,
+            }]
+        } else {
+            Vec::new()
+        },
         ..KustomizeFile::default()
     })
 }
@@ -492,11 +567,16 @@ fn render_flux_index(envs: &[&EnvMeta], kept: &[&str], tree: &mut Tree) -> Resul
     tree.insert(FLUX_INDEX, yaml::to_string(&index)?)
 }
 
-fn render_argocd(config: &Config, tree: &mut Tree) -> Result<()> {
-    let set = kinds::application_set(config, &layout::meta_glob());
-    tree.insert(ARGOCD_APPLICATIONSET, yaml::to_string(&set)?)?;
+/// This project's ApplicationSet in a file of its own, and the wiring's index listing it with
+/// every other project's (`kept`, names inside `argocd/`), in name order whoever writes it.
+pub fn render_argocd(config: &Config, kept: &[String], tree: &mut Tree) -> Result<()> {
+    let set = kinds::application_set(config, &layout::project_meta_glob(&config.project_id));
+    let own = layout::argocd_applicationset(&config.project_id);
+    tree.insert(own.as_str(), yaml::to_string(&set)?)?;
+    let mut listed: BTreeSet<String> = kept.iter().cloned().collect();
+    listed.insert(own.trim_start_matches(&format!("{}/", layout::ARGOCD_DIR)).to_string());
     let index = KustomizeFile {
-        resources: vec!["applicationset.yaml".into()],
+        resources: listed.into_iter().collect(),
         ..KustomizeFile::default()
     };
     tree.insert(ARGOCD_INDEX, yaml::to_string(&index)?)

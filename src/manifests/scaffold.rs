@@ -12,6 +12,7 @@
 
 mod argocd;
 mod objects;
+mod prenv;
 
 use serde_json::{Value, json};
 
@@ -22,6 +23,7 @@ use crate::model::layout::{self, FLUX_DIR};
 use crate::model::tree::Tree;
 
 pub use objects::{RUNNER_NAMESPACE, RUNNER_SERVICE_ACCOUNT, alertmanager_config};
+pub use prenv::{PRENV_NAMESPACE, WEBHOOK_PATH, webhook_url};
 
 /// The Secret holding the wildcard certificate; Traefik's default TLSStore serves it.
 pub const WILDCARD_SECRET: &str = "preview-wildcard-tls";
@@ -89,6 +91,17 @@ pub const STAGES: &[Stage] = &[
         dir: "runners",
         depends_on: &[],
     },
+    // prenv serve and watch need no CRD: nothing optional holds back the webhook.
+    Stage {
+        name: "infra-prenv",
+        dir: "prenv",
+        depends_on: &[],
+    },
+    Stage {
+        name: "infra-prenv-monitoring",
+        dir: "prenv-monitoring",
+        depends_on: &["infra-monitoring"],
+    },
 ];
 
 /// Everything `init` writes, by path; refuses a config that lacks what the engine needs.
@@ -97,6 +110,7 @@ pub fn scaffold(config: &Config) -> Result<Tree> {
     let mut tree = templates::tree()?;
     tree.extend(templates::platform("common")?);
     tree.extend(objects::infrastructure(config)?);
+    tree.extend(prenv::files(config)?);
     objects::route_alerts(config, &mut tree)?;
     tree.insert("scripts/platform.env", objects::platform_env(config)?)?;
     if !config.secrets.age_recipients.is_empty() {
@@ -130,13 +144,22 @@ fn check_complete(config: &Config) -> Result<()> {
     if let Some(message) = config.platform.missing_for_init() {
         return Err(refuse(message));
     }
+    let webhook = config.platform.webhook_host(&config.domain);
+    if webhook.split_once('.').is_none_or(|(_, rest)| rest != config.domain) {
+        return Err(refuse(format!(
+            "key `platform.webhook_host` = {webhook:?} is not one label under the domain {:?}, so the wildcard certificate does not cover it; give e.g. \"prenv-webhook.{}\"",
+            config.domain, config.domain
+        )));
+    }
     match config.engine {
-        Engine::Flux => flux_repo_url(config).map(drop).map_err(refuse),
-        Engine::Argocd if config.argocd.repo_url.as_deref().is_none_or(str::is_empty) => Err(refuse(
+        Engine::Flux => flux_repo_url(config).map(drop).map_err(&refuse)?,
+        Engine::Argocd if config.argocd.repo_url.as_deref().is_none_or(str::is_empty) => return Err(refuse(
             "key `argocd.repo_url` is missing; with Argo CD the platform's Applications and the environments' ApplicationSet clone the environments repository from it".into(),
         )),
-        Engine::Argocd => Ok(()),
+        Engine::Argocd => {}
     }
+    // prenv serve pushes with its own deploy key, over SSH, whatever the engine reads with.
+    prenv::push_url(config).map(drop).map_err(refuse)
 }
 
 /// The SSH URL Flux clones the environments repository from, as `ssh://` (the form Flux's
@@ -150,14 +173,17 @@ pub fn flux_repo_url(config: &Config) -> std::result::Result<String, String> {
         .ok_or_else(|| {
             "key `platform.repo_url` is missing; Flux reads the environments repository over SSH with the deploy key scripts/bootstrap-flux creates: set it to ssh://git@github.com/OWNER/REPO.git".to_string()
         })?;
-    Ok(match url.strip_prefix("ssh://") {
-        Some(_) => url,
-        // scp-like `git@host:owner/repo.git` -> `ssh://git@host/owner/repo.git`
-        None => {
-            let (user_host, path) = url.split_once(':').unwrap_or((&url, ""));
-            format!("ssh://{user_host}/{}", path.trim_start_matches('/'))
-        }
-    })
+    Ok(ssh_form(&url))
+}
+
+/// An SSH URL as `ssh://`: the scp-like `git@host:owner/repo.git` becomes
+/// `ssh://git@host/owner/repo.git`; an `ssh://` URL stays as it is.
+fn ssh_form(url: &str) -> String {
+    if url.starts_with("ssh://") {
+        return url.to_string();
+    }
+    let (user_host, path) = url.split_once(':').unwrap_or((url, ""));
+    format!("ssh://{user_host}/{}", path.trim_start_matches('/'))
 }
 
 /// The Flux wiring: one Kustomization per stage, the environments' source and root Kustomization,

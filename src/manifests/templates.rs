@@ -2,6 +2,8 @@
 //! directories, so the binary renders a self-contained tree with nothing else installed.
 
 use crate::error::Result;
+use crate::model::config::Database;
+use crate::model::layout::{BASE_DIR, OVERLAYS_DIR, PROJECTS_DIR};
 use crate::model::tree::Tree;
 
 /// Every template file, by its path in the repository.
@@ -36,6 +38,22 @@ pub fn missing(exists: impl Fn(&str) -> bool) -> Result<Tree> {
         if !exists(top) {
             tree.insert(*path, *bytes)?;
         }
+    }
+    Ok(tree)
+}
+
+/// A project's own copy of the default template: `base/` and the overlay of each database it
+/// uses, below `projects/<project>/`, for `prenv onboard` to scaffold and the team to edit.
+pub fn for_project(project: &str, databases: &[Database]) -> Result<Tree> {
+    let mut tree = Tree::new();
+    let wanted = |path: &str| {
+        path.starts_with(&format!("{BASE_DIR}/"))
+            || databases
+                .iter()
+                .any(|db| path.starts_with(&format!("{OVERLAYS_DIR}/{}/", db.name())))
+    };
+    for (path, bytes) in FILES.iter().filter(|(p, _)| wanted(p)) {
+        tree.insert(format!("{PROJECTS_DIR}/{project}/{path}"), *bytes)?;
     }
     Ok(tree)
 }

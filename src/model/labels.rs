@@ -13,3 +13,11 @@ pub const DATABASES: &str = "prenv.dev/databases";
 /// When prenv committed the environment's head (RFC 3339), on the Flux Kustomization or Argo CD
 /// Application: the watcher's clock for each push.
 pub const COMMITTED_AT: &str = "prenv.dev/committed-at";
+/// When the PR became deployable (RFC 3339), on the same objects: the start of open→ready.
+pub const ELIGIBLE_AT: &str = "prenv.dev/eligible-at";
+/// While an environment waits for the image of a newer head (`waiting_for` in prenv.json): that
+/// head's commit, its image and since when, on the Flux Kustomization or Argo CD Application, so the
+/// watcher reports "waiting for image …" as pending on that commit. Absent (or empty) otherwise.
+pub const WAITING_FOR_SHA: &str = "prenv.dev/waiting-for-sha";
+pub const WAITING_FOR_IMAGE: &str = "prenv.dev/waiting-for-image";
+pub const WAITING_SINCE: &str = "prenv.dev/waiting-since";

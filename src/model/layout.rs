@@ -8,8 +8,10 @@
 //!   mariadb-credentials.sops.yaml | mariadb-credentials.sealed.yaml
 //! flux/environments/<env>.yaml   the Flux Kustomization of one environment
 //! flux/environments/kustomization.yaml   the index the root Kustomization applies
-//! argocd/applicationset.yaml     the Argo CD ApplicationSet over environments/*/prenv.json
-//! base/, overlays/<db>/          the application template (added only where the repository has none)
+//! argocd/applicationset-<project>.yaml   one Argo CD ApplicationSet per project, over
+//!                                its environments' prenv.json (argocd/applicationset.yaml: before projects)
+//! base/, overlays/<db>/          the default application template (added only where the repository has none)
+//! projects/<project>/base/, projects/<project>/overlays/<db>/   a project's own template
 //! ```
 
 use sha1::{Digest as _, Sha1};
@@ -26,6 +28,11 @@ pub const ARGOCD_DIR: &str = "argocd";
 pub const BASE_DIR: &str = "base";
 /// Kustomize Components an environment switches on, one per database.
 pub const OVERLAYS_DIR: &str = "overlays";
+/// Where each project's own application template lives: `projects/<project_id>/base/` and
+/// `projects/<project_id>/overlays/<db>/`; a project without one builds on `base/` and `overlays/`.
+pub const PROJECTS_DIR: &str = "projects";
+/// The prefix of each project's ApplicationSet file in the Argo CD wiring directory.
+const ARGOCD_PROJECT_PREFIX: &str = "applicationset-";
 /// The metadata file in every environment directory; its `generator` field is the ownership mark.
 pub const META_FILE: &str = "prenv.json";
 /// The index of the Flux wiring: it lists every environment's Kustomization file.
@@ -70,6 +77,34 @@ pub fn flux_file(env: &str) -> String {
 /// The glob of every environment's metadata file, for Argo CD's git files generator.
 pub fn meta_glob() -> String {
     format!("{ENVIRONMENTS_DIR}/*/{META_FILE}")
+}
+
+/// The directory of project `project`'s own base template.
+pub fn project_base(project: &str) -> String {
+    format!("{PROJECTS_DIR}/{project}/{BASE_DIR}")
+}
+
+/// The directory of project `project`'s own overlay for one database.
+pub fn project_overlay(project: &str, db: &str) -> String {
+    format!("{PROJECTS_DIR}/{project}/{OVERLAYS_DIR}/{db}")
+}
+
+/// The ApplicationSet file of one project: one per project, so a project's sync never rewrites
+/// another's (and the Argo CD wiring of one never removes another's Applications).
+pub fn argocd_applicationset(project: &str) -> String {
+    format!("{ARGOCD_DIR}/{ARGOCD_PROJECT_PREFIX}{project}.yaml")
+}
+
+/// The project of an ApplicationSet file name inside `argocd/` (`applicationset-<project>.yaml`).
+pub fn argocd_project_of(file: &str) -> Option<&str> {
+    let project = file.strip_prefix(ARGOCD_PROJECT_PREFIX)?.strip_suffix(".yaml")?;
+    (!project.is_empty() && !project.contains('/')).then_some(project)
+}
+
+/// The glob of one project's environments' metadata files, for its ApplicationSet. A project id
+/// holds no `-pr-` (the config refuses it), so no other project's environment matches.
+pub fn project_meta_glob(project: &str) -> String {
+    format!("{ENVIRONMENTS_DIR}/{project}-pr-*/{META_FILE}")
 }
 
 /// The file name (inside the environment directory) of the MariaDB credentials, SOPS-encrypted or sealed.

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::config::{self, Database};
-use super::naming::EnvName;
+use super::naming::{self, EnvName};
 
 /// The ownership mark: an environment directory without it is never touched.
 pub const GENERATOR: &str = "prenv";
@@ -44,11 +44,41 @@ pub struct EnvMeta {
     /// measures each push against the time budget from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed_at: Option<DateTime<Utc>>,
+    /// The project (`project_id`) whose environment this is: with the mark, the ownership check
+    /// of every run. Absent in metadata written before projects shared a repository; then the
+    /// environment belongs to the project whose id prefixes its name ([`belongs_to`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// When the PR became deployable (`core::eligible`), recorded when the environment is created:
+    /// the watcher measures the environment's first head from here (open→ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eligible_at: Option<DateTime<Utc>>,
+    /// A newer head whose image the registry does not have yet: the environment keeps running
+    /// `head_sha`/`image` meanwhile, and the watcher reports the wait on this head's commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<ImageWait>,
+}
+
+/// The head an environment waits to move to, because its image is not in the registry yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageWait {
+    /// The PR's head commit that is not deployed yet.
+    pub sha: String,
+    /// Its image, `repository:tag`.
+    pub image: String,
+    /// When prenv first found the head waiting: the head's start for the 10-minute budget.
+    pub since: DateTime<Utc>,
 }
 
 impl EnvMeta {
     pub fn short_sha(&self) -> &str {
         &self.head_sha[..self.head_sha.len().min(config::SHORT_SHA_LEN)]
+    }
+
+    /// Waiting for the image of the head it has: nothing runs yet (a new PR whose first image CI
+    /// has not pushed), so the app is held at zero replicas instead of failing to pull.
+    pub fn holds_app(&self) -> bool {
+        self.waiting_for.as_ref().is_some_and(|w| w.image == self.image)
     }
 
     pub fn host(&self) -> &str {
@@ -71,6 +101,17 @@ pub fn owned_meta(dir: &str, bytes: &[u8]) -> Result<EnvMeta, NotOwned> {
         )));
     }
     Ok(meta)
+}
+
+/// Whether environment `meta` (already carrying the mark) is project `project_id`'s: its metadata
+/// names that project, or, written before metadata named projects, its name is
+/// `{project_id}-pr-{number}`. An environment of another project is never read as one's own.
+pub fn belongs_to(meta: &EnvMeta, project_id: &str) -> bool {
+    let named = naming::pr_of(project_id, meta.env.as_str()).is_some();
+    match &meta.project {
+        Some(project) => project == project_id && named,
+        None => named,
+    }
 }
 
 /// Why an environment directory's metadata does not make it prenv's.

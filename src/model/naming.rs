@@ -38,6 +38,15 @@ impl EnvName {
     }
 }
 
+/// The PR number of environment `env` when it is project `project_id`'s (`{project_id}-pr-{number}`,
+/// the number written as Rust writes it). Two projects never share a name: a project id is a DNS
+/// label, so the part after the last `-pr-` that parses decides, and only one prefix matches.
+pub fn pr_of(project_id: &str, env: &str) -> Option<u64> {
+    let number = env.strip_prefix(project_id)?.strip_prefix(ENV_INFIX)?;
+    let pr: u64 = number.parse().ok()?;
+    (pr.to_string() == number).then_some(pr)
+}
+
 impl TryFrom<String> for EnvName {
     type Error = Error;
     fn try_from(name: String) -> Result<EnvName> {

@@ -24,6 +24,21 @@ pub struct PullRequest {
     pub closed_at: Option<DateTime<Utc>>,
     pub merged_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// When the PR was opened (REST `created_at`); `None` from a snapshot without it.
+    pub created_at: Option<DateTime<Utc>>,
+    /// The webhook event this copy of the PR came with; `None` from a listing.
+    pub trigger: Option<Trigger>,
+}
+
+/// A `pull_request` webhook event: what happened to the PR and when. GitHub sets the payload's
+/// `pull_request.updated_at` to the moment of the event (ready_for_review, labeled, reopened …),
+/// so it is the event's time; a listing has no such record of how a PR came to its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub action: String,
+    /// `label.name` of a labeled or unlabeled event.
+    pub label: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// What a PR source established: the PRs it read, and the PRs with an environment whose state it
@@ -75,6 +90,8 @@ struct RestPull {
     closed_at: Option<DateTime<Utc>>,
     merged_at: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
+    #[serde(default)]
+    created_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +178,8 @@ fn from_rest(r: RestPull) -> std::result::Result<PullRequest, String> {
         closed_at: r.closed_at,
         merged_at: r.merged_at,
         updated_at: r.updated_at,
+        created_at: r.created_at,
+        trigger: None,
     })
 }
 
@@ -187,8 +206,18 @@ mod tests {
         let pr = &prs[0];
         assert_eq!((pr.number, pr.head_ref.as_str()), (7, "feature/cart"));
         assert!(pr.has_label("preserve=true"));
+        assert_eq!(pr.created_at, None, "a snapshot without `created_at` still parses");
         assert!(!pr.is_fork(None));
         assert!(pr.is_fork(Some("other/repo")));
+    }
+
+    #[test]
+    fn the_opening_time_is_read_from_created_at() {
+        let mut item = pr_json(8);
+        item["created_at"] = json!("2026-11-19T08:00:00Z");
+        let prs = parse_snapshot(&json!([item]).to_string(), "prs.json").unwrap();
+        assert_eq!(prs[0].created_at, Some("2026-11-19T08:00:00Z".parse().unwrap()));
+        assert_eq!(prs[0].trigger, None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub fn repo_root() -> PathBuf {
 /// Runs the real `prenv` binary.
 pub fn prenv(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_prenv"))
+        .env("PRENV_IMAGE_CHECK", "false")
         .args(args)
         .env_remove("PRENV_CONFIG")
         .env("PRENV_LOG", "warn")
@@ -49,6 +50,15 @@ pub fn kustomize(dir: &Path) -> Vec<serde_yaml::Value> {
     );
     serde_yaml::Deserializer::from_slice(&out.stdout)
         .map(|doc| serde::Deserialize::deserialize(doc).expect("kustomize output is YAML"))
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
+
+/// The YAML documents of a file, empty ones left out.
+pub fn docs(path: &Path) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &serde_yaml::Value| !v.is_null())
         .collect()
 }
@@ -148,5 +158,34 @@ pub fn lib_pr(n: u64, state: prenv::model::pr::PrState, sha: String, updated: &s
         closed_at: (state == prenv::model::pr::PrState::Closed).then(|| "2026-11-24T11:00:00Z".parse().unwrap()),
         merged_at: None,
         updated_at: updated.parse().unwrap(),
+        created_at: None,
+        trigger: None,
     }
+}
+
+/// Renders PR 1 of project `q` with `databases = {dbs}` (a TOML list) and builds its environment
+/// with `kubectl kustomize`: the objects the cluster would get.
+pub fn render_env_with_databases(dbs: &str) -> Vec<serde_yaml::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "project_id = \"q\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\ndatabases = {dbs}\n[secrets]\nage_recipients = [\"{}\"]\n",
+            age::x25519::Identity::generate().to_public()
+        ),
+    );
+    let snapshot = write_prs(dir.path(), &[gh_pr(1, "main", &"a".repeat(40), &[])]);
+    let out = prenv(&[
+        "--config",
+        s(&config),
+        "render",
+        "--prs",
+        s(&snapshot),
+        "--out",
+        s(&dir.path().join("o")),
+        "--now",
+        NOW,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    kustomize(&dir.path().join("o/environments/q-pr-1"))
 }

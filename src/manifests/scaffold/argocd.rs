@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 
 use super::{CLUSTER_DIR, ENVIRONMENTS, ENVIRONMENTS_DEPEND_ON, STAGES};
 use crate::error::{Error, Result};
-use crate::manifests::{kinds, yaml};
+use crate::manifests::yaml;
 use crate::model::config::Config;
-use crate::model::layout::{self, ARGOCD_APPLICATIONSET, ARGOCD_INDEX};
+use crate::model::layout;
 use crate::model::tree::Tree;
 
 /// The API groups whose CRDs a chart of the scaffold installs (cert-manager, kube-prometheus-stack,
@@ -95,13 +95,7 @@ fn wiring(config: &Config, tree: &mut Tree) -> Result<()> {
     let root = application(config, "prenv-platform", CLUSTER_DIR, None);
     tree.insert(format!("{CLUSTER_DIR}/root.yaml"), yaml::to_string(&root)?)?;
     // The same two files `prenv render` writes, so the first sync changes nothing here.
-    let set = kinds::application_set(config, &layout::meta_glob());
-    tree.insert(ARGOCD_APPLICATIONSET, yaml::to_string(&set)?)?;
-    let index = kinds::KustomizeFile {
-        resources: vec!["applicationset.yaml".into()],
-        ..kinds::KustomizeFile::default()
-    };
-    tree.insert(ARGOCD_INDEX, yaml::to_string(&index)?)
+    crate::manifests::render::render_argocd(config, &[], tree)
 }
 
 /// The sync wave of every stage and of the environments: the stages the environments need by

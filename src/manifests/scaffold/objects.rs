@@ -184,7 +184,7 @@ fn certificate(config: &Config) -> Value {
 
 /// An HTTPS Ingress for `host` with no certificate of its own: Traefik serves the wildcard (its
 /// default TLSStore), as for every preview.
-fn ingress(
+pub(super) fn ingress(
     config: &Config,
     name: &str,
     namespace: &str,
@@ -416,6 +416,7 @@ pub fn platform_env(config: &Config) -> Result<String> {
             (p.alerts.needs_secret() && p.alerts.smtp_username.is_some()).to_string(),
         ),
     ];
+    let values = values.into_iter().chain(super::prenv::env_values(config));
     let mut out = String::from(
         "# shellcheck shell=bash disable=SC2034\n\
          # Written by prenv init from prenv.toml: the values the scripts here need. Change prenv.toml\n\
@@ -428,7 +429,7 @@ pub fn platform_env(config: &Config) -> Result<String> {
 }
 
 /// `owner/name` of a github.com repository URL (SSH or HTTPS), for `gh`; empty for other hosts.
-fn github_repo(url: &str) -> String {
+pub(super) fn github_repo(url: &str) -> String {
     let rest = url.trim_start_matches("ssh://").trim_start_matches("https://");
     let rest = rest.split_once('@').map_or(rest, |(_, r)| r);
     let Some(path) = rest

@@ -157,6 +157,12 @@ pub struct Sync {
     pub breaker_min_envs: usize,
     /// Attempts to publish a commit when other writers keep moving the branch.
     pub max_attempts: u32,
+    /// Ask the registry whether a head's image exists before an environment moves to it
+    /// (`HEAD /v2/<name>/manifests/<tag>`); `false` for a registry prenv cannot reach, which moves
+    /// environments at once as before. Credentials come from the environment only:
+    /// `PRENV_REGISTRY_USERNAME` with `PRENV_REGISTRY_PASSWORD` (or `PRENV_REGISTRY_TOKEN`), and
+    /// `GITHUB_TOKEN` for ghcr.io.
+    pub image_check: bool,
 }
 
 impl Default for Sync {
@@ -165,6 +171,7 @@ impl Default for Sync {
             max_prune_share: 0.5,
             breaker_min_envs: 4,
             max_attempts: 10,
+            image_check: true,
         }
     }
 }
@@ -401,6 +408,14 @@ impl Config {
             ),
             ("project_id", id, naming::dns_label_problem(id), "use lowercase letters, digits and '-'"),
             (
+                "project_id",
+                id,
+                id.contains(naming::ENV_INFIX).then(|| {
+                    format!("contains {:?}, which separates the project from the PR number in environment names: another project's environments would look like this one's", naming::ENV_INFIX)
+                }),
+                "choose a project_id without \"-pr-\"",
+            ),
+            (
                 "domain",
                 domain,
                 (domain.len() > host_room).then(|| {
@@ -538,6 +553,11 @@ impl Config {
                     "give the age1... line age-keygen prints as \"Public key\"",
                 ));
             }
+        }
+        // Only the MariaDB credentials are committed as a secret file: without them nothing needs decrypting.
+        let sops_file = self.secrets.backend == SecretsBackend::Sops && self.databases.contains(&Database::Mariadb);
+        if self.engine == Engine::Argocd && sops_file {
+            return Err("key `secrets.backend` = \"sops\" does not work with `engine` = \"argocd\": Argo CD cannot decrypt SOPS files and `prenv init` installs no decryptor (such as KSOPS), so the MariaDB credentials Secret would never be created; set `secrets.backend = \"sealed-secrets\"` with `secrets.sealed_secrets_cert` (prenv init installs the Sealed Secrets controller for Argo CD), or use `engine = \"flux\"`, which decrypts SOPS itself".into());
         }
         let sealed = self.secrets.backend == SecretsBackend::SealedSecrets;
         if sealed && self.secrets.sealed_secrets_cert.as_deref().is_none_or(str::is_empty) {
@@ -831,6 +851,36 @@ engine = "flux"
             }
             _ => format!("{MINIMAL}{extra}"),
         }
+    }
+
+    #[test]
+    fn argo_cd_with_sops_encrypted_credentials_is_refused_naming_both_fixes() {
+        let argo = |databases: &str, secrets: &str| {
+            format!(
+                "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"argocd\"\ndatabases = {databases}\n[argocd]\nrepo_url = \"https://git.example.com/e.git\"\n{secrets}"
+            )
+        };
+        let recipients =
+            "[secrets]\nage_recipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n";
+        // With or without age recipients: the Argo CD problem is named first, not the missing key.
+        for secrets in ["", recipients] {
+            let err = Config::parse(&argo("[\"mariadb\"]", secrets), "prenv.toml")
+                .unwrap_err()
+                .to_string();
+            for want in [
+                "`secrets.backend` = \"sops\"",
+                "`engine` = \"argocd\"",
+                "KSOPS",
+                "secrets.sealed_secrets_cert",
+                "engine = \"flux\"",
+            ] {
+                assert!(err.contains(want), "{err:?} lacks {want:?}");
+            }
+        }
+        // Without MariaDB nothing is committed as a secret file: nothing to decrypt, nothing refused.
+        assert!(Config::parse(&argo("[\"postgres\"]", recipients), "prenv.toml").is_ok());
+        let sealed = "[secrets]\nbackend = \"sealed-secrets\"\nsealed_secrets_cert = \"cert.pem\"\n";
+        assert!(Config::parse(&argo("[\"mariadb\"]", sealed), "prenv.toml").is_ok());
     }
 
     #[test]

@@ -75,8 +75,9 @@ pub struct Platform {
     /// The AWS region of the Route 53 API (`dns_provider = "route53"` only).
     pub dns_region: Option<String>,
     /// The SSH clone URL Flux reads the environments repository from, with the deploy key
-    /// `scripts/bootstrap-flux` creates. Unset: `git.url` when it is an SSH URL. Flux only; Argo CD
-    /// reads `argocd.repo_url`.
+    /// `scripts/bootstrap-flux` creates. Unset: `git.url` when it is an SSH URL. Argo CD reads
+    /// `argocd.repo_url`; with either engine `prenv serve` pushes here with its own deploy key
+    /// (unset with Argo CD: `argocd.repo_url` as SSH).
     pub repo_url: Option<String>,
     /// Where the runner scale set registers: `https://github.com/ORG` or `https://github.com/ORG/REPO`
     /// (GitHub Enterprise Server: its URL). Required by `init`.
@@ -91,9 +92,19 @@ pub struct Platform {
     pub grafana_host: Option<String>,
     /// The host name of Flux's webhook receiver; unset: `flux-webhook.{domain}`.
     pub receiver_host: Option<String>,
+    /// The host name of `prenv serve`'s GitHub webhook (`https://{host}/webhook`); unset:
+    /// `prenv-webhook.{domain}`. One label under the domain, so the wildcard certificate covers it.
+    pub webhook_host: Option<String>,
+    /// The image `prenv serve` and `prenv watch` run in the cluster, with a tag or a digest; unset:
+    /// this release of prenv ([`DEFAULT_PRENV_IMAGE`] with `v` and the version).
+    pub prenv_image: Option<String>,
     /// Where Alertmanager sends the platform's alerts (`[platform.alerts]`).
     pub alerts: Alerts,
 }
+
+/// Where the release workflow publishes prenv's image (`.github/workflows/release.yml`, tagged
+/// `v<version>`): what `platform.prenv_image` defaults to.
+pub const DEFAULT_PRENV_IMAGE: &str = "ghcr.io/acme/prenv";
 
 /// The Secret (in `monitoring`) with the alert receivers' credentials, by default.
 pub const DEFAULT_ALERTS_SECRET: &str = "alertmanager-receivers";
@@ -206,7 +217,7 @@ impl Alerts {
 impl Platform {
     /// The checks on the keys that are set; called by `Config::parse`. The first problem is the error.
     pub(super) fn validate(&self) -> Result<(), String> {
-        let checks: [(&str, &Option<String>, Check, &str); 5] = [
+        let checks: [(&str, &Option<String>, Check, &str); 6] = [
             (
                 "platform.acme_email",
                 &self.acme_email,
@@ -230,6 +241,12 @@ impl Platform {
                 &self.runner_image,
                 image_problem,
                 "build runner-image/Dockerfile, push it and give it with its tag, e.g. \"ghcr.io/acme/preview-runner:2.321.0\"",
+            ),
+            (
+                "platform.prenv_image",
+                &self.prenv_image,
+                image_problem,
+                "give prenv's image with its release tag, e.g. \"ghcr.io/acme/prenv:v0.1.0\"",
             ),
             (
                 "platform.repo_url",
@@ -263,6 +280,7 @@ impl Platform {
         for (k, v) in [
             ("platform.grafana_host", &self.grafana_host),
             ("platform.receiver_host", &self.receiver_host),
+            ("platform.webhook_host", &self.webhook_host),
             ("platform.dns_secret", &self.dns_secret),
         ] {
             if let Some(v) = v
@@ -349,6 +367,19 @@ impl Platform {
         self.receiver_host
             .clone()
             .unwrap_or_else(|| format!("flux-webhook.{domain}"))
+    }
+
+    pub fn webhook_host(&self, domain: &str) -> String {
+        self.webhook_host
+            .clone()
+            .unwrap_or_else(|| format!("prenv-webhook.{domain}"))
+    }
+
+    /// The image of `prenv serve` and `prenv watch`: the configured one, else this release's.
+    pub fn prenv_image(&self) -> String {
+        self.prenv_image
+            .clone()
+            .unwrap_or_else(|| format!("{DEFAULT_PRENV_IMAGE}:v{}", env!("CARGO_PKG_VERSION")))
     }
 }
 
@@ -443,6 +474,11 @@ mod tests {
         assert_eq!(p.missing_for_init(), None);
         assert_eq!(p.acme_server(), LETSENCRYPT_PRODUCTION);
         assert_eq!(p.grafana_host("preview.acme.dev"), "grafana.preview.acme.dev");
+        assert_eq!(p.webhook_host("preview.acme.dev"), "prenv-webhook.preview.acme.dev");
+        assert_eq!(
+            p.prenv_image(),
+            format!("ghcr.io/acme/prenv:v{}", env!("CARGO_PKG_VERSION"))
+        );
     }
 
     #[test]
@@ -467,6 +503,8 @@ mod tests {
                 "is a namespace of the platform",
             ),
             ("grafana_host = \"Grafana!\"", "`platform.grafana_host`"),
+            ("webhook_host = \"hooks_here\"", "`platform.webhook_host`"),
+            ("prenv_image = \"ghcr.io/acme/prenv:latest\"", "`platform.prenv_image`"),
             ("dns_provider = \"route53\"", "`platform.dns_region` is missing"),
             (
                 "dns_provider = \"cloudflare\"\ndns_region = \"x\"",
