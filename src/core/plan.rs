@@ -901,6 +901,7 @@ pub(crate) mod tests {
             n,
             preserve_until,
             cfg.render_digest(),
+            Some("shop".into()),
             TreeId([tree; 20]),
             Vec::new(),
             std::sync::Arc::new(Undecodable),
@@ -1166,11 +1167,13 @@ pub(crate) mod tests {
             "running its image already (1), a draft (4) and a closed PR (5) cost no request"
         );
         let env1 = EnvName::new("shop", 1).unwrap();
-        view.envs.get_mut(&env1).unwrap().waiting_for = Some(ImageWait {
+        let mut waiting = view.envs.get(env1.as_str()).unwrap().clone();
+        waiting.waiting_for = Some(ImageWait {
             sha: "1".repeat(40),
             image: "ghcr.io/acme/shop:pr-1-1111111".into(),
             since: at(NOW),
         });
+        view.envs.insert(env1, EnvEntry::read(waiting, None, Vec::new()));
         assert!(images_to_check(&cfg, &[pr(1)], &view, at(NOW)).contains("ghcr.io/acme/shop:pr-1-1111111"));
     }
 
