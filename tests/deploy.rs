@@ -290,16 +290,9 @@ fn name_of(o: &Value) -> &str {
 
 #[test]
 fn with_sealed_secrets_serve_seals_with_the_mounted_public_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let example = std::fs::read_to_string(repo_root().join("examples/prenv-argocd.toml")).unwrap();
-    let body = example.replace(
-        "[secrets]\n",
-        "[secrets]\nbackend = \"sealed-secrets\"\nsealed_secrets_cert = \"cert.pem\"\n",
-    );
-    let config = write_config(dir.path(), &body);
-    let repo = dir.path().join("repo");
-    let out = prenv(&["--config", s(&config), "init", "--repo", s(&repo)]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The Argo CD example seals its credentials (Argo CD cannot decrypt SOPS).
+    let dir = scaffold("prenv-argocd.toml");
+    let repo = dir.path().to_path_buf();
     let objects = prenv_objects(&repo);
     let map = objects
         .iter()

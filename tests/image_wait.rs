@@ -319,8 +319,10 @@ fn the_watcher_reports_the_wait_as_pending_on_the_waiting_head_and_ready_only_af
     assert_eq!(tracker.record("shop-pr-7").unwrap().state, Tracked::Reconciling);
     let effects = tracker.observe(Event::Applied(stale), t0 + chrono::Duration::minutes(5));
     assert_eq!(tracker.record("shop-pr-7").unwrap().state, Tracked::Ready);
+    // The object existed before the wait began (created 10:00, waiting since 11:00:30), so this
+    // head is a later commit of the environment: its sample is commit→ready, from the wait's start.
     let took = effects.iter().find_map(|e| match e {
-        Effect::OpenToReady { seconds, .. } => Some(*seconds),
+        Effect::CommitToReady { seconds, .. } => Some(*seconds),
         _ => None,
     });
     assert!(

@@ -2,11 +2,12 @@
 //! tip, build one commit from the desired tree in git objects, and publish it with
 //! compare-and-swap semantics.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
+use super::pack::{BlobPack, MODE_FILE, MODE_TREE, TreeEntry, tree_body};
 use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, listed_in_index, template_dir};
 use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision, Verifications};
 use crate::error::{Error, Result, Sdk};
@@ -23,10 +24,9 @@ use super::memory::{KnownEnv, RepoMemory};
 
 /// Environment variables an HTTPS token is read from, in order.
 pub const TOKEN_VARS: [&str; 2] = ["PRENV_GIT_TOKEN", "GITHUB_TOKEN"];
-/// Commits writing more files than this are packed in memory; smaller ones are written loose.
+/// Commits writing more files than this go to the repository as one pack; smaller ones are
+/// written loose (a pack per small commit would leave thousands of packs to search).
 const PACK_THRESHOLD: usize = 64;
-/// Above the loose (1) and packed (2) backends, so new objects are written to memory first.
-const MEMPACK_PRIORITY: i32 = 1000;
 /// A branch lock file older than this was left by a writer that died: git holds it for milliseconds.
 const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(30);
 /// A temporary pack older than this was left by a killed run: a run writes its pack in seconds.
@@ -226,26 +226,36 @@ impl EnvRepo {
                 }
                 let tree = TreeId(oid_bytes(entry.id()));
                 // A directory read before (same tree id: same bytes) is not opened again.
-                if let Some((meta, files)) = self.memory.env(tree, name) {
-                    inventory.env_known(tree, meta, &files);
+                if let Some(entry) = self.memory.env(tree, name)
+                    && let Ok(name) = EnvName::try_from(name.to_string())
+                {
+                    inventory.env_known(name, entry);
                     continue;
                 }
                 self.read_env(&mut inventory, name, entry.id())?;
             }
         }
         if let Some(flux) = self.subtree(&root, FLUX_DIR, &mut inventory)? {
-            let listed = match flux.get_name("kustomization.yaml") {
-                Some(i) if i.kind() == Some(ObjectType::Blob) => Some(match self.memory.index(blob_id(i.id())) {
-                    Some(listed) => listed,
-                    None => {
-                        let listed = listed_in_index(self.repo.find_blob(i.id()).map_err(err)?.content());
-                        self.memory.remember_index(blob_id(i.id()), listed.clone());
-                        listed
+            // The index is parsed only when a file there is not an environment's own.
+            let index = flux
+                .get_name("kustomization.yaml")
+                .filter(|i| i.kind() == Some(ObjectType::Blob))
+                .map(|i| i.id());
+            let mut failed = None;
+            let listed = || {
+                let id = index?;
+                match self.repo.find_blob(id) {
+                    Ok(blob) => Some(listed_in_index(blob.content())),
+                    Err(e) => {
+                        failed = Some(err(e));
+                        Some(None)
                     }
-                }),
-                _ => None,
+                }
             };
             inventory.flux_wiring_listed(listed, &self.files(&flux)?);
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         if let Some(argo) = self.subtree(&root, ARGOCD_DIR, &mut inventory)? {
             let legacy = match argo.get_name("applicationset.yaml") {
@@ -315,9 +325,7 @@ impl EnvRepo {
             meta.as_ref().map(|b| b.content()),
             &files,
         );
-        if let Some(known) =
-            clean.and_then(|meta| KnownEnv::new(meta.clone(), files.iter().map(|f| (f.name.as_str(), f.id))))
-        {
+        if let Some(known) = clean.and_then(|meta| KnownEnv::new(meta, files.iter().map(|f| (f.name.as_str(), f.id)))) {
             self.memory.remember_env(tree, known);
         }
         Ok(())
@@ -350,16 +358,14 @@ impl EnvRepo {
             };
             let meta = match change.upserts.get(&meta_path(env)) {
                 Some(bytes) => owned_meta(env, bytes).ok(),
-                None => EnvName::try_from(env.to_string())
-                    .ok()
-                    .and_then(|n| base.envs.get(&n).cloned()),
+                None => base.envs.get(env).cloned(),
             };
             let files = env_files_after(env, base, &change.upserts, |p| removed.contains(p));
             let tree = TreeId(oid_bytes(entry.id()));
             if TreeId::of_files(files.iter().copied()) != tree {
                 continue;
             }
-            if let Some(known) = meta.and_then(|m| KnownEnv::new(m, files)) {
+            if let Some(known) = meta.and_then(|m| KnownEnv::new(&m, files)) {
                 self.memory.remember_env(tree, known);
             }
         }
@@ -446,13 +452,10 @@ impl EnvRepo {
                 self.repo.find_tree(empty).map_err(err)?
             }
         };
-        // Many new objects go to memory first and reach the disk as one pack, not thousands of loose
-        // files; a few are cheaper written loose than delta-compressed into a pack.
-        let odb = self.repo.odb().map_err(err)?;
-        let mempack = match upserts.len() > PACK_THRESHOLD {
-            true => Some(odb.add_new_mempack_backend(MEMPACK_PRIORITY).map_err(err)?),
-            false => None,
-        };
+        if upserts.len() > PACK_THRESHOLD {
+            return self.commit_packed(parent.as_ref(), &base_tree, upserts, removals, message);
+        }
+        // A few objects are cheaper written loose than packed.
         let mut update = git2::build::TreeUpdateBuilder::new();
         for (path, bytes) in upserts.iter() {
             let blob = self.repo.blob(bytes).map_err(err)?;
@@ -464,20 +467,107 @@ impl EnvRepo {
         let tree_id = update.create_updated(&self.repo, &base_tree).map_err(err)?;
         let tree = self.repo.find_tree(tree_id).map_err(err)?;
         let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-        let commit = self
-            .repo
+        self.repo
             .commit(None, author, author, message, &tree, &parents)
-            .map_err(err)?;
-        if let Some(mempack) = mempack {
-            let mut pack = git2::Buf::new();
-            mempack.dump(&self.repo, &mut pack).map_err(err)?;
-            let mut writer = odb.packwriter().map_err(err)?;
-            std::io::Write::write_all(&mut writer, &pack)
-                .map_err(|e| Error::io("writing a pack to", &self.display, e))?;
-            writer.commit().map_err(err)?;
-            mempack.reset().map_err(err)?;
+            .map_err(err)
+    }
+
+    /// [`EnvRepo::commit`] for many files: the blobs, the trees on their paths and the commit go
+    /// to the repository as one pack (see `adapters/pack.rs`).
+    fn commit_packed(
+        &self,
+        parent: Option<&git2::Commit<'_>>,
+        base_tree: &git2::Tree<'_>,
+        upserts: &Tree,
+        removals: &[String],
+        message: &str,
+    ) -> Result<Oid> {
+        let err = |e| git_err("writing a commit to", &self.display, e);
+        let mut pack = BlobPack::new();
+        let mut root = Dir::default();
+        for (path, bytes) in upserts.iter() {
+            root.insert(path, Some(pack.add(bytes).0));
         }
-        Ok(commit)
+        for path in removals {
+            root.insert(path, None);
+        }
+        let tree = match self.write_tree(&mut pack, Some(base_tree), &root)? {
+            Some(id) => id,
+            None => pack.add_tree(&[]),
+        };
+        let mut body = format!("tree {}\n", hex::encode(tree));
+        if let Some(p) = parent {
+            body.push_str(&format!("parent {}\n", p.id()));
+        }
+        let who = signature_line(&self.author);
+        body.push_str(&format!("author {who}\ncommitter {who}\n\n{message}"));
+        let commit = pack.add_commit(body.as_bytes());
+        let odb = self.repo.odb().map_err(err)?;
+        let mut writer = odb.packwriter().map_err(err)?;
+        std::io::Write::write_all(&mut writer, &pack.finish())
+            .map_err(|e| Error::io("writing a pack to", &self.display, e))?;
+        writer.commit().map_err(err)?;
+        Oid::from_bytes(&commit).map_err(err)
+    }
+
+    /// The tree `dir`'s changes make of `base` (added to `pack`); `None` when nothing is left in it
+    /// (git keeps no empty directory).
+    fn write_tree(
+        &self,
+        pack: &mut BlobPack,
+        base: Option<&git2::Tree<'_>>,
+        dir: &Dir<'_>,
+    ) -> Result<Option<[u8; 20]>> {
+        let err = |e| git_err("reading the tree of", &self.display, e);
+        let mut entries: BTreeMap<String, TreeEntry> = BTreeMap::new();
+        for e in base.into_iter().flat_map(|t| t.iter()) {
+            let Ok(name) = e.name() else { continue };
+            let entry = TreeEntry {
+                mode: e.filemode() as u32,
+                name: name.to_string(),
+                id: oid_bytes(e.id()),
+            };
+            entries.insert(name.to_string(), entry);
+        }
+        for (name, id) in &dir.files {
+            match id {
+                Some(id) => {
+                    let entry = TreeEntry {
+                        mode: MODE_FILE,
+                        name: name.to_string(),
+                        id: *id,
+                    };
+                    entries.insert(name.to_string(), entry);
+                }
+                None => {
+                    entries.remove(*name);
+                }
+            }
+        }
+        for (name, sub) in &dir.dirs {
+            let base_sub = match entries.get(*name).filter(|e| e.mode == MODE_TREE) {
+                Some(e) => Some(self.repo.find_tree(Oid::from_bytes(&e.id).map_err(err)?).map_err(err)?),
+                None => None,
+            };
+            match self.write_tree(pack, base_sub.as_ref(), sub)? {
+                Some(id) => {
+                    let entry = TreeEntry {
+                        mode: MODE_TREE,
+                        name: name.to_string(),
+                        id,
+                    };
+                    entries.insert(name.to_string(), entry);
+                }
+                None => {
+                    entries.remove(*name);
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let mut entries: Vec<TreeEntry> = entries.into_values().collect();
+        Ok(Some(pack.add_tree(&tree_body(&mut entries))))
     }
 
     /// Moves the branch from `old` to `new`, only if it still points at `old`.
@@ -606,6 +696,41 @@ impl EnvRepo {
 
 /// Removes the temporary packs (`objects/pack/pack_git2_*`) a killed run left behind; a pack being
 /// written right now is younger than [`ORPHAN_PACK`] and stays.
+/// What one commit changes in one directory: files written (their blob ids) or removed, and the
+/// subdirectories it changes, by name.
+#[derive(Default)]
+struct Dir<'a> {
+    files: BTreeMap<&'a str, Option<[u8; 20]>>,
+    dirs: BTreeMap<&'a str, Dir<'a>>,
+}
+
+impl<'a> Dir<'a> {
+    fn insert(&mut self, path: &'a str, id: Option<[u8; 20]>) {
+        match path.split_once('/') {
+            Some((dir, rest)) => self.dirs.entry(dir).or_default().insert(rest, id),
+            None => {
+                self.files.insert(path, id);
+            }
+        }
+    }
+}
+
+/// `name <email> <seconds> <±hhmm>`, as a commit's author and committer lines carry it.
+fn signature_line(who: &Signature<'_>) -> String {
+    let when = who.when();
+    let offset = when.offset_minutes();
+    let sign = if offset < 0 { '-' } else { '+' };
+    let offset = offset.unsigned_abs();
+    format!(
+        "{} <{}> {} {sign}{:02}{:02}",
+        String::from_utf8_lossy(who.name_bytes()),
+        String::from_utf8_lossy(who.email_bytes()),
+        when.seconds(),
+        offset / 60,
+        offset % 60
+    )
+}
+
 fn remove_orphan_packs(git_dir: &Path) {
     let dir = git_dir.join("objects/pack");
     let Ok(entries) = std::fs::read_dir(&dir) else { return };

@@ -2,184 +2,195 @@
 //! changed and not what exists. Every fact is keyed by git object ids, hence true forever:
 //!
 //! - an environment directory with tree id T reads as metadata M and files F (T names the bytes
-//!   those were parsed from), so an unchanged directory is never opened again;
+//!   those were parsed from), so an unchanged directory is never opened again, and M is decoded
+//!   only when a run needs it (the few facts every plan needs — the PR, the pin, the settings
+//!   digest — are kept beside it, undecoded);
 //! - a directory T with wiring W matched its rendering (the metadata inside T carries the settings
 //!   digest it was rendered with, and trust also requires that metadata to equal what this run
-//!   wants), so it need not be rendered and compared again;
-//! - the Flux index with blob id B lists the environments L.
+//!   wants, or the environment to be one the run keeps as it is), so it need not be rendered and
+//!   compared again.
 //!
 //! A fact never goes stale, so the memory is right for any branch tip, after any crash and beside
-//! any number of concurrent writers; a lost or discarded memory costs only reads and renders. It is
-//! written whole to a temporary file and renamed over the old one (a reader sees the old or the new
-//! file, never half of one); of two runs saving at once the last one wins, and the other's facts are
-//! simply learned again. A file that does not decode, or was written by another prenv version, is
-//! ignored. Only facts about what the last read saw are kept, so the file stays the size of the
-//! repository.
+//! any number of concurrent writers; a lost or discarded memory costs only reads and renders.
+//!
+//! The file is a log: a header, then records, each with its length and a checksum. A run appends
+//! only what it learned, in one `write` to a file opened for appending, so a run costs what it
+//! learned, not what the memory holds. Reading stops at the first record that is cut short or does
+//! not match its checksum (a run killed while appending, a damaged disk): what came before is kept,
+//! and the next save rewrites the file whole. The file is also rewritten — to a temporary file
+//! renamed over it, so a reader sees the old or the new file, never half of one — when most of its
+//! records are about trees the last read no longer saw, so it stays about the size of the
+//! repository. Two runs appending at once each add complete records (the kernel appends one
+//! `write` to a local file at its end as a whole); a run that rewrites the file while another
+//! appends loses the other's facts, which are simply learned again. A file written by another
+//! prenv version is ignored.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use bincode::Options;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
-use crate::core::ports::Verifications;
-use crate::model::config::Database;
+use crate::core::ports::{EnvEntry, MetaSource, Verifications};
 use crate::model::layout::{BlobId, ENV_FILES, TreeId};
-use crate::model::meta::{EnvMeta, ImageWait};
-use crate::model::naming::EnvName;
+use crate::model::meta::EnvMeta;
 
 /// Bumped when the file's layout changes.
-const FORMAT: &[u8] = b"prenv-memory 3\n";
-/// A memory file larger than this is not read (a repository of 100,000 environments is ~50 MB).
+const FORMAT: &[u8] = b"prenv-memory 4\n";
+/// A memory file larger than this is not read (a repository of 100,000 environments is ~80 MB).
 const MAX_BYTES: u64 = 256 << 20;
+/// Rewrite the file when it holds more than this many times the records the last read needed
+/// (plus [`SLACK`]): appends then cost what changed, and the file stays the repository's size.
+const GROWTH: usize = 2;
+const SLACK: usize = 64;
 
-/// One environment directory as a read found it: prenv's, holding only prenv's files.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KnownEnv {
-    meta: StoredMeta,
-    /// Each file as its index in [`ENV_FILES`] and its blob id.
-    files: Vec<(u8, BlobId)>,
-}
+const ENV_RECORD: u8 = 1;
+const VERIFIED_RECORD: u8 = 2;
+/// Length (u32) and checksum (u64) before every record.
+const ENVELOPE: usize = 12;
 
-/// [`EnvMeta`] as the memory file holds it. bincode is not self-describing: a field that
-/// `prenv.json` leaves out when empty (`skip_serializing_if`) must always be written here, or the
-/// file does not decode; so every field is listed, and the conversions below fail to compile when
-/// [`EnvMeta`] gains one.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredMeta {
-    generator: String,
-    schema: u32,
-    env: EnvName,
-    namespace: String,
-    pr: u64,
-    head_sha: String,
-    head_ref: String,
-    url: String,
-    image: String,
-    databases: Vec<Database>,
-    created_at: DateTime<Utc>,
-    closed_at: Option<DateTime<Utc>>,
-    merged: bool,
-    preserve_until: Option<DateTime<Utc>>,
-    render_digest: String,
-    pr_updated_at: Option<DateTime<Utc>>,
-    committed_at: Option<DateTime<Utc>>,
-    eligible_at: Option<DateTime<Utc>>,
-    waiting_for: Option<ImageWait>,
-    project: Option<String>,
-}
-
-impl From<EnvMeta> for StoredMeta {
-    fn from(m: EnvMeta) -> StoredMeta {
-        let EnvMeta {
-            generator,
-            schema,
-            env,
-            namespace,
-            pr,
-            head_sha,
-            head_ref,
-            url,
-            image,
-            databases,
-            created_at,
-            closed_at,
-            merged,
-            preserve_until,
-            render_digest,
-            pr_updated_at,
-            committed_at,
-            eligible_at,
-            waiting_for,
-            project,
-        } = m;
-        StoredMeta {
-            generator,
-            schema,
-            env,
-            namespace,
-            pr,
-            head_sha,
-            head_ref,
-            url,
-            image,
-            databases,
-            created_at,
-            closed_at,
-            merged,
-            preserve_until,
-            render_digest,
-            pr_updated_at,
-            committed_at,
-            eligible_at,
-            waiting_for,
-            project,
-        }
-    }
-}
-
-impl From<StoredMeta> for EnvMeta {
-    fn from(m: StoredMeta) -> EnvMeta {
-        EnvMeta {
-            generator: m.generator,
-            schema: m.schema,
-            env: m.env,
-            namespace: m.namespace,
-            pr: m.pr,
-            head_sha: m.head_sha,
-            head_ref: m.head_ref,
-            url: m.url,
-            image: m.image,
-            databases: m.databases,
-            created_at: m.created_at,
-            closed_at: m.closed_at,
-            merged: m.merged,
-            preserve_until: m.preserve_until,
-            render_digest: m.render_digest,
-            pr_updated_at: m.pr_updated_at,
-            committed_at: m.committed_at,
-            eligible_at: m.eligible_at,
-            waiting_for: m.waiting_for,
-            project: m.project,
-        }
-    }
-}
+/// One environment directory as a read found it: prenv's, holding only prenv's files; encoded as
+/// the record the memory file holds.
+#[derive(Debug, Clone)]
+pub struct KnownEnv(Vec<u8>);
 
 impl KnownEnv {
     /// `None` when a file is not one prenv writes (then the directory is not remembered).
-    pub fn new<'a>(meta: EnvMeta, files: impl IntoIterator<Item = (&'a str, BlobId)>) -> Option<KnownEnv> {
+    pub fn new<'a>(meta: &EnvMeta, files: impl IntoIterator<Item = (&'a str, BlobId)>) -> Option<KnownEnv> {
         let files = files
             .into_iter()
             .map(|(name, id)| Some((ENV_FILES.iter().position(|f| *f == name)? as u8, id)))
             .collect::<Option<Vec<_>>>()?;
-        Some(KnownEnv {
-            meta: meta.into(),
-            files,
-        })
-    }
-
-    pub fn meta(&self) -> EnvMeta {
-        self.meta.clone().into()
-    }
-
-    pub fn files(&self) -> Vec<(&'static str, BlobId)> {
-        self.files
-            .iter()
-            .filter_map(|(i, id)| Some((*ENV_FILES.get(*i as usize)?, *id)))
-            .collect()
+        let name = meta.env.as_str().as_bytes();
+        let digest = meta.render_digest.as_bytes();
+        let json = serde_json::to_vec(meta).ok()?;
+        let mut out = Vec::with_capacity(64 + name.len() + digest.len() + files.len() * 21 + json.len());
+        out.push(ENV_RECORD);
+        out.extend_from_slice(&[0; 20]); // the tree id, set by the memory
+        out.push(u8::try_from(name.len()).ok()?);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&meta.pr.to_le_bytes());
+        let until = meta.preserve_until.map_or(i64::MIN, |t| t.timestamp());
+        out.extend_from_slice(&until.to_le_bytes());
+        out.push(u8::try_from(digest.len()).ok()?);
+        out.extend_from_slice(digest);
+        // The project: its length plus one, 0 for none.
+        let project = meta.project.as_deref().map(str::as_bytes);
+        out.push(match project {
+            Some(p) => u8::try_from(p.len() + 1).ok()?,
+            None => 0,
+        });
+        out.extend_from_slice(project.unwrap_or_default());
+        out.push(u8::try_from(files.len()).ok()?);
+        for (index, id) in &files {
+            out.push(*index);
+            out.extend_from_slice(&id.0);
+        }
+        out.extend_from_slice(&json);
+        Some(KnownEnv(out))
     }
 }
 
-#[derive(Default, Serialize, Deserialize)]
-struct Stored {
-    /// The prenv version that wrote the file: another version may render differently.
-    version: String,
-    envs: Vec<(TreeId, KnownEnv)>,
-    verified: Vec<(TreeId, Option<BlobId>)>,
-    index: Option<(BlobId, Option<BTreeSet<String>>)>,
+/// An environment record, parsed without decoding its metadata.
+struct EnvRecord<'a> {
+    tree: TreeId,
+    name: &'a str,
+    pr: u64,
+    preserve_until: Option<DateTime<Utc>>,
+    digest: &'a str,
+    project: Option<&'a str>,
+    files: Vec<(&'static str, BlobId)>,
+    /// Where the metadata's JSON starts in the record.
+    json_at: usize,
+}
+
+impl<'a> EnvRecord<'a> {
+    fn parse(record: &'a [u8]) -> Option<EnvRecord<'a>> {
+        let mut r = Reader { bytes: record, at: 0 };
+        if r.u8()? != ENV_RECORD {
+            return None;
+        }
+        let tree = TreeId(r.array()?);
+        let len = r.u8()? as usize;
+        let name = std::str::from_utf8(r.take(len)?).ok()?;
+        let pr = u64::from_le_bytes(r.array()?);
+        let until = i64::from_le_bytes(r.array()?);
+        let preserve_until = match until {
+            i64::MIN => None,
+            secs => Some(DateTime::from_timestamp(secs, 0)?),
+        };
+        let len = r.u8()? as usize;
+        let digest = std::str::from_utf8(r.take(len)?).ok()?;
+        let project = match r.u8()? as usize {
+            0 => None,
+            len => Some(std::str::from_utf8(r.take(len - 1)?).ok()?),
+        };
+        let count = r.u8()? as usize;
+        let mut files = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name = *ENV_FILES.get(r.u8()? as usize)?;
+            files.push((name, BlobId(r.array()?)));
+        }
+        Some(EnvRecord {
+            tree,
+            name,
+            pr,
+            preserve_until,
+            digest,
+            project,
+            files,
+            json_at: r.at,
+        })
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let out = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(out)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+}
+
+/// A record inside a buffer the memory shares with the environments it gave out.
+#[derive(Clone)]
+struct Slice {
+    buf: Arc<Vec<u8>>,
+    start: usize,
+    end: usize,
+}
+
+impl Slice {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+}
+
+/// Remembered metadata, decoded when a run asks for it.
+struct Remembered {
+    record: Slice,
+    json_at: usize,
+}
+
+impl MetaSource for Remembered {
+    fn decode(&self) -> Result<EnvMeta, String> {
+        serde_json::from_slice(&self.record.bytes()[self.json_at..]).map_err(|e| e.to_string())
+    }
 }
 
 /// The memory of one environments repository, loaded at open and saved after a run. Reads of the
@@ -189,10 +200,16 @@ struct Stored {
 pub struct RepoMemory {
     /// Where it is kept; `None`: nothing is loaded or saved.
     path: Option<PathBuf>,
-    envs: RefCell<HashMap<TreeId, KnownEnv>>,
+    envs: RefCell<HashMap<TreeId, Slice>>,
     verified: HashSet<(TreeId, Option<BlobId>)>,
-    index: RefCell<Option<(BlobId, Option<BTreeSet<String>>)>>,
-    /// Trees the last read saw: only facts about them are saved.
+    /// Records in the file as read (damaged ones and what follows them excluded).
+    records: usize,
+    /// The file must be written whole: absent, of another version, or damaged.
+    rewrite: bool,
+    /// Records learned since the load, to append.
+    pending: RefCell<Vec<Slice>>,
+    pending_verified: Vec<(TreeId, Option<BlobId>)>,
+    /// Trees the last read saw: only facts about them are kept when the file is rewritten.
     seen: RefCell<HashSet<TreeId>>,
     changed: Cell<bool>,
 }
@@ -203,76 +220,138 @@ impl RepoMemory {
         use sha2::Digest;
         let key = std::fs::canonicalize(git_dir).unwrap_or_else(|_| git_dir.to_path_buf());
         let digest = hex::encode(sha2::Sha256::digest(key.to_string_lossy().as_bytes()));
-        let path = cache_dir.join("memory").join(format!("{}.bin", &digest[..24]));
+        let path = cache_dir.join("memory").join(format!("{}.log", &digest[..24]));
         let mut memory = RepoMemory {
             path: Some(path.clone()),
+            rewrite: true,
             ..RepoMemory::default()
         };
         match read(&path) {
-            Ok(Some(stored)) if stored.version == env!("CARGO_PKG_VERSION") => {
-                memory.envs = RefCell::new(stored.envs.into_iter().collect());
-                memory.verified = stored.verified.into_iter().collect();
-                memory.index = RefCell::new(stored.index);
-            }
-            Ok(_) => {}
+            Ok(Some(bytes)) => memory.index(bytes),
+            Ok(None) => {}
             Err(e) => tracing::debug!(path = %path.display(), error = %e, "memory not read; starting without"),
         }
         memory
     }
 
+    /// Indexes the records of a file's bytes, stopping at the first damaged one.
+    fn index(&mut self, bytes: Vec<u8>) {
+        let Some(at) = header_len(&bytes) else { return };
+        let buf = Arc::new(bytes);
+        let mut at = at;
+        let mut envs = HashMap::new();
+        while at < buf.len() {
+            let Some((start, end)) = record_at(&buf, at) else {
+                tracing::debug!(offset = at, "memory record damaged; keeping what precedes it");
+                self.rewrite = true;
+                self.envs = RefCell::new(envs);
+                return;
+            };
+            let record = &buf[start..end];
+            match record.first() {
+                Some(&ENV_RECORD) if record.len() > 21 => {
+                    let tree = TreeId(record[1..21].try_into().expect("20 bytes"));
+                    envs.insert(
+                        tree,
+                        Slice {
+                            buf: buf.clone(),
+                            start,
+                            end,
+                        },
+                    );
+                }
+                Some(&VERIFIED_RECORD) if record.len() == 42 => {
+                    let tree = TreeId(record[1..21].try_into().expect("20 bytes"));
+                    let wiring = (record[21] == 1).then(|| BlobId(record[22..42].try_into().expect("20 bytes")));
+                    self.verified.insert((tree, wiring));
+                }
+                _ => {}
+            }
+            self.records += 1;
+            at = end;
+        }
+        self.rewrite = false;
+        self.envs = RefCell::new(envs);
+    }
+
     /// What a read of directory `tree` named `name` gives, when an earlier read recorded it.
-    pub fn env(&self, tree: TreeId, name: &str) -> Option<(EnvMeta, Vec<(&'static str, BlobId)>)> {
+    pub fn env(&self, tree: TreeId, name: &str) -> Option<EnvEntry> {
         self.seen.borrow_mut().insert(tree);
         let envs = self.envs.borrow();
-        let known = envs.get(&tree).filter(|k| k.meta.env.as_str() == name)?;
-        Some((known.meta(), known.files()))
+        let slice = envs.get(&tree)?;
+        let record = EnvRecord::parse(slice.bytes()).filter(|r| r.tree == tree && r.name == name)?;
+        let source = Arc::new(Remembered {
+            record: slice.clone(),
+            json_at: record.json_at,
+        });
+        Some(EnvEntry::remembered(
+            record.pr,
+            record.preserve_until,
+            record.digest.to_string(),
+            record.project.map(String::from),
+            tree,
+            record.files,
+            source,
+        ))
     }
 
     pub fn remember_env(&self, tree: TreeId, known: KnownEnv) {
+        let mut bytes = known.0;
+        bytes[1..21].copy_from_slice(&tree.0);
+        let end = bytes.len();
+        let slice = Slice {
+            buf: Arc::new(bytes),
+            start: 0,
+            end,
+        };
         self.seen.borrow_mut().insert(tree);
-        self.envs.borrow_mut().insert(tree, known);
+        self.envs.borrow_mut().insert(tree, slice.clone());
+        self.pending.borrow_mut().push(slice);
         self.changed.set(true);
     }
 
-    /// The environments the Flux index with blob id `id` lists, when known.
-    pub fn index(&self, id: BlobId) -> Option<Option<BTreeSet<String>>> {
-        self.index
-            .borrow()
-            .as_ref()
-            .filter(|(i, _)| *i == id)
-            .map(|(_, l)| l.clone())
-    }
-
-    pub fn remember_index(&self, id: BlobId, listed: Option<BTreeSet<String>>) {
-        *self.index.borrow_mut() = Some((id, listed));
-        self.changed.set(true);
-    }
-
-    /// Writes the memory when it learned something; failures are logged, never fatal.
+    /// Writes what the memory learned; failures are logged, never fatal.
     pub fn save(&mut self) {
         let Some(path) = self.path.clone().filter(|_| self.changed.get()) else {
             return;
         };
-        let seen = self.seen.borrow();
-        let stored = Stored {
-            version: env!("CARGO_PKG_VERSION").into(),
-            envs: self
+        let seen = self.seen.get_mut();
+        let live = self.envs.get_mut().keys().filter(|t| seen.contains(*t)).count()
+            + self.verified.iter().filter(|(t, _)| seen.contains(t)).count();
+        let pending = self.pending.get_mut();
+        let whole = self.rewrite || self.records + pending.len() + self.pending_verified.len() > GROWTH * live + SLACK;
+        let result = if whole {
+            let mut records: Vec<&[u8]> = self
                 .envs
-                .borrow()
+                .get_mut()
                 .iter()
                 .filter(|(t, _)| seen.contains(*t))
-                .map(|(t, k)| (*t, k.clone()))
-                .collect(),
-            verified: self
+                .map(|(_, s)| s.bytes())
+                .collect();
+            let verified: Vec<Vec<u8>> = self
                 .verified
                 .iter()
                 .filter(|(t, _)| seen.contains(t))
-                .copied()
-                .collect(),
-            index: self.index.borrow().clone(),
+                .map(|(t, w)| verified_record(*t, *w))
+                .collect();
+            records.extend(verified.iter().map(Vec::as_slice));
+            rewrite(&path, &records)
+        } else {
+            let verified = self.pending_verified.iter().map(|(t, w)| verified_record(*t, *w));
+            let verified: Vec<Vec<u8>> = verified.collect();
+            let records: Vec<&[u8]> = pending
+                .iter()
+                .map(Slice::bytes)
+                .chain(verified.iter().map(Vec::as_slice))
+                .collect();
+            append(&path, &records)
         };
-        match write(&path, &stored) {
-            Ok(()) => self.changed.set(false),
+        match result {
+            Ok(()) => {
+                self.changed.set(false);
+                pending.clear();
+                self.pending_verified.clear();
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "could not save what this run learned; the next run reads more")
             }
@@ -289,43 +368,107 @@ impl Verifications for RepoMemory {
         for fact in verified {
             self.seen.get_mut().insert(fact.0);
             if self.verified.insert(*fact) {
+                self.pending_verified.push(*fact);
                 self.changed.set(true);
             }
         }
     }
 }
 
-fn codec() -> impl bincode::Options {
-    bincode::DefaultOptions::new().with_limit(MAX_BYTES)
+fn verified_record(tree: TreeId, wiring: Option<BlobId>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(42);
+    out.push(VERIFIED_RECORD);
+    out.extend_from_slice(&tree.0);
+    out.push(u8::from(wiring.is_some()));
+    out.extend_from_slice(&wiring.map_or([0; 20], |w| w.0));
+    out
 }
 
-fn read(path: &Path) -> std::io::Result<Option<Stored>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+/// The header: the format, then the prenv version that wrote the file (another version may
+/// render differently, so its facts do not hold).
+fn header() -> Vec<u8> {
+    let mut out = FORMAT.to_vec();
+    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    out.push(b'\n');
+    out
+}
+
+fn header_len(bytes: &[u8]) -> Option<usize> {
+    let header = header();
+    bytes.starts_with(&header).then_some(header.len())
+}
+
+/// The record at `at`: its start and end, when it is whole and matches its checksum.
+fn record_at(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    let envelope = buf.get(at..at.checked_add(ENVELOPE)?)?;
+    let len = u32::from_le_bytes(envelope[..4].try_into().ok()?) as usize;
+    let sum = u64::from_le_bytes(envelope[4..].try_into().ok()?);
+    let start = at + ENVELOPE;
+    let end = start.checked_add(len)?;
+    let record = buf.get(start..end)?;
+    (checksum(record) == sum).then_some((start, end))
+}
+
+fn envelope(out: &mut Vec<u8>, record: &[u8]) {
+    out.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    out.extend_from_slice(&checksum(record).to_le_bytes());
+    out.extend_from_slice(record);
+}
+
+/// A fast 64-bit checksum (FNV-1a over 8-byte words): it tells a record cut short or overwritten
+/// from a whole one. Not a defence against someone forging the cache, which is the user's own.
+fn checksum(bytes: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        hash = (hash ^ u64::from_le_bytes(word.try_into().expect("8 bytes"))).wrapping_mul(PRIME);
+        hash ^= hash >> 29;
+    }
+    for &b in words.remainder() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(PRIME);
+    }
+    hash
+}
+
+fn read(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX_BYTES => return Ok(None),
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
-    };
-    let Some(body) = bytes.strip_prefix(FORMAT) else {
-        return Ok(None);
-    };
-    codec()
-        .deserialize(body)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-fn write(path: &Path, stored: &Stored) -> std::io::Result<()> {
+/// Appends `records` to the file in one write.
+fn append(path: &Path, records: &[&[u8]]) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(records.iter().map(|r| r.len() + ENVELOPE).sum());
+    for record in records {
+        envelope(&mut out, record);
+    }
+    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+    file.write_all(&out)
+}
+
+/// Writes the file whole: to a temporary file, renamed over the old one.
+fn rewrite(path: &Path, records: &[&[u8]]) -> std::io::Result<()> {
     let dir = path.parent().expect("the memory path has a directory");
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile_in(dir)?;
-    let body = codec()
-        .serialize(stored)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    tmp.1.write_all(FORMAT)?;
-    tmp.1.write_all(&body)?;
-    drop(tmp.1);
-    std::fs::rename(&tmp.0, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp.0);
+    let mut out = header();
+    out.reserve(records.iter().map(|r| r.len() + ENVELOPE).sum());
+    for record in records {
+        envelope(&mut out, record);
+    }
+    let (tmp, mut file) = tempfile_in(dir)?;
+    file.write_all(&out)?;
+    drop(file);
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
     })
 }
 
@@ -344,35 +487,87 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn metadata_without_its_optional_times_survives_the_file() {
-        let json = r#"{"generator":"prenv","schema":1,"env":"shop-pr-7","namespace":"shop-pr-7","pr":7,
+    fn meta(json_tail: &str) -> EnvMeta {
+        let json = format!(
+            r#"{{"generator":"prenv","schema":1,"env":"shop-pr-7","namespace":"shop-pr-7","pr":7,
             "head_sha":"0000000000000000000000000000000000000007","head_ref":"f/7",
             "url":"https://shop-pr-7.p.example.com","image":"r/i:pr-7","databases":["postgres","mariadb"],
-            "created_at":"2026-11-24T12:00:00Z","closed_at":null,"merged":false,"preserve_until":null}"#;
-        let meta: EnvMeta = serde_json::from_str(json).unwrap();
-        assert!(meta.pr_updated_at.is_none() && meta.committed_at.is_none());
-        let mut with_times = meta.clone();
-        with_times.committed_at = Some("2026-11-24T12:00:01Z".parse().unwrap());
-        let stored = Stored {
-            version: "v".into(),
-            envs: vec![
-                (
-                    TreeId([1; 20]),
-                    KnownEnv::new(meta.clone(), [("prenv.json", BlobId([2; 20]))]).unwrap(),
-                ),
-                (
-                    TreeId([3; 20]),
-                    KnownEnv::new(with_times.clone(), [("prenv.json", BlobId([4; 20]))]).unwrap(),
-                ),
-            ],
-            verified: vec![(TreeId([1; 20]), None)],
-            index: None,
-        };
-        let bytes = codec().serialize(&stored).unwrap();
-        let back: Stored = codec().deserialize(&bytes).unwrap();
-        assert_eq!(back.envs[0].1.meta(), meta);
-        assert_eq!(back.envs[1].1.meta(), with_times);
-        assert_eq!(back.envs[1].1.files(), vec![("prenv.json", BlobId([4; 20]))]);
+            "created_at":"2026-11-24T12:00:00Z","closed_at":null,"merged":false{json_tail}}}"#
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    fn memory_at(dir: &Path) -> RepoMemory {
+        RepoMemory::load(dir, Path::new("/nonexistent/repo.git"))
+    }
+
+    #[test]
+    fn remembered_metadata_and_files_come_back_from_the_file_and_decode_only_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = meta(r#","preserve_until":null"#);
+        let pinned = meta(r#","preserve_until":"2026-11-26T12:00:00Z","committed_at":"2026-11-24T12:00:01Z""#);
+        let mut memory = memory_at(dir.path());
+        let files = [("prenv.json", BlobId([2; 20])), ("namespace.yaml", BlobId([5; 20]))];
+        memory.remember_env(TreeId([1; 20]), KnownEnv::new(&plain, files).unwrap());
+        memory.remember_env(TreeId([3; 20]), KnownEnv::new(&pinned, files).unwrap());
+        memory.learn(&[(TreeId([1; 20]), None)]);
+        memory.save();
+
+        let back = memory_at(dir.path());
+        let entry = back.env(TreeId([3; 20]), "shop-pr-7").unwrap();
+        assert_eq!(entry.pr, 7);
+        assert_eq!(entry.preserve_until, pinned.preserve_until);
+        assert_eq!(entry.files, files);
+        assert_eq!(entry.meta(), Ok(&pinned));
+        assert_eq!(back.env(TreeId([1; 20]), "shop-pr-7").unwrap().meta(), Ok(&plain));
+        assert!(
+            back.env(TreeId([1; 20]), "shop-pr-8").is_none(),
+            "a record names its directory"
+        );
+        assert!(back.knows(TreeId([1; 20]), None) && !back.knows(TreeId([3; 20]), None));
+    }
+
+    #[test]
+    fn a_run_appends_what_it_learned_and_a_cut_record_loses_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meta(r#","preserve_until":null"#);
+        let file = [("prenv.json", BlobId([2; 20]))];
+        let mut memory = memory_at(dir.path());
+        for i in 0..10u8 {
+            memory.remember_env(TreeId([i; 20]), KnownEnv::new(&m, file).unwrap());
+        }
+        memory.save();
+        let path = memory.path.clone().unwrap();
+        let whole = std::fs::metadata(&path).unwrap().len();
+
+        // The next run sees the same ten trees and learns one fact: the file grows by one record.
+        let mut next = memory_at(dir.path());
+        for i in 0..10u8 {
+            assert!(next.env(TreeId([i; 20]), "shop-pr-7").is_some());
+        }
+        next.learn(&[(TreeId([4; 20]), Some(BlobId([9; 20])))]);
+        next.save();
+        let grown = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(grown, whole + (ENVELOPE + 42) as u64, "appended, not rewritten");
+
+        // A run killed mid-append: the cut record is dropped, everything before it is kept.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[7, 0, 0, 0, 1, 2]);
+        std::fs::write(&path, &bytes).unwrap();
+        let damaged = memory_at(dir.path());
+        assert!(damaged.knows(TreeId([4; 20]), Some(BlobId([9; 20]))));
+        assert!(damaged.env(TreeId([9; 20]), "shop-pr-7").is_some());
+        assert!(damaged.rewrite, "a damaged file is written whole at the next save");
+
+        // A flipped byte inside a record fails its checksum.
+        let mut flipped = std::fs::read(&path).unwrap();
+        let at = header().len() + ENVELOPE + 30;
+        flipped[at] ^= 0xff;
+        std::fs::write(&path, &flipped).unwrap();
+        let damaged = memory_at(dir.path());
+        assert!(
+            damaged.envs.borrow().is_empty(),
+            "nothing after a damaged record is trusted"
+        );
     }
 }

@@ -7,5 +7,6 @@ pub mod git_history;
 pub mod github;
 pub mod kube;
 pub mod memory;
+pub mod pack;
 pub mod pr_status;
 pub mod registry;

@@ -42,11 +42,11 @@ pub fn onboard(store: &mut dyn EnvStore, config: &Config, dry_run: bool) -> Resu
         let view = store.read()?;
         let other_projects: BTreeSet<String> = view
             .envs
-            .values()
-            .filter(|m| !crate::model::meta::belongs_to(m, project))
-            .filter_map(|m| {
-                let named = m.project.clone();
-                named.or_else(|| Some(m.env.as_str().rsplit_once(naming::ENV_INFIX)?.0.to_string()))
+            .entries()
+            .filter(|(env, e)| !e.belongs_to(env.as_str(), project))
+            .filter_map(|(env, e)| {
+                let named = e.project.clone();
+                named.or_else(|| Some(env.as_str().rsplit_once(naming::ENV_INFIX)?.0.to_string()))
             })
             .collect();
         let own_base = view.templates.contains(&layout::project_base(project));

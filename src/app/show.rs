@@ -2,6 +2,7 @@
 //! would write, and the lines of `render --check`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::core::desired::Desired;
@@ -17,9 +18,18 @@ pub fn plan_text(plan: &Plan, changes: &Changes, strays: &BTreeSet<String>, show
         .decisions
         .iter()
         .filter(|d| show_skipped || d.action != Action::Skip);
-    let mut text: String = shown
-        .map(|d| format!("{:<7} {:<24} #{:<7} {}\n", d.action.to_string(), d.env, d.pr, d.reason))
-        .collect();
+    let mut text = String::with_capacity(plan.decisions.len() * 120);
+    for d in shown {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            text,
+            "{:<7} {:<24} #{:<7} {}",
+            d.action.to_string(),
+            d.env,
+            d.pr,
+            d.reason
+        );
+    }
     for path in strays {
         text.push_str(&format!("kept    {path}: not a file prenv writes, left as it is\n"));
     }

@@ -15,7 +15,7 @@ use crate::core::plan::{self, Evidence, Plan};
 use crate::core::ports::{Change, EnvStore, ImageRegistry, Published, RepoView, Verifications};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
-use crate::model::layout::{Place, secret_file};
+use crate::model::layout::secret_file;
 use crate::model::pr::PullRequest;
 use crate::model::tree::Tree;
 use crate::secrets::{CredentialMaker, sops};
@@ -243,12 +243,12 @@ pub fn rewrap(store: &mut dyn EnvStore, config: &Config, identities: &[age::x255
         };
         let mut upserts = Tree::new();
         // Only this project's secrets: another project's are encrypted for its own recipients.
-        let own: std::collections::BTreeSet<&str> = view.envs_of(&config.project_id).map(|m| m.env.as_str()).collect();
-        let secrets = view
-            .owned
-            .keys()
-            .filter(|p| matches!(Place::of(p), Place::EnvFile { env, file: f } if f == file && own.contains(env)));
-        for path in secrets {
+        let secrets: Vec<String> = view
+            .envs_of(&config.project_id)
+            .filter(|(_, entry)| entry.file(file).is_some())
+            .map(|(env, _)| format!("{}/{file}", crate::model::layout::env_dir(env.as_str())))
+            .collect();
+        for path in &secrets {
             done.checked += 1;
             let bytes = store.read_file(&view, path)?.unwrap_or_default();
             if let Some(rewrapped) = rewrap_one(path, &bytes, &wanted, config, identities)? {

@@ -12,7 +12,7 @@ use crate::model::config::{Config, Database};
 use crate::model::layout::{
     self, ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, Place, TreeId, argocd_project_of, env_dir, flux_file, secret_path,
 };
-use crate::model::meta::{EnvMeta, belongs_to};
+use crate::model::meta::EnvMeta;
 use crate::model::pr::PullRequest;
 use crate::model::tree::Tree;
 use crate::secrets::CredentialMaker;
@@ -56,29 +56,35 @@ pub struct Desired {
 /// pipeline, longer than most functions so that its steps read in order.
 pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn CredentialMaker) -> Result<Desired> {
     let config = inputs.config;
-    let mut plan = plan::plan_with(config, inputs.prs, current, inputs.now, inputs.evidence);
+    let mut plan = plan::plan_knowing(
+        config,
+        inputs.prs,
+        current,
+        inputs.now,
+        inputs.evidence,
+        inputs.verified,
+    );
     let own_envs = current.envs_of(&config.project_id).count();
     breaker::check_mass_prune(&plan, own_envs, &config.sync, inputs.allow_mass_prune)?;
-    let untouched: BTreeSet<String> = untouched(config, &plan, current);
+    let untouched: BTreeSet<&str> = untouched(config, &plan, current);
     // An environment whose metadata is unchanged and whose content is known to be as rendered
     // needs neither render nor compare: a sync of one changed PR among thousands stays fast.
-    let trusted: BTreeSet<String> = plan
+    let trusted: BTreeSet<&str> = plan
         .desired()
-        .filter(|m| current.envs.get(&m.env) == Some(*m))
+        .filter(|m| current.envs.get(m.env.as_str()) == Some(*m))
         .filter(|m| {
-            current.env_trees.get(&m.env).is_some_and(|tree| {
-                inputs
-                    .verified
-                    .knows(*tree, current.owned.get(&flux_file(m.env.as_str())).copied())
-            })
+            current
+                .envs
+                .entry(m.env.as_str())
+                .is_some_and(|e| e.tree.is_some_and(|tree| inputs.verified.knows(tree, e.wiring)))
         })
-        .map(|m| m.env.to_string())
+        .map(|m| m.env.as_str())
         .collect();
     let envs: Vec<&EnvMeta> = plan.desired().collect();
     let kept: Vec<&str> = untouched
         .iter()
-        .map(String::as_str)
-        .filter(|env| current.owned.contains_key(&flux_file(env)))
+        .copied()
+        .filter(|env| current.owned_id(&flux_file(env)).is_some())
         .collect();
     let argo_kept = other_applicationsets(config, current);
     let around = render::Around {
@@ -90,16 +96,10 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         templates: current.templates.clone(),
     };
     let mut desired = render::render_selected(config, &envs, &around, |m| !trusted.contains(m.env.as_str()))?;
-    let mut compared: BTreeMap<&str, BlobId> = current
-        .owned
-        .iter()
-        .filter(|(path, _)| {
-            !Place::of(path)
-                .env()
-                .is_some_and(|env| trusted.contains(env) || untouched.contains(env))
-                && !argo_kept.contains(path.as_str())
-        })
-        .map(|(p, id)| (p.as_str(), *id))
+    let mut compared: BTreeMap<String, BlobId> = current
+        .owned_files(|env| !trusted.contains(env) && !untouched.contains(env))
+        .into_iter()
+        .filter(|(path, _)| !argo_kept.contains(path.as_str()))
         .collect();
     for meta in envs
         .iter()
@@ -130,11 +130,10 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     refuse_obstacles(current, &changes)?;
     let verified = newly_verified(&envs, &trusted, current, &desired, &changes);
     explain_rerendered(&mut plan, &changes, current);
-    let mut upserts = Tree::new();
-    for path in changes.added.iter().chain(&changes.modified) {
-        let bytes = desired.get(path).expect("changed paths come from the desired tree");
-        upserts.insert(path.as_str(), bytes)?;
-    }
+    // The files to write are the changed part of the desired tree, moved, not copied: a full
+    // sync of thousands of environments holds their bytes once.
+    let mut upserts = desired;
+    upserts.retain(|p| changes.added.contains(p) || changes.modified.contains(p));
     Ok(Desired {
         plan,
         changes,
@@ -147,27 +146,27 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
 /// Environment names whose paths this run leaves exactly as they are: blocked ones (not prenv's,
 /// or unreadable), ones kept without metadata to render from (wiring whose directory is gone),
 /// and every other project's.
-fn untouched(config: &Config, plan: &Plan, current: &RepoView) -> BTreeSet<String> {
+fn untouched<'a>(config: &Config, plan: &'a Plan, current: &'a RepoView) -> BTreeSet<&'a str> {
     let kept_bare = plan
         .decisions
         .iter()
         .filter(|d| d.action == Action::Blocked || (d.action == Action::Keep && d.desired.is_none()))
-        .map(|d| d.env.clone());
+        .map(|d| d.env.as_str());
     let project = &config.project_id;
     let others = current
         .envs
-        .values()
-        .filter(|m| !belongs_to(m, project))
-        .map(|m| m.env.to_string());
+        .entries()
+        .filter(|(env, entry)| !entry.belongs_to(env.as_str(), project))
+        .map(|(env, _)| env.as_str());
     let others_wired = current
         .wired_only
         .iter()
         .filter(|env| plan::pr_of(config, env.as_str()).is_none())
-        .map(ToString::to_string);
+        .map(crate::model::naming::EnvName::as_str);
     current
         .blocked
         .keys()
-        .cloned()
+        .map(String::as_str)
         .chain(kept_bare)
         .chain(others)
         .chain(others_wired)
@@ -218,7 +217,7 @@ fn refuse_obstacles(current: &RepoView, changes: &Changes) -> Result<()> {
 /// A directory holding files that are not prenv's is left out: its tree cannot be predicted.
 fn newly_verified(
     envs: &[&EnvMeta],
-    trusted: &BTreeSet<String>,
+    trusted: &BTreeSet<&str>,
     current: &RepoView,
     desired: &Tree,
     changes: &Changes,
@@ -238,7 +237,7 @@ fn newly_verified(
             let files = diff::env_files_after(m.env.as_str(), current, desired, removed);
             let wiring = match desired.get(&flux_file(m.env.as_str())) {
                 Some(bytes) => Some(BlobId::of(bytes)),
-                None => current.owned.get(&flux_file(m.env.as_str())).copied(),
+                None => current.owned_id(&flux_file(m.env.as_str())),
             };
             (TreeId::of_files(files), wiring)
         })
@@ -259,7 +258,10 @@ fn explain_rerendered(plan: &mut Plan, changes: &Changes, current: &RepoView) {
             continue;
         };
         d.action = Action::Update;
-        let drifted = d.desired.as_ref().is_some_and(|m| current.envs.get(&m.env) == Some(m));
+        let drifted = d
+            .desired
+            .as_ref()
+            .is_some_and(|m| current.envs.get(m.env.as_str()) == Some(m));
         d.reason = if drifted {
             format!("drift repaired: {}", files.join(", "))
         } else {

@@ -12,7 +12,7 @@ use crate::model::meta::{EnvMeta, NotOwned, owned_meta};
 use crate::model::naming::EnvName;
 use crate::model::tree::Tree;
 
-use super::ports::{Blocked, RepoView, Revision};
+use super::ports::{Blocked, EnvEntry, RepoView, Revision};
 
 /// What an entry of `environments/` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct Found {
 #[derive(Debug, Default)]
 pub struct Inventory {
     view: RepoView,
+    /// The environments found so far, added to the view in one pass.
+    known: Vec<(EnvName, EnvEntry)>,
 }
 
 impl Inventory {
@@ -46,6 +48,7 @@ impl Inventory {
                 tip,
                 ..RepoView::default()
             },
+            known: Vec::new(),
         }
     }
 
@@ -106,63 +109,78 @@ impl Inventory {
         };
         let dir = env_dir(name);
         let mut clean = true;
+        let mut owned = Vec::with_capacity(files.len());
         for f in files {
-            let path = format!("{dir}/{}", f.name);
-            if f.plain && ENV_FILES.contains(&f.name.as_str()) {
-                self.view.owned.insert(path, f.id);
-            } else {
-                self.view.strays.insert(path);
-                clean = false;
+            match ENV_FILES.iter().find(|n| **n == f.name) {
+                Some(name) if f.plain => owned.push((*name, f.id)),
+                _ => {
+                    self.view.strays.insert(format!("{dir}/{}", f.name));
+                    clean = false;
+                }
             }
         }
-        if let Some(tree) = tree {
-            self.view.env_trees.insert(meta.env.clone(), tree);
-        }
-        let env = meta.env.clone();
-        let meta = self.view.envs.entry(env).insert_entry(meta).into_mut();
-        clean.then_some(meta)
+        self.known.push((meta.env.clone(), EnvEntry::read(meta, tree, owned)));
+        let (_, entry) = self.known.last().expect("just added");
+        clean.then(|| entry.meta().ok()).flatten()
     }
 
     /// An environment directory whose tree id the store has read before and found prenv's with
-    /// nothing else in it: its metadata and files, without reading them again.
-    pub fn env_known(&mut self, tree: TreeId, meta: EnvMeta, files: &[(&str, BlobId)]) {
-        let dir = env_dir(meta.env.as_str());
-        for (name, id) in files {
-            self.view.owned.insert(format!("{dir}/{name}"), *id);
-        }
-        self.view.env_trees.insert(meta.env.clone(), tree);
-        self.view.envs.insert(meta.env.clone(), meta);
+    /// nothing else in it: what it gave then, without reading it again.
+    pub fn env_known(&mut self, name: EnvName, entry: EnvEntry) {
+        self.known.push((name, entry));
+    }
+
+    fn add_known(&mut self) {
+        let known = std::mem::take(&mut self.known);
+        self.view.envs.extend(known);
     }
 
     /// The files of `flux/environments/`: the index (`kustomization.yaml`) and one Kustomization per
     /// environment. A file is prenv's when its environment is, or when the index lists it (its
     /// directory may have been removed by hand); anything else there is a stray.
     pub fn flux_wiring(&mut self, index: Option<&[u8]>, files: &[Found]) {
-        self.flux_wiring_listed(index.map(listed_in_index), files);
+        self.flux_wiring_listed(|| index.map(listed_in_index), files);
     }
 
-    /// [`Inventory::flux_wiring`] with the index already parsed ([`listed_in_index`]; `None` when
-    /// there is no index).
-    pub fn flux_wiring_listed(&mut self, listed: Option<Option<BTreeSet<String>>>, files: &[Found]) {
-        for f in files.iter() {
-            let path = format!("{FLUX_DIR}/{}", f.name);
-            let env = f.name.strip_suffix(".yaml").filter(|_| f.plain);
-            // Listed by the index, or no index we can read (then nothing it lists can be trusted
-            // away: every Kustomization is kept).
-            let listed_here = |env: &str| match &listed {
-                Some(Some(l)) => l.contains(env),
-                Some(None) => true,
-                None => false,
-            };
-            let name = env.and_then(|e| EnvName::try_from(e.to_string()).ok());
-            let ours = match (env, name) {
-                _ if f.plain && f.name == "kustomization.yaml" => true,
-                (_, Some(name)) if self.view.envs.contains_key(&name) => true,
-                (Some(env), _) if self.view.blocked.contains_key(env) => listed.is_none() || listed_here(env),
-                (Some(env), Some(name)) if listed_here(env) => {
-                    self.view.wired_only.insert(name);
-                    true
+    /// [`Inventory::flux_wiring`] with the index parsed by `listed` ([`listed_in_index`]; `None`
+    /// when there is no index), which is called only when a file is not an environment's own
+    /// Kustomization: in the common case the index is never read.
+    pub fn flux_wiring_listed(&mut self, listed: impl FnOnce() -> Option<Option<BTreeSet<String>>>, files: &[Found]) {
+        self.add_known();
+        let mut rest = Vec::new();
+        for f in files {
+            let index = f.plain && f.name == "kustomization.yaml";
+            let env = f.name.strip_suffix(".yaml").filter(|_| f.plain && !index);
+            match env.and_then(|e| self.view.envs.entry_mut(e)) {
+                Some(entry) => entry.wiring = Some(f.id),
+                None if index => {
+                    self.view.owned.insert(format!("{FLUX_DIR}/{}", f.name), f.id);
                 }
+                None => rest.push((f, env)),
+            }
+        }
+        if rest.is_empty() {
+            return;
+        }
+        let listed = listed();
+        // Listed by the index, or no index we can read (then nothing it lists can be trusted
+        // away: every Kustomization is kept).
+        let listed_here = |env: &str| match &listed {
+            Some(Some(l)) => l.contains(env),
+            Some(None) => true,
+            None => false,
+        };
+        for (f, env) in rest {
+            let path = format!("{FLUX_DIR}/{}", f.name);
+            let ours = match env {
+                Some(env) if self.view.blocked.contains_key(env) => listed.is_none() || listed_here(env),
+                Some(env) if listed_here(env) => match EnvName::try_from(env.to_string()) {
+                    Ok(name) => {
+                        self.view.wired_only.insert(name);
+                        true
+                    }
+                    Err(_) => false,
+                },
                 _ => false,
             };
             if ours {
@@ -182,6 +200,7 @@ impl Inventory {
     /// projects) and their kustomization are prenv's. `legacy` is the content of
     /// `argocd/applicationset.yaml` where there is one: the project it names owns it.
     pub fn argo_wiring(&mut self, files: &[Found], legacy: Option<&[u8]>) {
+        self.add_known();
         self.view.argo_legacy_project = legacy.and_then(|bytes| {
             let value: serde_yaml::Value = serde_yaml::from_slice(bytes).ok()?;
             let project = value
@@ -201,7 +220,8 @@ impl Inventory {
         }
     }
 
-    pub fn finish(self) -> RepoView {
+    pub fn finish(mut self) -> RepoView {
+        self.add_known();
         self.view
     }
 }
@@ -223,7 +243,7 @@ pub fn env_files_after(
             let id = match written.get(&path) {
                 Some(bytes) => Some(BlobId::of(bytes)),
                 None if removed(&path) => None,
-                None => current.owned.get(&path).copied(),
+                None => current.envs.entry(env).and_then(|e| e.file(f)),
             };
             id.map(|id| (*f, id))
         })
@@ -315,7 +335,7 @@ pub fn template_dir(path: &str) -> Option<&str> {
 
 /// The environments prenv created in a whole tree held in memory.
 pub fn existing_envs(current: &Tree) -> BTreeMap<EnvName, EnvMeta> {
-    view_of(current, None).envs
+    view_of(current, None).envs.to_map()
 }
 
 /// The difference between the owned part of the current tree and the desired owned tree.
@@ -425,8 +445,10 @@ mod tests {
         }
         let view = view_of(&tree, None);
         assert_eq!(view.envs.keys().map(|e| e.as_str()).collect::<Vec<_>>(), ["shop-pr-1"]);
+        let mut owned: Vec<String> = view.owned_files(|_| true).into_iter().map(|(p, _)| p).collect();
+        owned.sort();
         assert_eq!(
-            view.owned.keys().map(String::as_str).collect::<Vec<_>>(),
+            owned,
             [
                 "environments/shop-pr-1/namespace.yaml",
                 "environments/shop-pr-1/prenv.json",

@@ -13,7 +13,7 @@ use crate::model::naming::{self, EnvName};
 use crate::model::pr::{PrState, PullRequest};
 
 use super::eligible;
-use super::ports::{Blocked, ImageFact, ImageFacts, RepoView};
+use super::ports::{Blocked, ImageFact, ImageFacts, NoMemory, RepoView, Verifications};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,7 +117,7 @@ enum Want {
 /// Environments whose PR is missing from the snapshot are kept: only positive evidence prunes.
 pub fn plan(config: &Config, prs: &[PullRequest], existing: &BTreeMap<EnvName, EnvMeta>, now: DateTime<Utc>) -> Plan {
     let view = RepoView {
-        envs: existing.clone(),
+        envs: existing.clone().into_iter().collect(),
         ..RepoView::default()
     };
     plan_with(config, prs, &view, now, &Evidence::default())
@@ -133,6 +133,21 @@ pub fn plan_with(
     now: DateTime<Utc>,
     evidence: &Evidence,
 ) -> Plan {
+    plan_knowing(config, prs, view, now, evidence, &NoMemory)
+}
+
+/// [`plan_with`], knowing which environment contents earlier runs verified: an environment the
+/// snapshot does not mention, whose content is verified as rendered with the current settings and
+/// whose pin (if any) holds, is kept as it is without decoding its metadata, so a run over
+/// thousands of environments costs what changed.
+pub fn plan_knowing(
+    config: &Config,
+    prs: &[PullRequest],
+    view: &RepoView,
+    now: DateTime<Utc>,
+    evidence: &Evidence,
+    verified: &dyn Verifications,
+) -> Plan {
     let mut decisions = Vec::with_capacity(prs.len() + view.envs.len());
     let mut seen = BTreeSet::new();
     let digest = config.render_digest();
@@ -145,10 +160,28 @@ pub fn plan_with(
     // Another project's environments are not this run's: not kept, not rendered, not counted.
     let own = view
         .envs
-        .iter()
-        .filter(|(env, meta)| !seen.contains(env.as_str()) && belongs_to(meta, &config.project_id));
-    for (env, meta) in own {
-        decisions.push(unseen(config, &digest, env, meta, now, evidence));
+        .entries()
+        .filter(|(env, entry)| !seen.contains(env.as_str()) && entry.belongs_to(env.as_str(), &config.project_id));
+    for (env, entry) in own {
+        let settled = entry.render_digest == digest
+            && entry.tree.is_some_and(|tree| verified.knows(tree, entry.wiring))
+            && entry.preserve_until.is_none_or(|until| now < until)
+            && !evidence.closed_by_operator.contains(&entry.pr);
+        let decision = if settled {
+            decision(
+                entry.pr,
+                env.to_string(),
+                Action::Keep,
+                kept_unseen(entry.pr, evidence),
+                None,
+            )
+        } else {
+            match entry.meta() {
+                Ok(meta) => unseen(config, &digest, env, meta, now, evidence),
+                Err(error) => blocked(entry.pr, env.as_str(), &forgotten(env.as_str(), error)),
+            }
+        };
+        decisions.push(decision);
     }
     for (env, why) in view.blocked.iter().filter(|(env, _)| !seen.contains(*env)) {
         if let Some(pr) = pr_of(config, env) {
@@ -214,16 +247,37 @@ fn unseen(
             return blocked(pr, env.as_str(), &why);
         }
     };
-    let missing = match evidence.unconfirmed.get(&pr) {
-        Some(why) => format!("PR #{pr} cannot be confirmed ({why})"),
-        None => format!("PR #{pr} is not in the snapshot"),
-    };
     let (action, reason) = if &desired == meta {
-        (Action::Keep, format!("{missing}: no evidence it closed, so it is kept"))
+        (Action::Keep, kept_unseen(pr, evidence))
     } else {
-        (Action::Update, format!("{missing}, so it is kept; settings changed"))
+        (
+            Action::Update,
+            format!("{}, so it is kept; settings changed", missing(pr, evidence)),
+        )
     };
     decision(pr, env.to_string(), action, reason, Some(desired))
+}
+
+/// Why PR `pr` is not in the snapshot, in words.
+fn missing(pr: u64, evidence: &Evidence) -> String {
+    match evidence.unconfirmed.get(&pr) {
+        Some(why) => format!("PR #{pr} cannot be confirmed ({why})"),
+        None => format!("PR #{pr} is not in the snapshot"),
+    }
+}
+
+fn kept_unseen(pr: u64, evidence: &Evidence) -> String {
+    format!("{}: no evidence it closed, so it is kept", missing(pr, evidence))
+}
+
+/// An environment whose metadata the store remembered but cannot decode: kept as it is.
+fn forgotten(env: &str, error: &str) -> Blocked {
+    Blocked::Unreadable {
+        file: crate::model::layout::meta_path(env),
+        error: format!(
+            "what prenv remembered of it does not decode: {error}; remove prenv's cache directory to read it again"
+        ),
+    }
 }
 
 /// The metadata of an environment kept without its PR in the snapshot. Nothing of the recorded file
@@ -287,7 +341,11 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
     if let Some(why) = view.blocked.get(env.as_str()) {
         return blocked(pr.number, env.as_str(), why);
     }
-    let prior = view.envs.get(&env);
+    let prior = match view.envs.entry(env.as_str()).map(|e| e.meta()) {
+        Some(Err(error)) => return blocked(pr.number, env.as_str(), &forgotten(env.as_str(), error)),
+        Some(Ok(meta)) => Some(meta),
+        None => None,
+    };
     if let Some(p) = prior.filter(|p| !belongs_to(p, &config.project_id)) {
         let other = p.project.as_deref().unwrap_or("another project");
         let why = Blocked::NotPrenvs(format!("prenv's, but its prenv.json names project {other:?}"));
@@ -497,7 +555,7 @@ pub fn images_to_check(config: &Config, prs: &[PullRequest], view: &RepoView, no
             let image = head_image(config, pr);
             let moving = view
                 .envs
-                .get(&env)
+                .get(env.as_str())
                 .is_none_or(|p| p.image != image || p.waiting_for.is_some());
             moving.then_some(image)
         })
@@ -514,7 +572,7 @@ fn hold_for_image(d: Decision, view: &RepoView, images: &ImageFacts, now: DateTi
     let Some(meta) = d.desired.as_ref().filter(|m| m.waiting_for.is_none()) else {
         return d;
     };
-    let prior = view.envs.get(&meta.env);
+    let prior = view.envs.get(meta.env.as_str());
     let waited = prior
         .and_then(|p| p.waiting_for.as_ref())
         .filter(|w| w.sha == meta.head_sha && w.image == meta.image);
@@ -601,6 +659,8 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::core::ports::EnvEntry;
+    use crate::model::layout::TreeId;
 
     pub(crate) fn config() -> Config {
         Config::parse(
@@ -826,6 +886,62 @@ pub(crate) mod tests {
         assert!(plan.is_noop());
     }
 
+    /// Remembered metadata that must not be needed: decoding it fails the test.
+    struct Undecodable;
+
+    impl crate::core::ports::MetaSource for Undecodable {
+        fn decode(&self) -> std::result::Result<EnvMeta, String> {
+            Err("the remembered bytes are damaged".into())
+        }
+    }
+
+    fn remembered(cfg: &Config, n: u64, tree: u8, preserve_until: Option<DateTime<Utc>>) -> (EnvName, EnvEntry) {
+        let env = EnvName::new("shop", n).unwrap();
+        let entry = EnvEntry::remembered(
+            n,
+            preserve_until,
+            cfg.render_digest(),
+            Some("shop".into()),
+            TreeId([tree; 20]),
+            Vec::new(),
+            std::sync::Arc::new(Undecodable),
+        );
+        (env, entry)
+    }
+
+    #[test]
+    fn a_verified_environment_missing_from_the_snapshot_is_kept_without_reading_its_metadata() {
+        let cfg = config();
+        let mut view = RepoView::default();
+        for (n, tree, pin) in [(1, 1, None), (2, 2, Some(at("2026-11-24T11:00:00Z"))), (3, 3, None)] {
+            let (env, entry) = remembered(&cfg, n, tree, pin);
+            view.envs.insert(env, entry);
+        }
+        // Trees 1 and 2 are verified as rendered; tree 3 is not.
+        let verified =
+            crate::core::ports::memory::Remembered([(TreeId([1; 20]), None), (TreeId([2; 20]), None)].into());
+        let plan = plan_knowing(&cfg, &[], &view, at(NOW), &Evidence::default(), &verified);
+        let got: Vec<(u64, Action)> = plan.decisions.iter().map(|d| (d.pr, d.action)).collect();
+        // 1: kept untouched and undecoded. 2: its pin expired, so its metadata is needed (and
+        // damaged: kept as it is, never recreated). 3: not verified, needed, damaged: the same.
+        assert_eq!(got, [(1, Action::Keep), (2, Action::Blocked), (3, Action::Blocked)]);
+        assert!(plan.decisions[0].desired.is_none(), "left exactly as it is");
+        assert!(plan.decisions[0].reason.contains("not in the snapshot"));
+        assert!(
+            plan.decisions[1].reason.contains("does not decode"),
+            "{}",
+            plan.decisions[1].reason
+        );
+        // A PR in the snapshot always needs its environment's metadata.
+        let plan = plan_knowing(&cfg, &[pr(1)], &view, at(NOW), &Evidence::default(), &verified);
+        assert_eq!(plan.decisions[0].action, Action::Blocked);
+        // A changed config is not the one the content was verified with.
+        let mut other = config();
+        other.domain = "other.example.com".into();
+        let plan = plan_knowing(&other, &[], &view, at(NOW), &Evidence::default(), &verified);
+        assert_eq!(plan.decisions[0].action, Action::Blocked, "decoded, so rendered again");
+    }
+
     #[test]
     fn an_unconfirmed_pr_is_kept_with_the_reason_and_an_operator_confirmed_one_is_pruned() {
         let cfg = config();
@@ -842,7 +958,7 @@ pub(crate) mod tests {
             ..Evidence::default()
         };
         let view = RepoView {
-            envs: existing,
+            envs: existing.into_iter().collect(),
             ..RepoView::default()
         };
         let plan = plan_with(&cfg, &[pr(14)], &view, at(NOW), &evidence);
@@ -1051,11 +1167,13 @@ pub(crate) mod tests {
             "running its image already (1), a draft (4) and a closed PR (5) cost no request"
         );
         let env1 = EnvName::new("shop", 1).unwrap();
-        view.envs.get_mut(&env1).unwrap().waiting_for = Some(ImageWait {
+        let mut waiting = view.envs.get(env1.as_str()).unwrap().clone();
+        waiting.waiting_for = Some(ImageWait {
             sha: "1".repeat(40),
             image: "ghcr.io/acme/shop:pr-1-1111111".into(),
             since: at(NOW),
         });
+        view.envs.insert(env1, EnvEntry::read(waiting, None, Vec::new()));
         assert!(images_to_check(&cfg, &[pr(1)], &view, at(NOW)).contains("ghcr.io/acme/shop:pr-1-1111111"));
     }
 

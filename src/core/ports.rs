@@ -3,9 +3,12 @@
 //! fakes that the sync flow's table tests (and anyone else's) use.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
+
+use chrono::{DateTime, Utc};
 
 use crate::error::Result;
-use crate::model::layout::{BlobId, TreeId};
+use crate::model::layout::{BlobId, Place, TreeId, env_dir, flux_file};
 use crate::model::meta::EnvMeta;
 use crate::model::naming::EnvName;
 use crate::model::pr::Snapshot;
@@ -27,13 +30,12 @@ impl std::fmt::Display for Revision {
 pub struct RepoView {
     /// The branch tip that was read; `None` for a branch (or repository) with no commit yet.
     pub tip: Option<Revision>,
-    /// The environments prenv created (their metadata files carry its mark).
-    pub envs: BTreeMap<EnvName, EnvMeta>,
-    /// Blob ids of every file prenv owns: the files it writes in its environment directories, the
-    /// wiring of its environments and the wiring indexes.
+    /// The environments prenv created (their metadata files carry its mark), with their files.
+    pub envs: Envs,
+    /// Blob ids of the other files prenv owns: the wiring indexes, the Argo CD files, and the
+    /// Kustomizations of environments without a directory of their own (`wired_only`, blocked).
+    /// An environment's own files and Kustomization are in its [`EnvEntry`].
     pub owned: BTreeMap<String, BlobId>,
-    /// The tree id of each owned environment directory, to know it unchanged without reading it.
-    pub env_trees: BTreeMap<EnvName, TreeId>,
     /// Environment names prenv must not touch, and why: taken by something not prenv's, or prenv's
     /// but unreadable.
     pub blocked: BTreeMap<String, Blocked>,
@@ -53,6 +55,209 @@ pub struct RepoView {
     /// The project the ApplicationSet of `argocd/applicationset.yaml` (the file before projects
     /// had one each) belongs to, when the file is there and names one.
     pub argo_legacy_project: Option<String>,
+}
+
+/// Metadata a store remembers from an earlier read of the same tree, decoded only when a run needs
+/// it: in a repository of thousands of environments most are only counted and kept, and decoding
+/// every one would make each sync cost what exists rather than what changed.
+pub trait MetaSource: Send + Sync {
+    /// The metadata, or why the remembered bytes do not decode.
+    fn decode(&self) -> std::result::Result<EnvMeta, String>;
+}
+
+/// The metadata of one environment: read with its directory, or remembered and decoded on demand.
+#[derive(Clone)]
+enum Meta {
+    Read(EnvMeta),
+    Remembered {
+        source: Arc<dyn MetaSource>,
+        decoded: OnceLock<std::result::Result<EnvMeta, String>>,
+    },
+}
+
+/// One environment prenv owns: what its metadata says (decoded when asked), the few facts a plan
+/// needs for every environment (kept here so that most environments are never decoded), and the
+/// ids of its files and its Kustomization.
+#[derive(Clone)]
+pub struct EnvEntry {
+    pub pr: u64,
+    /// When a pinned environment goes; `None` when it is not pinned.
+    pub preserve_until: Option<DateTime<Utc>>,
+    /// The settings digest its files were rendered with ([`crate::model::config::Config::render_digest`]).
+    pub render_digest: String,
+    /// The project its metadata names; `None` in metadata from before projects shared a repository.
+    pub project: Option<String>,
+    /// The directory's tree id, where the store knows it.
+    pub tree: Option<TreeId>,
+    /// prenv's files in the directory, by name (one of [`crate::model::layout::ENV_FILES`]).
+    pub files: Vec<(&'static str, BlobId)>,
+    /// Its Flux Kustomization, when there is one.
+    pub wiring: Option<BlobId>,
+    meta: Meta,
+}
+
+impl EnvEntry {
+    /// An environment whose metadata was just read.
+    pub fn read(meta: EnvMeta, tree: Option<TreeId>, files: Vec<(&'static str, BlobId)>) -> EnvEntry {
+        EnvEntry {
+            pr: meta.pr,
+            preserve_until: meta.preserve_until,
+            render_digest: meta.render_digest.clone(),
+            project: meta.project.clone(),
+            tree,
+            files,
+            wiring: None,
+            meta: Meta::Read(meta),
+        }
+    }
+
+    /// An environment the store knows from an earlier read of tree `tree`; `pr`, `preserve_until`
+    /// and `render_digest` are what the remembered metadata says.
+    #[allow(clippy::too_many_arguments, reason = "the facts a record keeps, each distinct")]
+    pub fn remembered(
+        pr: u64,
+        preserve_until: Option<DateTime<Utc>>,
+        render_digest: String,
+        project: Option<String>,
+        tree: TreeId,
+        files: Vec<(&'static str, BlobId)>,
+        source: Arc<dyn MetaSource>,
+    ) -> EnvEntry {
+        EnvEntry {
+            pr,
+            preserve_until,
+            render_digest,
+            project,
+            tree: Some(tree),
+            files,
+            wiring: None,
+            meta: Meta::Remembered {
+                source,
+                decoded: OnceLock::new(),
+            },
+        }
+    }
+
+    /// The metadata, decoded on first use; an error says why remembered bytes did not decode.
+    pub fn meta(&self) -> std::result::Result<&EnvMeta, &str> {
+        match &self.meta {
+            Meta::Read(meta) => Ok(meta),
+            Meta::Remembered { source, decoded } => {
+                decoded.get_or_init(|| source.decode()).as_ref().map_err(String::as_str)
+            }
+        }
+    }
+
+    /// Whether environment `name` is project `project_id`'s (the rule of
+    /// [`crate::model::meta::belongs_to`], without decoding the metadata).
+    pub fn belongs_to(&self, name: &str, project_id: &str) -> bool {
+        let named = crate::model::naming::pr_of(project_id, name).is_some();
+        match &self.project {
+            Some(project) => project == project_id && named,
+            None => named,
+        }
+    }
+
+    /// The blob id of prenv's file `name` in the directory.
+    pub fn file(&self, name: &str) -> Option<BlobId> {
+        self.files.iter().find(|(f, _)| *f == name).map(|(_, id)| *id)
+    }
+}
+
+impl std::fmt::Debug for EnvEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvEntry")
+            .field("meta", &self.meta())
+            .field("tree", &self.tree)
+            .field("files", &self.files)
+            .field("wiring", &self.wiring)
+            .finish()
+    }
+}
+
+impl PartialEq for EnvEntry {
+    fn eq(&self, other: &EnvEntry) -> bool {
+        self.tree == other.tree
+            && self.files == other.files
+            && self.wiring == other.wiring
+            && self.meta() == other.meta()
+    }
+}
+
+impl Eq for EnvEntry {}
+
+/// The environments prenv owns, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envs(BTreeMap<EnvName, EnvEntry>);
+
+impl Envs {
+    pub fn insert(&mut self, name: EnvName, entry: EnvEntry) {
+        self.0.insert(name, entry);
+    }
+
+    /// Adds many environments at once; into an empty map, in one pass (a repository's tree lists
+    /// them in order, and building a map from a sorted list costs no comparisons per level).
+    pub fn extend(&mut self, entries: Vec<(EnvName, EnvEntry)>) {
+        if self.0.is_empty() {
+            self.0 = entries.into_iter().collect();
+        } else {
+            self.0.extend(entries);
+        }
+    }
+
+    /// The metadata of environment `env`; `None` when there is no such environment, or its
+    /// remembered metadata does not decode (see [`Envs::entry`]).
+    pub fn get(&self, env: &str) -> Option<&EnvMeta> {
+        self.0.get(env)?.meta().ok()
+    }
+
+    pub fn entry(&self, env: &str) -> Option<&EnvEntry> {
+        self.0.get(env)
+    }
+
+    pub fn entry_mut(&mut self, env: &str) -> Option<&mut EnvEntry> {
+        self.0.get_mut(env)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&EnvName, &EnvEntry)> {
+        self.0.iter()
+    }
+
+    /// Every environment with metadata that decodes (decoding all of them).
+    pub fn iter(&self) -> impl Iterator<Item = (&EnvName, &EnvMeta)> {
+        self.0.iter().filter_map(|(n, e)| Some((n, e.meta().ok()?)))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &EnvName> {
+        self.0.keys()
+    }
+
+    pub fn contains_key(&self, env: &str) -> bool {
+        self.0.contains_key(env)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The metadata of every environment, decoded: for small repositories and tests.
+    pub fn to_map(&self) -> BTreeMap<EnvName, EnvMeta> {
+        self.iter().map(|(n, m)| (n.clone(), m.clone())).collect()
+    }
+}
+
+impl FromIterator<(EnvName, EnvMeta)> for Envs {
+    fn from_iter<I: IntoIterator<Item = (EnvName, EnvMeta)>>(iter: I) -> Envs {
+        Envs(
+            iter.into_iter()
+                .map(|(n, m)| (n, EnvEntry::read(m, None, Vec::new())))
+                .collect(),
+        )
+    }
 }
 
 /// Why prenv keeps its hands off an environment's path.
@@ -82,14 +287,46 @@ impl RepoView {
     /// PR numbers of the environments project `project_id` has: the ones its listing must
     /// account for (another project's PR numbers mean other pull requests).
     pub fn prs_with_envs(&self, project_id: &str) -> BTreeSet<u64> {
-        self.envs_of(project_id).map(|m| m.pr).collect()
+        self.envs_of(project_id).map(|(_, e)| e.pr).collect()
     }
 
-    /// The environments of project `project_id` ([`crate::model::meta::belongs_to`]).
-    pub fn envs_of<'a>(&'a self, project_id: &'a str) -> impl Iterator<Item = &'a EnvMeta> + 'a {
+    /// The environments of project `project_id` ([`EnvEntry::belongs_to`]), undecoded.
+    pub fn envs_of<'a>(&'a self, project_id: &'a str) -> impl Iterator<Item = (&'a EnvName, &'a EnvEntry)> + 'a {
         self.envs
-            .values()
-            .filter(move |m| crate::model::meta::belongs_to(m, project_id))
+            .entries()
+            .filter(move |(name, e)| e.belongs_to(name.as_str(), project_id))
+    }
+
+    /// The blob id of a file prenv owns, `None` when it owns no such file.
+    pub fn owned_id(&self, path: &str) -> Option<BlobId> {
+        match Place::of(path) {
+            Place::EnvFile { env, file } => self.envs.entry(env)?.file(file),
+            Place::FluxWiring { env } => match self.envs.entry(env) {
+                Some(entry) => entry.wiring,
+                None => self.owned.get(path).copied(),
+            },
+            _ => self.owned.get(path).copied(),
+        }
+    }
+
+    /// Every file prenv owns with its blob id, the files of each environment `keep` accepts and
+    /// the rest of the wiring; in path order within each part.
+    pub fn owned_files(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, BlobId)> {
+        let mut out: Vec<(String, BlobId)> = Vec::new();
+        for (env, entry) in self.envs.entries().filter(|(env, _)| keep(env.as_str())) {
+            let dir = env_dir(env.as_str());
+            out.extend(entry.files.iter().map(|(f, id)| (format!("{dir}/{f}"), *id)));
+            if let Some(id) = entry.wiring {
+                out.push((flux_file(env.as_str()), id));
+            }
+        }
+        let other = self
+            .owned
+            .iter()
+            .filter(|(path, _)| Place::of(path).env().is_none_or(&keep))
+            .map(|(p, id)| (p.clone(), *id));
+        out.extend(other);
+        out
     }
 }
 

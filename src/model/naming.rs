@@ -57,6 +57,13 @@ impl TryFrom<String> for EnvName {
     }
 }
 
+/// Lets maps keyed by names be searched with a `&str` (the order is the string's: the derived one).
+impl std::borrow::Borrow<str> for EnvName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<EnvName> for String {
     fn from(n: EnvName) -> String {
         n.0

@@ -44,6 +44,11 @@ impl Tree {
         self.files.keys().map(String::as_str)
     }
 
+    /// Keeps only the files whose path `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.files.retain(|p, _| keep(p));
+    }
+
     /// Adds every file of `other`, replacing files at the same paths.
     pub fn extend(&mut self, other: Tree) {
         self.files.extend(other.files);
