@@ -13,12 +13,6 @@ use serde_json::json;
 
 const CONFIG: &str = "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"ghcr.io/acme/shop\"\ndatabases = [\"postgres\"]\nengine = \"flux\"\n[github]\nrepository = \"acme/shop\"\n";
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").arg("-C").arg(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
-
 fn sha(n: u64, round: u64) -> String {
     format!("{:040x}", n * 1000 + round)
 }
@@ -117,21 +111,11 @@ impl Repo {
 
     /// Every file at the tip with its blob id (and mode, so links and submodules show).
     fn tree(&self) -> BTreeMap<String, String> {
-        git(&self.remote, &["ls-tree", "-r", "main"])
-            .lines()
-            .filter_map(|l| {
-                let (meta, path) = l.split_once('\t')?;
-                Some((path.to_string(), meta.to_string()))
-            })
-            .collect()
+        tip_tree(&self.remote)
     }
 
     fn file(&self, path: &str) -> Option<String> {
-        let out = Command::new("git")
-            .args(["-C", s(&self.remote), "show", &format!("main:{path}")])
-            .output()
-            .unwrap();
-        out.status.success().then(|| text(&out.stdout))
+        tip_file(&self.remote, path)
     }
 
     fn tip(&self) -> String {

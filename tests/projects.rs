@@ -12,12 +12,6 @@ use std::process::{Command, Output};
 use common::*;
 use serde_json::json;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").arg("-C").arg(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
-    text(&out.stdout)
-}
-
 /// A project's config: `extra` adds keys (other databases, quotas, engine settings).
 fn config(project: &str, extra: &str) -> String {
     format!(
@@ -93,21 +87,11 @@ impl Platform {
 
     /// Every file at the tip with its mode and blob id.
     fn tree(&self) -> BTreeMap<String, String> {
-        git(&self.remote, &["ls-tree", "-r", "main"])
-            .lines()
-            .filter_map(|l| {
-                let (meta, path) = l.split_once('\t')?;
-                Some((path.to_string(), meta.to_string()))
-            })
-            .collect()
+        tip_tree(&self.remote)
     }
 
     fn file(&self, path: &str) -> Option<String> {
-        let out = Command::new("git")
-            .args(["-C", s(&self.remote), "show", &format!("main:{path}")])
-            .output()
-            .unwrap();
-        out.status.success().then(|| text(&out.stdout))
+        tip_file(&self.remote, path)
     }
 
     /// A checkout of the tip, for `kubectl kustomize`.

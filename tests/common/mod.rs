@@ -189,3 +189,31 @@ pub fn render_env_with_databases(dbs: &str) -> Vec<serde_yaml::Value> {
     assert!(out.status.success(), "{}", text(&out.stderr));
     kustomize(&dir.path().join("o/environments/q-pr-1"))
 }
+
+/// Runs git in `dir` and returns its standard output; a failure fails the test with git's message.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").arg("-C").arg(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Every file at the tip of `main` in repository `repo` with its mode and blob id (so links and
+/// submodules show).
+pub fn tip_tree(repo: &Path) -> std::collections::BTreeMap<String, String> {
+    git(repo, &["ls-tree", "-r", "main"])
+        .lines()
+        .filter_map(|l| {
+            let (meta, path) = l.split_once('\t')?;
+            Some((path.to_string(), meta.to_string()))
+        })
+        .collect()
+}
+
+/// The file at `path` on the tip of `main` in repository `repo`, `None` when there is none.
+pub fn tip_file(repo: &Path, path: &str) -> Option<String> {
+    let out = Command::new("git")
+        .args(["-C", s(repo), "show", &format!("main:{path}")])
+        .output()
+        .unwrap();
+    out.status.success().then(|| text(&out.stdout))
+}
