@@ -388,8 +388,7 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
         (Want::Absent(why), None) => decision(pr.number, env.to_string(), Action::Skip, why, None),
         (Want::Deploy { preserve_until }, prior) => {
             let created_at = prior.map_or(now, |p| p.created_at.min(now));
-            let mut meta = env_meta(config, pr, env.clone(), created_at, preserve_until);
-            meta.render_digest = digest.to_string();
+            let mut meta = env_meta(config, digest, pr, env.clone(), created_at, preserve_until);
             // A new head is committed now; the same head keeps the time it was first committed.
             meta.committed_at = match prior {
                 Some(p) if p.head_sha == meta.head_sha => p.committed_at.map(|t| t.min(now)),
@@ -497,8 +496,11 @@ fn classify(pr: &PullRequest, meta: &EnvMeta, prior: Option<&EnvMeta>) -> (Actio
     }
 }
 
+/// The metadata of `pr`'s environment; `digest` is `config.render_digest()`, computed once per plan
+/// (it serializes and hashes the whole config).
 fn env_meta(
     config: &Config,
+    digest: &str,
     pr: &PullRequest,
     env: EnvName,
     created_at: DateTime<Utc>,
@@ -520,7 +522,7 @@ fn env_meta(
         closed_at: preserve_until.and(pr.closed_at),
         merged: preserve_until.is_some() && pr.merged_at.is_some(),
         preserve_until,
-        render_digest: config.render_digest(),
+        render_digest: digest.to_string(),
         pr_updated_at: Some(pr.updated_at),
         committed_at: None,
         eligible_at: None,
@@ -705,7 +707,7 @@ pub(crate) mod tests {
 
     /// The metadata a plan would give an open PR's environment created at `created_at`.
     pub(crate) fn env_meta_for(cfg: &Config, pr: &PullRequest, env: EnvName, created_at: DateTime<Utc>) -> EnvMeta {
-        env_meta(cfg, pr, env, created_at, None)
+        env_meta(cfg, &cfg.render_digest(), pr, env, created_at, None)
     }
 
     /// Each row: the PR, whether its environment exists already, the expected action and a reason fragment.
@@ -813,7 +815,14 @@ pub(crate) mod tests {
                 before.state = PrState::Open;
                 existing.insert(
                     env.clone(),
-                    env_meta(&cfg, &before, env, at("2026-11-01T00:00:00Z"), None),
+                    env_meta(
+                        &cfg,
+                        &cfg.render_digest(),
+                        &before,
+                        env,
+                        at("2026-11-01T00:00:00Z"),
+                        None,
+                    ),
                 );
             }
             let plan = plan(&cfg, &[pr], &existing, at(NOW));
@@ -877,7 +886,7 @@ pub(crate) mod tests {
     fn an_environment_missing_from_the_snapshot_is_kept() {
         let cfg = config();
         let env = EnvName::new("shop", 12).unwrap();
-        let meta = env_meta(&cfg, &pr(12), env.clone(), at(NOW), None);
+        let meta = env_meta(&cfg, &cfg.render_digest(), &pr(12), env.clone(), at(NOW), None);
         let existing = BTreeMap::from([(env, meta.clone())]);
         let plan = plan(&cfg, &[], &existing, at(NOW));
         assert_eq!(plan.decisions.len(), 1);
@@ -949,7 +958,10 @@ pub(crate) mod tests {
             .into_iter()
             .map(|n| {
                 let env = EnvName::new("shop", n).unwrap();
-                (env.clone(), env_meta(&cfg, &pr(n), env, at(NOW), None))
+                (
+                    env.clone(),
+                    env_meta(&cfg, &cfg.render_digest(), &pr(n), env, at(NOW), None),
+                )
             })
             .collect();
         let evidence = Evidence {
