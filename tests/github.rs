@@ -496,11 +496,7 @@ async fn the_periodic_full_resync_catches_what_no_webhook_reported() {
         .mount(&server)
         .await;
     write_config(f.dir.path(), &config(&server.uri(), ""));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_prenv"))
         .env("PRENV_IMAGE_CHECK", "false")
         .args([

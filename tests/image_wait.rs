@@ -360,11 +360,7 @@ async fn serve_syncs_a_waiting_environment_again_and_moves_it_once_ci_pushed_the
     const SECRET: &str = "webhook-secret-for-image-tests";
     let fake = registry().await;
     let f = Fixture::new(&fake, "");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_prenv"))
         .args([
             "--config",

@@ -75,11 +75,7 @@ impl Server {
                 launch.repository
             ),
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_prenv"));
         // No test reaches a registry: image checks are tests/image_wait.rs's.
         command.env("PRENV_IMAGE_CHECK", "false");

@@ -101,11 +101,7 @@ struct Daemon {
 
 impl Daemon {
     fn serve(f: &Fixture) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         git(&f.remote, &["config", "daemon.receivepack", "true"]);
         // The daemon binary itself, not the `git daemon` wrapper, so killing it stops the server.
         let exec_path = git(f.dir.path(), &["--exec-path"]);

@@ -20,7 +20,7 @@ const READY_TRIES: u32 = 200;
 
 /// A port nothing listens on: bound by the OS, then released.
 fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_port()
 }
 
 fn wait_for_port(port: u16, server: &mut Child) {

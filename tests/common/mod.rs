@@ -217,3 +217,12 @@ pub fn tip_file(repo: &Path, path: &str) -> Option<String> {
         .unwrap();
     out.status.success().then(|| text(&out.stdout))
 }
+
+/// A local port free at the moment of asking: bound by the OS, then released.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
