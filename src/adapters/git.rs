@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
-use super::pack::{BlobPack, MODE_FILE, MODE_TREE, TreeEntry, tree_body};
+use super::pack::{BlobPack, Change as TreeChange, MODE_FILE, MODE_TREE, find_dir, raw_entries, splice_tree};
 use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, listed_in_index, template_dir};
 use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision, Verifications};
 use crate::error::{Error, Result, Sdk};
@@ -440,134 +440,83 @@ impl EnvRepo {
     }
 
     /// Writes one commit on top of `base` that adds or replaces `upserts` and deletes `removals`;
-    /// only the trees on changed paths are rewritten.
+    /// only the trees on changed paths are rewritten, each in one pass over its stored body.
     fn commit(&self, base: Option<Oid>, upserts: &Tree, removals: &[String], message: &str) -> Result<Oid> {
-        let author = &self.author;
         let err = |e| git_err("writing a commit to", &self.display, e);
         let parent = base.map(|id| self.repo.find_commit(id)).transpose().map_err(err)?;
-        let base_tree = match &parent {
-            Some(commit) => commit.tree().map_err(err)?,
-            None => {
-                let empty = self.repo.treebuilder(None).and_then(|b| b.write()).map_err(err)?;
-                self.repo.find_tree(empty).map_err(err)?
-            }
+        let base_tree = parent.as_ref().map(|c| c.tree_id());
+        let odb = self.repo.odb().map_err(err)?;
+        // A few objects are cheaper written loose than packed; many go to the repository as one
+        // pack (see `adapters/pack.rs`).
+        let mut sink = if upserts.len() > PACK_THRESHOLD {
+            Sink::Pack(BlobPack::new())
+        } else {
+            Sink::Loose
         };
-        if upserts.len() > PACK_THRESHOLD {
-            return self.commit_packed(parent.as_ref(), &base_tree, upserts, removals, message);
-        }
-        // A few objects are cheaper written loose than packed.
-        let mut update = git2::build::TreeUpdateBuilder::new();
-        for (path, bytes) in upserts.iter() {
-            let blob = self.repo.blob(bytes).map_err(err)?;
-            update.upsert(path, blob, FileMode::Blob);
-        }
-        for path in removals {
-            update.remove(path.as_str());
-        }
-        let tree_id = update.create_updated(&self.repo, &base_tree).map_err(err)?;
-        let tree = self.repo.find_tree(tree_id).map_err(err)?;
-        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-        self.repo
-            .commit(None, author, author, message, &tree, &parents)
-            .map_err(err)
-    }
-
-    /// [`EnvRepo::commit`] for many files: the blobs, the trees on their paths and the commit go
-    /// to the repository as one pack (see `adapters/pack.rs`).
-    fn commit_packed(
-        &self,
-        parent: Option<&git2::Commit<'_>>,
-        base_tree: &git2::Tree<'_>,
-        upserts: &Tree,
-        removals: &[String],
-        message: &str,
-    ) -> Result<Oid> {
-        let err = |e| git_err("writing a commit to", &self.display, e);
-        let mut pack = BlobPack::new();
         let mut root = Dir::default();
         for (path, bytes) in upserts.iter() {
-            root.insert(path, Some(pack.add(bytes).0));
+            root.insert(path, Some(sink.write(&odb, ObjectType::Blob, bytes).map_err(err)?));
         }
         for path in removals {
             root.insert(path, None);
         }
-        let tree = match self.write_tree(&mut pack, Some(base_tree), &root)? {
+        let tree = match self.write_tree(&odb, &mut sink, base_tree, &root)? {
             Some(id) => id,
-            None => pack.add_tree(&[]),
+            None => sink.write(&odb, ObjectType::Tree, &[]).map_err(err)?,
         };
         let mut body = format!("tree {}\n", hex::encode(tree));
-        if let Some(p) = parent {
+        if let Some(p) = &parent {
             body.push_str(&format!("parent {}\n", p.id()));
         }
         let who = signature_line(&self.author);
         body.push_str(&format!("author {who}\ncommitter {who}\n\n{message}"));
-        let commit = pack.add_commit(body.as_bytes());
-        let odb = self.repo.odb().map_err(err)?;
-        let mut writer = odb.packwriter().map_err(err)?;
-        std::io::Write::write_all(&mut writer, &pack.finish())
-            .map_err(|e| Error::io("writing a pack to", &self.display, e))?;
-        writer.commit().map_err(err)?;
+        let commit = sink.write(&odb, ObjectType::Commit, body.as_bytes()).map_err(err)?;
+        if let Sink::Pack(pack) = sink {
+            let mut writer = odb.packwriter().map_err(err)?;
+            std::io::Write::write_all(&mut writer, &pack.finish())
+                .map_err(|e| Error::io("writing a pack to", &self.display, e))?;
+            writer.commit().map_err(err)?;
+        }
         Oid::from_bytes(&commit).map_err(err)
     }
 
-    /// The tree `dir`'s changes make of `base` (added to `pack`); `None` when nothing is left in it
-    /// (git keeps no empty directory).
+    /// The tree `dir`'s changes make of tree `base`; `None` when nothing is left in it (git keeps
+    /// no empty directory). The base's body is read as stored and spliced: a directory of 10,000
+    /// environments costs one copy of its bytes, not 10,000 parsed entries.
     fn write_tree(
         &self,
-        pack: &mut BlobPack,
-        base: Option<&git2::Tree<'_>>,
+        odb: &git2::Odb<'_>,
+        sink: &mut Sink,
+        base: Option<Oid>,
         dir: &Dir<'_>,
     ) -> Result<Option<[u8; 20]>> {
         let err = |e| git_err("reading the tree of", &self.display, e);
-        let mut entries: BTreeMap<String, TreeEntry> = BTreeMap::new();
-        for e in base.into_iter().flat_map(|t| t.iter()) {
-            let Ok(name) = e.name() else { continue };
-            let entry = TreeEntry {
-                mode: e.filemode() as u32,
-                name: name.to_string(),
-                id: oid_bytes(e.id()),
-            };
-            entries.insert(name.to_string(), entry);
-        }
-        for (name, id) in &dir.files {
-            match id {
-                Some(id) => {
-                    let entry = TreeEntry {
-                        mode: MODE_FILE,
-                        name: name.to_string(),
-                        id: *id,
-                    };
-                    entries.insert(name.to_string(), entry);
-                }
-                None => {
-                    entries.remove(*name);
-                }
-            }
-        }
+        let stored = base.map(|id| odb.read(id)).transpose().map_err(err)?;
+        let body = stored.as_ref().map_or(&[][..], |o| o.data());
+        let entries = raw_entries(body).ok_or_else(|| {
+            let what = format!(
+                "tree {} is not a well-formed git tree; run `git fsck` on the repository",
+                base.map(|b| b.to_string()).unwrap_or_default()
+            );
+            err(git2::Error::new(ErrorCode::Invalid, git2::ErrorClass::Object, what))
+        })?;
+        let mut changes: Vec<TreeChange<'_>> = Vec::with_capacity(dir.files.len() + dir.dirs.len());
+        changes.extend(dir.files.iter().map(|(name, id)| (*name, id.map(|id| (MODE_FILE, id)))));
         for (name, sub) in &dir.dirs {
-            let base_sub = match entries.get(*name).filter(|e| e.mode == MODE_TREE) {
-                Some(e) => Some(self.repo.find_tree(Oid::from_bytes(&e.id).map_err(err)?).map_err(err)?),
+            let base_sub = match find_dir(&entries, name) {
+                Some(e) => Some(Oid::from_bytes(e.id).map_err(err)?),
                 None => None,
             };
-            match self.write_tree(pack, base_sub.as_ref(), sub)? {
-                Some(id) => {
-                    let entry = TreeEntry {
-                        mode: MODE_TREE,
-                        name: name.to_string(),
-                        id,
-                    };
-                    entries.insert(name.to_string(), entry);
-                }
-                None => {
-                    entries.remove(*name);
-                }
-            }
+            let id = self.write_tree(odb, sink, base_sub, sub)?;
+            changes.push((*name, id.map(|id| (MODE_TREE, id))));
         }
-        if entries.is_empty() {
+        let spliced = splice_tree(&entries, &mut changes);
+        if spliced.is_empty() {
             return Ok(None);
         }
-        let mut entries: Vec<TreeEntry> = entries.into_values().collect();
-        Ok(Some(pack.add_tree(&tree_body(&mut entries))))
+        sink.write(odb, ObjectType::Tree, &spliced)
+            .map(Some)
+            .map_err(|e| git_err("writing a commit to", &self.display, e))
     }
 
     /// Moves the branch from `old` to `new`, only if it still points at `old`.
@@ -711,6 +660,30 @@ impl<'a> Dir<'a> {
             None => {
                 self.files.insert(path, id);
             }
+        }
+    }
+}
+
+/// Where a commit's new objects go: loose into the object database, or into one pack.
+enum Sink {
+    Loose,
+    Pack(BlobPack),
+}
+
+impl Sink {
+    fn write(
+        &mut self,
+        odb: &git2::Odb<'_>,
+        kind: ObjectType,
+        body: &[u8],
+    ) -> std::result::Result<[u8; 20], git2::Error> {
+        match self {
+            Sink::Loose => odb.write(kind, body).map(oid_bytes),
+            Sink::Pack(pack) => Ok(match kind {
+                ObjectType::Blob => pack.add(body).0,
+                ObjectType::Tree => pack.add_tree(body),
+                _ => pack.add_commit(body),
+            }),
         }
     }
 }

@@ -111,36 +111,102 @@ fn object_id(kind: &str, body: &[u8]) -> [u8; 20] {
     hasher.finalize().into()
 }
 
-/// One entry of a tree: mode (git's octal, e.g. `100644`, `40000`), name, id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TreeEntry {
-    pub mode: u32,
-    pub name: String,
-    pub id: [u8; 20],
-}
-
 /// The mode of a directory entry.
 pub const MODE_TREE: u32 = 0o40000;
 /// The mode of a plain file.
 pub const MODE_FILE: u32 = 0o100644;
 
-/// A tree's body: its entries sorted as git sorts them (by name, a directory's name compared as
-/// if it ended in `/`; gitformat-index, `base_name_compare`), each `<mode> <name>\0<id>`.
-pub fn tree_body(entries: &mut [TreeEntry]) -> Vec<u8> {
-    let key = |e: &TreeEntry| {
-        let mut k = e.name.as_bytes().to_vec();
-        if e.mode == MODE_TREE {
-            k.push(b'/');
-        }
-        k
+/// One entry of a tree's body, borrowed from it: its octal mode as written, name and object id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawEntry<'a> {
+    pub mode: &'a [u8],
+    pub name: &'a [u8],
+    pub id: &'a [u8],
+}
+
+impl RawEntry<'_> {
+    fn is_tree(&self) -> bool {
+        self.mode == b"40000"
+    }
+}
+
+/// The entries of a tree's body (`<mode> <name>\0<20-byte id>` each, gitformat-tree), in the
+/// order they are stored; `None` when the body is not a tree.
+pub fn raw_entries(body: &[u8]) -> Option<Vec<RawEntry<'_>>> {
+    let mut out = Vec::with_capacity(body.len() / 40);
+    let mut rest = body;
+    while !rest.is_empty() {
+        let space = rest.iter().position(|&b| b == b' ')?;
+        let nul = space + 1 + rest[space + 1..].iter().position(|&b| b == 0)?;
+        let id = rest.get(nul + 1..nul + 21)?;
+        out.push(RawEntry {
+            mode: &rest[..space],
+            name: &rest[space + 1..nul],
+            id,
+        });
+        rest = &rest[nul + 21..];
+    }
+    Some(out)
+}
+
+/// Git's order of tree entries: by name, a directory's name compared as if it ended in `/`
+/// (git `tree.c` `base_name_compare`).
+fn git_order(a: &[u8], a_tree: bool, b: &[u8], b_tree: bool) -> std::cmp::Ordering {
+    let n = a.len().min(b.len());
+    a[..n].cmp(&b[..n]).then_with(|| {
+        let end = |name: &[u8], tree: bool| match name.get(n) {
+            Some(&c) => c,
+            None if tree => b'/',
+            None => 0,
+        };
+        end(a, a_tree).cmp(&end(b, b_tree))
+    })
+}
+
+/// The entry of directory `name` among `entries` (sorted as git sorts them), found by bisection.
+pub fn find_dir<'a>(entries: &[RawEntry<'a>], name: &str) -> Option<RawEntry<'a>> {
+    let i = entries
+        .binary_search_by(|e| git_order(e.name, e.is_tree(), name.as_bytes(), true))
+        .ok()?;
+    Some(entries[i]).filter(|e| e.is_tree())
+}
+
+/// A change to one entry of a tree: its name, and its new mode and id (`None`: removed).
+pub type Change<'a> = (&'a str, Option<(u32, [u8; 20])>);
+
+/// The body of the tree `base` (its entries, sorted) becomes with `changes` applied: a name with
+/// a mode and id is added or replaces the entry of that name (of either kind), a name with `None`
+/// is removed. Every untouched entry is copied as it is, whatever its mode or name bytes, so a
+/// sync never changes what it did not mean to; the cost is one pass over `base`.
+pub fn splice_tree(base: &[RawEntry<'_>], changes: &mut [Change<'_>]) -> Vec<u8> {
+    let changed: std::collections::HashSet<&[u8]> = changes.iter().map(|(n, _)| n.as_bytes()).collect();
+    changes.sort_by(|(a, x), (b, y)| {
+        let tree = |v: &Option<(u32, [u8; 20])>| v.is_some_and(|(m, _)| m == MODE_TREE);
+        git_order(a.as_bytes(), tree(x), b.as_bytes(), tree(y))
+    });
+    let mut added = changes
+        .iter()
+        .filter_map(|(n, v)| v.map(|(m, id)| (*n, m, id)))
+        .peekable();
+    let mut body = Vec::with_capacity(base.iter().map(|e| e.mode.len() + e.name.len() + 22).sum::<usize>() + 64);
+    let put_new = |body: &mut Vec<u8>, (name, mode, id): (&str, u32, [u8; 20])| {
+        body.extend_from_slice(format!("{mode:o} {name}\0").as_bytes());
+        body.extend_from_slice(&id);
     };
-    entries.sort_by_cached_key(key);
-    let mut body = Vec::with_capacity(entries.len() * 48);
-    for e in entries.iter() {
-        body.extend_from_slice(format!("{:o} ", e.mode).as_bytes());
-        body.extend_from_slice(e.name.as_bytes());
+    for e in base.iter().filter(|e| !changed.contains(e.name)) {
+        while let Some(&(name, mode, _)) = added.peek()
+            && git_order(name.as_bytes(), mode == MODE_TREE, e.name, e.is_tree()).is_lt()
+        {
+            put_new(&mut body, added.next().expect("peeked"));
+        }
+        body.extend_from_slice(e.mode);
+        body.push(b' ');
+        body.extend_from_slice(e.name);
         body.push(0);
-        body.extend_from_slice(&e.id);
+        body.extend_from_slice(e.id);
+    }
+    for new in added {
+        put_new(&mut body, new);
     }
     body
 }
@@ -148,6 +214,67 @@ pub fn tree_body(entries: &mut [TreeEntry]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The spliced body is the one libgit2's own tree builder writes for the same entries: the
+    /// order around `/` (`a`, `a-b`, `a.b`, `a/`), an entry changing kind under the same name,
+    /// removals, and an executable or a symlink left untouched with its mode.
+    #[test]
+    fn a_spliced_tree_is_the_tree_git_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init_bare(dir.path()).unwrap();
+        let blob = |s: &str| repo.blob(s.as_bytes()).unwrap();
+        let sub = {
+            let mut b = repo.treebuilder(None).unwrap();
+            b.insert("f", blob("f"), 0o100644).unwrap();
+            b.write().unwrap()
+        };
+        let base_entries: [(&str, git2::Oid, i32); 7] = [
+            ("a", blob("a"), 0o100644),
+            ("a-b", blob("ab"), 0o100755),
+            ("a.b", sub, 0o040000),
+            ("b", sub, 0o040000),
+            ("c", blob("c"), 0o120000),
+            ("d", blob("d"), 0o100644),
+            ("e", sub, 0o040000),
+        ];
+        let mut b = repo.treebuilder(None).unwrap();
+        for (name, id, mode) in base_entries {
+            b.insert(name, id, mode).unwrap();
+        }
+        let base = repo.find_object(b.write().unwrap(), None).unwrap();
+        let odb = repo.odb().unwrap();
+        let stored = odb.read(base.id()).unwrap();
+        let entries = raw_entries(stored.data()).unwrap();
+        assert_eq!(entries.len(), 7);
+        assert_eq!(find_dir(&entries, "b").map(|e| e.name), Some(&b"b"[..]));
+        assert_eq!(find_dir(&entries, "a"), None, "`a` is a file");
+        let id = |o: git2::Oid| <[u8; 20]>::try_from(o.as_bytes()).unwrap();
+        let mut changes = vec![
+            ("a", Some((MODE_TREE, id(sub)))),       // a file becomes a directory
+            ("b", Some((MODE_FILE, id(blob("b"))))), // a directory becomes a file
+            ("d", None),
+            ("a/", None), // no such entry: nothing happens
+            ("z", Some((MODE_FILE, id(blob("z"))))),
+            ("0", Some((MODE_TREE, id(sub)))),
+        ];
+        let spliced = splice_tree(&entries, &mut changes);
+
+        let mut expected = repo.treebuilder(Some(&repo.find_tree(base.id()).unwrap())).unwrap();
+        expected.insert("a", sub, 0o040000).unwrap();
+        expected.insert("b", blob("b"), 0o100644).unwrap();
+        expected.remove("d").unwrap();
+        expected.insert("z", blob("z"), 0o100644).unwrap();
+        expected.insert("0", sub, 0o040000).unwrap();
+        let expected = odb.read(expected.write().unwrap()).unwrap();
+        assert_eq!(spliced, expected.data());
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_tree_is_refused() {
+        assert_eq!(raw_entries(b"").map(|e| e.len()), Some(0));
+        assert!(raw_entries(b"100644 name-without-id").is_none());
+        assert!(raw_entries(b"100644 a\0short").is_none());
+    }
 
     #[test]
     fn git_indexes_the_pack_and_reads_every_blob_back() {
