@@ -449,7 +449,8 @@ impl EnvRepo {
         // A few objects are cheaper written loose than packed; many go to the repository as one
         // pack (see `adapters/pack.rs`).
         let mut sink = if upserts.len() > PACK_THRESHOLD {
-            Sink::Pack(BlobPack::new())
+            let dir = self.repo.path().join("objects/pack");
+            Sink::Pack(BlobPack::new(&dir).map_err(|e| Error::io("writing a pack to", &dir, e))?)
         } else {
             Sink::Loose
         };
@@ -473,7 +474,7 @@ impl EnvRepo {
         let commit = sink.write(&odb, ObjectType::Commit, body.as_bytes()).map_err(err)?;
         if let Sink::Pack(pack) = sink {
             let mut writer = odb.packwriter().map_err(err)?;
-            std::io::Write::write_all(&mut writer, &pack.finish())
+            pack.finish(&mut writer)
                 .map_err(|e| Error::io("writing a pack to", &self.display, e))?;
             writer.commit().map_err(err)?;
         }
@@ -679,11 +680,13 @@ impl Sink {
     ) -> std::result::Result<[u8; 20], git2::Error> {
         match self {
             Sink::Loose => odb.write(kind, body).map(oid_bytes),
-            Sink::Pack(pack) => Ok(match kind {
-                ObjectType::Blob => pack.add(body).0,
+            Sink::Pack(pack) => match kind {
+                ObjectType::Blob => pack.add(body).map(|id| id.0),
                 ObjectType::Tree => pack.add_tree(body),
                 _ => pack.add_commit(body),
-            }),
+            }
+            // The pack's body file is on the repository's disk: a full disk fails like a git write.
+            .map_err(|e| git2::Error::from_str(&format!("writing a pack: {e}"))),
         }
     }
 }

@@ -7,9 +7,14 @@
 //! (gitformat-pack: "PACK", version 2, the object count, each object as a type-and-size header and
 //! its zlib-deflated bytes, then the SHA-1 of everything before it); git and libgit2 index it like
 //! any pack they receive, and a later `git gc` delta-compresses it if anyone wants it smaller.
+//! The entries go to an unnamed temporary file as they are made, not to memory: the header's count
+//! and the trailing checksum are known only at the end, and a full sync's pack is a third the size
+//! of the rendered tree that is still in memory beside it.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, Write};
+use std::path::Path;
 
 use flate2::Compression;
 use flate2::write::ZlibEncoder;
@@ -22,84 +27,97 @@ const OBJ_COMMIT: u8 = 1;
 const OBJ_TREE: u8 = 2;
 const OBJ_BLOB: u8 = 3;
 
-/// The pack being built: header, then entries, each blob once.
+/// Bytes copied from the body file to the pack's reader at a time.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// The pack being built: its entries (after the header), each object once, in a temporary file.
 pub struct BlobPack {
-    bytes: Vec<u8>,
+    body: BufWriter<File>,
     count: u32,
     seen: HashSet<BlobId>,
 }
 
-impl Default for BlobPack {
-    fn default() -> BlobPack {
-        BlobPack::new()
-    }
-}
-
 impl BlobPack {
-    pub fn new() -> BlobPack {
-        let mut bytes = Vec::with_capacity(1 << 20);
-        bytes.extend_from_slice(b"PACK");
-        bytes.extend_from_slice(&2u32.to_be_bytes());
-        bytes.extend_from_slice(&0u32.to_be_bytes()); // the count, set by `finish`
-        BlobPack {
-            bytes,
+    /// A pack whose entries are kept in an unnamed file in `dir` (put it beside the repository's
+    /// packs: the same disk, and nothing is left behind when the run is killed).
+    pub fn new(dir: &Path) -> std::io::Result<BlobPack> {
+        Ok(BlobPack {
+            body: BufWriter::with_capacity(COPY_CHUNK, tempfile::tempfile_in(dir)?),
             count: 0,
             seen: HashSet::new(),
-        }
+        })
     }
 
     /// Adds a blob of `content` (once per distinct content) and returns its id.
-    pub fn add(&mut self, content: &[u8]) -> BlobId {
+    pub fn add(&mut self, content: &[u8]) -> std::io::Result<BlobId> {
         let id = BlobId::of(content);
         if self.seen.insert(id) {
-            self.entry(OBJ_BLOB, content);
+            self.entry(OBJ_BLOB, content)?;
         }
-        id
+        Ok(id)
     }
 
     /// Adds a tree object (its body: the entries in git's order) and returns its id.
-    pub fn add_tree(&mut self, body: &[u8]) -> [u8; 20] {
+    pub fn add_tree(&mut self, body: &[u8]) -> std::io::Result<[u8; 20]> {
         let id = object_id("tree", body);
         if self.seen.insert(BlobId(id)) {
-            self.entry(OBJ_TREE, body);
+            self.entry(OBJ_TREE, body)?;
         }
-        id
+        Ok(id)
     }
 
     /// Adds a commit object and returns its id.
-    pub fn add_commit(&mut self, body: &[u8]) -> [u8; 20] {
+    pub fn add_commit(&mut self, body: &[u8]) -> std::io::Result<[u8; 20]> {
         let id = object_id("commit", body);
         if self.seen.insert(BlobId(id)) {
-            self.entry(OBJ_COMMIT, body);
+            self.entry(OBJ_COMMIT, body)?;
         }
-        id
+        Ok(id)
     }
 
-    fn entry(&mut self, kind: u8, content: &[u8]) {
+    fn entry(&mut self, kind: u8, content: &[u8]) -> std::io::Result<()> {
         // Type and size: the first byte holds the type and the size's low 4 bits, each next byte
         // 7 more bits, the high bit saying another byte follows.
         let mut size = content.len();
         let mut byte = (kind << 4) | (size & 0x0f) as u8;
         size >>= 4;
+        let mut header = Vec::with_capacity(10);
         while size > 0 {
-            self.bytes.push(byte | 0x80);
+            header.push(byte | 0x80);
             byte = (size & 0x7f) as u8;
             size >>= 7;
         }
-        self.bytes.push(byte);
-        let mut zlib = ZlibEncoder::new(&mut self.bytes, Compression::fast());
-        // Writing into a Vec cannot fail.
-        let _ = zlib.write_all(content);
-        let _ = zlib.finish();
+        header.push(byte);
+        self.body.write_all(&header)?;
+        let mut zlib = ZlibEncoder::new(&mut self.body, Compression::fast());
+        zlib.write_all(content)?;
+        zlib.finish()?;
         self.count += 1;
+        Ok(())
     }
 
-    /// The finished pack: the count filled in and the trailing checksum appended.
-    pub fn finish(mut self) -> Vec<u8> {
-        self.bytes[8..12].copy_from_slice(&self.count.to_be_bytes());
-        let sum = Sha1::digest(&self.bytes);
-        self.bytes.extend_from_slice(&sum);
-        self.bytes
+    /// Writes the finished pack to `out`: the header with the count, the entries, and the SHA-1
+    /// of both.
+    pub fn finish(self, out: &mut impl Write) -> std::io::Result<()> {
+        let mut file = self.body.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+        file.rewind()?;
+        let mut sum = Sha1::new();
+        let mut header = Vec::with_capacity(12);
+        header.extend_from_slice(b"PACK");
+        header.extend_from_slice(&2u32.to_be_bytes());
+        header.extend_from_slice(&self.count.to_be_bytes());
+        sum.update(&header);
+        out.write_all(&header)?;
+        let mut chunk = vec![0; COPY_CHUNK];
+        loop {
+            let n = file.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            sum.update(&chunk[..n]);
+            out.write_all(&chunk[..n])?;
+        }
+        out.write_all(&sum.finalize())
     }
 }
 
@@ -282,12 +300,12 @@ mod tests {
         let repo = git2::Repository::init_bare(dir.path()).unwrap();
         let big = "x".repeat(70_000);
         let contents: [&[u8]; 4] = [b"", b"kind: Namespace\n", big.as_bytes(), b"kind: Namespace\n"];
-        let mut pack = BlobPack::new();
-        let ids: Vec<BlobId> = contents.iter().map(|c| pack.add(c)).collect();
+        let mut pack = BlobPack::new(dir.path()).unwrap();
+        let ids: Vec<BlobId> = contents.iter().map(|c| pack.add(c).unwrap()).collect();
         assert_eq!(ids[1], ids[3], "the same content is one blob");
         let odb = repo.odb().unwrap();
         let mut writer = odb.packwriter().unwrap();
-        writer.write_all(&pack.finish()).unwrap();
+        pack.finish(&mut writer).unwrap();
         writer.commit().unwrap();
         for (content, id) in contents.iter().zip(&ids) {
             let oid = git2::Oid::from_bytes(&id.0).unwrap();

@@ -20,7 +20,11 @@ impl Tree {
     pub fn insert(&mut self, path: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Result<()> {
         let path = path.into();
         check_path(&path)?;
-        self.files.insert(path, bytes.into());
+        // A rendered file arrives with its writer's growth slack; a full sync holds every file,
+        // so the slack would be a fifth of its memory.
+        let mut bytes = bytes.into();
+        bytes.shrink_to_fit();
+        self.files.insert(path, bytes);
         Ok(())
     }
 
