@@ -268,7 +268,10 @@ fn drift_inside_an_environment_is_repaired_and_reported_and_foreign_files_are_ke
         plan.contains("rewrote environments/shop-pr-1/kustomization.yaml"),
         "{plan}"
     );
-    assert!(plan.contains("restored flux/environments/shop/shop-pr-2.yaml"), "{plan}");
+    assert!(
+        plan.contains("restored flux/environments/shop/shop-pr-2.yaml"),
+        "{plan}"
+    );
     assert!(plan.contains("kept    environments/shop-pr-1/extra.yaml"), "{plan}");
     repo.sync(&[open(1), open(2)]);
     let healed = repo.tree();

@@ -126,10 +126,10 @@ fn of_project(tree: &BTreeMap<String, String>, project: &str) -> BTreeMap<String
     let (own_dir, own_file) = (format!("{project}/"), format!("{project}.yaml"));
     tree.iter()
         .filter(|(p, _)| {
-            p.strip_prefix("environments/").is_some_and(|rest| rest.starts_with(&prefix))
-                || p.strip_prefix("flux/environments/").is_some_and(|rest| {
-                    rest.starts_with(&prefix) || rest.starts_with(&own_dir) || rest == own_file
-                })
+            p.strip_prefix("environments/")
+                .is_some_and(|rest| rest.starts_with(&prefix))
+                || p.strip_prefix("flux/environments/")
+                    .is_some_and(|rest| rest.starts_with(&prefix) || rest.starts_with(&own_dir) || rest == own_file)
         })
         .map(|(p, m)| (p.clone(), m.clone()))
         .collect()
@@ -208,7 +208,10 @@ fn a_second_project_in_the_same_repository_changes_nothing_of_the_first() {
         assert!(quota.contains("700m"), "{quota}");
     }
     // Each project has its own index and Kustomization; the root index lists the projects.
-    assert_eq!(listed(&platform, "flux/environments/kustomization.yaml"), ["blog", "shop"]);
+    assert_eq!(
+        listed(&platform, "flux/environments/kustomization.yaml"),
+        ["blog", "shop"]
+    );
     assert_eq!(
         listed(&platform, "flux/environments/shop/kustomization.yaml"),
         (1..=5).map(|n| format!("shop-pr-{n}")).collect::<Vec<_>>()
@@ -250,7 +253,11 @@ fn a_second_project_in_the_same_repository_changes_nothing_of_the_first() {
         ["prenv-environments-blog", "prenv-environments-shop"]
     );
     let envs = built_wiring(&root);
-    assert_eq!(envs.len(), 8, "one Flux Kustomization per environment of both projects: {envs:?}");
+    assert_eq!(
+        envs.len(),
+        8,
+        "one Flux Kustomization per environment of both projects: {envs:?}"
+    );
 }
 
 #[test]
@@ -725,14 +732,20 @@ fn a_hand_broken_index_of_one_project_leaves_the_others_sync_and_wiring_working(
     assert!(platform.file("environments/blog-pr-2/prenv.json").is_some());
     // The same inputs again: nothing to commit, and the index is still reported.
     let again = platform.sync("blog", &blog, &blog_prs);
-    assert!(again.contains("no change") && again.contains(&format!("kept    {index}")), "{again}");
+    assert!(
+        again.contains("no change") && again.contains(&format!("kept    {index}")),
+        "{again}"
+    );
     let work = platform.checkout();
     let root = work.path().join("w");
     assert_eq!(
         built_names(&root.join("flux/environments")),
         ["prenv-environments-blog", "prenv-environments-shop"]
     );
-    assert_eq!(built_names(&root.join("flux/environments/shop")), ["shop-pr-1", "shop-pr-2"]);
+    assert_eq!(
+        built_names(&root.join("flux/environments/shop")),
+        ["shop-pr-1", "shop-pr-2"]
+    );
     let blog_build = Command::new(kubectl())
         .args(["kustomize", s(&root.join("flux/environments/blog"))])
         .output()
@@ -773,14 +786,24 @@ fn environments_wired_before_projects_had_an_index_stay_at_the_top_until_pruned(
     // would make the root Kustomization prune them, namespace and database with them).
     let three = [open("shop", 1, 0), open("shop", 2, 0), open("shop", 3, 0)];
     platform.sync("shop", &shop, &three);
-    assert_eq!(legacy(&platform.tree()), before, "a running environment's Kustomization moved");
+    assert_eq!(
+        legacy(&platform.tree()),
+        before,
+        "a running environment's Kustomization moved"
+    );
     assert_eq!(
         listed(&platform, "flux/environments/kustomization.yaml"),
         ["shop", "shop-pr-1", "shop-pr-2"]
     );
-    assert_eq!(listed(&platform, "flux/environments/shop/kustomization.yaml"), ["shop-pr-3"]);
+    assert_eq!(
+        listed(&platform, "flux/environments/shop/kustomization.yaml"),
+        ["shop-pr-3"]
+    );
     let work = platform.checkout();
-    assert_eq!(built_wiring(&work.path().join("w")), ["shop-pr-1", "shop-pr-2", "shop-pr-3"]);
+    assert_eq!(
+        built_wiring(&work.path().join("w")),
+        ["shop-pr-1", "shop-pr-2", "shop-pr-3"]
+    );
     // Closed, an environment at the top leaves it and the root index; the other stays.
     let one_closed = [closed("shop", 1), open("shop", 2, 0), open("shop", 3, 0)];
     platform.sync("shop", &shop, &one_closed);

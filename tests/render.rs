@@ -230,7 +230,10 @@ fn the_flux_wiring_lists_one_kustomization_per_project_and_one_per_environment_i
     assert_eq!(str_at(project, &["spec", "path"]), Some("./flux/environments/shop"));
     assert_eq!(project["spec"]["prune"].as_bool(), Some(true));
     assert_eq!(str_at(project, &["spec", "sourceRef", "kind"]), Some("GitRepository"));
-    assert_eq!(str_at(project, &["spec", "sourceRef", "name"]), Some("prenv-environments"));
+    assert_eq!(
+        str_at(project, &["spec", "sourceRef", "name"]),
+        Some("prenv-environments")
+    );
     let objects = kustomize(&dir.path().join("flux/environments/shop"));
     let names: Vec<&str> = objects
         .iter()

@@ -200,7 +200,10 @@ fn hold_wiring(config: &Config, current: &RepoView, changes: &mut Changes) -> BT
     let mut held = BTreeMap::new();
     let project = config.project_id.as_str();
     let own_index = flux_project_index(project);
-    for (path, dir) in [(FLUX_INDEX.to_string(), FLUX_DIR.to_string()), (own_index.clone(), flux_project_dir(project))] {
+    for (path, dir) in [
+        (FLUX_INDEX.to_string(), FLUX_DIR.to_string()),
+        (own_index.clone(), flux_project_dir(project)),
+    ] {
         if !changes.modified.contains(&path) {
             continue;
         }
@@ -209,7 +212,12 @@ fn hold_wiring(config: &Config, current: &RepoView, changes: &mut Changes) -> BT
         };
         let read = index.read();
         let not_ours = (path == own_index)
-            .then(|| read.listed.iter().flatten().find(|name| project_of_env(name) != Some(project)))
+            .then(|| {
+                read.listed
+                    .iter()
+                    .flatten()
+                    .find(|name| project_of_env(name) != Some(project))
+            })
             .flatten()
             .map(|name| format!("it lists {name}.yaml, which is no environment of project {project}"));
         let Some(why) = read.foreign.clone().or(not_ours) else {
@@ -229,15 +237,25 @@ fn hold_wiring(config: &Config, current: &RepoView, changes: &mut Changes) -> BT
     let taken: Vec<String> = changes
         .added
         .iter()
-        .filter(|p| p.starts_with(FLUX_DIR) && current.strays.contains(*p))
+        .filter(|p| p.starts_with(&format!("{FLUX_DIR}/")) && current.strays.contains(*p))
         .cloned()
         .collect();
     for path in taken {
         changes.added.remove(&path);
         held.insert(
-            path,
-            "a file prenv did not write is where prenv writes this project's wiring; kept as it is: move it away".into(),
+            path.clone(),
+            "a file prenv did not write is where prenv writes this; kept as it is: move it away".into(),
         );
+        // Written beside someone's file of that name, the project's index (or a root index
+        // listing it) would make that file read as this project's Kustomization next time.
+        if path == flux_project_file(project) {
+            for index in [own_index.as_str(), FLUX_INDEX] {
+                if changes.added.remove(index) || changes.modified.remove(index) {
+                    let why = format!("not written while {path} is someone else's file");
+                    held.insert(index.to_string(), why);
+                }
+            }
+        }
     }
     held
 }
@@ -483,8 +501,14 @@ mod tests {
         sync(&config(), &[pr(1), pr(2)], &mut tree);
         sync(&blog(), &[blog_pr(1)], &mut tree);
         assert_eq!(listed(&tree, FLUX_INDEX), ["blog", "shop"]);
-        assert_eq!(listed(&tree, "flux/environments/shop/kustomization.yaml"), ["shop-pr-1", "shop-pr-2"]);
-        assert_eq!(listed(&tree, "flux/environments/blog/kustomization.yaml"), ["blog-pr-1"]);
+        assert_eq!(
+            listed(&tree, "flux/environments/shop/kustomization.yaml"),
+            ["shop-pr-1", "shop-pr-2"]
+        );
+        assert_eq!(
+            listed(&tree, "flux/environments/blog/kustomization.yaml"),
+            ["blog-pr-1"]
+        );
         let shop = String::from_utf8(tree.get("flux/environments/shop.yaml").unwrap().to_vec()).unwrap();
         assert!(shop.contains("name: prenv-environments-shop"), "{shop}");
         assert!(shop.contains("path: \"./flux/environments/shop\""), "{shop}");
@@ -502,7 +526,11 @@ mod tests {
         let view = view_of(&tree, None);
         let d = desired_against(&config(), &[pr(1), pr(2), pr(3)], &view);
         assert!(d.changes.added.contains("flux/environments/shop/shop-pr-3.yaml"));
-        assert!(d.changes.iter().all(|p| !p.starts_with("flux/environments/blog")), "{:?}", d.changes);
+        assert!(
+            d.changes.iter().all(|p| !p.starts_with("flux/environments/blog")),
+            "{:?}",
+            d.changes
+        );
         // Shop's index changes, so it was checked; the root and blog's were never parsed.
         assert!(view.flux_indexes["flux/environments/shop/kustomization.yaml"].parsed());
         assert!(!view.flux_indexes[FLUX_INDEX].parsed());
@@ -520,7 +548,11 @@ mod tests {
         let prs = [pr(1), closed(pr(2), "2026-11-24T11:00:00Z", &[]), pr(3), pr(4)];
         let d = sync(&config(), &prs, &mut tree);
         assert!(d.held[index].contains("does not parse"), "{:?}", d.held);
-        assert_eq!(tree.get(index), Some(&broken[..]), "the broken index is kept byte for byte");
+        assert_eq!(
+            tree.get(index),
+            Some(&broken[..]),
+            "the broken index is kept byte for byte"
+        );
         assert!(d.changes.removed.contains("environments/shop-pr-2/prenv.json"));
         assert!(tree.get("flux/environments/shop/shop-pr-2.yaml").is_some());
         assert!(tree.get("flux/environments/shop/shop-pr-4.yaml").is_some());
@@ -543,8 +575,26 @@ mod tests {
         let d = sync(&config(), &[pr(1)], &mut tree);
         assert!(d.held[FLUX_INDEX].contains("../../team/extra"), "{:?}", d.held);
         assert_eq!(tree.get(FLUX_INDEX), Some(&root[..]));
-        assert_eq!(listed(&tree, "flux/environments/shop/kustomization.yaml"), ["shop-pr-1"]);
+        assert_eq!(
+            listed(&tree, "flux/environments/shop/kustomization.yaml"),
+            ["shop-pr-1"]
+        );
         assert!(tree.get("flux/environments/shop.yaml").is_some());
+    }
+
+    #[test]
+    fn someone_elses_file_where_the_projects_kustomization_goes_is_kept_and_never_becomes_prenvs() {
+        let mut tree = Tree::new();
+        let mine = b"kind: ConfigMap\nmetadata: {name: mine}\n".to_vec();
+        tree.insert("flux/environments/shop.yaml", mine.clone()).unwrap();
+        for _ in 0..2 {
+            let d = sync(&config(), &[pr(1)], &mut tree);
+            assert!(d.held.contains_key("flux/environments/shop.yaml"), "{:?}", d.held);
+            assert_eq!(tree.get("flux/environments/shop.yaml"), Some(&mine[..]));
+            assert!(tree.get("flux/environments/shop/kustomization.yaml").is_none());
+            assert!(!String::from_utf8_lossy(tree.get(FLUX_INDEX).unwrap_or_default()).contains("shop.yaml"));
+        }
+        assert!(tree.get("environments/shop-pr-1/prenv.json").is_some());
     }
 
     #[test]
@@ -561,15 +611,28 @@ mod tests {
             .unwrap();
         let legacy_one = tree.get("flux/environments/shop-pr-1.yaml").unwrap().to_vec();
         let d = sync(&config(), &[pr(1), pr(2), pr(3)], &mut tree);
-        assert!(d.changes.iter().all(|p| !p.contains("shop-pr-1") && !p.contains("shop-pr-2")), "{:?}", d.changes);
+        assert!(
+            d.changes
+                .iter()
+                .all(|p| !p.contains("shop-pr-1") && !p.contains("shop-pr-2")),
+            "{:?}",
+            d.changes
+        );
         assert_eq!(tree.get("flux/environments/shop-pr-1.yaml"), Some(&legacy_one[..]));
         assert_eq!(listed(&tree, FLUX_INDEX), ["shop", "shop-pr-1", "shop-pr-2"]);
-        assert_eq!(listed(&tree, "flux/environments/shop/kustomization.yaml"), ["shop-pr-3"]);
+        assert_eq!(
+            listed(&tree, "flux/environments/shop/kustomization.yaml"),
+            ["shop-pr-3"]
+        );
         // A new head rewrites the Kustomization where it is.
         let mut moved = pr(2);
         moved.head_sha = "2".repeat(40);
         let d = sync(&config(), &[pr(1), moved.clone(), pr(3)], &mut tree);
-        assert!(d.changes.modified.contains("flux/environments/shop-pr-2.yaml"), "{:?}", d.changes);
+        assert!(
+            d.changes.modified.contains("flux/environments/shop-pr-2.yaml"),
+            "{:?}",
+            d.changes
+        );
         assert!(tree.get("flux/environments/shop/shop-pr-2.yaml").is_none());
         // Pruned, it leaves the top and the root index.
         let prs = [closed(pr(1), "2026-11-24T11:00:00Z", &[]), moved, pr(3)];

@@ -160,7 +160,11 @@ impl Inventory {
         let (nested, top): (Vec<&Found>, Vec<&Found>) = files.iter().partition(|f| f.name.contains('/'));
         for f in nested.into_iter().chain(top) {
             let path = format!("{FLUX_DIR}/{}", f.name);
-            let place = if f.regular { Place::in_flux(&f.name) } else { Place::Other };
+            let place = if f.regular {
+                Place::in_flux(&f.name)
+            } else {
+                Place::Other
+            };
             match place {
                 Place::FluxOther if f.name == KUSTOMIZATION_FILE => {
                     self.view.owned.insert(path, f.id);
@@ -191,9 +195,11 @@ impl Inventory {
         for (f, place) in rest {
             let (index, name, env) = match place {
                 Place::FluxWiring { env, legacy: true } => (FLUX_INDEX.to_string(), env, Some(env)),
-                Place::FluxWiring { env, legacy: false } => {
-                    (flux_project_index(project_of_env(env).unwrap_or_default()), env, Some(env))
-                }
+                Place::FluxWiring { env, legacy: false } => (
+                    flux_project_index(project_of_env(env).unwrap_or_default()),
+                    env,
+                    Some(env),
+                ),
                 Place::FluxProject { project } => (FLUX_INDEX.to_string(), project, None),
                 _ => continue,
             };
@@ -316,7 +322,8 @@ pub fn read_index(bytes: &[u8]) -> IndexRead {
                             listed.insert(name.to_string());
                         }
                         None => {
-                            foreign.get_or_insert_with(|| format!("it lists {}, which prenv never writes", yaml_text(r)));
+                            foreign
+                                .get_or_insert_with(|| format!("it lists {}, which prenv never writes", yaml_text(r)));
                         }
                     }
                 }
@@ -336,7 +343,10 @@ pub fn read_index(bytes: &[u8]) -> IndexRead {
 fn yaml_text(value: &serde_yaml::Value) -> String {
     match value.as_str() {
         Some(s) => format!("{s:?}"),
-        None => serde_yaml::to_string(value).unwrap_or_default().trim().replace('\n', " "),
+        None => serde_yaml::to_string(value)
+            .unwrap_or_default()
+            .trim()
+            .replace('\n', " "),
     }
 }
 
@@ -594,14 +604,20 @@ mod tests {
             ),
             ("flux/environments/shop-pr-1.yaml", "legacy".into()),
             ("flux/environments/shop.yaml", "x".into()),
-            ("flux/environments/shop/kustomization.yaml", "resources:\n- shop-pr-2.yaml\n".into()),
+            (
+                "flux/environments/shop/kustomization.yaml",
+                "resources:\n- shop-pr-2.yaml\n".into(),
+            ),
             ("flux/environments/shop/shop-pr-2.yaml", "nested".into()),
             ("flux/environments/shop/blog-pr-1.yaml", "in the wrong directory".into()),
             ("flux/environments/shop/notes/a.yaml", "x".into()),
             ("flux/environments/blog.yaml", "x".into()),
             ("flux/environments/blog/kustomization.yaml", "{{ broken".into()),
             ("flux/environments/blog/blog-pr-1.yaml", "nested".into()),
-            ("flux/environments/wiki.yaml", "someone's, no directory, not listed".into()),
+            (
+                "flux/environments/wiki.yaml",
+                "someone's, no directory, not listed".into(),
+            ),
         ]);
         let view = view_of(&tree, None);
         let shop1 = view.envs.entry("shop-pr-1").unwrap();
@@ -643,10 +659,16 @@ mod tests {
     #[test]
     fn a_kustomization_whose_environment_is_gone_is_prenvs_when_the_index_beside_it_lists_it() {
         let tree = tree_of(&[
-            ("flux/environments/kustomization.yaml", "resources:\n- shop.yaml\n- shop-pr-8.yaml\n".into()),
+            (
+                "flux/environments/kustomization.yaml",
+                "resources:\n- shop.yaml\n- shop-pr-8.yaml\n".into(),
+            ),
             ("flux/environments/shop-pr-8.yaml", "x".into()),
             ("flux/environments/shop-pr-9.yaml", "x".into()),
-            ("flux/environments/shop/kustomization.yaml", "resources:\n- shop-pr-3.yaml\n".into()),
+            (
+                "flux/environments/shop/kustomization.yaml",
+                "resources:\n- shop-pr-3.yaml\n".into(),
+            ),
             ("flux/environments/shop/shop-pr-3.yaml", "x".into()),
             ("flux/environments/shop/shop-pr-4.yaml", "x".into()),
         ]);
@@ -655,14 +677,21 @@ mod tests {
         assert_eq!(wired, ["shop-pr-3", "shop-pr-8"]);
         assert_eq!(
             view.strays.iter().map(String::as_str).collect::<Vec<_>>(),
-            ["flux/environments/shop-pr-9.yaml", "flux/environments/shop/shop-pr-4.yaml"]
+            [
+                "flux/environments/shop-pr-9.yaml",
+                "flux/environments/shop/shop-pr-4.yaml"
+            ]
         );
     }
 
     #[test]
     fn an_index_is_prenvs_only_when_it_holds_nothing_prenv_never_writes() {
         let table: [(&str, Option<&[&str]>, bool); 7] = [
-            ("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- a.yaml\n- b-pr-1.yaml\n", Some(&["a", "b-pr-1"]), false),
+            (
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- a.yaml\n- b-pr-1.yaml\n",
+                Some(&["a", "b-pr-1"]),
+                false,
+            ),
             ("resources: []\n", Some(&[]), false),
             ("resources:\n- a.yaml\n- ../../elsewhere\n", Some(&["a"]), true),
             ("resources:\n- a.yaml\npatches:\n- path: p.yaml\n", Some(&["a"]), true),

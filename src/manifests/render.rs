@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 use crate::model::config::{Config, Database, Engine};
 use crate::model::labels;
 use crate::model::layout::{
-    self, ARGOCD_INDEX, FLUX_INDEX, META_FILE, env_dir, flux_file, flux_legacy_file, flux_project_file, flux_project_index,
+    self, ARGOCD_INDEX, FLUX_INDEX, META_FILE, env_dir, flux_file, flux_legacy_file, flux_project_file,
+    flux_project_index,
 };
 use crate::model::meta::{EnvMeta, GENERATOR};
 use crate::model::naming;
