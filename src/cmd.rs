@@ -259,6 +259,7 @@ pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
                 "decisions": desired.plan.decisions,
                 "unconfirmed": snapshot.unconfirmed,
                 "strays": desired.strays,
+                "held": desired.held,
                 "files": {"added": desired.changes.added, "modified": desired.changes.modified, "removed": desired.changes.removed},
             });
             writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -267,7 +268,13 @@ pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
             write!(
                 out,
                 "{}",
-                show::plan_text(&desired.plan, &desired.changes, &desired.strays, shown.show_skipped)
+                show::plan_text(
+                    &desired.plan,
+                    &desired.changes,
+                    &desired.strays,
+                    &desired.held,
+                    shown.show_skipped
+                )
             )?;
             if args.diff {
                 write!(out, "{}", show::unified_diff(&repo, &view, &desired)?)?;
@@ -294,7 +301,13 @@ pub fn sync(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
             write!(
                 out,
                 "{}",
-                show::plan_text(&done.plan, &done.changes, &done.strays, args.view.show_skipped)
+                show::plan_text(
+                    &done.plan,
+                    &done.changes,
+                    &done.strays,
+                    &done.held,
+                    args.view.show_skipped
+                )
             )?;
             match &done.commit {
                 Some(commit) => writeln!(

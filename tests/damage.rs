@@ -95,10 +95,10 @@ fn apply(tree: &Tree, damage: &Damage) -> Tree {
         }
         Damage::DeleteDirectory(n) => files.retain(|p, _| !p.starts_with(&format!("{}/", dir(*n)))),
         Damage::DeleteWiring(n) => {
-            files.remove(&format!("flux/environments/shop-pr-{n}.yaml"));
+            files.remove(&format!("flux/environments/shop/shop-pr-{n}.yaml"));
         }
         Damage::DeleteIndex => {
-            files.remove("flux/environments/kustomization.yaml");
+            files.remove("flux/environments/shop/kustomization.yaml");
         }
         Damage::ExtraWiring => {
             files.insert("flux/environments/mine.yaml".into(), b"kind: Kustomization\n".to_vec());
@@ -126,19 +126,25 @@ fn apply(tree: &Tree, damage: &Damage) -> Tree {
 
 /// The paths prenv may write by the simplest reading of the rules, independent of the code under
 /// test: prenv's file names in directories whose metadata parses with the mark and names them,
-/// the wiring of those and of what the index lists, and the index. Everything else must survive
-/// a sync byte for byte.
+/// the wiring of those and of what the index beside it lists, the indexes and the project's
+/// Kustomization. Everything else must survive a sync byte for byte.
 fn oracle_owned(tree: &Tree) -> BTreeSet<String> {
     let mut owned = BTreeSet::new();
-    let mut marked: BTreeSet<String> = tree
-        .get("flux/environments/kustomization.yaml")
-        .map(|index| {
-            String::from_utf8_lossy(index)
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("- ")?.strip_suffix(".yaml").map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let listed = |index: &str| -> BTreeSet<String> {
+        tree.get(index)
+            .map(|index| {
+                String::from_utf8_lossy(index)
+                    .lines()
+                    .filter_map(|l| l.trim().strip_prefix("- ")?.strip_suffix(".yaml").map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The root index lists what is wired at the top; the project's index what is in its directory.
+    let (top, nested) = (
+        listed("flux/environments/kustomization.yaml"),
+        listed("flux/environments/shop/kustomization.yaml"),
+    );
     let mut with_meta = BTreeSet::new();
     for (path, bytes) in tree.iter() {
         let Some(rest) = path.strip_prefix("environments/") else {
@@ -154,17 +160,24 @@ fn oracle_owned(tree: &Tree) -> BTreeSet<String> {
             with_meta.insert(env.to_string());
         }
     }
-    let wired = marked.clone();
-    marked = with_meta;
+    let marked = with_meta;
     for path in tree.paths() {
         let env_file = path
             .strip_prefix("environments/")
             .and_then(|r| r.split_once('/'))
             .is_some_and(|(env, file)| marked.contains(env) && ENV_FILES.contains(&file));
-        let wiring = path
-            .strip_prefix("flux/environments/")
-            .and_then(|f| f.strip_suffix(".yaml"))
-            .is_some_and(|env| marked.contains(env) || wired.contains(env) || env == "kustomization");
+        let wiring = match path.strip_prefix("flux/environments/") {
+            Some("kustomization.yaml" | "shop.yaml" | "shop/kustomization.yaml") => true,
+            Some(file) => match file.strip_prefix("shop/") {
+                Some(file) => file
+                    .strip_suffix(".yaml")
+                    .is_some_and(|env| marked.contains(env) || nested.contains(env)),
+                None => file
+                    .strip_suffix(".yaml")
+                    .is_some_and(|env| marked.contains(env) || top.contains(env)),
+            },
+            None => false,
+        };
         if env_file || wiring {
             owned.insert(path.to_string());
         }
@@ -215,7 +228,7 @@ proptest! {
         }
         // What goes, goes by a prune decision: only the environments of PRs the snapshot says closed.
         for path in damaged.paths().filter(|p| after.get(p).is_none()) {
-            let env = path.trim_start_matches("environments/").trim_start_matches("flux/environments/");
+            let env = path.trim_start_matches("environments/").trim_start_matches("flux/environments/").trim_start_matches("shop/");
             let n: Option<u64> = env.strip_prefix("shop-pr-").and_then(|r| r.split(['/', '.']).next()).and_then(|n| n.parse().ok());
             let closed = n.is_some_and(|n| snapshot.iter().any(|p| p.number == n && p.state == PrState::Closed));
             prop_assert!(closed, "{} was removed without a prune decision ({:?})", path, damages);

@@ -146,7 +146,7 @@ async fn a_new_commit_keeps_the_running_image_until_its_own_exists_then_moves() 
         env_kustomization.contains("newTag: pr-7-aaaaaaa") && !env_kustomization.contains("replicas"),
         "{env_kustomization}"
     );
-    let wiring = f.file("flux/environments/shop-pr-7.yaml");
+    let wiring = f.file("flux/environments/shop/shop-pr-7.yaml");
     assert!(wiring.contains(&format!("prenv.dev/waiting-for-sha: {B}")), "{wiring}");
     assert!(wiring.contains(&format!("prenv.dev/head-sha: {A}")), "{wiring}");
 
@@ -169,7 +169,7 @@ async fn a_new_commit_keeps_the_running_image_until_its_own_exists_then_moves() 
     assert_eq!(meta["head_sha"], B);
     assert_eq!(meta.get("waiting_for"), None);
     assert_eq!(meta["committed_at"], "2026-11-24T11:00:30Z");
-    assert!(!f.file("flux/environments/shop-pr-7.yaml").contains("waiting-for"));
+    assert!(!f.file("flux/environments/shop/shop-pr-7.yaml").contains("waiting-for"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -155,7 +155,7 @@ fn damaged_metadata_keeps_its_environment_and_its_wiring() {
     repo.sync(&[open(4), open(5)]);
     let after = repo.tree();
     assert_eq!(part(&after, damaged), part(&before, damaged));
-    let index = repo.file("flux/environments/kustomization.yaml").unwrap();
+    let index = repo.file("flux/environments/shop/kustomization.yaml").unwrap();
     for env in ["shop-pr-1", "shop-pr-2", "shop-pr-3", "shop-pr-4", "shop-pr-5"] {
         assert!(index.contains(&format!("{env}.yaml")), "{env} left the index:\n{index}");
     }
@@ -186,7 +186,7 @@ fn a_hand_made_directory_is_never_taken_over_nor_deleted() {
         repo.file("environments/shop-pr-108/prenv.json").is_some(),
         "the other PR was not synced"
     );
-    assert!(!repo.tree().contains_key("flux/environments/shop-pr-107.yaml"));
+    assert!(!repo.tree().contains_key("flux/environments/shop/shop-pr-107.yaml"));
     repo.sync(&[open(1), closed(107), open(108)]);
     assert_eq!(
         part(&repo.tree(), mine),
@@ -256,7 +256,7 @@ fn drift_inside_an_environment_is_repaired_and_reported_and_foreign_files_are_ke
         std::fs::write(&k, text.replace(&sha(1, 0)[..7], "hacked1")).unwrap();
         std::fs::remove_file(w.join("environments/shop-pr-1/networkpolicies.yaml")).unwrap();
         std::fs::write(w.join("environments/shop-pr-1/extra.yaml"), "kind: ConfigMap\n").unwrap();
-        std::fs::remove_file(w.join("flux/environments/shop-pr-2.yaml")).unwrap();
+        std::fs::remove_file(w.join("flux/environments/shop/shop-pr-2.yaml")).unwrap();
     });
     let plan = repo.plan(&[open(1), open(2)]);
     assert!(plan.contains("drift repaired"), "{plan}");
@@ -268,7 +268,10 @@ fn drift_inside_an_environment_is_repaired_and_reported_and_foreign_files_are_ke
         plan.contains("rewrote environments/shop-pr-1/kustomization.yaml"),
         "{plan}"
     );
-    assert!(plan.contains("restored flux/environments/shop-pr-2.yaml"), "{plan}");
+    assert!(
+        plan.contains("restored flux/environments/shop/shop-pr-2.yaml"),
+        "{plan}"
+    );
     assert!(plan.contains("kept    environments/shop-pr-1/extra.yaml"), "{plan}");
     repo.sync(&[open(1), open(2)]);
     let healed = repo.tree();
@@ -324,7 +327,7 @@ fn pruning_removes_only_what_prenv_wrote() {
     assert_eq!(left, ["environments/shop-pr-1/notes.txt"]);
     assert!(
         !repo
-            .file("flux/environments/kustomization.yaml")
+            .file("flux/environments/shop/kustomization.yaml")
             .unwrap()
             .contains("shop-pr-1")
     );
@@ -341,9 +344,9 @@ fn wiring_follows_decisions_when_a_directory_is_deleted_by_hand() {
     // PR 1 is not in the snapshot, PR 2 is open, PR 3 closed.
     repo.sync(&[open(2), closed(3)]);
     let tree = repo.tree();
-    let index = repo.file("flux/environments/kustomization.yaml").unwrap();
+    let index = repo.file("flux/environments/shop/kustomization.yaml").unwrap();
     assert!(
-        tree.contains_key("flux/environments/shop-pr-1.yaml") && index.contains("shop-pr-1.yaml"),
+        tree.contains_key("flux/environments/shop/shop-pr-1.yaml") && index.contains("shop-pr-1.yaml"),
         "{index}"
     );
     assert!(
@@ -351,7 +354,7 @@ fn wiring_follows_decisions_when_a_directory_is_deleted_by_hand() {
         "the open PR's directory was not written again"
     );
     assert!(
-        !tree.contains_key("flux/environments/shop-pr-3.yaml") && !index.contains("shop-pr-3"),
+        !tree.contains_key("flux/environments/shop/shop-pr-3.yaml") && !index.contains("shop-pr-3"),
         "{index}"
     );
     let message = git(&repo.remote, &["log", "-1", "--format=%B", "main"]);

@@ -119,17 +119,60 @@ impl Platform {
     }
 }
 
-/// The files of the tree that belong to project `project` (its environments and their wiring).
+/// The files of the tree that belong to project `project`: its environments, their wiring, and
+/// its Flux Kustomization and index.
 fn of_project(tree: &BTreeMap<String, String>, project: &str) -> BTreeMap<String, String> {
     let prefix = format!("{project}-pr-");
+    let (own_dir, own_file) = (format!("{project}/"), format!("{project}.yaml"));
     tree.iter()
         .filter(|(p, _)| {
             p.strip_prefix("environments/")
-                .or_else(|| p.strip_prefix("flux/environments/"))
                 .is_some_and(|rest| rest.starts_with(&prefix))
+                || p.strip_prefix("flux/environments/")
+                    .is_some_and(|rest| rest.starts_with(&prefix) || rest.starts_with(&own_dir) || rest == own_file)
         })
         .map(|(p, m)| (p.clone(), m.clone()))
         .collect()
+}
+
+/// The names a kustomize index at `path` lists (`resources`), in its order.
+fn listed(platform: &Platform, path: &str) -> Vec<String> {
+    let index = platform.file(path).unwrap_or_else(|| panic!("{path} is missing"));
+    let value: serde_yaml::Value = serde_yaml::from_str(&index).unwrap();
+    value["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().trim_end_matches(".yaml").to_string())
+        .collect()
+}
+
+/// The names of the objects `kubectl kustomize` builds from `dir`.
+fn built_names(dir: &Path) -> Vec<String> {
+    kustomize(dir)
+        .iter()
+        .filter_map(|o| str_at(o, &["metadata", "name"]).map(String::from))
+        .collect()
+}
+
+/// Builds the whole Flux wiring of a checkout as the cluster does: the root index gives the
+/// projects' Kustomizations (and the environments wired before projects had an index), and each
+/// project's Kustomization builds its path. Returns every environment Kustomization's name.
+fn built_wiring(root: &Path) -> Vec<String> {
+    let mut envs = Vec::new();
+    for object in kustomize(&root.join("flux/environments")) {
+        let name = str_at(&object, &["metadata", "name"]).unwrap().to_string();
+        let path = str_at(&object, &["spec", "path"]).unwrap();
+        match path.strip_prefix("./flux/environments/") {
+            Some(project) => {
+                assert_eq!(name, format!("prenv-environments-{project}"));
+                envs.extend(built_names(&root.join("flux/environments").join(project)));
+            }
+            None => envs.push(name),
+        }
+    }
+    envs.sort();
+    envs
 }
 
 #[test]
@@ -141,7 +184,8 @@ fn a_second_project_in_the_same_repository_changes_nothing_of_the_first() {
     let shop_prs: Vec<_> = (1..=5).map(|n| open("shop", n, 0)).collect();
     platform.sync("shop", &shop, &shop_prs);
     let before = of_project(&platform.tree(), "shop");
-    assert_eq!(before.len(), 5 * 7, "{before:#?}");
+    // Seven files per environment, and the project's Flux Kustomization and index.
+    assert_eq!(before.len(), 5 * 7 + 2, "{before:#?}");
     // Blog's PR numbers are shop's too: other pull requests, other environments.
     let blog_prs: Vec<_> = (1..=3).map(|n| open("blog", n, 0)).collect();
     let out = platform.sync("blog", &blog, &blog_prs);
@@ -163,10 +207,19 @@ fn a_second_project_in_the_same_repository_changes_nothing_of_the_first() {
             .unwrap();
         assert!(quota.contains("700m"), "{quota}");
     }
-    let index = platform.file("flux/environments/kustomization.yaml").unwrap();
-    for env in ["shop-pr-1", "shop-pr-5", "blog-pr-1", "blog-pr-3"] {
-        assert!(index.contains(&format!("{env}.yaml")), "{env} is not listed:\n{index}");
-    }
+    // Each project has its own index and Kustomization; the root index lists the projects.
+    assert_eq!(
+        listed(&platform, "flux/environments/kustomization.yaml"),
+        ["blog", "shop"]
+    );
+    assert_eq!(
+        listed(&platform, "flux/environments/shop/kustomization.yaml"),
+        (1..=5).map(|n| format!("shop-pr-{n}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        listed(&platform, "flux/environments/blog/kustomization.yaml"),
+        ["blog-pr-1", "blog-pr-2", "blog-pr-3"]
+    );
     // Each project's next sync, and its plan, finds nothing to do: nothing of the other reads as its own.
     for (project, conf, prs) in [("shop", &shop, &shop_prs), ("blog", &blog, &blog_prs)] {
         let out = platform.sync(project, conf, prs);
@@ -195,8 +248,16 @@ fn a_second_project_in_the_same_repository_changes_nothing_of_the_first() {
     };
     assert!(labels("shop-pr-2").iter().all(|p| p == "shop"));
     assert!(labels("blog-pr-2").iter().all(|p| p == "blog"));
-    let flux = kustomize(&root.join("flux/environments"));
-    assert_eq!(flux.len(), 8, "one Flux Kustomization per environment of both projects");
+    assert_eq!(
+        built_names(&root.join("flux/environments")),
+        ["prenv-environments-blog", "prenv-environments-shop"]
+    );
+    let envs = built_wiring(&root);
+    assert_eq!(
+        envs.len(),
+        8,
+        "one Flux Kustomization per environment of both projects: {envs:?}"
+    );
 }
 
 #[test]
@@ -220,8 +281,8 @@ fn five_projects_share_one_repository_and_never_touch_each_other() {
         seen.insert(p, of_project(&tree, p));
     }
     // `shop-admin`'s environments are not `shop`'s, though their names share a prefix.
-    assert_eq!(seen["shop"].len(), 2 * 7);
-    assert_eq!(seen["shop-admin"].len(), 2 * 7);
+    assert_eq!(seen["shop"].len(), 2 * 7 + 2);
+    assert_eq!(seen["shop-admin"].len(), 2 * 7 + 2);
     // A new commit on every PR of one project updates that project only.
     let before = platform.tree();
     let out = platform.sync("wiki", &confs[2], &prs("wiki", 1));
@@ -234,8 +295,21 @@ fn five_projects_share_one_repository_and_never_touch_each_other() {
             "wiki's update changed {p}"
         );
     }
-    let index = platform.file("flux/environments/kustomization.yaml").unwrap();
-    assert_eq!(index.matches("-pr-").count(), 10, "{index}");
+    let mut sorted = projects.map(String::from).to_vec();
+    sorted.sort();
+    assert_eq!(listed(&platform, "flux/environments/kustomization.yaml"), sorted);
+    for p in projects {
+        let index = format!("flux/environments/{p}/kustomization.yaml");
+        assert_eq!(listed(&platform, &index), [format!("{p}-pr-1"), format!("{p}-pr-2")]);
+    }
+    let work = platform.checkout();
+    assert_eq!(built_wiring(&work.path().join("w")).len(), 10);
+    // Every project settled: its next sync commits nothing.
+    for (p, conf) in projects.iter().zip(&confs) {
+        let round = if *p == "wiki" { 1 } else { 0 };
+        let out = platform.sync(p, conf, &prs(p, round));
+        assert!(out.contains("no change"), "{p}: {out}");
+    }
 }
 
 #[test]
@@ -254,13 +328,12 @@ fn concurrent_syncs_of_different_projects_all_land() {
     let tree = platform.tree();
     let log = git(&platform.remote, &["log", "--stat", "--format=%H %P%n%B", "main"]);
     for p in projects {
-        assert_eq!(of_project(&tree, p).len(), 3 * 7, "{p}:\n{log}");
+        assert_eq!(of_project(&tree, p).len(), 3 * 7 + 2, "{p}:\n{log}");
     }
-    let index = platform.file("flux/environments/kustomization.yaml").unwrap();
     assert_eq!(
-        index.matches("-pr-").count(),
-        12,
-        "every project's wiring is listed:\n{index}"
+        listed(&platform, "flux/environments/kustomization.yaml"),
+        ["api", "blog", "shop", "wiki"],
+        "every project's wiring is listed:\n{log}"
     );
     // And all is settled: each project's next sync commits nothing.
     for p in projects {
@@ -294,11 +367,11 @@ fn closing_one_projects_prs_prunes_its_own_and_the_breaker_counts_only_its_own()
     let out = platform.run("shop", &shop, "sync", &three_closed, &["--allow-mass-prune"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let tree = platform.tree();
-    assert_eq!(of_project(&tree, "shop").len(), 2 * 7);
+    assert_eq!(of_project(&tree, "shop").len(), 2 * 7 + 2);
     assert_eq!(of_project(&tree, "blog"), blog_files);
     // A project whose config is gone (shop, offboarded) keeps its environments through the others' syncs.
     platform.sync("blog", &blog, &(1..=5).map(|n| open("blog", n, 0)).collect::<Vec<_>>());
-    assert_eq!(of_project(&platform.tree(), "shop").len(), 2 * 7);
+    assert_eq!(of_project(&platform.tree(), "shop").len(), 2 * 7 + 2);
 }
 
 #[test]
@@ -565,9 +638,7 @@ fn one_projects_broken_template_does_not_block_another_projects_environments() {
     platform.sync("shop", &shop, &[open("shop", 1, 0), open("shop", 2, 0)]);
     let work = platform.checkout();
     let root = work.path().join("w");
-    let wiring = kustomize(&root.join("flux/environments"));
-    let names: Vec<&str> = wiring.iter().filter_map(|o| str_at(o, &["metadata", "name"])).collect();
-    assert_eq!(names, ["blog-pr-1", "shop-pr-1", "shop-pr-2"]);
+    assert_eq!(built_wiring(&root), ["blog-pr-1", "shop-pr-1", "shop-pr-2"]);
     for env in ["shop-pr-1", "shop-pr-2"] {
         kustomize(&root.join("environments").join(env));
     }
@@ -636,4 +707,114 @@ fn onboarding_a_second_application_is_one_command_and_idempotent() {
     let bad = platform.run("bad", &config("Blog", ""), "onboard", &[], &[]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("project_id"), "{}", text(&bad.stderr));
+}
+
+#[test]
+fn a_hand_broken_index_of_one_project_leaves_the_others_sync_and_wiring_working() {
+    let platform = Platform::new();
+    let shop = config("shop", "databases = []");
+    let blog = config("blog", "databases = []");
+    platform.sync("shop", &shop, &[open("shop", 1, 0)]);
+    platform.sync("blog", &blog, &[open("blog", 1, 0)]);
+    // Someone's merge leaves conflict markers in blog's index.
+    let index = "flux/environments/blog/kustomization.yaml";
+    let broken = "<<<<<<< HEAD\nresources:\n- blog-pr-1.yaml\n=======\nresources: []\n>>>>>>> theirs\n";
+    platform.push(|w| std::fs::write(w.join(index), broken).unwrap());
+    // Shop's sync neither stops nor mentions blog, and shop's wiring builds.
+    let out = platform.sync("shop", &shop, &[open("shop", 1, 0), open("shop", 2, 0)]);
+    assert!(out.contains("committed"), "{out}");
+    assert!(!out.contains("blog"), "{out}");
+    // Blog's sync writes its new environment, keeps the broken index as it is and says why.
+    let blog_prs = [open("blog", 1, 0), open("blog", 2, 0)];
+    let out = platform.sync("blog", &blog, &blog_prs);
+    assert!(out.contains(&format!("kept    {index}: it does not parse")), "{out}");
+    assert_eq!(platform.file(index).as_deref(), Some(broken));
+    assert!(platform.file("environments/blog-pr-2/prenv.json").is_some());
+    // The same inputs again: nothing to commit, and the index is still reported.
+    let again = platform.sync("blog", &blog, &blog_prs);
+    assert!(
+        again.contains("no change") && again.contains(&format!("kept    {index}")),
+        "{again}"
+    );
+    let work = platform.checkout();
+    let root = work.path().join("w");
+    assert_eq!(
+        built_names(&root.join("flux/environments")),
+        ["prenv-environments-blog", "prenv-environments-shop"]
+    );
+    assert_eq!(
+        built_names(&root.join("flux/environments/shop")),
+        ["shop-pr-1", "shop-pr-2"]
+    );
+    let blog_build = Command::new(kubectl())
+        .args(["kustomize", s(&root.join("flux/environments/blog"))])
+        .output()
+        .unwrap();
+    assert!(!blog_build.status.success(), "blog's broken index should not build");
+}
+
+#[test]
+fn environments_wired_before_projects_had_an_index_stay_at_the_top_until_pruned() {
+    let platform = Platform::new();
+    let shop = config("shop", "databases = []");
+    platform.sync("shop", &shop, &[open("shop", 1, 0), open("shop", 2, 0)]);
+    // The layout of an older prenv: every environment's Kustomization at the top of the wiring,
+    // listed by the one shared index, and no project directory.
+    platform.push(|w| {
+        let flux = w.join("flux/environments");
+        for n in [1, 2] {
+            let file = format!("shop-pr-{n}.yaml");
+            std::fs::rename(flux.join("shop").join(&file), flux.join(&file)).unwrap();
+        }
+        std::fs::remove_dir_all(flux.join("shop")).unwrap();
+        std::fs::remove_file(flux.join("shop.yaml")).unwrap();
+        std::fs::write(
+            flux.join("kustomization.yaml"),
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- shop-pr-1.yaml\n- shop-pr-2.yaml\n",
+        )
+        .unwrap();
+    });
+    let legacy = |tree: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        tree.iter()
+            .filter(|(p, _)| p.starts_with("flux/environments/shop-pr-"))
+            .map(|(p, m)| (p.clone(), m.clone()))
+            .collect()
+    };
+    let before = legacy(&platform.tree());
+    assert_eq!(before.len(), 2);
+    // A new PR is wired in the project's directory; the running ones are not moved (moving them
+    // would make the root Kustomization prune them, namespace and database with them).
+    let three = [open("shop", 1, 0), open("shop", 2, 0), open("shop", 3, 0)];
+    platform.sync("shop", &shop, &three);
+    assert_eq!(
+        legacy(&platform.tree()),
+        before,
+        "a running environment's Kustomization moved"
+    );
+    assert_eq!(
+        listed(&platform, "flux/environments/kustomization.yaml"),
+        ["shop", "shop-pr-1", "shop-pr-2"]
+    );
+    assert_eq!(
+        listed(&platform, "flux/environments/shop/kustomization.yaml"),
+        ["shop-pr-3"]
+    );
+    let work = platform.checkout();
+    assert_eq!(
+        built_wiring(&work.path().join("w")),
+        ["shop-pr-1", "shop-pr-2", "shop-pr-3"]
+    );
+    // Closed, an environment at the top leaves it and the root index; the other stays.
+    let one_closed = [closed("shop", 1), open("shop", 2, 0), open("shop", 3, 0)];
+    platform.sync("shop", &shop, &one_closed);
+    let tree = platform.tree();
+    assert!(!tree.contains_key("flux/environments/shop-pr-1.yaml"));
+    assert!(!tree.contains_key("flux/environments/shop/shop-pr-1.yaml"));
+    assert_eq!(legacy(&tree).len(), 1);
+    assert_eq!(
+        listed(&platform, "flux/environments/kustomization.yaml"),
+        ["shop", "shop-pr-2"]
+    );
+    let again = platform.sync("shop", &shop, &one_closed);
+    assert!(again.contains("no change"), "{again}");
 }

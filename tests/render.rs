@@ -217,9 +217,24 @@ fn no_input_writes_outside_its_environment_directory() {
 }
 
 #[test]
-fn the_flux_wiring_lists_one_kustomization_per_environment() {
+fn the_flux_wiring_lists_one_kustomization_per_project_and_one_per_environment_in_its_index() {
     let dir = render_example("prenv.toml");
-    let objects = kustomize(&dir.path().join("flux/environments"));
+    // The root index gives the project's Kustomization, over the project's own index.
+    let projects = kustomize(&dir.path().join("flux/environments"));
+    assert_eq!(projects.len(), 1);
+    let project = &projects[0];
+    assert_eq!(str_at(project, &["apiVersion"]), Some("kustomize.toolkit.fluxcd.io/v1"));
+    assert_eq!(str_at(project, &["kind"]), Some("Kustomization"));
+    assert_eq!(str_at(project, &["metadata", "name"]), Some("prenv-environments-shop"));
+    assert_eq!(str_at(project, &["metadata", "namespace"]), Some("flux-system"));
+    assert_eq!(str_at(project, &["spec", "path"]), Some("./flux/environments/shop"));
+    assert_eq!(project["spec"]["prune"].as_bool(), Some(true));
+    assert_eq!(str_at(project, &["spec", "sourceRef", "kind"]), Some("GitRepository"));
+    assert_eq!(
+        str_at(project, &["spec", "sourceRef", "name"]),
+        Some("prenv-environments")
+    );
+    let objects = kustomize(&dir.path().join("flux/environments/shop"));
     let names: Vec<&str> = objects
         .iter()
         .filter_map(|o| str_at(o, &["metadata", "name"]))
@@ -461,7 +476,8 @@ fn closing_a_pr_prunes_its_environment_and_leaves_hand_made_dirs() {
         !out_dir.join("environments/shop-pr-2").exists(),
         "closed PR's environment is pruned"
     );
-    assert!(!out_dir.join("flux/environments/shop-pr-2.yaml").exists());
+    assert!(out_dir.join("flux/environments/shop/shop-pr-1.yaml").exists());
+    assert!(!out_dir.join("flux/environments/shop/shop-pr-2.yaml").exists());
     assert!(
         out_dir.join("environments/hand-made/kustomization.yaml").exists(),
         "a directory prenv did not create stays"

@@ -179,7 +179,7 @@ fn first_sync_creates_every_environment_in_one_commit_and_the_second_makes_none(
     assert_eq!(f.envs(), envs(1..=12));
     let files = f.files("main");
     assert!(files.contains("base/kustomization.yaml") && files.contains("overlays/postgres/kustomization.yaml"));
-    assert!(files.contains("flux/environments/shop-pr-7.yaml"));
+    assert!(files.contains("flux/environments/shop/shop-pr-7.yaml"));
     let message = git(&f.remote, &["log", "-1", "--format=%B", "main"]);
     assert!(message.starts_with("prenv: 12 created\n"), "{message}");
     assert!(
@@ -212,8 +212,8 @@ fn closing_a_pr_prunes_exactly_its_directory_in_one_commit() {
         .into_iter()
         .filter(|p| {
             p.starts_with("environments/shop-pr-2/")
-                || p == "flux/environments/shop-pr-2.yaml"
-                || p == "flux/environments/kustomization.yaml"
+                || p == "flux/environments/shop/shop-pr-2.yaml"
+                || p == "flux/environments/shop/kustomization.yaml"
         })
         .collect();
     assert_eq!(changed, expected);
@@ -238,7 +238,7 @@ fn a_new_commit_on_a_pr_updates_only_that_environment() {
     assert!(
         changed
             .lines()
-            .all(|p| p.starts_with("environments/shop-pr-2/") || p == "flux/environments/shop-pr-2.yaml"),
+            .all(|p| p.starts_with("environments/shop-pr-2/") || p == "flux/environments/shop/shop-pr-2.yaml"),
         "{changed}"
     );
     let kustomization = git(&f.remote, &["show", "main:environments/shop-pr-2/kustomization.yaml"]);

@@ -4,12 +4,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::core::diff::{EntryKind, Found, Inventory, template_dir};
+use crate::core::diff::{EntryKind, Found, Inventory, is_flux_index, template_dir};
 use crate::core::ports::{PrSource, RepoView};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::layout::{
-    ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, FLUX_INDEX, META_FILE, PROJECTS_DIR,
+    ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, PROJECTS_DIR,
 };
 use crate::model::pr::{self, Snapshot};
 use crate::model::tree::Tree;
@@ -84,12 +84,12 @@ pub fn read_rendered(dir: &Path) -> Result<RepoView> {
     }
     if real_dir(dir, FLUX_DIR, &mut inventory)?.is_some() {
         let files = found_below(dir, FLUX_DIR)?;
-        let index = files
-            .iter()
-            .find(|f| f.name == "kustomization.yaml" && f.plain)
-            .map(|_| read_file(&dir.join(FLUX_INDEX)))
-            .transpose()?;
-        inventory.flux_wiring(index.as_deref(), &files);
+        let mut indexes = Vec::new();
+        for f in files.iter().filter(|f| f.regular && is_flux_index(&f.name)) {
+            let bytes = read_file(&dir.join(FLUX_DIR).join(&f.name))?;
+            indexes.push((f.name.clone(), std::sync::Arc::from(bytes)));
+        }
+        inventory.flux_wiring(indexes, &files);
     }
     if real_dir(dir, ARGOCD_DIR, &mut inventory)?.is_some() {
         let files = found_below(dir, ARGOCD_DIR)?;
@@ -173,10 +173,12 @@ fn found_below(root: &Path, rel: &str) -> Result<Vec<Found>> {
                 EntryKind::Symlink => out.push(Found {
                     id: BlobId::of(name.as_bytes()),
                     name,
+                    regular: false,
                     plain: false,
                 }),
                 _ => out.push(Found {
                     id: BlobId::of(&read_file(&path)?),
+                    regular: true,
                     plain: prefix.is_empty(),
                     name,
                 }),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository, Signature};
 
 use super::pack::{BlobPack, Change as TreeChange, MODE_FILE, MODE_TREE, find_dir, raw_entries, splice_tree};
-use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, listed_in_index, template_dir};
+use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, is_flux_index, template_dir};
 use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision, Verifications};
 use crate::error::{Error, Result, Sdk};
 use crate::model::config::Git as GitConfig;
@@ -236,26 +236,16 @@ impl EnvRepo {
             }
         }
         if let Some(flux) = self.subtree(&root, FLUX_DIR, &mut inventory)? {
-            // The index is parsed only when a file there is not an environment's own.
-            let index = flux
-                .get_name("kustomization.yaml")
-                .filter(|i| i.kind() == Some(ObjectType::Blob))
-                .map(|i| i.id());
-            let mut failed = None;
-            let listed = || {
-                let id = index?;
-                match self.repo.find_blob(id) {
-                    Ok(blob) => Some(listed_in_index(blob.content())),
-                    Err(e) => {
-                        failed = Some(err(e));
-                        Some(None)
-                    }
-                }
-            };
-            inventory.flux_wiring_listed(listed, &self.files(&flux)?);
-            if let Some(e) = failed {
-                return Err(e);
+            // The indexes are read (one blob each: the root's and one per project) and parsed
+            // only where the inventory or the plan needs what one lists.
+            let files = self.files(&flux)?;
+            let mut indexes = Vec::new();
+            for f in files.iter().filter(|f| f.regular && is_flux_index(&f.name)) {
+                let id = Oid::from_bytes(&f.id.0).map_err(err)?;
+                let blob = self.repo.find_blob(id).map_err(err)?;
+                indexes.push((f.name.clone(), std::sync::Arc::from(blob.content())));
             }
+            inventory.flux_wiring(indexes, &files);
         }
         if let Some(argo) = self.subtree(&root, ARGOCD_DIR, &mut inventory)? {
             let legacy = match argo.get_name("applicationset.yaml") {
@@ -390,6 +380,7 @@ impl EnvRepo {
                         stack.push((sub, format!("{path}/")));
                     }
                     kind => out.push(Found {
+                        regular: kind == EntryKind::File,
                         plain: kind == EntryKind::File && prefix.is_empty(),
                         name: path,
                         id: blob_id(entry.id()),

@@ -12,8 +12,15 @@ use crate::core::ports::{EnvStore, RepoView};
 use crate::error::Result;
 
 /// One line per decision (skips only with `show_skipped`), one per file found in prenv's
-/// directories that is not prenv's (kept), then the summary.
-pub fn plan_text(plan: &Plan, changes: &Changes, strays: &BTreeSet<String>, show_skipped: bool) -> String {
+/// directories that is not prenv's (kept), one per wiring file kept instead of rewritten (and
+/// why), then the summary.
+pub fn plan_text(
+    plan: &Plan,
+    changes: &Changes,
+    strays: &BTreeSet<String>,
+    held: &BTreeMap<String, String>,
+    show_skipped: bool,
+) -> String {
     let shown = plan
         .decisions
         .iter()
@@ -32,6 +39,9 @@ pub fn plan_text(plan: &Plan, changes: &Changes, strays: &BTreeSet<String>, show
     }
     for path in strays {
         text.push_str(&format!("kept    {path}: not a file prenv writes, left as it is\n"));
+    }
+    for (path, why) in held {
+        text.push_str(&format!("kept    {path}: {why}\n"));
     }
     let mut counts = BTreeMap::new();
     for d in &plan.decisions {

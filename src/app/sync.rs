@@ -106,6 +106,8 @@ pub struct SyncOutcome {
     pub unconfirmed: BTreeMap<u64, String>,
     /// Files inside prenv's directories that are not prenv's: kept as they are.
     pub strays: std::collections::BTreeSet<String>,
+    /// Wiring files this run kept instead of rewriting them, and why.
+    pub held: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -181,6 +183,7 @@ pub fn sync(
             attempts: attempt,
             unconfirmed: opts.evidence.unconfirmed.clone(),
             strays: prepared.strays,
+            held: prepared.held,
         };
         if outcome.changes.is_empty() {
             tracing::info!("nothing changed; no commit");

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::manifests::{render, templates};
 use crate::model::config::{Config, Database};
 use crate::model::layout::{
-    self, ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, Place, TreeId, argocd_project_of, env_dir, flux_file, secret_path,
+    self, ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, FLUX_DIR, FLUX_INDEX, Place, TreeId, argocd_project_of, env_dir,
+    flux_file, flux_legacy_file, flux_project_dir, flux_project_file, flux_project_index, project_of_env, secret_path,
 };
 use crate::model::meta::EnvMeta;
 use crate::model::pr::PullRequest;
@@ -47,6 +48,9 @@ pub struct Desired {
     pub verified: Vec<(TreeId, Option<BlobId>)>,
     /// Files that are not prenv's inside its directories: kept, reported.
     pub strays: BTreeSet<String>,
+    /// Files of the wiring this run would rewrite but keeps as they are, and why (an index edited
+    /// by hand into something prenv does not write): reported, never overwritten.
+    pub held: BTreeMap<String, String>,
 }
 
 /// Computes the desired state against `current`. New environments that need credentials get them
@@ -81,14 +85,32 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         .map(|m| m.env.as_str())
         .collect();
     let envs: Vec<&EnvMeta> = plan.desired().collect();
+    let project = config.project_id.as_str();
+    // Wiring left as it is stays where it is: at the top (the root index lists it) or in this
+    // project's directory (its index lists it); another project's directory is its own.
     let kept: Vec<&str> = untouched
         .iter()
         .copied()
-        .filter(|env| current.owned_id(&flux_file(env)).is_some())
+        .filter(|env| current.owned_id(&flux_legacy_file(env)).is_some())
+        .collect();
+    let kept_own: Vec<&str> = untouched
+        .iter()
+        .copied()
+        .filter(|env| project_of_env(env) == Some(project) && current.owned_id(&flux_file(env)).is_some())
+        .collect();
+    // An environment wired at the top before projects had an index stays there until it is
+    // pruned: moving it would delete it in the cluster (see `layout::flux_legacy_file`).
+    let legacy: BTreeSet<&str> = envs
+        .iter()
+        .map(|m| m.env.as_str())
+        .filter(|env| current.owned_id(&flux_legacy_file(env)).is_some())
         .collect();
     let argo_kept = other_applicationsets(config, current);
     let around = render::Around {
         kept,
+        kept_own,
+        legacy,
+        flux_projects: other_flux_projects(config, current),
         argo_kept: argo_kept
             .iter()
             .map(|p| p.trim_start_matches(&format!("{ARGOCD_DIR}/")).to_string())
@@ -99,7 +121,7 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     let mut compared: BTreeMap<String, BlobId> = current
         .owned_files(|env| !trusted.contains(env) && !untouched.contains(env))
         .into_iter()
-        .filter(|(path, _)| !argo_kept.contains(path.as_str()))
+        .filter(|(path, _)| !argo_kept.contains(path.as_str()) && !other_projects_flux(project, path))
         .collect();
     for meta in envs
         .iter()
@@ -112,6 +134,7 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         }
     }
     let mut changes = diff::changes_of(&compared, &desired);
+    let held = hold_wiring(config, current, &mut changes);
     // The defaults are added where the repository has none, unless this project builds only on its own.
     let own_base = current.templates.contains(&layout::project_base(&config.project_id));
     let own_overlays = config.databases.iter().all(|db| {
@@ -128,7 +151,7 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     changes.added.extend(templates.paths().map(String::from));
     desired.extend(templates);
     refuse_obstacles(current, &changes)?;
-    let verified = newly_verified(&envs, &trusted, current, &desired, &changes);
+    let verified = newly_verified(&envs, &trusted, &around.legacy, current, &desired, &changes);
     explain_rerendered(&mut plan, &changes, current);
     // The files to write are the changed part of the desired tree, moved, not copied: a full
     // sync of thousands of environments holds their bytes once.
@@ -140,7 +163,101 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         upserts,
         verified,
         strays: current.strays.clone(),
+        held,
     })
+}
+
+/// The other projects whose Flux Kustomization (`flux/environments/<project>.yaml`) is prenv's:
+/// the root index keeps listing them.
+fn other_flux_projects(config: &Config, current: &RepoView) -> BTreeSet<String> {
+    let prefix = format!("{FLUX_DIR}/");
+    current
+        .owned
+        .range(prefix.clone()..)
+        .take_while(|(path, _)| path.starts_with(&prefix))
+        .filter_map(|(path, _)| match Place::of(path) {
+            Place::FluxProject { project } if *path == flux_project_file(project) => Some(project),
+            _ => None,
+        })
+        .filter(|project| *project != config.project_id)
+        .map(String::from)
+        .collect()
+}
+
+/// Whether `path` is another project's Flux Kustomization or index: never compared, written or
+/// removed by this project's sync.
+fn other_projects_flux(project: &str, path: &str) -> bool {
+    matches!(Place::of(path), Place::FluxProject { project: owner } if owner != project)
+}
+
+/// Keeps the Flux files this run would write over but must not: an index (the root one or this
+/// project's) that is not as prenv writes it — broken by hand or by a merge, or listing something
+/// prenv never writes — is kept byte for byte, and no file beside it is removed while it stands
+/// (it may list one, and its build would fail); a file at a path prenv writes that is not prenv's
+/// is kept too. Each is reported with why. Another project's index is never read here: whatever
+/// it holds, this project's wiring does not depend on it.
+fn hold_wiring(config: &Config, current: &RepoView, changes: &mut Changes) -> BTreeMap<String, String> {
+    let mut held = BTreeMap::new();
+    let project = config.project_id.as_str();
+    let own_index = flux_project_index(project);
+    for (path, dir) in [
+        (FLUX_INDEX.to_string(), FLUX_DIR.to_string()),
+        (own_index.clone(), flux_project_dir(project)),
+    ] {
+        if !changes.modified.contains(&path) {
+            continue;
+        }
+        let Some(index) = current.flux_indexes.get(&path) else {
+            continue;
+        };
+        let read = index.read();
+        let not_ours = (path == own_index)
+            .then(|| {
+                read.listed
+                    .iter()
+                    .flatten()
+                    .find(|name| project_of_env(name) != Some(project))
+            })
+            .flatten()
+            .map(|name| format!("it lists {name}.yaml, which is no environment of project {project}"));
+        let Some(why) = read.foreign.clone().or(not_ours) else {
+            continue;
+        };
+        changes.modified.remove(&path);
+        let beside = format!("{dir}/");
+        changes
+            .removed
+            .retain(|p| p.strip_prefix(&beside).is_none_or(|file| file.contains('/')));
+        tracing::warn!(file = %path, %why, "a Flux index prenv would rewrite is not as prenv writes it; kept as it is");
+        held.insert(
+            path,
+            format!("{why}; kept as it is, and no file beside it is removed until it is fixed or deleted (then the next sync writes it)"),
+        );
+    }
+    let taken: Vec<String> = changes
+        .added
+        .iter()
+        .filter(|p| p.starts_with(&format!("{FLUX_DIR}/")) && current.strays.contains(*p))
+        .cloned()
+        .collect();
+    for path in taken {
+        changes.added.remove(&path);
+        held.insert(
+            path.clone(),
+            "a file prenv did not write is where prenv writes this; kept as it is: move it away".into(),
+        );
+        // Written beside someone's file of that name, the project's index (or a root index
+        // listing it) would make that file read as this project's Kustomization next time.
+        if path == flux_project_file(project) {
+            for index in [own_index.as_str(), FLUX_INDEX] {
+                if changes.added.remove(index) || changes.modified.remove(index) {
+                    let why = format!("not written while {path} is someone else's file");
+                    held.insert(index.to_string(), why);
+                }
+            }
+        }
+    }
+    held
 }
 
 /// Environment names whose paths this run leaves exactly as they are: blocked ones (not prenv's,
@@ -218,6 +335,7 @@ fn refuse_obstacles(current: &RepoView, changes: &Changes) -> Result<()> {
 fn newly_verified(
     envs: &[&EnvMeta],
     trusted: &BTreeSet<&str>,
+    legacy: &BTreeSet<&str>,
     current: &RepoView,
     desired: &Tree,
     changes: &Changes,
@@ -235,9 +353,15 @@ fn newly_verified(
         })
         .map(|m| {
             let files = diff::env_files_after(m.env.as_str(), current, desired, removed);
-            let wiring = match desired.get(&flux_file(m.env.as_str())) {
+            let env = m.env.as_str();
+            let path = if legacy.contains(env) {
+                flux_legacy_file(env)
+            } else {
+                flux_file(env)
+            };
+            let wiring = match desired.get(&path) {
                 Some(bytes) => Some(BlobId::of(bytes)),
-                None => current.owned_id(&flux_file(m.env.as_str())),
+                None => current.owned_id(&path),
             };
             (TreeId::of_files(files), wiring)
         })
@@ -305,4 +429,216 @@ pub fn commit_message(plan: &Plan, changes: &Changes) -> String {
     });
     msg.extend(lines);
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::diff::view_of;
+    use crate::core::plan::tests::{NOW, at, closed, config, pr};
+    use crate::core::ports::NoMemory;
+
+    /// The projects here have no MariaDB: nothing asks for credentials.
+    struct NoCredentials;
+
+    impl CredentialMaker for NoCredentials {
+        fn mariadb_credentials(&mut self, meta: &EnvMeta, _now: DateTime<Utc>) -> Result<Vec<u8>> {
+            Err(Error::Render(format!("{}: no project here has MariaDB", meta.env)))
+        }
+    }
+
+    fn blog() -> Config {
+        Config::parse(
+            "project_id = \"blog\"\ndomain = \"preview.example.com\"\nimage = \"ghcr.io/acme/blog\"\ndatabases = []\nengine = \"flux\"\n[github]\nrepository = \"acme/blog\"\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn blog_pr(n: u64) -> PullRequest {
+        let mut p = pr(n);
+        p.head_repo = Some("acme/blog".into());
+        p.base_repo = Some("acme/blog".into());
+        p
+    }
+
+    fn desired_against(config: &Config, prs: &[PullRequest], view: &RepoView) -> Desired {
+        let evidence = Evidence::default();
+        let inputs = Inputs {
+            config,
+            prs,
+            evidence: &evidence,
+            now: at(NOW),
+            allow_mass_prune: true,
+            verified: &NoMemory,
+        };
+        desired(&inputs, view, &mut NoCredentials).unwrap()
+    }
+
+    /// One sync of `config` against `tree`, its commit applied to the tree.
+    fn sync(config: &Config, prs: &[PullRequest], tree: &mut Tree) -> Desired {
+        let d = desired_against(config, prs, &view_of(tree, None));
+        tree.retain(|p| !d.changes.removed.contains(p));
+        tree.extend(d.upserts.clone());
+        d
+    }
+
+    fn listed(tree: &Tree, index: &str) -> Vec<String> {
+        let read = diff::read_index(tree.get(index).unwrap());
+        assert_eq!(read.foreign, None, "{index}");
+        read.listed.unwrap().into_iter().collect()
+    }
+
+    fn move_file(tree: &mut Tree, from: &str, to: &str) {
+        let bytes = tree.get(from).unwrap().to_vec();
+        tree.retain(|p| p != from);
+        tree.insert(to, bytes).unwrap();
+    }
+
+    #[test]
+    fn each_project_gets_its_own_index_and_kustomization_and_the_root_lists_both() {
+        let mut tree = Tree::new();
+        sync(&config(), &[pr(1), pr(2)], &mut tree);
+        sync(&blog(), &[blog_pr(1)], &mut tree);
+        assert_eq!(listed(&tree, FLUX_INDEX), ["blog", "shop"]);
+        assert_eq!(
+            listed(&tree, "flux/environments/shop/kustomization.yaml"),
+            ["shop-pr-1", "shop-pr-2"]
+        );
+        assert_eq!(
+            listed(&tree, "flux/environments/blog/kustomization.yaml"),
+            ["blog-pr-1"]
+        );
+        let shop = String::from_utf8(tree.get("flux/environments/shop.yaml").unwrap().to_vec()).unwrap();
+        assert!(shop.contains("name: prenv-environments-shop"), "{shop}");
+        assert!(shop.contains("path: \"./flux/environments/shop\""), "{shop}");
+        assert!(tree.get("flux/environments/blog/blog-pr-1.yaml").is_some());
+        // Both projects settled: neither's next sync changes anything.
+        assert!(sync(&config(), &[pr(1), pr(2)], &mut tree).changes.is_empty());
+        assert!(sync(&blog(), &[blog_pr(1)], &mut tree).changes.is_empty());
+    }
+
+    #[test]
+    fn a_sync_parses_no_index_but_the_ones_it_would_rewrite() {
+        let mut tree = Tree::new();
+        sync(&config(), &[pr(1), pr(2)], &mut tree);
+        sync(&blog(), &[blog_pr(1), blog_pr(2)], &mut tree);
+        let view = view_of(&tree, None);
+        let d = desired_against(&config(), &[pr(1), pr(2), pr(3)], &view);
+        assert!(d.changes.added.contains("flux/environments/shop/shop-pr-3.yaml"));
+        assert!(
+            d.changes.iter().all(|p| !p.starts_with("flux/environments/blog")),
+            "{:?}",
+            d.changes
+        );
+        // Shop's index changes, so it was checked; the root and blog's were never parsed.
+        assert!(view.flux_indexes["flux/environments/shop/kustomization.yaml"].parsed());
+        assert!(!view.flux_indexes[FLUX_INDEX].parsed());
+        assert!(!view.flux_indexes["flux/environments/blog/kustomization.yaml"].parsed());
+    }
+
+    #[test]
+    fn a_broken_index_of_this_project_is_kept_and_nothing_it_may_list_is_removed() {
+        let mut tree = Tree::new();
+        let index = "flux/environments/shop/kustomization.yaml";
+        sync(&config(), &[pr(1), pr(2), pr(3)], &mut tree);
+        let good = tree.get(index).unwrap().to_vec();
+        let broken = b"<<<<<<< HEAD\nresources:\n- shop-pr-1.yaml\n=======\n".to_vec();
+        tree.insert(index, broken.clone()).unwrap();
+        let prs = [pr(1), closed(pr(2), "2026-11-24T11:00:00Z", &[]), pr(3), pr(4)];
+        let d = sync(&config(), &prs, &mut tree);
+        assert!(d.held[index].contains("does not parse"), "{:?}", d.held);
+        assert_eq!(
+            tree.get(index),
+            Some(&broken[..]),
+            "the broken index is kept byte for byte"
+        );
+        assert!(d.changes.removed.contains("environments/shop-pr-2/prenv.json"));
+        assert!(tree.get("flux/environments/shop/shop-pr-2.yaml").is_some());
+        assert!(tree.get("flux/environments/shop/shop-pr-4.yaml").is_some());
+        // Held again, not rewritten: the same inputs change nothing.
+        assert!(sync(&config(), &prs, &mut tree).changes.is_empty());
+        // Restored by hand, the index is rewritten and the pruned environment's wiring goes.
+        tree.insert(index, good).unwrap();
+        let d = sync(&config(), &prs, &mut tree);
+        assert!(d.held.is_empty(), "{:?}", d.held);
+        assert!(tree.get("flux/environments/shop/shop-pr-2.yaml").is_none());
+        assert_eq!(listed(&tree, index), ["shop-pr-1", "shop-pr-3", "shop-pr-4"]);
+    }
+
+    #[test]
+    fn a_root_index_listing_something_prenv_never_writes_is_kept_and_the_project_still_gets_its_wiring() {
+        let mut tree = Tree::new();
+        sync(&blog(), &[blog_pr(1)], &mut tree);
+        let root = b"resources:\n- blog.yaml\n- ../../team/extra\n".to_vec();
+        tree.insert(FLUX_INDEX, root.clone()).unwrap();
+        let d = sync(&config(), &[pr(1)], &mut tree);
+        assert!(d.held[FLUX_INDEX].contains("../../team/extra"), "{:?}", d.held);
+        assert_eq!(tree.get(FLUX_INDEX), Some(&root[..]));
+        assert_eq!(
+            listed(&tree, "flux/environments/shop/kustomization.yaml"),
+            ["shop-pr-1"]
+        );
+        assert!(tree.get("flux/environments/shop.yaml").is_some());
+    }
+
+    #[test]
+    fn someone_elses_file_where_the_projects_kustomization_goes_is_kept_and_never_becomes_prenvs() {
+        let mut tree = Tree::new();
+        let mine = b"kind: ConfigMap\nmetadata: {name: mine}\n".to_vec();
+        tree.insert("flux/environments/shop.yaml", mine.clone()).unwrap();
+        for _ in 0..2 {
+            let d = sync(&config(), &[pr(1)], &mut tree);
+            assert!(d.held.contains_key("flux/environments/shop.yaml"), "{:?}", d.held);
+            assert_eq!(tree.get("flux/environments/shop.yaml"), Some(&mine[..]));
+            assert!(tree.get("flux/environments/shop/kustomization.yaml").is_none());
+            assert!(!String::from_utf8_lossy(tree.get(FLUX_INDEX).unwrap_or_default()).contains("shop.yaml"));
+        }
+        assert!(tree.get("environments/shop-pr-1/prenv.json").is_some());
+    }
+
+    #[test]
+    fn an_environment_wired_before_projects_had_an_index_stays_at_the_top_until_it_is_pruned() {
+        // The layout before: every environment's Kustomization at the top, one shared index.
+        let mut tree = Tree::new();
+        sync(&config(), &[pr(1), pr(2)], &mut tree);
+        for n in [1, 2] {
+            let env = format!("shop-pr-{n}");
+            move_file(&mut tree, &flux_file(&env), &flux_legacy_file(&env));
+        }
+        tree.retain(|p| !p.starts_with("flux/environments/shop/") && p != "flux/environments/shop.yaml");
+        tree.insert(FLUX_INDEX, "resources:\n- shop-pr-1.yaml\n- shop-pr-2.yaml\n")
+            .unwrap();
+        let legacy_one = tree.get("flux/environments/shop-pr-1.yaml").unwrap().to_vec();
+        let d = sync(&config(), &[pr(1), pr(2), pr(3)], &mut tree);
+        assert!(
+            d.changes
+                .iter()
+                .all(|p| !p.contains("shop-pr-1") && !p.contains("shop-pr-2")),
+            "{:?}",
+            d.changes
+        );
+        assert_eq!(tree.get("flux/environments/shop-pr-1.yaml"), Some(&legacy_one[..]));
+        assert_eq!(listed(&tree, FLUX_INDEX), ["shop", "shop-pr-1", "shop-pr-2"]);
+        assert_eq!(
+            listed(&tree, "flux/environments/shop/kustomization.yaml"),
+            ["shop-pr-3"]
+        );
+        // A new head rewrites the Kustomization where it is.
+        let mut moved = pr(2);
+        moved.head_sha = "2".repeat(40);
+        let d = sync(&config(), &[pr(1), moved.clone(), pr(3)], &mut tree);
+        assert!(
+            d.changes.modified.contains("flux/environments/shop-pr-2.yaml"),
+            "{:?}",
+            d.changes
+        );
+        assert!(tree.get("flux/environments/shop/shop-pr-2.yaml").is_none());
+        // Pruned, it leaves the top and the root index.
+        let prs = [closed(pr(1), "2026-11-24T11:00:00Z", &[]), moved, pr(3)];
+        let d = sync(&config(), &prs, &mut tree);
+        assert!(d.changes.removed.contains("flux/environments/shop-pr-1.yaml"));
+        assert_eq!(listed(&tree, FLUX_INDEX), ["shop", "shop-pr-2"]);
+        assert!(sync(&config(), &prs, &mut tree).changes.is_empty());
+    }
 }

@@ -3,16 +3,18 @@
 //! ownership mark, and the engine wiring directories, are ever compared, written or removed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::model::layout::{
     ARGOCD_APPLICATIONSET, ARGOCD_DIR, ARGOCD_INDEX, BASE_DIR, BlobId, ENV_FILES, ENVIRONMENTS_DIR, FLUX_DIR,
-    META_FILE, OVERLAYS_DIR, PROJECTS_DIR, TreeId, argocd_project_of, env_dir, meta_path,
+    FLUX_INDEX, KUSTOMIZATION_FILE, META_FILE, OVERLAYS_DIR, PROJECTS_DIR, Place, TreeId, argocd_project_of, env_dir,
+    flux_project_index, meta_path, project_of_env,
 };
 use crate::model::meta::{EnvMeta, NotOwned, owned_meta};
 use crate::model::naming::EnvName;
 use crate::model::tree::Tree;
 
-use super::ports::{Blocked, EnvEntry, RepoView, Revision};
+use super::ports::{Blocked, EnvEntry, FluxIndex, IndexRead, RepoView, Revision};
 
 /// What an entry of `environments/` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +26,13 @@ pub enum EntryKind {
 }
 
 /// One file found inside a directory prenv may own: its path below that directory, its content's
-/// id, and whether it is a plain file (not a link, a submodule or inside a subdirectory).
+/// id, whether it is a regular file (not a link or a submodule), and whether it is a plain file
+/// (a regular file not inside a subdirectory).
 #[derive(Debug, Clone)]
 pub struct Found {
     pub name: String,
     pub id: BlobId,
+    pub regular: bool,
     pub plain: bool,
 }
 
@@ -135,54 +139,91 @@ impl Inventory {
         self.view.envs.extend(known);
     }
 
-    /// The files of `flux/environments/`: the index (`kustomization.yaml`) and one Kustomization per
-    /// environment. A file is prenv's when its environment is, or when the index lists it (its
-    /// directory may have been removed by hand); anything else there is a stray.
-    pub fn flux_wiring(&mut self, index: Option<&[u8]>, files: &[Found]) {
-        self.flux_wiring_listed(|| index.map(listed_in_index), files);
-    }
-
-    /// [`Inventory::flux_wiring`] with the index parsed by `listed` ([`listed_in_index`]; `None`
-    /// when there is no index), which is called only when a file is not an environment's own
-    /// Kustomization: in the common case the index is never read.
-    pub fn flux_wiring_listed(&mut self, listed: impl FnOnce() -> Option<Option<BTreeSet<String>>>, files: &[Found]) {
+    /// The files of `flux/environments/` (`files`, named relative to it at any depth) and the bytes
+    /// of its indexes (`indexes`: the root `kustomization.yaml` and each project's
+    /// `<project>/kustomization.yaml`, where they are regular files). prenv's there: the indexes;
+    /// each project's Kustomization (`<project>.yaml`) when its directory has an index or the root
+    /// index lists it; each environment's Kustomization, in its project's directory or (wired
+    /// before projects had one) at the top, when its environment is prenv's or the index beside it
+    /// lists it (its directory may have been removed by hand). Anything else is a stray. An index
+    /// is parsed only when a file beside it is none of these: in the common case none is.
+    pub fn flux_wiring(&mut self, indexes: Vec<(String, Arc<[u8]>)>, files: &[Found]) {
         self.add_known();
+        for (name, bytes) in indexes {
+            self.view
+                .flux_indexes
+                .insert(format!("{FLUX_DIR}/{name}"), FluxIndex::new(bytes));
+        }
         let mut rest = Vec::new();
-        for f in files {
-            let index = f.plain && f.name == "kustomization.yaml";
-            let env = f.name.strip_suffix(".yaml").filter(|_| f.plain && !index);
-            match env.and_then(|e| self.view.envs.entry_mut(e)) {
-                Some(entry) => entry.wiring = Some(f.id),
-                None if index => {
-                    self.view.owned.insert(format!("{FLUX_DIR}/{}", f.name), f.id);
+        // Files in project directories first: when an environment has a Kustomization in both
+        // places, the one at the top is the one the cluster runs (see `layout::flux_legacy_file`).
+        let (nested, top): (Vec<&Found>, Vec<&Found>) = files.iter().partition(|f| f.name.contains('/'));
+        for f in nested.into_iter().chain(top) {
+            let path = format!("{FLUX_DIR}/{}", f.name);
+            let place = if f.regular {
+                Place::in_flux(&f.name)
+            } else {
+                Place::Other
+            };
+            match place {
+                Place::FluxOther if f.name == KUSTOMIZATION_FILE => {
+                    self.view.owned.insert(path, f.id);
                 }
-                None => rest.push((f, env)),
+                Place::FluxProject { project } => {
+                    let index = flux_project_index(project);
+                    if f.name.contains('/') || self.view.flux_indexes.contains_key(&index) {
+                        self.view.owned.insert(path, f.id);
+                    } else {
+                        rest.push((f, place));
+                    }
+                }
+                Place::FluxWiring { env, legacy } => match self.view.envs.entry_mut(env) {
+                    Some(entry) => {
+                        if let Some(before) = entry.wiring {
+                            self.view.owned.insert(entry.wiring_path(env), before);
+                        }
+                        entry.wiring = Some(f.id);
+                        entry.legacy_wiring = legacy;
+                    }
+                    None => rest.push((f, place)),
+                },
+                _ => {
+                    self.view.strays.insert(path);
+                }
             }
         }
-        if rest.is_empty() {
-            return;
-        }
-        let listed = listed();
-        // Listed by the index, or no index we can read (then nothing it lists can be trusted
-        // away: every Kustomization is kept).
-        let listed_here = |env: &str| match &listed {
-            Some(Some(l)) => l.contains(env),
-            Some(None) => true,
-            None => false,
-        };
-        for (f, env) in rest {
-            let path = format!("{FLUX_DIR}/{}", f.name);
+        for (f, place) in rest {
+            let (index, name, env) = match place {
+                Place::FluxWiring { env, legacy: true } => (FLUX_INDEX.to_string(), env, Some(env)),
+                Place::FluxWiring { env, legacy: false } => (
+                    flux_project_index(project_of_env(env).unwrap_or_default()),
+                    env,
+                    Some(env),
+                ),
+                Place::FluxProject { project } => (FLUX_INDEX.to_string(), project, None),
+                _ => continue,
+            };
+            // Listed by the index beside it, or no index we can read there (then nothing it lists
+            // can be trusted away: every Kustomization is kept).
+            let listed = self.view.flux_indexes.get(&index).map(|i| i.read().listed.as_ref());
+            let listed_here = match listed {
+                Some(Some(l)) => l.contains(name),
+                Some(None) => true,
+                None => false,
+            };
             let ours = match env {
-                Some(env) if self.view.blocked.contains_key(env) => listed.is_none() || listed_here(env),
-                Some(env) if listed_here(env) => match EnvName::try_from(env.to_string()) {
+                Some(env) if self.view.blocked.contains_key(env) => listed.is_none() || listed_here,
+                Some(env) if listed_here => match EnvName::try_from(env.to_string()) {
                     Ok(name) => {
                         self.view.wired_only.insert(name);
                         true
                     }
                     Err(_) => false,
                 },
-                _ => false,
+                Some(_) => false,
+                None => listed_here,
             };
+            let path = format!("{FLUX_DIR}/{}", f.name);
             if ours {
                 self.view.owned.insert(path, f.id);
             } else {
@@ -250,16 +291,63 @@ pub fn env_files_after(
         .collect()
 }
 
-/// The environments the Flux index lists (`resources: [<env>.yaml, …]`); `None` when it cannot be read.
-pub fn listed_in_index(bytes: &[u8]) -> Option<BTreeSet<String>> {
-    let value: serde_yaml::Value = serde_yaml::from_slice(bytes).ok()?;
-    let resources = value.get("resources")?.as_sequence()?;
-    Some(
-        resources
-            .iter()
-            .filter_map(|r| r.as_str()?.strip_suffix(".yaml").map(String::from))
-            .collect(),
-    )
+/// What a Flux wiring index lists (`resources: [<name>.yaml, …]`), and whether it is one prenv
+/// writes: only `apiVersion`, `kind` and `resources`, each entry a file beside the index.
+pub fn read_index(bytes: &[u8]) -> IndexRead {
+    let unreadable = |why: String| IndexRead {
+        listed: None,
+        foreign: Some(why),
+    };
+    let value: serde_yaml::Value = match serde_yaml::from_slice(bytes) {
+        Ok(value) => value,
+        Err(e) => return unreadable(format!("it does not parse as YAML ({e})")),
+    };
+    let Some(map) = value.as_mapping() else {
+        return unreadable("it is not a kustomization (not a mapping)".into());
+    };
+    let mut listed = BTreeSet::new();
+    let mut foreign = None;
+    for (key, value) in map {
+        match key.as_str() {
+            Some("apiVersion" | "kind") => {}
+            Some("resources") if value.is_null() => {}
+            Some("resources") => {
+                let Some(resources) = value.as_sequence() else {
+                    return unreadable("its `resources` is not a list".into());
+                };
+                for r in resources {
+                    let file = r.as_str().and_then(|r| r.strip_suffix(".yaml"));
+                    match file.filter(|n| !n.is_empty() && !n.contains('/')) {
+                        Some(name) => {
+                            listed.insert(name.to_string());
+                        }
+                        None => {
+                            foreign
+                                .get_or_insert_with(|| format!("it lists {}, which prenv never writes", yaml_text(r)));
+                        }
+                    }
+                }
+            }
+            _ => {
+                foreign.get_or_insert_with(|| format!("it holds the key {}, which prenv never writes", yaml_text(key)));
+            }
+        }
+    }
+    IndexRead {
+        listed: Some(listed),
+        foreign,
+    }
+}
+
+/// A YAML value as one line, for messages.
+fn yaml_text(value: &serde_yaml::Value) -> String {
+    match value.as_str() {
+        Some(s) => format!("{s:?}"),
+        None => serde_yaml::to_string(value)
+            .unwrap_or_default()
+            .trim()
+            .replace('\n', " "),
+    }
 }
 
 /// What prenv owns in a whole tree held in memory (a rendered directory, a test's repository),
@@ -268,7 +356,7 @@ pub fn view_of(current: &Tree, tip: Option<Revision>) -> RepoView {
     let mut inventory = Inventory::new(tip);
     let mut dirs: BTreeMap<&str, Vec<Found>> = BTreeMap::new();
     let mut metas: BTreeMap<&str, &[u8]> = BTreeMap::new();
-    let (mut flux, mut argo, mut index, mut argo_legacy) = (Vec::new(), Vec::new(), None, None);
+    let (mut flux, mut argo, mut indexes, mut argo_legacy) = (Vec::new(), Vec::new(), Vec::new(), None);
     let mut files_in_place = Vec::new();
     for (path, bytes) in current.iter() {
         if let Some(top) = path.split('/').next() {
@@ -277,6 +365,7 @@ pub fn view_of(current: &Tree, tip: Option<Revision>) -> RepoView {
         let found = |name: &str| Found {
             name: name.to_string(),
             id: BlobId::of(bytes),
+            regular: true,
             plain: !name.contains('/'),
         };
         if let Some(rest) = path.strip_prefix("environments/") {
@@ -290,8 +379,8 @@ pub fn view_of(current: &Tree, tip: Option<Revision>) -> RepoView {
                 None => files_in_place.push(rest),
             }
         } else if let Some(file) = path.strip_prefix(&format!("{FLUX_DIR}/")) {
-            if file == "kustomization.yaml" {
-                index = Some(bytes);
+            if is_flux_index(file) {
+                indexes.push((file.to_string(), Arc::from(bytes)));
             }
             flux.push(found(file));
         } else if let Some(file) = path.strip_prefix(&format!("{ARGOCD_DIR}/")) {
@@ -316,9 +405,18 @@ pub fn view_of(current: &Tree, tip: Option<Revision>) -> RepoView {
             .then(|| TreeId::of_files(files.iter().map(|f| (f.name.as_str(), f.id))));
         inventory.env_entry(env, EntryKind::Dir, tree, metas.get(env).copied(), files);
     }
-    inventory.flux_wiring(index, &flux);
+    inventory.flux_wiring(indexes, &flux);
     inventory.argo_wiring(&argo, argo_legacy);
     inventory.finish()
+}
+
+/// Whether a file of the Flux wiring directory (named relative to it) is one of its indexes: the
+/// root one or a project's.
+pub fn is_flux_index(file: &str) -> bool {
+    match file.split_once('/') {
+        None => file == KUSTOMIZATION_FILE,
+        Some((project, name)) => !project.is_empty() && name == KUSTOMIZATION_FILE,
+    }
 }
 
 /// The template directory a path's `kustomization.yaml` makes (`projects/<id>/base` or
@@ -484,6 +582,129 @@ mod tests {
             view.wired_only.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
             ["shop-pr-9"]
         );
+    }
+
+    fn tree_of(files: &[(&str, String)]) -> Tree {
+        let mut tree = Tree::new();
+        for (path, body) in files {
+            tree.insert(*path, body.clone()).unwrap();
+        }
+        tree
+    }
+
+    #[test]
+    fn each_projects_wiring_is_read_from_its_own_directory_and_the_legacy_files_stay_the_roots() {
+        let tree = tree_of(&[
+            ("environments/shop-pr-1/prenv.json", meta_json("shop-pr-1", "prenv")),
+            ("environments/shop-pr-2/prenv.json", meta_json("shop-pr-2", "prenv")),
+            ("environments/blog-pr-1/prenv.json", meta_json("blog-pr-1", "prenv")),
+            (
+                "flux/environments/kustomization.yaml",
+                "resources:\n- blog.yaml\n- shop.yaml\n- shop-pr-1.yaml\n".into(),
+            ),
+            ("flux/environments/shop-pr-1.yaml", "legacy".into()),
+            ("flux/environments/shop.yaml", "x".into()),
+            (
+                "flux/environments/shop/kustomization.yaml",
+                "resources:\n- shop-pr-2.yaml\n".into(),
+            ),
+            ("flux/environments/shop/shop-pr-2.yaml", "nested".into()),
+            ("flux/environments/shop/blog-pr-1.yaml", "in the wrong directory".into()),
+            ("flux/environments/shop/notes/a.yaml", "x".into()),
+            ("flux/environments/blog.yaml", "x".into()),
+            ("flux/environments/blog/kustomization.yaml", "{{ broken".into()),
+            ("flux/environments/blog/blog-pr-1.yaml", "nested".into()),
+            (
+                "flux/environments/wiki.yaml",
+                "someone's, no directory, not listed".into(),
+            ),
+        ]);
+        let view = view_of(&tree, None);
+        let shop1 = view.envs.entry("shop-pr-1").unwrap();
+        assert!(shop1.legacy_wiring);
+        assert_eq!(shop1.wiring, Some(BlobId::of(b"legacy")));
+        assert_eq!(shop1.wiring_path("shop-pr-1"), "flux/environments/shop-pr-1.yaml");
+        let shop2 = view.envs.entry("shop-pr-2").unwrap();
+        assert!(!shop2.legacy_wiring);
+        assert_eq!(shop2.wiring_path("shop-pr-2"), "flux/environments/shop/shop-pr-2.yaml");
+        assert_eq!(
+            view.owned_id("flux/environments/blog/blog-pr-1.yaml"),
+            Some(BlobId::of(b"nested"))
+        );
+        let owned: BTreeSet<&str> = view.owned.keys().map(String::as_str).collect();
+        assert_eq!(
+            owned,
+            BTreeSet::from([
+                "flux/environments/blog.yaml",
+                "flux/environments/blog/kustomization.yaml",
+                "flux/environments/kustomization.yaml",
+                "flux/environments/shop.yaml",
+                "flux/environments/shop/kustomization.yaml",
+            ])
+        );
+        assert_eq!(
+            view.strays.iter().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "flux/environments/shop/blog-pr-1.yaml",
+                "flux/environments/shop/notes/a.yaml",
+                "flux/environments/wiki.yaml",
+            ]
+        );
+        // Only the root index had to be read (for wiki.yaml); blog's broken one never was.
+        assert!(view.flux_indexes["flux/environments/kustomization.yaml"].parsed());
+        assert!(!view.flux_indexes["flux/environments/blog/kustomization.yaml"].parsed());
+        assert!(!view.flux_indexes["flux/environments/shop/kustomization.yaml"].parsed());
+    }
+
+    #[test]
+    fn a_kustomization_whose_environment_is_gone_is_prenvs_when_the_index_beside_it_lists_it() {
+        let tree = tree_of(&[
+            (
+                "flux/environments/kustomization.yaml",
+                "resources:\n- shop.yaml\n- shop-pr-8.yaml\n".into(),
+            ),
+            ("flux/environments/shop-pr-8.yaml", "x".into()),
+            ("flux/environments/shop-pr-9.yaml", "x".into()),
+            (
+                "flux/environments/shop/kustomization.yaml",
+                "resources:\n- shop-pr-3.yaml\n".into(),
+            ),
+            ("flux/environments/shop/shop-pr-3.yaml", "x".into()),
+            ("flux/environments/shop/shop-pr-4.yaml", "x".into()),
+        ]);
+        let view = view_of(&tree, None);
+        let wired: Vec<&str> = view.wired_only.iter().map(|e| e.as_str()).collect();
+        assert_eq!(wired, ["shop-pr-3", "shop-pr-8"]);
+        assert_eq!(
+            view.strays.iter().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "flux/environments/shop-pr-9.yaml",
+                "flux/environments/shop/shop-pr-4.yaml"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_index_is_prenvs_only_when_it_holds_nothing_prenv_never_writes() {
+        let table: [(&str, Option<&[&str]>, bool); 7] = [
+            (
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- a.yaml\n- b-pr-1.yaml\n",
+                Some(&["a", "b-pr-1"]),
+                false,
+            ),
+            ("resources: []\n", Some(&[]), false),
+            ("resources:\n- a.yaml\n- ../../elsewhere\n", Some(&["a"]), true),
+            ("resources:\n- a.yaml\npatches:\n- path: p.yaml\n", Some(&["a"]), true),
+            ("<<<<<<< HEAD\nresources:\n- a.yaml\n=======\n", None, true),
+            ("resources: a.yaml\n", None, true),
+            ("- a.yaml\n", None, true),
+        ];
+        for (text, listed, foreign) in table {
+            let read = read_index(text.as_bytes());
+            let want = listed.map(|l| l.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
+            assert_eq!(read.listed, want, "{text}");
+            assert_eq!(read.foreign.is_some(), foreign, "{text}: {:?}", read.foreign);
+        }
     }
 
     #[test]

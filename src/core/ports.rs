@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
-use crate::model::layout::{BlobId, Place, TreeId, env_dir, flux_file};
+use crate::model::layout::{BlobId, Place, TreeId, env_dir, flux_file, flux_legacy_file};
 use crate::model::meta::EnvMeta;
 use crate::model::naming::EnvName;
 use crate::model::pr::Snapshot;
@@ -32,8 +32,9 @@ pub struct RepoView {
     pub tip: Option<Revision>,
     /// The environments prenv created (their metadata files carry its mark), with their files.
     pub envs: Envs,
-    /// Blob ids of the other files prenv owns: the wiring indexes, the Argo CD files, and the
-    /// Kustomizations of environments without a directory of their own (`wired_only`, blocked).
+    /// Blob ids of the other files prenv owns: the wiring indexes, the projects' Flux
+    /// Kustomizations, the Argo CD files, and the Kustomizations of environments without a
+    /// directory of their own (`wired_only`, blocked).
     /// An environment's own files and Kustomization are in its [`EnvEntry`].
     pub owned: BTreeMap<String, BlobId>,
     /// Environment names prenv must not touch, and why: taken by something not prenv's, or prenv's
@@ -41,6 +42,8 @@ pub struct RepoView {
     pub blocked: BTreeMap<String, Blocked>,
     /// Environments whose wiring the index lists but whose directory is gone.
     pub wired_only: BTreeSet<EnvName>,
+    /// The kustomize indexes of the Flux wiring by path: the root one and each project's.
+    pub flux_indexes: BTreeMap<String, FluxIndex>,
     /// Files that are not prenv's inside the directories it writes to (kept, reported).
     pub strays: BTreeSet<String>,
     /// Directories prenv writes into (`environments`, `flux/environments`, …) that exist as something
@@ -93,6 +96,9 @@ pub struct EnvEntry {
     pub files: Vec<(&'static str, BlobId)>,
     /// Its Flux Kustomization, when there is one.
     pub wiring: Option<BlobId>,
+    /// The Kustomization sits where environments were wired before projects had an index
+    /// ([`flux_legacy_file`]), not in its project's directory ([`flux_file`]).
+    pub legacy_wiring: bool,
     meta: Meta,
 }
 
@@ -107,6 +113,7 @@ impl EnvEntry {
             tree,
             files,
             wiring: None,
+            legacy_wiring: false,
             meta: Meta::Read(meta),
         }
     }
@@ -131,6 +138,7 @@ impl EnvEntry {
             tree: Some(tree),
             files,
             wiring: None,
+            legacy_wiring: false,
             meta: Meta::Remembered {
                 source,
                 decoded: OnceLock::new(),
@@ -162,6 +170,15 @@ impl EnvEntry {
     pub fn file(&self, name: &str) -> Option<BlobId> {
         self.files.iter().find(|(f, _)| *f == name).map(|(_, id)| *id)
     }
+
+    /// Where environment `env`'s Flux Kustomization is (when it has one).
+    pub fn wiring_path(&self, env: &str) -> String {
+        if self.legacy_wiring {
+            flux_legacy_file(env)
+        } else {
+            flux_file(env)
+        }
+    }
 }
 
 impl std::fmt::Debug for EnvEntry {
@@ -171,6 +188,7 @@ impl std::fmt::Debug for EnvEntry {
             .field("tree", &self.tree)
             .field("files", &self.files)
             .field("wiring", &self.wiring)
+            .field("legacy_wiring", &self.legacy_wiring)
             .finish()
     }
 }
@@ -180,6 +198,7 @@ impl PartialEq for EnvEntry {
         self.tree == other.tree
             && self.files == other.files
             && self.wiring == other.wiring
+            && self.legacy_wiring == other.legacy_wiring
             && self.meta() == other.meta()
     }
 }
@@ -301,9 +320,9 @@ impl RepoView {
     pub fn owned_id(&self, path: &str) -> Option<BlobId> {
         match Place::of(path) {
             Place::EnvFile { env, file } => self.envs.entry(env)?.file(file),
-            Place::FluxWiring { env } => match self.envs.entry(env) {
-                Some(entry) => entry.wiring,
-                None => self.owned.get(path).copied(),
+            Place::FluxWiring { env, legacy } => match self.envs.entry(env) {
+                Some(entry) if entry.legacy_wiring == legacy && entry.wiring.is_some() => entry.wiring,
+                _ => self.owned.get(path).copied(),
             },
             _ => self.owned.get(path).copied(),
         }
@@ -317,7 +336,7 @@ impl RepoView {
             let dir = env_dir(env.as_str());
             out.extend(entry.files.iter().map(|(f, id)| (format!("{dir}/{f}"), *id)));
             if let Some(id) = entry.wiring {
-                out.push((flux_file(env.as_str()), id));
+                out.push((entry.wiring_path(env.as_str()), id));
             }
         }
         let other = self
@@ -329,6 +348,62 @@ impl RepoView {
         out
     }
 }
+
+/// One kustomize index of the Flux wiring as the repository holds it: its bytes are kept and
+/// parsed only when a run needs to know what it lists (for the root index and the running
+/// project's, and only when it would change or a file beside it is not an environment's own), so
+/// another project's index of thousands of entries costs a blob read, not a parse.
+#[derive(Clone)]
+pub struct FluxIndex {
+    pub id: BlobId,
+    bytes: Arc<[u8]>,
+    read: OnceLock<IndexRead>,
+}
+
+/// What an index lists, and whether it is one prenv writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexRead {
+    /// The names it lists as `<name>.yaml`; `None` when it does not parse as a kustomization.
+    pub listed: Option<BTreeSet<String>>,
+    /// Why it is not an index as prenv writes it (it does not parse, or holds a key or an entry
+    /// prenv never writes); `None` when it is one.
+    pub foreign: Option<String>,
+}
+
+impl FluxIndex {
+    pub fn new(bytes: impl Into<Arc<[u8]>>) -> FluxIndex {
+        let bytes = bytes.into();
+        FluxIndex {
+            id: BlobId::of(&bytes),
+            bytes,
+            read: OnceLock::new(),
+        }
+    }
+
+    /// What it lists, parsed on first use.
+    pub fn read(&self) -> &IndexRead {
+        self.read.get_or_init(|| crate::core::diff::read_index(&self.bytes))
+    }
+
+    /// Whether it has been parsed (tests check that a run parses only what it needs).
+    pub fn parsed(&self) -> bool {
+        self.read.get().is_some()
+    }
+}
+
+impl std::fmt::Debug for FluxIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FluxIndex").field("id", &self.id.to_string()).finish()
+    }
+}
+
+impl PartialEq for FluxIndex {
+    fn eq(&self, other: &FluxIndex) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for FluxIndex {}
 
 /// What is known about environment contents from earlier runs: an environment directory with tree
 /// id T, and wiring with blob id W, that once matched its rendering always does (the content

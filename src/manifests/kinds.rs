@@ -151,6 +151,38 @@ impl FluxKustomization {
     }
 }
 
+/// The Flux Kustomization of one project: it applies the project's index
+/// (`flux/environments/<project>/`), so a broken index or template of one project fails only that
+/// project's Kustomization, and the root Kustomization applies only these and the legacy ones.
+impl FluxKustomization {
+    pub fn for_project(config: &Config) -> Self {
+        let flux = &config.flux;
+        let project = &config.project_id;
+        FluxKustomization {
+            api_version: "kustomize.toolkit.fluxcd.io/v1",
+            kind: "Kustomization",
+            metadata: json!({
+                "name": layout::flux_project_name(project),
+                "namespace": flux.namespace,
+                "labels": {labels::MANAGED_BY: GENERATOR, labels::PROJECT: project},
+            }),
+            spec: json!({
+                "interval": flux.interval,
+                "retryInterval": "1m",
+                "timeout": flux.timeout,
+                "path": format!("./{}", layout::flux_project_dir(project)),
+                // An environment's Kustomization that leaves the index is deleted, and with it
+                // (its own prune and WaitForTermination) the environment.
+                "prune": true,
+                // Only Kustomization objects are applied here: waiting for them to be ready would
+                // hold every environment of the project behind its slowest one.
+                "wait": false,
+                "sourceRef": {"kind": "GitRepository", "name": flux.source},
+            }),
+        }
+    }
+}
+
 /// What every object of an environment carries: its head and, while it waits for a newer head's
 /// image, that image (so that entering and leaving the wait bump the generation too, and the
 /// watcher never reads a status from before the wait ended as the new head's).

@@ -21,7 +21,10 @@ use super::{templates, yaml};
 use crate::error::{Error, Result};
 use crate::model::config::{Config, Database, Engine};
 use crate::model::labels;
-use crate::model::layout::{self, ARGOCD_INDEX, FLUX_INDEX, META_FILE, env_dir, flux_file};
+use crate::model::layout::{
+    self, ARGOCD_INDEX, FLUX_INDEX, META_FILE, env_dir, flux_file, flux_legacy_file, flux_project_file,
+    flux_project_index,
+};
 use crate::model::meta::{EnvMeta, GENERATOR};
 use crate::model::naming;
 use crate::model::quantity::{Bytes, Cpu};
@@ -51,9 +54,18 @@ pub fn render_owned(config: &Config, envs: &[&EnvMeta]) -> Result<Tree> {
 /// must list as it is: everything that is not this project's to write.
 #[derive(Debug, Default)]
 pub struct Around<'a> {
-    /// Environments whose Flux wiring stays as it is (another project's, unreadable, or their PR
-    /// unknown): the shared index still lists them, in the same place.
+    /// Environments whose Flux Kustomization stays as it is at the top of the wiring directory
+    /// (another project's, unreadable, or their PR unknown): the root index still lists them.
     pub kept: Vec<&'a str>,
+    /// This project's environments whose Kustomization stays as it is in the project's directory
+    /// (unreadable, or their PR unknown): the project's index still lists them.
+    pub kept_own: Vec<&'a str>,
+    /// This project's environments whose Kustomization sits at the top of the wiring directory,
+    /// where environments were wired before projects had an index: written there and listed by
+    /// the root index until they are pruned (see [`layout::flux_legacy_file`]).
+    pub legacy: BTreeSet<&'a str>,
+    /// The other projects whose Flux Kustomization the wiring holds: the root index lists them.
+    pub flux_projects: BTreeSet<String>,
     /// ApplicationSet files of the Argo CD wiring that are not this project's: still listed.
     pub argo_kept: Vec<String>,
     /// The project template directories the repository holds (`projects/<id>/base`, …).
@@ -61,7 +73,7 @@ pub struct Around<'a> {
 }
 
 /// Like [`render_owned`], but writes the files of only the environments `wanted` selects (a sync
-/// skips the ones known to be as rendered); the wiring index lists every environment of `envs`
+/// skips the ones known to be as rendered); the wiring indexes list every environment of `envs`
 /// and what `around` says stays.
 pub fn render_selected(
     config: &Config,
@@ -69,7 +81,6 @@ pub fn render_selected(
     around: &Around<'_>,
     wanted: impl Fn(&EnvMeta) -> bool,
 ) -> Result<Tree> {
-    let kept = &around.kept;
     let mut tree = Tree::new();
     // Quota, limits and policies depend only on the settings and databases: render them once.
     let mut shared: BTreeMap<Vec<Database>, SharedFiles> = BTreeMap::new();
@@ -97,11 +108,17 @@ pub fn render_selected(
             }
             annotations.extend(waiting_annotations(meta));
             let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), annotations);
-            tree.insert(flux_file(meta.env.as_str()), yaml::to_string(&object)?)?;
+            let env = meta.env.as_str();
+            let path = if around.legacy.contains(env) {
+                flux_legacy_file(env)
+            } else {
+                flux_file(env)
+            };
+            tree.insert(path, yaml::to_string(&object)?)?;
         }
     }
     match config.engine {
-        Engine::Flux => render_flux_index(envs, kept, &mut tree)?,
+        Engine::Flux => render_flux_indexes(config, envs, around, &mut tree)?,
         Engine::Argocd => render_argocd(config, &around.argo_kept, &mut tree)?,
     }
     Ok(tree)
@@ -551,20 +568,52 @@ fn network_policies(config: &Config, databases: &[Database]) -> Vec<NetworkPolic
     policies
 }
 
-fn render_flux_index(envs: &[&EnvMeta], kept: &[&str], tree: &mut Tree) -> Result<()> {
-    let mut listed: Vec<(u64, &str)> = envs.iter().map(|m| (m.pr, m.env.as_str())).collect();
-    // Kept environments sort by their PR number too, so keeping one never reorders the index.
-    listed.extend(kept.iter().map(|env| {
+/// This project's Flux Kustomization and index, and the root index. The project's index lists
+/// its environments wired in its directory; the root index lists every project's Kustomization
+/// and the environments wired at the top (this project's and everyone else's, as they are), in
+/// the same order whoever writes it, so one project's sync keeps every other's entry.
+fn render_flux_indexes(config: &Config, envs: &[&EnvMeta], around: &Around<'_>, tree: &mut Tree) -> Result<()> {
+    // Kept environments sort by their PR number too, so keeping one never reorders an index.
+    fn by_pr(env: &str) -> (u64, &str) {
         let pr = env.rsplit(naming::ENV_INFIX).next().and_then(|n| n.parse().ok());
-        (pr.unwrap_or(u64::MAX), *env)
-    }));
-    listed.sort();
-    listed.dedup();
+        (pr.unwrap_or(u64::MAX), env)
+    }
+    let resources = |mut listed: Vec<(u64, &str)>| {
+        listed.sort();
+        listed.dedup();
+        listed.iter().map(|(_, name)| format!("{name}.yaml")).collect()
+    };
+    let (legacy, nested): (Vec<&EnvMeta>, Vec<&EnvMeta>) =
+        envs.iter().partition(|m| around.legacy.contains(m.env.as_str()));
+    let own: Vec<(u64, &str)> = nested
+        .iter()
+        .map(|m| (m.pr, m.env.as_str()))
+        .chain(around.kept_own.iter().copied().map(by_pr))
+        .collect();
+    let project = &config.project_id;
     let index = KustomizeFile {
-        resources: listed.iter().map(|(_, env)| format!("{env}.yaml")).collect(),
+        resources: resources(own),
         ..KustomizeFile::default()
     };
-    tree.insert(FLUX_INDEX, yaml::to_string(&index)?)
+    tree.insert(flux_project_index(project), yaml::to_string(&index)?)?;
+    let object = FluxKustomization::for_project(config);
+    tree.insert(flux_project_file(project), yaml::to_string(&object)?)?;
+    let mut projects: BTreeSet<&str> = around.flux_projects.iter().map(String::as_str).collect();
+    projects.insert(project);
+    let top: Vec<(u64, &str)> = legacy
+        .iter()
+        .map(|m| (m.pr, m.env.as_str()))
+        .chain(around.kept.iter().copied().map(by_pr))
+        .collect();
+    let root = KustomizeFile {
+        resources: projects
+            .iter()
+            .map(|p| format!("{p}.yaml"))
+            .chain(resources(top))
+            .collect(),
+        ..KustomizeFile::default()
+    };
+    tree.insert(FLUX_INDEX, yaml::to_string(&root)?)
 }
 
 /// This project's ApplicationSet in a file of its own, and the wiring's index listing it with

@@ -221,9 +221,12 @@ fn flux_wiring(config: &Config, tree: &mut Tree) -> Result<()> {
             "spec": {"interval": "5m", "url": url, "ref": {"branch": config.git.branch}, "secretRef": {"name": FLUX_BOOTSTRAP_SECRET}},
         }));
     }
-    // The environments' own Kustomizations decrypt SOPS files; the root only applies those
-    // objects and needs no key (a decryption Secret that does not exist fails a Kustomization:
-    // kustomize-controller `internal/decryptor` `ImportKeys`).
+    // The root applies the root index `flux/environments/kustomization.yaml`: one Kustomization
+    // per project (each applies its project's index, written by that project's sync alone) and
+    // the environments wired before projects had one. The environments' own Kustomizations
+    // decrypt SOPS files; the root and the projects' only apply Kustomization objects and need no
+    // key (a decryption Secret that does not exist fails a Kustomization: kustomize-controller
+    // `internal/decryptor` `ImportKeys`).
     let mut root = flux_kustomization(
         config,
         ENVIRONMENTS,

@@ -6,8 +6,12 @@
 //!   prenv.json                   the metadata (model::meta)
 //!   kustomization.yaml …         the rendered overlay
 //!   mariadb-credentials.sops.yaml | mariadb-credentials.sealed.yaml
-//! flux/environments/<env>.yaml   the Flux Kustomization of one environment
-//! flux/environments/kustomization.yaml   the index the root Kustomization applies
+//! flux/environments/kustomization.yaml   the root index the platform's root Kustomization applies:
+//!                                every project's file, and the environments wired before projects had one
+//! flux/environments/<project>.yaml   the Flux Kustomization `prenv-environments-<project>` of one project
+//! flux/environments/<project>/kustomization.yaml   that project's index, written only by its sync
+//! flux/environments/<project>/<env>.yaml   the Flux Kustomization of one environment
+//! flux/environments/<env>.yaml   an environment wired before projects had an index (kept there until pruned)
 //! argocd/applicationset-<project>.yaml   one Argo CD ApplicationSet per project, over
 //!                                its environments' prenv.json (argocd/applicationset.yaml: before projects)
 //! base/, overlays/<db>/          the default application template (added only where the repository has none)
@@ -20,8 +24,13 @@ use super::config::{Config, SecretsBackend};
 
 /// Where environments live in the environments repository.
 pub const ENVIRONMENTS_DIR: &str = "environments";
-/// Where the Flux wiring lives: one Flux Kustomization per environment, applied by a root Kustomization.
+/// Where the Flux wiring lives: one Flux Kustomization per project, applied by the root
+/// Kustomization, and one per environment in its project's directory, applied by its project's.
 pub const FLUX_DIR: &str = "flux/environments";
+/// The file name of every kustomize index prenv writes in the Flux wiring.
+pub const KUSTOMIZATION_FILE: &str = "kustomization.yaml";
+/// The prefix of each project's Flux Kustomization name (`prenv-environments-<project>`).
+pub const FLUX_PROJECT_PREFIX: &str = "prenv-environments-";
 /// Where the Argo CD wiring lives: one ApplicationSet over the environments' metadata files.
 pub const ARGOCD_DIR: &str = "argocd";
 /// The application template every environment builds on.
@@ -35,7 +44,8 @@ pub const PROJECTS_DIR: &str = "projects";
 const ARGOCD_PROJECT_PREFIX: &str = "applicationset-";
 /// The metadata file in every environment directory; its `generator` field is the ownership mark.
 pub const META_FILE: &str = "prenv.json";
-/// The index of the Flux wiring: it lists every environment's Kustomization file.
+/// The root index of the Flux wiring: it lists every project's Kustomization file, and the
+/// Kustomizations of environments wired before projects had an index of their own.
 pub const FLUX_INDEX: &str = "flux/environments/kustomization.yaml";
 /// The ApplicationSet of the Argo CD wiring.
 pub const ARGOCD_APPLICATIONSET: &str = "argocd/applicationset.yaml";
@@ -69,9 +79,66 @@ pub fn meta_path(env: &str) -> String {
     format!("{ENVIRONMENTS_DIR}/{env}/{META_FILE}")
 }
 
-/// The Flux Kustomization file of one environment.
+/// The Flux Kustomization file of one environment: in its project's directory (the project is the
+/// part of the name before `-pr-`); a name without a project stays where names were before.
 pub fn flux_file(env: &str) -> String {
+    match project_of_env(env) {
+        Some(project) => format!("{FLUX_DIR}/{project}/{env}.yaml"),
+        None => flux_legacy_file(env),
+    }
+}
+
+/// Where an environment's Flux Kustomization sat before each project had an index of its own. An
+/// environment wired there stays there until it is pruned: moving the file would drop it from the
+/// root Kustomization's inventory, and kustomize-controller deletes what leaves an inventory
+/// (fluxcd/kustomize-controller `internal/controller/kustomization_controller.go`: the stale
+/// objects of `inventory.Diff(old, new)` go to `prune`, which calls ssa `ResourceManager.DeleteAll`
+/// for those still labelled with the root's name). The root does that in the same reconciliation
+/// that creates the project's Kustomization, before that one has applied anything, so the
+/// environment's Kustomization is deleted, and with it (`WaitForTermination`) its namespace and
+/// database.
+pub fn flux_legacy_file(env: &str) -> String {
     format!("{FLUX_DIR}/{env}.yaml")
+}
+
+/// The Flux Kustomization file of one project, listed by the root index.
+pub fn flux_project_file(project: &str) -> String {
+    format!("{FLUX_DIR}/{project}.yaml")
+}
+
+/// The directory of one project's Flux wiring: its index and its environments' Kustomizations.
+pub fn flux_project_dir(project: &str) -> String {
+    format!("{FLUX_DIR}/{project}")
+}
+
+/// The name of project `project`'s Flux Kustomization. kustomize-controller labels every object it
+/// applies with its Kustomization's name (`kustomize.toolkit.fluxcd.io/name`), and a label value
+/// holds at most 63 characters: a longer name is cut and told apart by a digest of the project id.
+pub fn flux_project_name(project: &str) -> String {
+    let max = crate::model::naming::LABEL_VALUE_MAX;
+    let name = format!("{FLUX_PROJECT_PREFIX}{project}");
+    if name.len() <= max {
+        return name;
+    }
+    let digest = hex::encode(Sha1::digest(project.as_bytes()));
+    let cut: String = name.chars().take(max - 1 - FLUX_NAME_DIGEST).collect();
+    format!("{}-{}", cut.trim_end_matches('-'), &digest[..FLUX_NAME_DIGEST])
+}
+
+/// Hex digits of the digest that tells apart project Kustomization names cut to fit a label value.
+const FLUX_NAME_DIGEST: usize = 8;
+
+/// The index of one project's Flux wiring.
+pub fn flux_project_index(project: &str) -> String {
+    format!("{FLUX_DIR}/{project}/{KUSTOMIZATION_FILE}")
+}
+
+/// The project of an environment name (`<project>-pr-<number>`), `None` for any other name. A
+/// project id holds no `-pr-` (the config refuses it), so the split is unambiguous.
+pub fn project_of_env(env: &str) -> Option<&str> {
+    let (project, number) = env.rsplit_once(crate::model::naming::ENV_INFIX)?;
+    let numbered = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+    (numbered && !project.is_empty() && !project.contains('/')).then_some(project)
 }
 
 /// The glob of every environment's metadata file, for Argo CD's git files generator.
@@ -125,9 +192,13 @@ pub fn secret_path(config: &Config, env: &str) -> String {
 pub enum Place<'a> {
     /// A file inside an environment directory (`file` may contain `/`).
     EnvFile { env: &'a str, file: &'a str },
-    /// One environment's Flux Kustomization.
-    FluxWiring { env: &'a str },
-    /// Another file of the Flux wiring directory (the index).
+    /// One environment's Flux Kustomization: in its project's directory, or (`legacy`) at the top
+    /// of the wiring directory, where environments were wired before projects had an index.
+    FluxWiring { env: &'a str, legacy: bool },
+    /// One project's Flux Kustomization (`flux/environments/<project>.yaml`) or its index
+    /// (`flux/environments/<project>/kustomization.yaml`).
+    FluxProject { project: &'a str },
+    /// Another file of the Flux wiring directory (the root index, or anything else).
     FluxOther,
     /// A file of the Argo CD wiring directory.
     ArgoWiring,
@@ -146,10 +217,7 @@ impl<'a> Place<'a> {
             return Place::EnvFile { env, file };
         }
         if let Some(file) = path.strip_prefix(FLUX_DIR).and_then(|r| r.strip_prefix('/')) {
-            return match file.strip_suffix(".yaml") {
-                Some(env) if !env.contains('/') && file != "kustomization.yaml" => Place::FluxWiring { env },
-                _ => Place::FluxOther,
-            };
+            return Place::in_flux(file);
         }
         if path.strip_prefix(ARGOCD_DIR).is_some_and(|r| r.starts_with('/')) {
             return Place::ArgoWiring;
@@ -157,17 +225,30 @@ impl<'a> Place<'a> {
         Place::Other
     }
 
-    /// The environment this path belongs to: its directory or its Flux Kustomization.
-    pub fn env(self) -> Option<&'a str> {
-        match self {
-            Place::EnvFile { env, .. } | Place::FluxWiring { env } => Some(env),
-            _ => None,
+    /// A path inside the Flux wiring directory (`file` relative to it).
+    pub fn in_flux(file: &'a str) -> Place<'a> {
+        match file.split_once('/') {
+            None if file == KUSTOMIZATION_FILE => Place::FluxOther,
+            None => match file.strip_suffix(".yaml") {
+                Some(env) if project_of_env(env).is_some() => Place::FluxWiring { env, legacy: true },
+                Some(project) if !project.is_empty() => Place::FluxProject { project },
+                _ => Place::FluxOther,
+            },
+            Some((project, name)) if !project.is_empty() => match name.strip_suffix(".yaml") {
+                _ if name == KUSTOMIZATION_FILE => Place::FluxProject { project },
+                Some(env) if project_of_env(env) == Some(project) => Place::FluxWiring { env, legacy: false },
+                _ => Place::FluxOther,
+            },
+            Some(_) => Place::FluxOther,
         }
     }
 
-    /// Under a wiring directory, which prenv writes whole.
-    pub fn is_wiring(self) -> bool {
-        matches!(self, Place::FluxWiring { .. } | Place::FluxOther | Place::ArgoWiring)
+    /// The environment this path belongs to: its directory or its Flux Kustomization.
+    pub fn env(self) -> Option<&'a str> {
+        match self {
+            Place::EnvFile { env, .. } | Place::FluxWiring { env, .. } => Some(env),
+            _ => None,
+        }
     }
 }
 
@@ -248,8 +329,25 @@ mod tests {
             ("environments-extra/a/b", Place::Other),
             (
                 "flux/environments/shop-pr-1.yaml",
-                Place::FluxWiring { env: "shop-pr-1" },
+                Place::FluxWiring {
+                    env: "shop-pr-1",
+                    legacy: true,
+                },
             ),
+            (
+                "flux/environments/shop/shop-pr-1.yaml",
+                Place::FluxWiring {
+                    env: "shop-pr-1",
+                    legacy: false,
+                },
+            ),
+            ("flux/environments/shop.yaml", Place::FluxProject { project: "shop" }),
+            (
+                "flux/environments/shop/kustomization.yaml",
+                Place::FluxProject { project: "shop" },
+            ),
+            ("flux/environments/shop/web-pr-1.yaml", Place::FluxOther),
+            ("flux/environments/shop/a/shop-pr-1.yaml", Place::FluxOther),
             ("flux/environments/kustomization.yaml", Place::FluxOther),
             ("flux/environments/notes.txt", Place::FluxOther),
             ("flux/environments-x/a.yaml", Place::Other),
@@ -261,8 +359,23 @@ mod tests {
             assert_eq!(Place::of(path), want, "{path}");
         }
         assert_eq!(Place::of(&flux_file("a-pr-1")).env(), Some("a-pr-1"));
+        assert_eq!(flux_file("a-b-pr-1"), "flux/environments/a-b/a-b-pr-1.yaml");
+        assert_eq!(Place::of(&flux_legacy_file("a-pr-1")).env(), Some("a-pr-1"));
+        assert_eq!(project_of_env("shop-pr-12"), Some("shop"));
+        assert_eq!(project_of_env("shop-pr-"), None);
+        assert_eq!(project_of_env("shop"), None);
         assert_eq!(Place::of(&meta_path("a-pr-1")).env(), Some("a-pr-1"));
         assert_eq!(Place::of(FLUX_INDEX), Place::FluxOther);
+    }
+
+    #[test]
+    fn project_kustomization_names_fit_a_label_value() {
+        assert_eq!(flux_project_name("shop"), "prenv-environments-shop");
+        let long = "a".repeat(crate::model::naming::PROJECT_ID_MAX);
+        let name = flux_project_name(&long);
+        assert_eq!(name.len(), crate::model::naming::LABEL_VALUE_MAX);
+        assert_ne!(name, flux_project_name(&format!("{}b", &long[1..])));
+        assert!(crate::model::naming::dns_label_problem(&name).is_none(), "{name}");
     }
 
     #[test]
