@@ -96,6 +96,7 @@ pub fn render_selected(
                 );
             }
             annotations.extend(waiting_annotations(meta));
+            annotations.extend(queued_annotations(meta));
             let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), annotations);
             tree.insert(flux_file(meta.env.as_str()), yaml::to_string(&object)?)?;
         }
@@ -189,6 +190,23 @@ fn waiting_annotations(meta: &EnvMeta) -> BTreeMap<String, String> {
                 (
                     labels::WAITING_SINCE.to_string(),
                     w.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// An environment's place in the queue, for the watcher (see [`labels::QUEUED_POSITION`]).
+fn queued_annotations(meta: &EnvMeta) -> BTreeMap<String, String> {
+    meta.queued
+        .iter()
+        .flat_map(|q| {
+            [
+                (labels::QUEUED_POSITION.to_string(), q.position.to_string()),
+                (labels::QUEUED_OF.to_string(), q.of.to_string()),
+                (
+                    labels::QUEUED_AT.to_string(),
+                    q.queued_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 ),
             ]
         })
