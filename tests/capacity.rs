@@ -170,7 +170,11 @@ fn the_pr_beyond_the_limit_is_queued_first_in_line_with_its_kustomization_suspen
     assert_eq!(annotations["prenv.dev/queued-at"], json!(minute(0)));
     let running = cluster.kustomization("shop-pr-1");
     assert!(running["spec"].get("suspend").is_none(), "{running:?}");
-    assert!(running["metadata"]["annotations"].get("prenv.dev/queued-position").is_none());
+    assert!(
+        running["metadata"]["annotations"]
+            .get("prenv.dev/queued-position")
+            .is_none()
+    );
     // The watcher reads the queued Kustomization (suspended: no status) as waiting, with its place.
     let seen = prenv::core::status::from_flux(&queued).unwrap();
     assert_eq!(
@@ -264,7 +268,11 @@ fn two_projects_share_the_cluster_limit_first_come_first_served() {
         "{out}"
     );
     assert!(out.contains("capacity: cluster 3 of 3 used, 0 left, 1 queued"), "{out}");
-    assert_eq!(cluster.meta("blog-pr-2")["queued"]["position"], json!(1), "another project's files are not shop's to write");
+    assert_eq!(
+        cluster.meta("blog-pr-2")["queued"]["position"],
+        json!(1),
+        "another project's files are not shop's to write"
+    );
     let out = cluster.sync("blog", &blog, &blog_prs, &minute(4));
     assert!(out.contains("create  blog-pr-2"), "{out}");
     assert_eq!(
@@ -277,7 +285,12 @@ fn two_projects_share_the_cluster_limit_first_come_first_served() {
         ])
     );
     // Blog's next PR queues behind shop's.
-    let out = cluster.sync("blog", &blog, &[open("blog", 1), open("blog", 2), open("blog", 3)], &minute(5));
+    let out = cluster.sync(
+        "blog",
+        &blog,
+        &[open("blog", 1), open("blog", 2), open("blog", 3)],
+        &minute(5),
+    );
     assert!(out.contains("queued, position 2 of 2"), "{out}");
 }
 
@@ -313,7 +326,10 @@ fn a_per_project_limit_queues_within_the_project_while_the_cluster_has_room() {
     );
     let out = cluster.sync("blog", &blog, &[open("blog", 1)], &minute(1));
     assert!(out.contains("create  blog-pr-1"), "{out}");
-    assert!(out.contains("capacity: cluster 2 of 4 used, 2 left, 1 queued; project blog 1 of 1 used, 0 left, 0 queued"), "{out}");
+    assert!(
+        out.contains("capacity: cluster 2 of 4 used, 2 left, 1 queued; project blog 1 of 1 used, 0 left, 0 queued"),
+        "{out}"
+    );
     assert_eq!(
         cluster.envs(),
         envs(&[("blog-pr-1", false), ("shop-pr-1", false), ("shop-pr-2", true)])
@@ -368,7 +384,10 @@ fn the_argo_cd_template_reads_the_queue_fields_the_metadata_records() {
     // Every field the template and its patch read of `queued` is one the metadata writes.
     for field in ["position", "of", "queued_at"] {
         assert!(queued.contains_key(field), "{field} missing from {queued:?}");
-        assert!(template.contains(&format!("{{{{ .{field} }}}}")), "the template does not read {field}");
+        assert!(
+            template.contains(&format!("{{{{ .{field} }}}}")),
+            "the template does not read {field}"
+        );
     }
     let patch = str_at(set, &["spec", "templatePatch"]).unwrap();
     assert!(patch.starts_with("{{- if index . \"queued\" }}"), "{patch}");
@@ -376,5 +395,8 @@ fn the_argo_cd_template_reads_the_queue_fields_the_metadata_records() {
         set["spec"]["template"]["spec"]["syncPolicy"].get("automated").is_none(),
         "automated sync comes only from the patch, for environments that are not queued"
     );
-    assert!(patch.contains("automated:") && patch.contains("prenv.dev/queued: \"true\""), "{patch}");
+    assert!(
+        patch.contains("automated:") && patch.contains("prenv.dev/queued: \"true\""),
+        "{patch}"
+    );
 }

@@ -1061,7 +1061,13 @@ mod tests {
             grafana_url: None,
         };
         let body = comment_body(&queued, &marker, &settings, &Lifecycle::default());
-        assert!(body.contains("### ⏳ Preview environment `shop-pr-7` is queued"), "{body}");
-        assert!(body.contains("| Queued | queued, position 2 of 3 (since 12:00:00 UTC)"), "{body}");
+        assert!(
+            body.contains("### ⏳ Preview environment `shop-pr-7` is queued"),
+            "{body}"
+        );
+        assert!(
+            body.contains("| Queued | queued, position 2 of 3 (since 12:00:00 UTC)"),
+            "{body}"
+        );
     }
 }

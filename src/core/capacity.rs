@@ -102,11 +102,7 @@ pub fn queue(limits: Limits, occupants: &[&str], waiters: &[Waiter]) -> Decided 
             places[i] = Place::Queued { position, of, full };
         }
     }
-    Decided {
-        places,
-        used,
-        used_by,
-    }
+    Decided { places, used, used_by }
 }
 
 /// How full the cluster is once a plan is applied: what `prenv plan` shows.
@@ -219,7 +215,11 @@ pub fn admit(config: &Config, plan: &mut Plan, view: &RepoView, now: DateTime<Ut
         let owner = entry
             .project
             .clone()
-            .or_else(|| name.as_str().rsplit_once(crate::model::naming::ENV_INFIX).map(|(p, _)| p.to_string()))
+            .or_else(|| {
+                name.as_str()
+                    .rsplit_once(crate::model::naming::ENV_INFIX)
+                    .map(|(p, _)| p.to_string())
+            })
             .unwrap_or_default();
         // Metadata that does not decode counts as running: the guard errs towards fewer environments.
         match entry.meta().ok().and_then(|m| m.queued.as_ref()) {
@@ -250,7 +250,11 @@ pub fn admit(config: &Config, plan: &mut Plan, view: &RepoView, now: DateTime<Ut
     }
     let mine_used = decided.used_by.get(project).copied().unwrap_or(0);
     plan.capacity = Some(Usage {
-        cluster: Count::of(decided.used, limits.cluster, u32::try_from(queued_all).unwrap_or(u32::MAX)),
+        cluster: Count::of(
+            decided.used,
+            limits.cluster,
+            u32::try_from(queued_all).unwrap_or(u32::MAX),
+        ),
         project_id: project.to_string(),
         project: Count::of(mine_used, limits.per_project, queued_mine),
         node: config.capacity_fit().map(|f| f.explain()),
@@ -316,11 +320,7 @@ fn settle(
     (d.action, d.reason) = if unchanged {
         (
             Action::Keep,
-            format!(
-                "{} since {}: {why}",
-                words(position, of),
-                rfc3339(since)
-            ),
+            format!("{} since {}: {why}", words(position, of), rfc3339(since)),
         )
     } else {
         (
@@ -492,7 +492,12 @@ mod tests {
             let created = freed.decisions[1].desired.as_ref().unwrap();
             assert_eq!((created.queued.as_ref(), created.committed_at), (None, Some(later)));
             // Without a limit nothing is counted or queued.
-            let free = plan(&crate::core::plan::tests::config(), &[pr(1), pr(2)], &BTreeMap::new(), t0);
+            let free = plan(
+                &crate::core::plan::tests::config(),
+                &[pr(1), pr(2)],
+                &BTreeMap::new(),
+                t0,
+            );
             assert!(free.capacity.is_none() && free.decisions.iter().all(|d| d.action == Action::Create));
         }
     }

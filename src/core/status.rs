@@ -932,12 +932,19 @@ mod tests {
         // A suspended Kustomization never gets a status; an Application without automated sync
         // sits OutOfSync and Missing.
         let suspended = object("Kustomization", 1, false, json!(null));
-        let unsynced = argo(json!({"sync": {"status": "OutOfSync"}, "health": {"status": "Missing"}}), false);
+        let unsynced = argo(
+            json!({"sync": {"status": "OutOfSync"}, "health": {"status": "Missing"}}),
+            false,
+        );
         for (name, seen) in [
             ("flux", from_flux(&queued(suspended.clone(), "2", "3")).unwrap()),
             ("argo", from_argo(&queued(unsynced.clone(), "2", "3"), IMAGE).unwrap()),
         ] {
-            assert_eq!(seen.verdict, Verdict::Waiting("queued, position 2 of 3".into()), "{name}");
+            assert_eq!(
+                seen.verdict,
+                Verdict::Waiting("queued, position 2 of 3".into()),
+                "{name}"
+            );
         }
         // Argo CD renders the annotations empty for an environment that is not queued.
         let not_queued = from_argo(&queued(unsynced, "", ""), IMAGE).unwrap();
@@ -945,6 +952,9 @@ mod tests {
         assert_eq!(from_flux(&suspended).unwrap().verdict, Verdict::NotYet);
         // A deletion is a deletion.
         let deleting = object("Kustomization", 1, true, json!(null));
-        assert_eq!(from_flux(&queued(deleting, "1", "1")).unwrap().verdict, Verdict::Deleting);
+        assert_eq!(
+            from_flux(&queued(deleting, "1", "1")).unwrap().verdict,
+            Verdict::Deleting
+        );
     }
 }

@@ -115,13 +115,7 @@ impl Fit {
         let (cpu, memory) = self.needed();
         format!(
             "{} environments × {}/{} + reserved {}/{} = {cpu}/{memory} of the node's {}/{}",
-            self.max,
-            self.per_env.cpu,
-            self.per_env.memory,
-            self.reserved.0,
-            self.reserved.1,
-            self.node.0,
-            self.node.1
+            self.max, self.per_env.cpu, self.per_env.memory, self.reserved.0, self.reserved.1, self.node.0, self.node.1
         )
     }
 }
@@ -155,7 +149,10 @@ impl Config {
     /// The node arithmetic, when `capacity.max_environments` and both node sizes are set.
     pub fn capacity_fit(&self) -> Option<Fit> {
         let c = &self.capacity;
-        let node = (Cpu::parse(c.node_cpu.as_deref()?)?, Bytes::parse(c.node_memory.as_deref()?)?);
+        let node = (
+            Cpu::parse(c.node_cpu.as_deref()?)?,
+            Bytes::parse(c.node_memory.as_deref()?)?,
+        );
         Some(Fit {
             max: c.max_environments?,
             per_env: self.env_quota(),
@@ -187,7 +184,10 @@ impl Config {
                 "key `capacity.max_environments_per_project` = {project} is above `capacity.max_environments` = {cluster}: a project can never have more than the cluster; lower it to at most {cluster}"
             ));
         }
-        for (k, v) in [("capacity.node_cpu", c.node_cpu.as_deref()), ("capacity.reserved_cpu", Some(c.reserved_cpu.as_str()))] {
+        for (k, v) in [
+            ("capacity.node_cpu", c.node_cpu.as_deref()),
+            ("capacity.reserved_cpu", Some(c.reserved_cpu.as_str())),
+        ] {
             if let Some(v) = v
                 && Cpu::parse(v).is_none()
             {
@@ -257,7 +257,11 @@ mod tests {
             "8 environments × 800m/1Gi + reserved 1500m/12Gi = 7900m/20Gi of the node's 8/32Gi"
         );
         assert_eq!(fit.most(), 8);
-        let both = config("[\"postgres\", \"mariadb\"]", &format!("max_environments = 5\n{SEED_NODE}")).unwrap();
+        let both = config(
+            "[\"postgres\", \"mariadb\"]",
+            &format!("max_environments = 5\n{SEED_NODE}"),
+        )
+        .unwrap();
         let fit = both.capacity_fit().unwrap();
         assert!(fit.fits(), "{}", fit.explain());
         assert_eq!(fit.most(), 5);
@@ -268,7 +272,11 @@ mod tests {
     fn bad_capacity_settings_are_refused_naming_the_key() {
         // (the [capacity] table, the databases, what the error must say)
         let table: &[(&str, &str, &[&str])] = &[
-            ("max_environments = 0", "[]", &["capacity.max_environments", "at least 1"]),
+            (
+                "max_environments = 0",
+                "[]",
+                &["capacity.max_environments", "at least 1"],
+            ),
             (
                 "max_environments_per_project = 0",
                 "[]",
@@ -279,9 +287,21 @@ mod tests {
                 "[]",
                 &["capacity.max_environments_per_project` = 5", "above", "at most 4"],
             ),
-            ("max_environments = 4\nnode_cpu = \"8\"", "[]", &["capacity.node_memory", "both"]),
-            ("node_cpu = \"8\"\nnode_memory = \"32Gi\"", "[]", &["capacity.max_environments` is missing"]),
-            ("max_environments = 4\nnode_cpu = \"lots\"\nnode_memory = \"1Gi\"", "[]", &["capacity.node_cpu", "CPU"]),
+            (
+                "max_environments = 4\nnode_cpu = \"8\"",
+                "[]",
+                &["capacity.node_memory", "both"],
+            ),
+            (
+                "node_cpu = \"8\"\nnode_memory = \"32Gi\"",
+                "[]",
+                &["capacity.max_environments` is missing"],
+            ),
+            (
+                "max_environments = 4\nnode_cpu = \"lots\"\nnode_memory = \"1Gi\"",
+                "[]",
+                &["capacity.node_cpu", "CPU"],
+            ),
             ("reserved_memory = \"12G\"", "[]", &["capacity.reserved_memory", "32Gi"]),
             (
                 "max_environments = 6\nnode_cpu = \"8\"\nnode_memory = \"32Gi\"",
