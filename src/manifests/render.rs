@@ -24,7 +24,6 @@ use crate::model::labels;
 use crate::model::layout::{self, ARGOCD_INDEX, FLUX_INDEX, META_FILE, env_dir, flux_file};
 use crate::model::meta::{EnvMeta, GENERATOR};
 use crate::model::naming;
-use crate::model::quantity::{Bytes, Cpu};
 use crate::model::tree::Tree;
 
 /// Pod Security Standard every preview namespace enforces (RNF-09).
@@ -380,17 +379,9 @@ fn namespace(meta: &EnvMeta) -> Namespace {
 
 /// The quota: the base allowance plus one step per enabled database (RNF-13).
 fn resource_quota(config: &Config, databases: &[Database]) -> ResourceQuota {
-    let q = &config.quota;
-    let parse_cpu = |s: &str| Cpu::parse(s).unwrap_or_default();
-    let parse_bytes = |s: &str| Bytes::parse(s).unwrap_or_default();
-    let steps = databases.iter().map(|db| config.quota_step(*db));
-    let (mut cpu, mut memory, mut storage, mut pods) = (parse_cpu(&q.cpu), parse_bytes(&q.memory), Bytes(0), q.pods);
-    for step in steps {
-        cpu = cpu + parse_cpu(&step.cpu);
-        memory = memory + parse_bytes(&step.memory);
-        storage = storage + parse_bytes(&step.storage);
-        pods += step.pods;
-    }
+    // The same arithmetic the capacity check multiplies (`Config::quota_for`).
+    let q = config.quota_for(databases);
+    let (cpu, memory, storage, pods) = (q.cpu, q.memory, q.storage, q.pods);
     let hard = [
         ("requests.cpu", cpu.to_string()),
         ("limits.cpu", cpu.to_string()),
