@@ -577,7 +577,9 @@ pub fn images_to_check(config: &Config, prs: &[PullRequest], view: &RepoView, no
             let moving = view
                 .envs
                 .get(env.as_str())
-                .is_none_or(|p| p.image != image || p.waiting_for.is_some());
+                // A queued environment runs nothing yet: whether its image exists decides whether
+                // its app starts or is held once it leaves the queue.
+                .is_none_or(|p| p.image != image || p.waiting_for.is_some() || p.is_queued());
             moving.then_some(image)
         })
         .collect()
@@ -602,7 +604,7 @@ fn hold_for_image(d: Decision, view: &RepoView, images: &ImageFacts, now: DateTi
         Some(ImageFact::Absent) => format!("waiting for image {}: the registry does not have it yet", meta.image),
         Some(ImageFact::Unknown(error)) => format!("waiting for image {}: cannot check it ({error})", meta.image),
     };
-    if prior.is_some_and(|p| p.image == meta.image && !p.holds_app()) {
+    if prior.is_some_and(|p| p.image == meta.image && !p.holds_app() && !p.is_queued()) {
         return d; // already running that image: nothing to wait for
     }
     let since = waited.map_or(now, |w| w.since);
