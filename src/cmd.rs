@@ -252,7 +252,7 @@ pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
     let shown = &args.run.view;
     match shown.output {
         Output::Json => {
-            let doc = serde_json::json!({
+            let mut doc = serde_json::json!({
                 "repo": repo.display(),
                 "branch": repo.branch(),
                 "base": view.tip.as_ref().map(ToString::to_string),
@@ -262,6 +262,10 @@ pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
                 "held": desired.held,
                 "files": {"added": desired.changes.added, "modified": desired.changes.modified, "removed": desired.changes.removed},
             });
+            // How full the cluster is, with a `[capacity]` limit.
+            if let Some(capacity) = &desired.plan.capacity {
+                doc["capacity"] = serde_json::to_value(capacity)?;
+            }
             writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
         }
         Output::Text => {

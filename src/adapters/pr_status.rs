@@ -618,6 +618,12 @@ pub fn commit_status_of<'a>(
     let (state, description, target) = match &record.state {
         // The wait for a head's image says which image: the PR author knows CI is not done.
         State::Waiting(why) if why.starts_with(crate::core::status::IMAGE_WAIT) => ("pending", why.clone(), url),
+        // A queued environment says its place: the PR author knows it is the cluster that is full.
+        State::Waiting(why) if why.starts_with(crate::core::capacity::QUEUED) => (
+            "pending",
+            format!("Preview environment {why}: waiting for room in the cluster"),
+            None,
+        ),
         State::Committed | State::Reconciling | State::Waiting(_) => {
             ("pending", "Preview environment is being deployed".to_string(), url)
         }
@@ -652,6 +658,7 @@ pub fn why_words(why: Why, lifecycle: &Lifecycle) -> String {
 /// unchanged record renders the same text and causes no edit.
 pub fn comment_body(record: &EnvRecord, marker: &Marker, settings: &StatusSettings, lifecycle: &Lifecycle) -> String {
     let (icon, words) = match &record.state {
+        State::Waiting(why) if why.starts_with(crate::core::capacity::QUEUED) => ("⏳", "is queued"),
         State::Committed | State::Reconciling | State::Waiting(_) => ("⏳", "is being deployed"),
         State::Ready => ("✅", "is ready"),
         State::Failed(_) => ("❌", "failed"),
@@ -758,6 +765,11 @@ fn state_rows(record: &EnvRecord, why: Option<Why>, lifecycle: &Lifecycle) -> St
             }
             rows
         }
+        State::Waiting(why) if why.starts_with(crate::core::capacity::QUEUED) => format!(
+            "| Queued | {} (since {} UTC): the cluster has no room for another environment (`[capacity]` in prenv.toml); it is created, and this comment updated, as soon as one frees |\n",
+            cell(why),
+            head.since.format("%H:%M:%S")
+        ),
         State::Waiting(why) => format!(
             "| Waiting | {} (since {} UTC) |\n",
             cell(why),
@@ -1026,6 +1038,36 @@ mod tests {
             body,
             comment_body(&record, &marker, &settings, &Lifecycle::default()),
             "deterministic"
+        );
+    }
+
+    #[test]
+    fn a_queued_environment_says_queued_position_n_of_m_in_the_status_and_the_comment() {
+        let queued = record(State::Waiting(crate::core::capacity::words(2, 3)));
+        let (state, description, target) = commit_status_of(&queued, None, &Lifecycle::default());
+        assert_eq!(state, "pending");
+        assert_eq!(
+            description,
+            "Preview environment queued, position 2 of 3: waiting for room in the cluster"
+        );
+        assert_eq!(target, None, "nothing to link to before it exists");
+        let marker = Marker {
+            env: queued.env.clone(),
+            record: Some(queued.clone()),
+            posted: Posted::default(),
+        };
+        let settings = StatusSettings {
+            context: "prenv/preview".into(),
+            grafana_url: None,
+        };
+        let body = comment_body(&queued, &marker, &settings, &Lifecycle::default());
+        assert!(
+            body.contains("### ⏳ Preview environment `shop-pr-7` is queued"),
+            "{body}"
+        );
+        assert!(
+            body.contains("| Queued | queued, position 2 of 3 (since 12:00:00 UTC)"),
+            "{body}"
         );
     }
 }

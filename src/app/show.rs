@@ -13,7 +13,7 @@ use crate::error::Result;
 
 /// One line per decision (skips only with `show_skipped`), one per file found in prenv's
 /// directories that is not prenv's (kept), one per wiring file kept instead of rewritten (and
-/// why), then the summary.
+/// why), how full the cluster is (with a `[capacity]` limit), then the summary.
 pub fn plan_text(
     plan: &Plan,
     changes: &Changes,
@@ -48,6 +48,10 @@ pub fn plan_text(
         *counts.entry(d.action).or_insert(0usize) += 1;
     }
     let summary: Vec<String> = counts.iter().map(|(a, n)| format!("{n} {a}")).collect();
+    for line in plan.capacity.iter().flat_map(|c| c.lines()) {
+        text.push_str(&line);
+        text.push('\n');
+    }
     text.push_str(&format!(
         "plan: {}; {} files to add, {} to change, {} to remove\n",
         if summary.is_empty() {

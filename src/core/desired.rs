@@ -400,6 +400,7 @@ pub fn commit_message(plan: &Plan, changes: &Changes) -> String {
         (Action::Create, "created"),
         (Action::Update, "updated"),
         (Action::Pin, "pinned"),
+        (Action::Queue, "queued"),
         (Action::Prune, "pruned"),
     ];
     let summary: Vec<String> = counts

@@ -12,6 +12,7 @@ use crate::model::meta::{EnvMeta, GENERATOR, ImageWait, META_SCHEMA, belongs_to}
 use crate::model::naming::{self, EnvName};
 use crate::model::pr::{PrState, PullRequest};
 
+use super::capacity;
 use super::eligible;
 use super::ports::{Blocked, ImageFact, ImageFacts, NoMemory, RepoView, Verifications};
 
@@ -26,6 +27,9 @@ pub enum Action {
     Keep,
     /// A closed PR's environment is kept because of the pin label, until a deadline.
     Pin,
+    /// A new environment waits for room in the cluster (`[capacity]`), or moves in the queue: its
+    /// files are written with its wiring suspended, so nothing of it runs yet.
+    Queue,
     /// The environment is removed: its PR is confirmed closed (and not pinned) or no longer eligible.
     Prune,
     /// No environment, none wanted.
@@ -42,6 +46,7 @@ impl fmt::Display for Action {
             Action::Update => "update",
             Action::Keep => "keep",
             Action::Pin => "pin",
+            Action::Queue => "queue",
             Action::Prune => "prune",
             Action::Skip => "skip",
             Action::Blocked => "blocked",
@@ -67,6 +72,9 @@ pub struct Decision {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
     pub decisions: Vec<Decision>,
+    /// How full the cluster is once the plan is applied; `None` without a `[capacity]` limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<capacity::Usage>,
 }
 
 impl Plan {
@@ -151,6 +159,9 @@ pub fn plan_knowing(
     let mut decisions = Vec::with_capacity(prs.len() + view.envs.len());
     let mut seen = BTreeSet::new();
     let digest = config.render_digest();
+    // With a capacity limit every environment's place in the queue matters, so none is kept
+    // undecoded while it is queued: a queued one may be the next to be created.
+    let limited = config.capacity.limited();
     for pr in prs {
         let decision = hold_for_image(decide(config, &digest, pr, view, now), view, &evidence.images, now);
         seen.insert(decision.env.clone());
@@ -166,7 +177,8 @@ pub fn plan_knowing(
         let settled = entry.render_digest == digest
             && entry.tree.is_some_and(|tree| verified.knows(tree, entry.wiring))
             && entry.preserve_until.is_none_or(|until| now < until)
-            && !evidence.closed_by_operator.contains(&entry.pr);
+            && !evidence.closed_by_operator.contains(&entry.pr)
+            && (!limited || entry.meta().is_ok_and(|m| !m.is_queued()));
         let decision = if settled {
             decision(
                 entry.pr,
@@ -197,7 +209,12 @@ pub fn plan_knowing(
         }
     }
     decisions.sort_by(|a, b| a.pr.cmp(&b.pr).then_with(|| a.env.cmp(&b.env)));
-    Plan { decisions }
+    let mut plan = Plan {
+        decisions,
+        capacity: None,
+    };
+    capacity::admit(config, &mut plan, view, now);
+    plan
 }
 
 fn decision(pr: u64, env: String, action: Action, reason: String, desired: Option<EnvMeta>) -> Decision {
@@ -325,6 +342,7 @@ fn kept_meta(config: &Config, digest: &str, env: &EnvName, recorded: &EnvMeta) -
         eligible_at: recorded.eligible_at,
         waiting_for: recorded.waiting_for.clone().filter(|w| is_sha(&w.sha)),
         project: recorded.project.clone(),
+        queued: recorded.queued.clone(),
     })
 }
 
@@ -528,6 +546,7 @@ fn env_meta(
         eligible_at: None,
         waiting_for: None,
         project: Some(config.project_id.clone()),
+        queued: None,
     }
 }
 
@@ -558,7 +577,9 @@ pub fn images_to_check(config: &Config, prs: &[PullRequest], view: &RepoView, no
             let moving = view
                 .envs
                 .get(env.as_str())
-                .is_none_or(|p| p.image != image || p.waiting_for.is_some());
+                // A queued environment runs nothing yet: whether its image exists decides whether
+                // its app starts or is held once it leaves the queue.
+                .is_none_or(|p| p.image != image || p.waiting_for.is_some() || p.is_queued());
             moving.then_some(image)
         })
         .collect()
@@ -583,7 +604,7 @@ fn hold_for_image(d: Decision, view: &RepoView, images: &ImageFacts, now: DateTi
         Some(ImageFact::Absent) => format!("waiting for image {}: the registry does not have it yet", meta.image),
         Some(ImageFact::Unknown(error)) => format!("waiting for image {}: cannot check it ({error})", meta.image),
     };
-    if prior.is_some_and(|p| p.image == meta.image && !p.holds_app()) {
+    if prior.is_some_and(|p| p.image == meta.image && !p.holds_app() && !p.is_queued()) {
         return d; // already running that image: nothing to wait for
     }
     let since = waited.map_or(now, |w| w.since);

@@ -122,7 +122,7 @@ impl FluxKustomization {
         annotations: BTreeMap<String, String>,
     ) -> Self {
         let flux = &config.flux;
-        FluxKustomization {
+        let mut object = FluxKustomization {
             api_version: "kustomize.toolkit.fluxcd.io/v1",
             kind: "Kustomization",
             metadata: json!({
@@ -147,7 +147,16 @@ impl FluxKustomization {
                 // Ready only when observedGeneration has caught up, i.e. for this very commit.
                 "commonMetadata": {"annotations": common_annotations(meta)},
             }),
+        };
+        // A queued environment (no room in the cluster yet) is in git but not applied: the
+        // controller skips a suspended Kustomization (kustomize-controller
+        // `internal/controller/kustomization_controller.go`, `Reconcile`: "Reconciliation is
+        // suspended for this object"), so no namespace, quota or database exists until it leaves
+        // the queue and the field goes.
+        if meta.is_queued() {
+            object.spec["suspend"] = json!(true);
         }
+        object
     }
 }
 
@@ -193,6 +202,11 @@ fn common_annotations(meta: &EnvMeta) -> BTreeMap<&'static str, String> {
     }
     out
 }
+
+/// The ApplicationSet's `templatePatch`: automated sync unless the environment is queued, and
+/// then the label [`labels::QUEUED`] instead (`argocd app list -l prenv.dev/queued=true` lists the
+/// queue). Both branches leave a patch, never an empty document.
+const AUTOMATED_UNLESS_QUEUED: &str = "{{- if index . \"queued\" }}\nmetadata:\n  labels:\n    prenv.dev/queued: \"true\"\n{{- else }}\nspec:\n  syncPolicy:\n    automated:\n      prune: true\n      selfHeal: true\n{{- end }}\n";
 
 /// Argo CD ApplicationSet: a git files generator over every environment's metadata file, so each
 /// environment directory becomes one Application, and removing the directory removes the Application.
@@ -246,6 +260,11 @@ pub fn application_set(config: &Config, meta_glob: &str) -> Value {
                         labels::WAITING_FOR_SHA: "{{ with index . \"waiting_for\" }}{{ .sha }}{{ end }}",
                         labels::WAITING_FOR_IMAGE: "{{ with index . \"waiting_for\" }}{{ .image }}{{ end }}",
                         labels::WAITING_SINCE: "{{ with index . \"waiting_for\" }}{{ .since }}{{ end }}",
+                        // Empty unless the environment is queued for room in the cluster: the
+                        // watcher reports its place ("queued, position N of M").
+                        labels::QUEUED_POSITION: "{{ with index . \"queued\" }}{{ .position }}{{ end }}",
+                        labels::QUEUED_OF: "{{ with index . \"queued\" }}{{ .of }}{{ end }}",
+                        labels::QUEUED_AT: "{{ with index . \"queued\" }}{{ .queued_at }}{{ end }}",
                     },
                     // Deleting the Application deletes what it deployed, namespace included.
                     "finalizers": ["resources-finalizer.argocd.argoproj.io"],
@@ -254,13 +273,22 @@ pub fn application_set(config: &Config, meta_glob: &str) -> Value {
                     "project": argo.project,
                     "source": {"repoURL": repo, "targetRevision": argo.target_revision, "path": "{{.path.path}}"},
                     "destination": {"server": "https://kubernetes.default.svc", "namespace": "{{.path.basename}}"},
+                    // `automated` comes from the templatePatch below: a queued environment's
+                    // Application is there (visible, OutOfSync) but never synced.
                     "syncPolicy": {
-                        "automated": {"prune": true, "selfHeal": true},
                         "syncOptions": ["CreateNamespace=false", "ServerSideApply=true"],
                         "retry": {"limit": 5, "backoff": {"duration": "10s", "factor": 2, "maxDuration": "3m"}},
                     },
                 },
             },
+            // Automated sync (prune, self-heal) for every environment that is not queued for room
+            // in the cluster (`queued` in prenv.json). The patch is rendered with the same
+            // parameters and merged into each Application (argo-cd v2.10+
+            // applicationset/controllers/template/patch.go `applyTemplatePatch`, a strategic merge
+            // patch); `index` on a missing key yields nothing (not an error, as with `.queued`
+            // under missingkey=error), so metadata without `queued` gets automated sync, as
+            // before the guard existed.
+            "templatePatch": AUTOMATED_UNLESS_QUEUED,
         },
     })
 }

@@ -27,7 +27,6 @@ use crate::model::layout::{
 };
 use crate::model::meta::{EnvMeta, GENERATOR};
 use crate::model::naming;
-use crate::model::quantity::{Bytes, Cpu};
 use crate::model::tree::Tree;
 
 /// Pod Security Standard every preview namespace enforces (RNF-09).
@@ -107,6 +106,7 @@ pub fn render_selected(
                 );
             }
             annotations.extend(waiting_annotations(meta));
+            annotations.extend(queued_annotations(meta));
             let object = FluxKustomization::for_env(config, meta, env_labels(config, meta), annotations);
             let env = meta.env.as_str();
             let path = if around.legacy.contains(env) {
@@ -206,6 +206,23 @@ fn waiting_annotations(meta: &EnvMeta) -> BTreeMap<String, String> {
                 (
                     labels::WAITING_SINCE.to_string(),
                     w.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// An environment's place in the queue, for the watcher (see [`labels::QUEUED_POSITION`]).
+fn queued_annotations(meta: &EnvMeta) -> BTreeMap<String, String> {
+    meta.queued
+        .iter()
+        .flat_map(|q| {
+            [
+                (labels::QUEUED_POSITION.to_string(), q.position.to_string()),
+                (labels::QUEUED_OF.to_string(), q.of.to_string()),
+                (
+                    labels::QUEUED_AT.to_string(),
+                    q.queued_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 ),
             ]
         })
@@ -379,17 +396,9 @@ fn namespace(meta: &EnvMeta) -> Namespace {
 
 /// The quota: the base allowance plus one step per enabled database (RNF-13).
 fn resource_quota(config: &Config, databases: &[Database]) -> ResourceQuota {
-    let q = &config.quota;
-    let parse_cpu = |s: &str| Cpu::parse(s).unwrap_or_default();
-    let parse_bytes = |s: &str| Bytes::parse(s).unwrap_or_default();
-    let steps = databases.iter().map(|db| config.quota_step(*db));
-    let (mut cpu, mut memory, mut storage, mut pods) = (parse_cpu(&q.cpu), parse_bytes(&q.memory), Bytes(0), q.pods);
-    for step in steps {
-        cpu = cpu + parse_cpu(&step.cpu);
-        memory = memory + parse_bytes(&step.memory);
-        storage = storage + parse_bytes(&step.storage);
-        pods += step.pods;
-    }
+    // The same arithmetic the capacity check multiplies (`Config::quota_for`).
+    let q = config.quota_for(databases);
+    let (cpu, memory, storage, pods) = (q.cpu, q.memory, q.storage, q.pods);
     let hard = [
         ("requests.cpu", cpu.to_string()),
         ("limits.cpu", cpu.to_string()),

@@ -21,3 +21,11 @@ pub const ELIGIBLE_AT: &str = "prenv.dev/eligible-at";
 pub const WAITING_FOR_SHA: &str = "prenv.dev/waiting-for-sha";
 pub const WAITING_FOR_IMAGE: &str = "prenv.dev/waiting-for-image";
 pub const WAITING_SINCE: &str = "prenv.dev/waiting-since";
+/// While an environment waits for room in the cluster (`queued` in prenv.json): its place, how
+/// many wait, and since when, on the Flux Kustomization or Argo CD Application, so the watcher
+/// reports "queued, position N of M" as pending. Absent (or empty) otherwise.
+pub const QUEUED_POSITION: &str = "prenv.dev/queued-position";
+pub const QUEUED_OF: &str = "prenv.dev/queued-of";
+pub const QUEUED_AT: &str = "prenv.dev/queued-at";
+/// The label a queued environment's Argo CD Application carries (`"true"`), instead of automated sync.
+pub const QUEUED: &str = "prenv.dev/queued";

@@ -57,6 +57,23 @@ pub struct EnvMeta {
     /// `head_sha`/`image` meanwhile, and the watcher reports the wait on this head's commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<ImageWait>,
+    /// Set while the environment waits for room in the cluster (`[capacity]`): its files are in
+    /// git, but its wiring is suspended, so nothing of it exists in the cluster yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<Queued>,
+}
+
+/// An environment's place in the cluster's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queued {
+    /// When the environment was first queued: the queue is first come, first served by it (ties
+    /// by PR number), across every project of the repository.
+    pub queued_at: DateTime<Utc>,
+    /// Its place when this metadata was written, from 1: the environments ahead of it, every
+    /// project's, plus one.
+    pub position: u32,
+    /// How many environments were queued then.
+    pub of: u32,
 }
 
 /// The head an environment waits to move to, because its image is not in the registry yet.
@@ -79,6 +96,11 @@ impl EnvMeta {
     /// has not pushed), so the app is held at zero replicas instead of failing to pull.
     pub fn holds_app(&self) -> bool {
         self.waiting_for.as_ref().is_some_and(|w| w.image == self.image)
+    }
+
+    /// Waiting for room in the cluster: nothing of it runs.
+    pub fn is_queued(&self) -> bool {
+        self.queued.is_some()
     }
 
     pub fn host(&self) -> &str {

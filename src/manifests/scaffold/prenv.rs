@@ -141,6 +141,7 @@ fn cluster_config(config: &Config) -> Result<String> {
         ("watch", toml::Value::try_from(&c.watch).map_err(err)?),
         ("git", toml::Value::try_from(&c.git).map_err(err)?),
         ("sync", toml::Value::try_from(&c.sync).map_err(err)?),
+        ("capacity", toml::Value::try_from(&c.capacity).map_err(err)?),
     ];
     for (key, value) in sections {
         table.insert(key.into(), value);

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod capacity;
 mod platform;
 mod watch;
 
+pub use capacity::{Capacity, EnvQuota, Fit};
 pub use platform::{DnsProvider, Platform};
 pub use watch::Watch;
 
@@ -90,6 +92,10 @@ pub struct Config {
     pub git: Git,
     #[serde(default, skip_serializing)]
     pub sync: Sync,
+    /// Not part of [`Config::render_digest`]: how many environments run at once decides which
+    /// are queued (recorded in their metadata), not how an environment renders.
+    #[serde(default, skip_serializing)]
+    pub capacity: Capacity,
     /// Not part of [`Config::render_digest`]: what `prenv init` scaffolds for the cluster.
     #[serde(default, skip_serializing)]
     pub platform: Platform,
@@ -383,6 +389,7 @@ impl Config {
         self.validate_image()?;
         self.validate_lifecycle()?;
         self.validate_quota()?;
+        self.validate_capacity()?;
         self.validate_cluster_names()?;
         self.validate_github()?;
         self.validate_secrets()?;
