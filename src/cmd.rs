@@ -361,8 +361,13 @@ pub fn watch(projects: &[Loaded], args: &WatchArgs) -> anyhow::Result<Outcome> {
         let mut groups: Vec<((Engine, String), Vec<_>)> = Vec::new();
         let mut metrics = Vec::new();
         for Loaded { path, config } in projects {
-            let github = prenv::adapters::github::GitHub::from_env(config)
-                .with_context(|| format!("the GitHub client of project {} ({})", config.project_id, path.display()))?;
+            let github = prenv::adapters::github::GitHub::from_env(config).with_context(|| {
+                format!(
+                    "the GitHub client of project {} ({})",
+                    config.project_id,
+                    path.display()
+                )
+            })?;
             let project_metrics = std::sync::Arc::new(prenv::app::watch::WatchMetrics::default());
             metrics.push((config.project_id.clone(), project_metrics.clone(), github.stats.clone()));
             let settings = prenv::adapters::pr_status::StatusSettings {
@@ -374,7 +379,10 @@ pub fn watch(projects: &[Loaded], args: &WatchArgs) -> anyhow::Result<Outcome> {
                 reporter: prenv::adapters::pr_status::PrStatus::new(github, settings),
                 metrics: project_metrics,
             };
-            let key = (config.engine, prenv::adapters::kube::engine_namespace(config).to_string());
+            let key = (
+                config.engine,
+                prenv::adapters::kube::engine_namespace(config).to_string(),
+            );
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, group)) => group.push(watched),
                 None => groups.push((key, vec![watched])),
@@ -417,7 +425,13 @@ pub fn serve(projects: &[Loaded], args: &ServeArgs) -> anyhow::Result<Outcome> {
     for Loaded { path, config } in projects {
         let secret = webhook_secret(&config.project_id)?;
         let at = Location::resolve(&config.git, args.repo.repo.as_deref(), args.repo.cache_dir.as_deref())
-            .with_context(|| format!("the environments repository of project {} ({})", config.project_id, path.display()))?;
+            .with_context(|| {
+                format!(
+                    "the environments repository of project {} ({})",
+                    config.project_id,
+                    path.display()
+                )
+            })?;
         // With several projects, each has its own cache clone: a clone is locked for a whole
         // sync, and one project's slow push must not hold another's.
         let cache_dir = if several {
@@ -508,7 +522,10 @@ pub fn onboard(config: &Config, args: &OnboardArgs) -> anyhow::Result<Outcome> {
     for (i, step) in done.github_steps.iter().enumerate() {
         writeln!(out, "  {}. {step}", i + 1)?;
     }
-    writeln!(out, "for the cluster's prenv serve and prenv watch, the platform owner:")?;
+    writeln!(
+        out,
+        "for the cluster's prenv serve and prenv watch, the platform owner:"
+    )?;
     for (i, step) in done.platform_steps.iter().enumerate() {
         writeln!(out, "  {}. {step}", i + 1)?;
     }

@@ -298,8 +298,7 @@ fn with_sealed_secrets_serve_seals_with_the_mounted_public_certificate() {
         .iter()
         .find(|o| str_at(o, &["kind"]) == Some("ConfigMap"))
         .unwrap();
-    let cluster =
-        prenv::model::config::Config::parse(str_at(map, &["data", "shop.toml"]).unwrap(), "cluster").unwrap();
+    let cluster = prenv::model::config::Config::parse(str_at(map, &["data", "shop.toml"]).unwrap(), "cluster").unwrap();
     let cert = cluster.secrets.sealed_secrets_cert.clone().unwrap();
     let pod = &find(&objects, "Deployment", "prenv-serve")["spec"]["template"]["spec"];
     let mount = pod["containers"][0]["volumeMounts"]

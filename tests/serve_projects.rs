@@ -219,7 +219,10 @@ fn each_repositorys_deliveries_land_in_its_own_projects_environments() {
     assert_eq!(server.deliver("d-2", &blog, SECRET), (202, "accepted\n".into()));
     wait_for_envs(&remote, &["blog-pr-1", "shop-pr-1"]);
     let blog_meta = tip_file(&remote, "environments/blog-pr-1/prenv.json").unwrap();
-    assert!(blog_meta.contains(&"b".repeat(40)), "blog's PR 1 at blog's head: {blog_meta}");
+    assert!(
+        blog_meta.contains(&"b".repeat(40)),
+        "blog's PR 1 at blog's head: {blog_meta}"
+    );
 
     // A repository no project is configured for: acknowledged, ignored, counted.
     let other = event("acme/wiki", 13, "opened", 2, 'c');
@@ -234,8 +237,14 @@ fn each_repositorys_deliveries_land_in_its_own_projects_environments() {
 
     let metrics = server.metrics();
     for (sample, want) in [
-        ("prenv_webhook_deliveries_total{project=\"shop\",outcome=\"accepted\"}", 1.0),
-        ("prenv_webhook_deliveries_total{project=\"blog\",outcome=\"accepted\"}", 2.0),
+        (
+            "prenv_webhook_deliveries_total{project=\"shop\",outcome=\"accepted\"}",
+            1.0,
+        ),
+        (
+            "prenv_webhook_deliveries_total{project=\"blog\",outcome=\"accepted\"}",
+            2.0,
+        ),
         ("prenv_webhook_deliveries_total{outcome=\"other_repository\"}", 1.0),
         ("prenv_syncs_total{project=\"shop\",outcome=\"error\"}", 0.0),
         ("prenv_syncs_total{project=\"blog\",outcome=\"error\"}", 0.0),
@@ -274,8 +283,14 @@ fn a_project_with_its_own_secret_accepts_only_deliveries_signed_with_it() {
     let metrics = server.metrics();
     for (sample, want) in [
         ("prenv_webhook_deliveries_total{outcome=\"bad_signature\"}", 1.0),
-        ("prenv_webhook_deliveries_total{project=\"blog\",outcome=\"bad_signature\"}", 1.0),
-        ("prenv_webhook_deliveries_total{project=\"shop\",outcome=\"bad_signature\"}", 1.0),
+        (
+            "prenv_webhook_deliveries_total{project=\"blog\",outcome=\"bad_signature\"}",
+            1.0,
+        ),
+        (
+            "prenv_webhook_deliveries_total{project=\"shop\",outcome=\"bad_signature\"}",
+            1.0,
+        ),
     ] {
         assert_eq!(metric(&metrics, sample), want, "{sample}\n{metrics}");
     }
@@ -313,7 +328,11 @@ fn a_project_whose_environments_repository_hangs_holds_up_no_other_project() {
     // The counter moves just after the commit lands.
     let deadline = Instant::now() + Duration::from_secs(15);
     while metric(&server.metrics(), "prenv_syncs_total{project=\"blog\",outcome=\"ok\"}") < 3.0 {
-        assert!(Instant::now() < deadline, "blog's syncs are not counted:\n{}", server.metrics());
+        assert!(
+            Instant::now() < deadline,
+            "blog's syncs are not counted:\n{}",
+            server.metrics()
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
     let metrics = server.metrics();
@@ -346,8 +365,15 @@ fn a_project_whose_breaker_is_open_holds_up_no_other_project() {
         assert_eq!(server.deliver(&format!("d-c{n}"), &closed, SECRET).0, 202);
     }
     let deadline = Instant::now() + Duration::from_secs(15);
-    while metric(&server.metrics(), "prenv_syncs_total{project=\"shop\",outcome=\"error\"}") < 1.0 {
-        assert!(Instant::now() < deadline, "the breaker did not refuse shop's mass prune");
+    while metric(
+        &server.metrics(),
+        "prenv_syncs_total{project=\"shop\",outcome=\"error\"}",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the breaker did not refuse shop's mass prune"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
     let opened = event("acme/blog", 12, "opened", 9, 'b');
@@ -391,7 +417,10 @@ fn ready_kustomization(project: &str, pr: u64, sha: &str) -> serde_json::Value {
         .to_string()
         .replace("3f786850e387550fdab836ed7e6dc881de23001b", sha)
         .replace("shop-pr-101", &format!("{project}-pr-{pr}"))
-        .replace("\"prenv.dev/project\":\"shop\"", &format!("\"prenv.dev/project\":\"{project}\""))
+        .replace(
+            "\"prenv.dev/project\":\"shop\"",
+            &format!("\"prenv.dev/project\":\"{project}\""),
+        )
         .replace("\"prenv.dev/pr\":\"101\"", &format!("\"prenv.dev/pr\":\"{pr}\""));
     serde_json::from_str(&text).unwrap()
 }
@@ -417,7 +446,10 @@ impl Watch {
         let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
-        response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -472,7 +504,13 @@ fn one_watch_reports_each_projects_environments_on_its_own_repository() {
     let port = free_port();
     let watch = Watch {
         child: Command::new(env!("CARGO_BIN_EXE_prenv"))
-            .args(["watch", "--config-dir", s(&configs), "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "watch",
+                "--config-dir",
+                s(&configs),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .env("KUBECONFIG", &kubeconfig)
             .env("GITHUB_TOKEN", "ghp_watch_projects_test")
             .env("PRENV_LOG", "warn")
@@ -481,15 +519,16 @@ fn one_watch_reports_each_projects_environments_on_its_own_repository() {
             .unwrap(),
         port,
     };
-    let success = |hub: &fakes::github::FakeGitHub, sha: &str| {
-        hub.statuses_on(sha).iter().any(|(state, _)| state == "success")
-    };
+    let success =
+        |hub: &fakes::github::FakeGitHub, sha: &str| hub.statuses_on(sha).iter().any(|(state, _)| state == "success");
     until("each project's listed environment reported ready", || {
         success(&shop_hub, SHOP) && success(&blog_hub, BLOG)
     });
     // A later environment of blog, seen on the watch rather than the list, goes to blog's too.
     kube.apply(ready_kustomization("blog", 8, BLOG_LATER));
-    until("blog's new environment reported ready", || success(&blog_hub, BLOG_LATER));
+    until("blog's new environment reported ready", || {
+        success(&blog_hub, BLOG_LATER)
+    });
     until("every report written", || {
         let m = watch.metrics();
         m.contains("prenv_github_pending_reports{project=\"shop\"} 0")
@@ -500,10 +539,17 @@ fn one_watch_reports_each_projects_environments_on_its_own_repository() {
         shas.dedup();
         shas
     };
-    assert_eq!(shas(&shop_hub), [SHOP], "shop's repository is told of shop's environment alone");
+    assert_eq!(
+        shas(&shop_hub),
+        [SHOP],
+        "shop's repository is told of shop's environment alone"
+    );
     assert_eq!(shas(&blog_hub), [BLOG, BLOG_LATER], "blog's of blog's alone");
     assert!(
-        shop_hub.prenv_comments().iter().all(|(pr, body)| *pr == 101 && body.contains("shop-pr-101")),
+        shop_hub
+            .prenv_comments()
+            .iter()
+            .all(|(pr, body)| *pr == 101 && body.contains("shop-pr-101")),
         "{:?}",
         shop_hub.prenv_comments()
     );

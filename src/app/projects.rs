@@ -91,7 +91,9 @@ pub fn check(loaded: &[Loaded]) -> Result<()> {
 pub fn secret_var(project: &str) -> String {
     format!(
         "{SECRET_VAR}_{}",
-        project.to_ascii_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        project
+            .to_ascii_uppercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
     )
 }
 

@@ -406,9 +406,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             .enumerate()
             .position(|(i, r)| signed[i] && r.repository.accepts(o));
         // Named by a project whose secret did not sign it: another project's secret at work.
-        let named = || {
-            (shared.routes.iter().enumerate()).position(|(i, r)| !signed[i] && r.repository.names(o))
-        };
+        let named = || (shared.routes.iter().enumerate()).position(|(i, r)| !signed[i] && r.repository.names(o));
         routed.set(match signed_by_it {
             Some(at) => Some((at, true)),
             None => named().map(|at| (at, false)),
@@ -684,7 +682,12 @@ impl Recheck {
 /// One sync: the PRs from the events (environments of other PRs are kept), or, for a full resync,
 /// the GitHub listing with positive-evidence lookups. Returns the PRs whose environment now waits
 /// for its head's image, to sync again soon.
-fn run_sync(project: &Project, metrics: &ProjectMetrics, mut prs: Vec<PullRequest>, full: bool) -> Result<Vec<PullRequest>> {
+fn run_sync(
+    project: &Project,
+    metrics: &ProjectMetrics,
+    mut prs: Vec<PullRequest>,
+    full: bool,
+) -> Result<Vec<PullRequest>> {
     let config = &project.config;
     let mut repo = EnvRepo::open(&project.repo, &config.git, &project.cache_dir, false)?;
     let view = repo.read()?;

@@ -515,10 +515,10 @@ async fn report<S: StatusSink>(
     }
 }
 
-/// Stops the reporter task when the watch ends or is dropped (Ctrl-C).
-struct Abort(tokio::task::JoinHandle<()>);
+/// Stops a task (the reporter, a project's watch) when the watch ends or is dropped (Ctrl-C).
+struct Abort<T = ()>(tokio::task::JoinHandle<T>);
 
-impl Drop for Abort {
+impl<T> Drop for Abort<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -635,13 +635,24 @@ pub async fn watch_projects<S: StatusSink>(
             });
         }
     }
+    let mut projects = projects;
+    if projects.len() == 1
+        && let Some(p) = projects.pop()
+    {
+        // One project: its objects only (the API server selects them), watched as ever.
+        return watch(&p.config, stream, p.reporter, p.metrics).await;
+    }
     let mut routes: BTreeMap<String, mpsc::UnboundedSender<Seen>> = BTreeMap::new();
     let mut runs = Vec::new();
     for p in projects {
         let (tx, rx) = mpsc::unbounded_channel();
         routes.insert(p.config.project_id.clone(), tx);
         let own = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|seen| (seen, rx)) });
-        runs.push(async move { watch(&p.config, own, p.reporter, p.metrics).await });
+        // A task each: a busy stream (or project) never starves another project's loop of the
+        // runtime's cooperative budget, which a task shares among all it polls.
+        let id = p.config.project_id.clone();
+        let task = tokio::spawn(async move { watch(&p.config, own, p.reporter, p.metrics).await });
+        runs.push((id, Abort(task)));
     }
     let route = async move {
         let mut stream = std::pin::pin!(stream);
@@ -656,7 +667,9 @@ pub async fn watch_projects<S: StatusSink>(
                     continue;
                 }
             };
-            let project = object["metadata"]["labels"][labels::PROJECT].as_str().unwrap_or_default();
+            let project = object["metadata"]["labels"][labels::PROJECT]
+                .as_str()
+                .unwrap_or_default();
             match routes.get(project) {
                 Some(tx) => {
                     let _ = tx.send(seen);
@@ -665,7 +678,11 @@ pub async fn watch_projects<S: StatusSink>(
                     other_projects.fetch_add(1, Ordering::Relaxed);
                     if logged.insert(project.to_string()) {
                         let name = object["metadata"]["name"].as_str().unwrap_or_default();
-                        tracing::info!(project, object = name, "objects of a project this watcher has no config for are ignored");
+                        tracing::info!(
+                            project,
+                            object = name,
+                            "objects of a project this watcher has no config for are ignored"
+                        );
                     }
                 }
             }
@@ -673,8 +690,14 @@ pub async fn watch_projects<S: StatusSink>(
         // Every project's stream ends with this one: each finishes what it queued for GitHub.
         drop(routes);
     };
-    let ((), done) = futures::future::join(route, futures::future::join_all(runs)).await;
-    done.into_iter().collect::<Result<Vec<()>>>().map(drop)
+    route.await;
+    for (project, mut run) in runs {
+        match (&mut run.0).await {
+            Ok(result) => result?,
+            Err(e) => tracing::error!(project, error = %e, "a project's watch ended abnormally"),
+        }
+    }
+    Ok(())
 }
 
 /// The tracker's event for what the watch saw; `None` for what it need not know (logged).

@@ -454,7 +454,8 @@ mod tests {
         let config = config("flux", "[platform]\nrepo_url = \"git@github.com:acme/envs.git\"\n");
         let tree = files(&config).unwrap();
         assert!(tree.get("infrastructure/prenv/projects/shop.toml").is_some());
-        let kustomization = String::from_utf8(tree.get("infrastructure/prenv/kustomization.yaml").unwrap().to_vec()).unwrap();
+        let kustomization =
+            String::from_utf8(tree.get("infrastructure/prenv/kustomization.yaml").unwrap().to_vec()).unwrap();
         assert!(kustomization.contains("- projects/shop.toml"), "{kustomization}");
         for docs in [watch(&config), serve(&config)] {
             let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
