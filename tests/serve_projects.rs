@@ -575,3 +575,35 @@ fn one_watch_reports_each_projects_environments_on_its_own_repository() {
         "one family, a sample per project"
     );
 }
+
+#[test]
+fn configs_naming_one_project_twice_are_refused_and_other_commands_take_one_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, project: &str, repository: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("project_id = \"{project}\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\n[github]\nrepository = \"{repository}\"\n"),
+        )
+        .unwrap();
+        path
+    };
+    let shop = write("shop.toml", "shop", "acme/shop");
+    let again = write("shop-copy.toml", "shop", "acme/shop-copy");
+    for command in ["serve", "watch"] {
+        let out = prenv(&["--config", s(&shop), "--config", s(&again), command]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("project_id \"shop\"") && err.contains("shop.toml") && err.contains("shop-copy.toml"),
+            "{command}: {err}"
+        );
+    }
+    let out = prenv(&["--config", s(&shop), "--config", s(&again), "plan", "--prs", s(&shop)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--config is given 2 times; only `serve` and `watch` act for several projects"),
+        "{}",
+        text(&out.stderr)
+    );
+}
