@@ -12,9 +12,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "One preview environment per GitHub pull request, the GitOps way"
 )]
 pub struct Cli {
-    /// The configuration file.
-    #[arg(long, global = true, default_value = "prenv.toml", env = "PRENV_CONFIG")]
-    pub config: PathBuf,
+    /// The configuration file (default: prenv.toml). `serve` and `watch` take it once per
+    /// project (repeat it, or see --config-dir); every other command takes one.
+    #[arg(long, global = true, env = "PRENV_CONFIG", action = clap::ArgAction::Append)]
+    pub config: Vec<PathBuf>,
 
     /// Log filter for stderr (`error`, `warn`, `info`, `debug`, or a `tracing` filter).
     #[arg(long, global = true, default_value = "warn", env = "PRENV_LOG")]
@@ -22,6 +23,36 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Commands,
+}
+
+/// Where a command that acts for one project reads its config when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "prenv.toml";
+
+impl Cli {
+    /// The one config of a command that acts for one project.
+    pub fn config(&self) -> Result<PathBuf, String> {
+        match self.config.as_slice() {
+            [] => Ok(PathBuf::from(DEFAULT_CONFIG)),
+            [one] => Ok(one.clone()),
+            many => Err(format!(
+                "--config is given {} times; only `serve` and `watch` act for several projects, every other command takes one config",
+                many.len()
+            )),
+        }
+    }
+
+    /// The configs of `serve` and `watch`: every `--config`, then every `*.toml` of
+    /// `--config-dir`; neither given: prenv.toml.
+    pub fn configs(&self, dir: Option<&std::path::Path>) -> prenv::Result<Vec<PathBuf>> {
+        let mut paths = self.config.clone();
+        if let Some(dir) = dir {
+            paths.extend(prenv::app::projects::files_in(dir)?);
+        }
+        if paths.is_empty() {
+            paths.push(PathBuf::from(DEFAULT_CONFIG));
+        }
+        Ok(paths)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,7 +68,8 @@ pub enum Commands {
     Plan(PlanArgs),
     /// Make the environments repository match the PRs: one commit when something changed, pushed.
     Sync(SyncArgs),
-    /// Receive GitHub webhooks and sync the affected PRs within a second (secret: PRENV_WEBHOOK_SECRET).
+    /// Receive GitHub webhooks and sync the affected PRs within a second, for one project or several
+    /// (secret: PRENV_WEBHOOK_SECRET, or PRENV_WEBHOOK_SECRET_<PROJECT> for a project's own).
     Serve(ServeArgs),
     /// Watch the environments in the cluster and report their state onto their PRs (kubeconfig or
     /// in-cluster credentials; GitHub credentials as for sync).
@@ -130,6 +162,9 @@ pub struct ServeArgs {
     pub listen: std::net::SocketAddr,
 
     #[command(flatten)]
+    pub projects: ProjectsArgs,
+
+    #[command(flatten)]
     pub repo: RepoArgs,
 
     /// Wait this long for more events before syncing a burst.
@@ -170,6 +205,18 @@ pub struct WatchArgs {
     /// Address for GET /healthz and GET /metrics.
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub listen: std::net::SocketAddr,
+
+    #[command(flatten)]
+    pub projects: ProjectsArgs,
+}
+
+/// The projects `serve` and `watch` act for, besides those of `--config`.
+#[derive(Debug, Args)]
+pub struct ProjectsArgs {
+    /// A directory of configs, one `<project>.toml` per project (every `*.toml` in it; a mounted
+    /// ConfigMap works). Adds to any --config.
+    #[arg(long, env = "PRENV_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use prenv::adapters::fs::{self, SnapshotFile};
 use prenv::adapters::git::{EnvRepo, Location};
 use prenv::adapters::github::GitHubPrs;
+use prenv::app::projects::Loaded;
 use prenv::app::show;
 use prenv::app::sync::{self, SyncOptions};
 use prenv::core::plan::Evidence;
@@ -368,21 +369,55 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-pub fn watch(config: &Config, args: &WatchArgs) -> anyhow::Result<Outcome> {
+/// One kube watch per engine kind and namespace the projects use (usually one for all), each
+/// object reported by the project its label names, on that project's repository with that
+/// project's GitHub settings.
+pub fn watch(projects: &[Loaded], args: &WatchArgs) -> anyhow::Result<Outcome> {
     runtime()?.block_on(async {
-        let github = prenv::adapters::github::GitHub::from_env(config)?;
-        let stats = github.stats.clone();
-        let settings = prenv::adapters::pr_status::StatusSettings {
-            context: config.watch.status_context.clone(),
-            grafana_url: config.watch.grafana_url.clone(),
-        };
-        let reporter = prenv::adapters::pr_status::PrStatus::new(github, settings);
+        let other_projects = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut groups: Vec<((Engine, String), Vec<_>)> = Vec::new();
+        let mut metrics = Vec::new();
+        for Loaded { path, config } in projects {
+            let github = prenv::adapters::github::GitHub::from_env(config).with_context(|| {
+                format!(
+                    "the GitHub client of project {} ({})",
+                    config.project_id,
+                    path.display()
+                )
+            })?;
+            let project_metrics = std::sync::Arc::new(prenv::app::watch::WatchMetrics::default());
+            metrics.push((config.project_id.clone(), project_metrics.clone(), github.stats.clone()));
+            let settings = prenv::adapters::pr_status::StatusSettings {
+                context: config.watch.status_context.clone(),
+                grafana_url: config.watch.grafana_url.clone(),
+            };
+            let watched = prenv::app::watch::Watched {
+                config: config.clone(),
+                reporter: prenv::adapters::pr_status::PrStatus::new(github, settings),
+                metrics: project_metrics,
+            };
+            let key = (
+                config.engine,
+                prenv::adapters::kube::engine_namespace(config).to_string(),
+            );
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, group)) => group.push(watched),
+                None => groups.push((key, vec![watched])),
+            }
+        }
+        let all = std::sync::Arc::new(prenv::app::watch::WatchedMetrics {
+            projects: metrics,
+            other_projects,
+        });
         let client = prenv::adapters::kube::connect().await?;
-        let objects = prenv::adapters::kube::environments(config, client);
-        let metrics = std::sync::Arc::new(prenv::app::watch::WatchMetrics::default());
-        let server = tokio::spawn(prenv::app::watch::serve_metrics(args.listen, metrics.clone(), stats));
+        let watches = groups.into_iter().map(|((engine, namespace), group)| {
+            let ids: Vec<&str> = group.iter().map(|w| w.config.project_id.as_str()).collect();
+            let objects = prenv::adapters::kube::environments(engine, &namespace, &ids, client.clone());
+            prenv::app::watch::watch_projects(group, objects, all.other_projects.clone())
+        });
+        let server = tokio::spawn(prenv::app::watch::serve_metrics(args.listen, all.clone()));
         tokio::select! {
-            result = prenv::app::watch::watch(config, objects, reporter, metrics) => result?,
+            result = futures::future::try_join_all(watches) => { result?; }
             result = server => result.context("metrics server")??,
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         }
@@ -390,14 +425,51 @@ pub fn watch(config: &Config, args: &WatchArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-pub fn serve(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {
-    let secret = std::env::var("PRENV_WEBHOOK_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .context("PRENV_WEBHOOK_SECRET is not set: the receiver refuses to run without the webhook secret it verifies signatures with")?;
-    let at = Location::resolve(&config.git, args.repo.repo.as_deref(), args.repo.cache_dir.as_deref())?;
-    // Open once now: a bad repository is an error at start, not at the first event.
-    drop(EnvRepo::open_at(&at, &config.git)?);
+/// The webhook secret of `project`: its own (`PRENV_WEBHOOK_SECRET_<PROJECT>`), else the shared one.
+fn webhook_secret(project: &str) -> anyhow::Result<Vec<u8>> {
+    let own = prenv::app::projects::secret_var(project);
+    let shared = prenv::app::projects::SECRET_VAR;
+    [own.as_str(), shared]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|s| !s.is_empty()))
+        .map(String::into_bytes)
+        .with_context(|| format!("{shared} is not set (nor {own} for project {project}): the receiver refuses to run without the webhook secret it verifies signatures with"))
+}
+
+pub fn serve(projects: &[Loaded], args: &ServeArgs) -> anyhow::Result<Outcome> {
+    let several = projects.len() > 1;
+    let mut served = Vec::new();
+    for Loaded { path, config } in projects {
+        let secret = webhook_secret(&config.project_id)?;
+        let at = Location::resolve(&config.git, args.repo.repo.as_deref(), args.repo.cache_dir.as_deref())
+            .with_context(|| {
+                format!(
+                    "the environments repository of project {} ({})",
+                    config.project_id,
+                    path.display()
+                )
+            })?;
+        // With several projects, each has its own cache clone: a clone is locked for a whole
+        // sync, and one project's slow push must not hold another's.
+        let cache_dir = if several {
+            at.cache_dir.join(&config.project_id)
+        } else {
+            at.cache_dir.clone()
+        };
+        // Open once now: a bad repository is an error at start, not at the first event.
+        drop(
+            EnvRepo::open(&at.location, &config.git, &cache_dir, at.create)
+                .with_context(|| format!("project {} ({})", config.project_id, path.display()))?,
+        );
+        tracing::info!(project = %config.project_id, repo = %prenv::adapters::git::redact_url(&at.location), "serving");
+        served.push(prenv::app::serve::Project {
+            config: config.clone(),
+            secret,
+            repo: at.location,
+            cache_dir,
+            images: None,
+        });
+    }
     let open_files = prenv::app::serve::open_file_limit();
     let max_connections = prenv::app::serve::connection_cap(args.max_connections, open_files)
         .map_err(anyhow::Error::msg)
@@ -412,27 +484,22 @@ pub fn serve(config: &Config, args: &ServeArgs) -> anyhow::Result<Outcome> {
     }
     let options = prenv::app::serve::ServeOptions {
         listen: args.listen,
-        secret: secret.into_bytes(),
         max_body: args.max_body_bytes,
         debounce: std::time::Duration::from_millis(args.debounce_ms),
         resync: (args.resync_secs > 0).then(|| std::time::Duration::from_secs(args.resync_secs)),
-        repo: at.location,
-        cache_dir: at.cache_dir,
         limits: prenv::app::serve::Limits {
             max_connections,
             header_timeout: std::time::Duration::from_millis(args.header_timeout_ms),
             body_timeout: std::time::Duration::from_secs(args.body_timeout_secs),
         },
-        images: None,
         image_recheck: std::time::Duration::from_secs(args.image_recheck_secs),
     };
     runtime()?.block_on(async {
-        // Made inside the runtime: the registry client's connections live on it.
-        let options = prenv::app::serve::ServeOptions {
-            images: sync::image_checks(config)?,
-            ..options
-        };
-        prenv::app::serve::serve(config.clone(), options).await
+        // Made inside the runtime: the registry clients' connections live on it.
+        for project in &mut served {
+            project.images = sync::image_checks(&project.config)?;
+        }
+        prenv::app::serve::serve_projects(served, options).await
     })?;
     Ok(Outcome::Clean)
 }
@@ -470,6 +537,13 @@ pub fn onboard(config: &Config, args: &OnboardArgs) -> anyhow::Result<Outcome> {
     }
     writeln!(out, "on GitHub, the platform owner:")?;
     for (i, step) in done.github_steps.iter().enumerate() {
+        writeln!(out, "  {}. {step}", i + 1)?;
+    }
+    writeln!(
+        out,
+        "for the cluster's prenv serve and prenv watch, the platform owner:"
+    )?;
+    for (i, step) in done.platform_steps.iter().enumerate() {
         writeln!(out, "  {}. {step}", i + 1)?;
     }
     Ok(Outcome::Clean)

@@ -52,7 +52,13 @@ fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<Outcome> {
-    let config = || prenv::adapters::fs::load_config(&cli.config);
+    let config = || -> anyhow::Result<_> {
+        let path = cli.config().map_err(anyhow::Error::msg)?;
+        Ok(prenv::adapters::fs::load_config(&path)?)
+    };
+    let projects = |args: &cli::ProjectsArgs| -> anyhow::Result<_> {
+        Ok(prenv::app::projects::load(&cli.configs(args.config_dir.as_deref())?)?)
+    };
     match &cli.command {
         Commands::Init(args) => cmd::init(&config()?, args),
         Commands::Onboard(args) => cmd::onboard(&config()?, args),
@@ -60,8 +66,8 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Commands::Plan(args) => cmd::plan(&config()?, args),
         Commands::Sync(args) => cmd::sync(&config()?, args),
         Commands::Audit(args) => cmd::audit(args),
-        Commands::Serve(args) => cmd::serve(&config()?, args),
-        Commands::Watch(args) => cmd::watch(&config()?, args),
+        Commands::Serve(args) => cmd::serve(&projects(&args.projects)?, args),
+        Commands::Watch(args) => cmd::watch(&projects(&args.projects)?, args),
         Commands::Secrets(SecretsCommand::Encrypt(args)) => cmd::encrypt(&config()?, args),
         Commands::Secrets(SecretsCommand::Decrypt(args)) => cmd::decrypt(args),
         Commands::Secrets(SecretsCommand::Rewrap(args)) => cmd::rewrap(&config()?, args),

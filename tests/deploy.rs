@@ -251,7 +251,7 @@ fn the_cluster_prenv_toml_is_the_given_config_pushing_over_ssh_with_the_mounted_
             name.starts_with("prenv-config-"),
             "a hashed name rolls the pods on a change: {name}"
         );
-        let toml = str_at(map, &["data", "prenv.toml"]).unwrap();
+        let toml = str_at(map, &["data", "shop.toml"]).unwrap();
         let cluster = prenv::model::config::Config::parse(toml, "the cluster's prenv.toml").unwrap();
         let given = std::fs::read_to_string(repo_root().join("examples").join(config)).unwrap();
         let given = prenv::model::config::Config::parse(&given, config).unwrap();
@@ -298,8 +298,7 @@ fn with_sealed_secrets_serve_seals_with_the_mounted_public_certificate() {
         .iter()
         .find(|o| str_at(o, &["kind"]) == Some("ConfigMap"))
         .unwrap();
-    let cluster =
-        prenv::model::config::Config::parse(str_at(map, &["data", "prenv.toml"]).unwrap(), "cluster").unwrap();
+    let cluster = prenv::model::config::Config::parse(str_at(map, &["data", "shop.toml"]).unwrap(), "cluster").unwrap();
     let cert = cluster.secrets.sealed_secrets_cert.clone().unwrap();
     let pod = &find(&objects, "Deployment", "prenv-serve")["spec"]["template"]["spec"];
     let mount = pod["containers"][0]["volumeMounts"]

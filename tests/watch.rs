@@ -173,13 +173,13 @@ async fn an_hour_of_interval_reconciles_of_50_ready_environments_writes_nothing_
     );
     let metrics = watcher.metrics().await;
     for family in [
-        "prenv_environments{state=\"ready\"} 50",
-        "prenv_github_writes_total{kind=\"comment\"} 0",
-        "prenv_github_pending_reports 0",
+        "prenv_environments{project=\"shop\",state=\"ready\"} 50",
+        "prenv_github_writes_total{project=\"shop\",kind=\"comment\"} 0",
+        "prenv_github_pending_reports{project=\"shop\"} 0",
         "prenv_report_delay_seconds_count",
-        "prenv_watch_relists_total 1",
-        "prenv_github_requests_total{outcome=\"ok\"}",
-        "prenv_environments_terminating_too_long 0",
+        "prenv_watch_relists_total{project=\"shop\"} 1",
+        "prenv_github_requests_total{project=\"shop\",outcome=\"ok\"}",
+        "prenv_environments_terminating_too_long{project=\"shop\"} 0",
     ] {
         assert!(metrics.contains(family), "{family} missing from /metrics:\n{metrics}");
     }
@@ -352,7 +352,7 @@ async fn close_to_gone_counts_from_the_prs_close_not_from_the_deletion() {
     assert_eq!(watcher.metric("prenv_close_to_gone_seconds_count").await, Some(1.0));
     let metrics = watcher.metrics().await;
     assert!(
-        metrics.contains("prenv_close_to_gone_seconds_bucket{le=\"30\"} 1\n"),
+        metrics.contains("prenv_close_to_gone_seconds_bucket{project=\"shop\",le=\"30\"} 1\n"),
         "close→gone did not count from the close:\n{metrics}"
     );
 }

@@ -68,23 +68,29 @@ pub fn watch(
         })
 }
 
-/// The objects prenv's wiring creates for `config`'s engine, selected by its label, in the
-/// engine's namespace.
-pub fn environments(config: &Config, client: kube::Client) -> impl Stream<Item = Seen> + use<> {
-    let namespace = match config.engine {
-        Engine::Flux => config.flux.namespace.clone(),
-        Engine::Argocd => config.argocd.namespace.clone(),
+/// The objects prenv's wiring creates for `engine` in `namespace`, for the projects `projects`:
+/// for one, only its objects (selected by the API server); for several, every object of any
+/// project (every object prenv writes carries both labels), each mapped to its project by the
+/// watcher.
+pub fn environments(
+    engine: Engine,
+    namespace: &str,
+    projects: &[&str],
+    client: kube::Client,
+) -> impl Stream<Item = Seen> + use<> {
+    let selector = match projects {
+        [one] => format!("{}={},{}={one}", labels::MANAGED_BY, GENERATOR, labels::PROJECT),
+        _ => format!("{}={},{}", labels::MANAGED_BY, GENERATOR, labels::PROJECT),
     };
-    // Only this project's: another project's environments are reported by its own watcher, on
-    // its own repository (every object prenv writes carries both labels).
-    let selector = format!(
-        "{}={},{}={}",
-        labels::MANAGED_BY,
-        GENERATOR,
-        labels::PROJECT,
-        config.project_id
-    );
-    watch(client, config.engine, &namespace, &selector)
+    watch(client, engine, namespace, &selector)
+}
+
+/// The namespace where `config`'s engine keeps the objects prenv's wiring creates.
+pub fn engine_namespace(config: &Config) -> &str {
+    match config.engine {
+        Engine::Flux => &config.flux.namespace,
+        Engine::Argocd => &config.argocd.namespace,
+    }
 }
 
 fn json_of(object: &DynamicObject) -> std::result::Result<serde_json::Value, String> {

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod init;
 pub mod metrics;
 pub mod onboard;
+pub mod projects;
 pub mod render;
 pub mod serve;
 pub mod show;

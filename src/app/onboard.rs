@@ -29,6 +29,9 @@ pub struct Onboarded {
     pub commit: Option<String>,
     /// What the platform owner does on GitHub, in order.
     pub github_steps: Vec<String>,
+    /// What the platform owner does so the cluster's `prenv serve` and `prenv watch` act for the
+    /// project too.
+    pub platform_steps: Vec<String>,
 }
 
 /// Onboards `config`'s project onto the repository of `store`: scaffolds
@@ -77,6 +80,7 @@ pub fn onboard(store: &mut dyn EnvStore, config: &Config, dry_run: bool) -> Resu
             other_projects,
             commit: None,
             github_steps: github_steps(config),
+            platform_steps: platform_steps(config),
         };
         if dry_run || tree.is_empty() {
             return Ok(done);
@@ -115,7 +119,8 @@ pub fn github_steps(config: &Config) -> Vec<String> {
             "install the GitHub App {app} on {repo} (https://github.com/{repo}/settings/installations): permissions Pull requests read, Commit statuses write, Deployments write, Issues write (the PR comment); its webhook delivers Pull request events to `prenv serve`"
         )),
         None => steps.push(format!(
-            "add a webhook on {repo} (https://github.com/{repo}/settings/hooks/new): payload URL https://<prenv serve host>/webhook, content type application/json, secret = PRENV_WEBHOOK_SECRET of `prenv serve`, events: Pull requests"
+            "add a webhook on {repo} (https://github.com/{repo}/settings/hooks/new): payload URL https://<prenv serve host>/webhook, content type application/json, secret = PRENV_WEBHOOK_SECRET of `prenv serve` (or a secret of its own, given to serve as {}), events: Pull requests",
+            crate::app::projects::secret_var(&config.project_id)
         )),
     }
     steps.push(format!(
@@ -127,8 +132,24 @@ pub fn github_steps(config: &Config) -> Vec<String> {
         config.watch.status_context
     ));
     steps.push(format!(
-        "run `prenv sync` (or `prenv serve` and `prenv watch`) with this project's config: its environments are named {}-pr-<number> and served at https://{}-pr-<number>.{}",
+        "run `prenv sync` (or `prenv serve` and `prenv watch`, which take every project's config at once) with this project's config: its environments are named {}-pr-<number> and served at https://{}-pr-<number>.{}",
         config.project_id, config.project_id, config.domain
     ));
     steps
+}
+
+/// What the platform owner does so the one `prenv serve` and the one `prenv watch` of the cluster
+/// act for this project too: its config joins the others' in the ConfigMap they read.
+pub fn platform_steps(config: &Config) -> Vec<String> {
+    use crate::manifests::scaffold::{CONFIG_MAP, PROJECTS_CONFIG_DIR};
+    let project = &config.project_id;
+    vec![
+        format!(
+            "copy this config to {PROJECTS_CONFIG_DIR}/{project}.toml in the environments repository, with the [git] keys of the other projects' files there (url: the SSH URL serve pushes to; ssh_key = \"/etc/prenv-git/identity\"; no cache_dir)"
+        ),
+        format!(
+            "add \"projects/{project}.toml\" to the `files` of the ConfigMap generator {CONFIG_MAP} in infrastructure/prenv/kustomization.yaml and commit: serve and watch restart with it and act for {project} too, on {}",
+            config.github.repository.as_deref().unwrap_or("its repository")
+        ),
+    ]
 }

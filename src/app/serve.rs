@@ -1,10 +1,14 @@
 //! `prenv serve`: the webhook receiver. A signed `pull_request` event reaches the environments
 //! repository in about a second: the signature is checked in constant time, duplicate deliveries are
 //! dropped, bursts are debounced into one sync of the affected PRs, and a periodic full resync from
-//! the GitHub listing is the backstop for anything a webhook missed. Its front door (serve/front_door.rs)
+//! the GitHub listing is the backstop for anything a webhook missed. One receiver serves several
+//! projects: each delivery goes to the project whose `github.repository` sent it, and each project
+//! has its own queue, debounce, resync and sync, so one project's burst or failing push never holds
+//! another's. Its front door (serve/front_door.rs)
 //! bounds what a client without a signature can hold: header and body timeouts, and a connection
 //! cap fitted to the open-file limit, so idle and slowloris connections cannot shut GitHub out.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::adapters::git::EnvRepo;
 use crate::adapters::github::GitHubPrs;
-use crate::app::metrics::{Histogram, Kind, family, one, read};
+use crate::app::metrics::{Exposition, Histogram, Kind, one, read};
 use crate::app::sync::{self, SyncOptions};
 use crate::core::ports::{EnvStore, PrSource};
 use crate::error::{Error, Result};
@@ -47,29 +51,35 @@ const REMEMBERED_DELIVERIES: usize = 10_000;
 /// Latency buckets (seconds) of the webhook → commit histogram.
 const BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
-/// How the receiver runs.
+/// How the receiver runs, for every project it serves.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
-    /// The webhook secret shared with GitHub.
-    pub secret: Vec<u8>,
     /// Bodies larger than this are refused (413).
     pub max_body: usize,
-    /// How long to wait for more events before syncing a burst.
+    /// How long to wait for more events before syncing a burst (each project its own).
     pub debounce: Duration,
     /// Full resync from the GitHub listing; `None` disables it.
     pub resync: Option<Duration>,
-    /// Where the environments repository is (resolved by the CLI).
-    pub repo: String,
-    pub cache_dir: std::path::PathBuf,
     /// What a client may hold before it is cut off.
     pub limits: Limits,
-    /// The registry asked before an environment moves to a new image; `None`: image checks off.
-    pub images: Option<sync::Images>,
     /// How soon a PR whose environment waits for its head's image is synced again (default 30 s:
     /// CI pushes minutes after the event, and half a minute keeps the wait short with one request
     /// per waiting head). The periodic full resync remains the backstop.
     pub image_recheck: Duration,
+}
+
+/// One project the receiver acts for.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub config: Config,
+    /// The webhook secret GitHub signs this project's deliveries with (projects may share one).
+    pub secret: Vec<u8>,
+    /// Where its environments repository is (resolved by the CLI), and its cache clone.
+    pub repo: String,
+    pub cache_dir: std::path::PathBuf,
+    /// The registry asked before an environment moves to a new image; `None`: image checks off.
+    pub images: Option<sync::Images>,
 }
 
 enum Work {
@@ -83,7 +93,31 @@ enum Work {
     Recheck(Box<PullRequest>),
 }
 
+/// What the receiver measures of one project, exposed with its `project` label.
+struct ProjectMetrics {
+    /// Deliveries routed to the project, by outcome.
+    deliveries: Mutex<BTreeMap<&'static str, u64>>,
+    /// PRs with an environment whose state the last full resync could not confirm.
+    unconfirmed: AtomicU64,
+    syncs_ok: AtomicU64,
+    syncs_failed: AtomicU64,
+    latency: Histogram,
+}
+
+impl Default for ProjectMetrics {
+    fn default() -> Self {
+        ProjectMetrics {
+            deliveries: Mutex::default(),
+            unconfirmed: AtomicU64::new(0),
+            syncs_ok: AtomicU64::new(0),
+            syncs_failed: AtomicU64::new(0),
+            latency: Histogram::new(&BUCKETS),
+        }
+    }
+}
+
 struct Metrics {
+    /// Deliveries no project is known for (refused before routing, other repositories), by outcome.
     deliveries: Mutex<BTreeMap<&'static str, u64>>,
     /// Connections the receiver closed, by reason: `evicted` (to make room), `refused` (no room),
     /// `header_timeout`, `body_timeout`.
@@ -91,11 +125,8 @@ struct Metrics {
     connections_open: AtomicU64,
     connections_max: AtomicU64,
     accept_errors: AtomicU64,
-    /// PRs with an environment whose state the last full resync could not confirm.
-    unconfirmed: AtomicU64,
-    syncs_ok: AtomicU64,
-    syncs_failed: AtomicU64,
-    latency: Histogram,
+    /// Each project's own, by project id.
+    projects: Vec<(String, Arc<ProjectMetrics>)>,
 }
 
 impl Default for Metrics {
@@ -106,10 +137,7 @@ impl Default for Metrics {
             connections_open: AtomicU64::new(0),
             connections_max: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
-            unconfirmed: AtomicU64::new(0),
-            syncs_ok: AtomicU64::new(0),
-            syncs_failed: AtomicU64::new(0),
-            latency: Histogram::new(&BUCKETS),
+            projects: Vec::new(),
         }
     }
 }
@@ -139,69 +167,65 @@ impl Metrics {
     }
 
     fn render(&self) -> String {
-        let mut out = String::new();
-        let by = Some("outcome");
-        family(
-            &mut out,
-            "prenv_webhook_deliveries_total",
-            "Webhook deliveries by outcome.",
-            Kind::Counter,
-            by,
-            &samples(&self.deliveries),
-        );
+        let mut out = Exposition::default();
+        let (deliveries, by) = ("prenv_webhook_deliveries_total", Some("outcome"));
+        let help = "Webhook deliveries by outcome (with the project they were routed to, once known).";
+        out.family(deliveries, help, Kind::Counter, by, &samples(&self.deliveries));
+        for (project, m) in &self.projects {
+            out.scope(&[("project", project)]);
+            out.family(deliveries, help, Kind::Counter, by, &samples(&m.deliveries));
+        }
+        out.scope(&[]);
         self.render_connections(&mut out);
-        let syncs = [("ok", read(&self.syncs_ok)), ("error", read(&self.syncs_failed))];
-        family(
-            &mut out,
-            "prenv_syncs_total",
-            "Syncs run by the receiver, by outcome.",
-            Kind::Counter,
-            by,
-            &syncs,
-        );
-        family(
-            &mut out,
-            "prenv_unconfirmed_prs",
-            "PRs with an environment whose state GitHub could not confirm (kept).",
-            Kind::Gauge,
-            None,
-            &one(read(&self.unconfirmed)),
-        );
-        self.latency.render(
-            "prenv_webhook_to_commit_seconds",
-            "From webhook receipt to the commit published.",
-            &mut out,
-        );
-        out
+        for (project, m) in &self.projects {
+            out.scope(&[("project", project)]);
+            let syncs = [("ok", read(&m.syncs_ok)), ("error", read(&m.syncs_failed))];
+            out.family(
+                "prenv_syncs_total",
+                "Syncs run by the receiver, by outcome.",
+                Kind::Counter,
+                by,
+                &syncs,
+            );
+            out.family(
+                "prenv_unconfirmed_prs",
+                "PRs with an environment whose state GitHub could not confirm (kept).",
+                Kind::Gauge,
+                None,
+                &one(read(&m.unconfirmed)),
+            );
+            m.latency.render(
+                "prenv_webhook_to_commit_seconds",
+                "From webhook receipt to the commit published.",
+                &mut out,
+            );
+        }
+        out.text()
     }
 
-    fn render_connections(&self, out: &mut String) {
-        family(
-            out,
+    fn render_connections(&self, out: &mut Exposition) {
+        out.family(
             "prenv_webhook_connections_open",
             "Connections open to the receiver.",
             Kind::Gauge,
             None,
             &one(read(&self.connections_open)),
         );
-        family(
-            out,
+        out.family(
             "prenv_webhook_connections_max",
             "The connection cap in force (--max-connections fitted to the open-file limit).",
             Kind::Gauge,
             None,
             &one(read(&self.connections_max)),
         );
-        family(
-            out,
+        out.family(
             "prenv_webhook_connections_dropped_total",
             "Connections the receiver closed, by reason.",
             Kind::Counter,
             Some("reason"),
             &samples(&self.dropped),
         );
-        family(
-            out,
+        out.family(
             "prenv_webhook_accept_errors_total",
             "Failed accept() calls (running out of files, above all); each pauses accepting.",
             Kind::Counter,
@@ -211,11 +235,24 @@ impl Metrics {
     }
 }
 
-struct Shared {
+impl ProjectMetrics {
+    fn delivery(&self, outcome: &'static str) {
+        bump(&self.deliveries, outcome);
+    }
+}
+
+/// Where the deliveries of one project go.
+struct Route {
+    project: String,
     secret: Vec<u8>,
     repository: RepositoryFilter,
-    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
     work: mpsc::UnboundedSender<Work>,
+    metrics: Arc<ProjectMetrics>,
+}
+
+struct Shared {
+    routes: Vec<Route>,
+    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -270,6 +307,12 @@ impl RepositoryFilter {
             full_name: full_name.to_string(),
             id: Mutex::new(None),
         }
+    }
+
+    /// True when `origin` names the configured repository (case-insensitively, as GitHub compares
+    /// names), learning nothing: for a delivery not signed with this project's secret.
+    pub fn names(&self, origin: &Origin) -> bool {
+        origin.full_name.eq_ignore_ascii_case(&self.full_name)
     }
 
     /// True when `origin` is the configured repository (names compared case-insensitively, as GitHub does).
@@ -341,11 +384,42 @@ pub fn parse_delivery(
 
 async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if !verify_signature(&shared.secret, &body, header("x-hub-signature-256")) {
+    let signature = header("x-hub-signature-256");
+    // Which projects' secrets sign it: any one admits the delivery, and routing then asks for
+    // the secret of the project it names.
+    let signed: Vec<bool> = shared
+        .routes
+        .iter()
+        .map(|r| verify_signature(&r.secret, &body, signature))
+        .collect();
+    if !signed.contains(&true) {
         shared.metrics.delivery("bad_signature");
         tracing::warn!("webhook with a missing or wrong signature refused");
         return (StatusCode::UNAUTHORIZED, "bad signature\n");
     }
+    // The project the delivery's repository belongs to, and whether its own secret signed it.
+    let routed: Cell<Option<(usize, bool)>> = Cell::new(None);
+    let parsed = parse_delivery(header("x-github-event").unwrap_or(""), &body, |o| {
+        let signed_by_it = shared
+            .routes
+            .iter()
+            .enumerate()
+            .position(|(i, r)| signed[i] && r.repository.accepts(o));
+        // Named by a project whose secret did not sign it: another project's secret at work.
+        let named = || (shared.routes.iter().enumerate()).position(|(i, r)| !signed[i] && r.repository.names(o));
+        routed.set(match signed_by_it {
+            Some(at) => Some((at, true)),
+            None => named().map(|at| (at, false)),
+        });
+        routed.get().is_some()
+    });
+    if let Some((at, false)) = routed.get() {
+        let route = &shared.routes[at];
+        route.metrics.delivery("bad_signature");
+        tracing::warn!(project = %route.project, "a delivery of this project's repository not signed with its secret refused");
+        return (StatusCode::UNAUTHORIZED, "bad signature\n");
+    }
+    // Remembered only once admitted: a delivery refused above cannot shadow the genuine one.
     if let Some(id) = header("x-github-delivery") {
         let mut seen = shared.seen.lock().expect("delivery lock");
         if !seen.0.insert(id.to_string()) {
@@ -359,29 +433,34 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             seen.0.remove(&old);
         }
     }
-    match parse_delivery(header("x-github-event").unwrap_or(""), &body, |o| {
-        shared.repository.accepts(o)
-    }) {
-        Ok(Delivery::Foreign(origin)) => {
-            shared.metrics.delivery("other_repository");
-            tracing::info!(repository = %origin.full_name, id = ?origin.id, "event of another repository ignored");
-            (StatusCode::ACCEPTED, "ignored: another repository\n")
-        }
-        Ok(Delivery::Pr(pr)) => {
-            tracing::info!(pr = pr.number, sha = %pr.head_sha, "pull_request event accepted");
-            shared.metrics.delivery("accepted");
-            let _ = shared.work.send(Work::Pr {
+    match (parsed, routed.get()) {
+        (Ok(Delivery::Pr(pr)), Some((at, _))) => {
+            let route = &shared.routes[at];
+            tracing::info!(project = %route.project, pr = pr.number, sha = %pr.head_sha, "pull_request event accepted");
+            route.metrics.delivery("accepted");
+            let _ = route.work.send(Work::Pr {
                 pr,
                 received: Instant::now(),
             });
             (StatusCode::ACCEPTED, "accepted\n")
         }
-        Ok(Delivery::Ignored(what)) => {
+        (Ok(Delivery::Foreign(origin)), _) => {
+            shared.metrics.delivery("other_repository");
+            tracing::info!(repository = %origin.full_name, id = ?origin.id, "event of a repository no project is configured for ignored");
+            (StatusCode::ACCEPTED, "ignored: another repository\n")
+        }
+        // Not reached: a PR is parsed only for a repository a project accepted, which routes it.
+        (Ok(Delivery::Pr(pr)), None) => {
+            shared.metrics.delivery("other_repository");
+            tracing::warn!(pr = pr.number, "a PR event no project accepted ignored");
+            (StatusCode::ACCEPTED, "ignored: another repository\n")
+        }
+        (Ok(Delivery::Ignored(what)), _) => {
             shared.metrics.delivery("ignored");
             tracing::debug!(what, "delivery ignored");
             (StatusCode::ACCEPTED, "ignored\n")
         }
-        Err(e) => {
+        (Err(e), _) => {
             shared.metrics.delivery("invalid");
             tracing::warn!(error = %e, "invalid pull_request payload");
             (StatusCode::BAD_REQUEST, "invalid payload\n")
@@ -389,19 +468,46 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     }
 }
 
-/// Runs the receiver until SIGINT or SIGTERM, then finishes the work it accepted.
-pub async fn serve(config: Config, options: ServeOptions) -> Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let (tx, rx) = mpsc::unbounded_channel();
-    let repository = config.github.repository.as_deref().ok_or_else(|| Error::Config {
-        path: "prenv.toml".into(),
-        message: "key `github.repository` is missing; `prenv serve` acts only on the events of this owner/name (an organisation webhook or GitHub App delivers every repository's)".into(),
-    })?;
+/// Runs the receiver for one project until SIGINT or SIGTERM, then finishes the work it accepted.
+pub async fn serve(project: Project, options: ServeOptions) -> Result<()> {
+    serve_projects(vec![project], options).await
+}
+
+/// Runs the receiver for every project in `projects` until SIGINT or SIGTERM, then finishes the
+/// work each accepted. Each project has its own queue, debounce, resync timer and worker, so a
+/// burst or a failing push of one never delays another's syncs.
+pub async fn serve_projects(projects: Vec<Project>, options: ServeOptions) -> Result<()> {
+    if projects.is_empty() {
+        return Err(Error::Config {
+            path: "--config".into(),
+            message: "no project to serve: give a config with --config FILE or --config-dir DIR".into(),
+        });
+    }
+    let mut routes = Vec::new();
+    let mut pipelines = Vec::new();
+    for project in projects {
+        let repository = project.config.github.repository.clone().ok_or_else(|| Error::Config {
+            path: format!("the config of project {}", project.config.project_id),
+            message: "key `github.repository` is missing; `prenv serve` acts only on the events of this owner/name (an organisation webhook or GitHub App delivers every repository's)".into(),
+        })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(ProjectMetrics::default());
+        routes.push(Route {
+            project: project.config.project_id.clone(),
+            secret: project.secret.clone(),
+            repository: RepositoryFilter::new(&repository),
+            work: tx.clone(),
+            metrics: metrics.clone(),
+        });
+        pipelines.push((project, tx, rx, metrics));
+    }
+    let metrics = Arc::new(Metrics {
+        projects: routes.iter().map(|r| (r.project.clone(), r.metrics.clone())).collect(),
+        ..Metrics::default()
+    });
     let shared = Arc::new(Shared {
-        secret: options.secret.clone(),
-        repository: RepositoryFilter::new(repository),
+        routes,
         seen: Mutex::new((HashSet::new(), VecDeque::new())),
-        work: tx.clone(),
         metrics: metrics.clone(),
     });
     let metrics_route = {
@@ -420,35 +526,46 @@ pub async fn serve(config: Config, options: ServeOptions) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| Error::io("listening on", options.listen.to_string(), e))?;
-    tracing::info!(listen = %options.listen, max_connections = options.limits.max_connections, "webhook receiver ready");
-    let resync = options.resync.map(|every| {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if tx.send(Work::FullResync).is_err() {
-                    break;
-                }
-            }
-        })
-    });
-    let recheck = Recheck {
-        after: options.image_recheck,
-        queue: tx.downgrade(),
-        scheduled: Arc::new(Mutex::new(HashSet::new())),
-    };
-    drop(tx);
-    let worker = tokio::spawn(worker(config, options.clone(), rx, metrics.clone(), recheck));
+    let served: Vec<&str> = pipelines.iter().map(|p| p.0.config.project_id.as_str()).collect();
+    tracing::info!(listen = %options.listen, max_connections = options.limits.max_connections, projects = ?served, "webhook receiver ready");
+    let mut resyncs = Vec::new();
+    let mut workers = Vec::new();
+    for (project, tx, rx, metrics) in pipelines {
+        if let Some(every) = options.resync {
+            resyncs.push(resync_timer(every, tx.clone()));
+        }
+        let recheck = Recheck {
+            after: options.image_recheck,
+            queue: tx.downgrade(),
+            scheduled: Arc::new(Mutex::new(HashSet::new())),
+        };
+        drop(tx);
+        workers.push(tokio::spawn(worker(project, options.clone(), rx, metrics, recheck)));
+    }
     front_door::front_door(listener, app, options.limits, metrics, shutdown_signal()).await;
     tracing::info!("shutting down: finishing accepted work");
-    if let Some(resync) = resync {
+    for resync in resyncs {
         resync.abort();
     }
-    // The router (and its sender) is gone: the worker drains the queue and stops.
-    let _ = worker.await;
+    // The router (and its senders) is gone: each worker drains its queue and stops.
+    for worker in workers {
+        let _ = worker.await;
+    }
     Ok(())
+}
+
+/// Queues a full resync every `every`, the first after one period.
+fn resync_timer(every: Duration, tx: mpsc::UnboundedSender<Work>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if tx.send(Work::FullResync).is_err() {
+                break;
+            }
+        }
+    })
 }
 
 async fn shutdown_signal() {
@@ -469,14 +586,15 @@ async fn shutdown_signal() {
     }
 }
 
-/// Takes work off the queue, debounces bursts and runs one sync at a time.
+/// Takes one project's work off its queue, debounces bursts and runs one sync at a time.
 async fn worker(
-    config: Config,
+    project: Project,
     options: ServeOptions,
     mut rx: mpsc::UnboundedReceiver<Work>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProjectMetrics>,
     recheck: Recheck,
 ) {
+    let project = Arc::new(project);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + options.debounce;
@@ -503,11 +621,10 @@ async fn worker(
                 }
             }
         }
-        let (config, options2, metrics2) = (config.clone(), options.clone(), metrics.clone());
-        let outcome = tokio::task::spawn_blocking(move || {
-            run_sync(&config, &options2, &metrics2, prs.into_values().collect(), full)
-        })
-        .await;
+        let (project2, metrics2) = (project.clone(), metrics.clone());
+        let outcome =
+            tokio::task::spawn_blocking(move || run_sync(&project2, &metrics2, prs.into_values().collect(), full))
+                .await;
         match outcome {
             Ok(Ok(waiting)) => {
                 recheck.later(waiting);
@@ -518,11 +635,11 @@ async fn worker(
             }
             Ok(Err(e)) => {
                 metrics.syncs_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "sync failed; the next event or resync retries");
+                tracing::error!(project = %project.config.project_id, error = %e, "sync failed; the next event or resync retries");
             }
             Err(e) => {
                 metrics.syncs_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "sync task failed");
+                tracing::error!(project = %project.config.project_id, error = %e, "sync task failed");
             }
         }
     }
@@ -566,16 +683,16 @@ impl Recheck {
 /// the GitHub listing with positive-evidence lookups. Returns the PRs whose environment now waits
 /// for its head's image, to sync again soon.
 fn run_sync(
-    config: &Config,
-    options: &ServeOptions,
-    metrics: &Metrics,
+    project: &Project,
+    metrics: &ProjectMetrics,
     mut prs: Vec<PullRequest>,
     full: bool,
 ) -> Result<Vec<PullRequest>> {
-    let mut repo = EnvRepo::open(&options.repo, &config.git, &options.cache_dir, false)?;
+    let config = &project.config;
+    let mut repo = EnvRepo::open(&project.repo, &config.git, &project.cache_dir, false)?;
     let view = repo.read()?;
     let mut opts = SyncOptions {
-        registry: options.images.clone(),
+        registry: project.images.clone(),
         ..SyncOptions::default()
     };
     if full {
@@ -590,7 +707,7 @@ fn run_sync(
     }
     let mut material = crate::adapters::fs::load_material(config)?;
     let outcome = sync::sync(&mut repo, view, config, &prs, chrono::Utc::now(), &opts, &mut material)?;
-    tracing::info!(commit = ?outcome.commit, prs = prs.len(), full, "sync done");
+    tracing::info!(project = %config.project_id, commit = ?outcome.commit, prs = prs.len(), full, "sync done");
     let waiting: HashSet<u64> = outcome
         .plan
         .desired()

@@ -4,9 +4,11 @@
 //! reporter task that drains the outbox to GitHub at a paced rate. A newer report of an environment
 //! replaces an older one still waiting, so a backlog never writes stale states. It never crashes on a
 //! strange object (logged and skipped) and never posts on the wrong PR (the PR comes from prenv's own
-//! label).
+//! label). One watcher reports for several projects: each object goes to the project its
+//! `prenv.dev/project` label names, whose own tracker, outbox and GitHub client post on that
+//! project's repository; objects of a project it has no config for are ignored.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,11 +19,12 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{Notify, mpsc};
 
 use crate::adapters::kube::Seen;
-use crate::app::metrics::{Histogram, Kind, family, one, read};
+use crate::app::metrics::{Exposition, Histogram, Kind, one, read};
 use crate::core::status::{self, Observation};
 use crate::core::tracker::{Effect, EnvRecord, Event, StatusSink, Tracker, WriteCounts};
 use crate::error::{Error, Result};
 use crate::model::config::{Config, Engine};
+use crate::model::labels;
 
 /// Buckets (seconds) of the open→ready, commit→ready and close→gone histograms. 300 and 600 are
 /// the objectives (gone within 5 minutes, ready within 10), so the SLO rules
@@ -83,32 +86,68 @@ impl Default for WatchMetrics {
     }
 }
 
+/// The metrics of every project a watcher reports for, each under its `project` label, and what
+/// it ignored.
+#[derive(Default)]
+pub struct WatchedMetrics {
+    /// Each project's id, its metrics and its GitHub client's counters.
+    pub projects: Vec<(String, Arc<WatchMetrics>, Arc<crate::adapters::github::Stats>)>,
+    /// Objects of a project the watcher has no config for: ignored, never reported.
+    pub other_projects: Arc<AtomicU64>,
+}
+
+impl WatchedMetrics {
+    /// The Prometheus text of every project's metrics.
+    pub fn render(&self) -> String {
+        let mut out = Exposition::default();
+        for (project, metrics, github) in &self.projects {
+            out.scope(&[("project", project)]);
+            metrics.render_into(github, &mut out);
+        }
+        out.scope(&[]);
+        out.family(
+            "prenv_watch_other_project_objects_total",
+            "Objects of a project no config of this watcher is for (ignored, never reported).",
+            Kind::Counter,
+            None,
+            &one(read(&self.other_projects)),
+        );
+        out.text()
+    }
+}
+
 impl WatchMetrics {
-    /// The Prometheus text of every metric, with the GitHub client's own counters.
+    /// The Prometheus text of every metric, with the GitHub client's own counters, unlabelled.
     pub fn render(&self, github: &crate::adapters::github::Stats) -> String {
-        let mut out = String::new();
+        let mut out = Exposition::default();
+        self.render_into(github, &mut out);
+        out.text()
+    }
+
+    /// Adds every metric, with the GitHub client's own counters, to `out` under its labels.
+    pub fn render_into(&self, github: &crate::adapters::github::Stats, out: &mut Exposition) {
         self.open_to_ready.render(
             "prenv_open_to_ready_seconds",
             "From the PR becoming deployable (opened, ready for review, labelled, reopened; else the commit) to its environment's first head Ready; once per environment.",
-            &mut out,
+            out,
         );
         self.commit_to_ready.render(
             "prenv_commit_to_ready_seconds",
             "From prenv committing a later head of an environment (else its first sight) to Ready; once per commit.",
-            &mut out,
+            out,
         );
         self.close_to_gone.render(
             "prenv_close_to_gone_seconds",
             "From the PR's close (or its pin's end; else the deletion's start) to the environment gone, when the watcher saw it go.",
-            &mut out,
+            out,
         );
         self.report_delay.render(
             "prenv_report_delay_seconds",
             "From a state change to GitHub showing it (pacing and retries included).",
-            &mut out,
+            out,
         );
-        self.render_environments(&mut out);
-        self.render_github(github, &mut out);
+        self.render_environments(out);
+        self.render_github(github, out);
         let singles = [
             ("prenv_watch_events_total", "Watch events received.", &self.events),
             (
@@ -133,27 +172,24 @@ impl WatchMetrics {
             ),
         ];
         for (name, help, counter) in singles {
-            family(&mut out, name, help, Kind::Counter, None, &one(read(counter)));
+            out.family(name, help, Kind::Counter, None, &one(read(counter)));
         }
-        out
     }
 
-    fn render_environments(&self, out: &mut String) {
+    fn render_environments(&self, out: &mut Exposition) {
         let (states, stuck) = self.census.lock().expect("metrics lock").clone();
         let samples: Vec<(&str, i64)> = STATES
             .iter()
             .map(|s| (*s, states.get(s).copied().unwrap_or(0)))
             .collect();
-        family(
-            out,
+        out.family(
             "prenv_environments",
             "Environments by state.",
             Kind::Gauge,
             Some("state"),
             &samples,
         );
-        family(
-            out,
+        out.family(
             "prenv_environments_terminating_too_long",
             "Environments still terminating past the alert threshold.",
             Kind::Gauge,
@@ -162,8 +198,7 @@ impl WatchMetrics {
         );
         let failures = self.failures.lock().expect("metrics lock").clone();
         let samples: Vec<(&str, i64)> = failures.iter().map(|(r, n)| (r.as_str(), *n)).collect();
-        family(
-            out,
+        out.family(
             "prenv_environment_failures_total",
             "Failures reported, by the controller's reason.",
             Kind::Counter,
@@ -172,14 +207,13 @@ impl WatchMetrics {
         );
     }
 
-    fn render_github(&self, github: &crate::adapters::github::Stats, out: &mut String) {
+    fn render_github(&self, github: &crate::adapters::github::Stats, out: &mut Exposition) {
         let requests = [
             ("ok", read(&github.ok)),
             ("retried", read(&github.retried)),
             ("failed", read(&github.failed)),
         ];
-        family(
-            out,
+        out.family(
             "prenv_github_requests_total",
             "GitHub requests by outcome.",
             Kind::Counter,
@@ -193,8 +227,7 @@ impl WatchMetrics {
                 ("deployment_status", read(&w.deployment_statuses)),
                 ("comment", read(&w.comments)),
             ];
-            family(
-                out,
+            out.family(
                 "prenv_github_writes_total",
                 "GitHub writes (content-creating requests) by kind.",
                 Kind::Counter,
@@ -215,7 +248,7 @@ impl WatchMetrics {
             ),
         ];
         for (name, help, value) in gauges {
-            family(out, name, help, Kind::Gauge, None, &one(value));
+            out.family(name, help, Kind::Gauge, None, &one(value));
         }
     }
 
@@ -482,10 +515,10 @@ async fn report<S: StatusSink>(
     }
 }
 
-/// Stops the reporter task when the watch ends or is dropped (Ctrl-C).
-struct Abort(tokio::task::JoinHandle<()>);
+/// Stops a task (the reporter, a project's watch) when the watch ends or is dropped (Ctrl-C).
+struct Abort<T = ()>(tokio::task::JoinHandle<T>);
 
-impl Drop for Abort {
+impl<T> Drop for Abort<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -572,6 +605,101 @@ pub async fn watch<S: StatusSink>(
     }
 }
 
+/// One project a watcher reports for: its config, the sink that reaches its repository (with its
+/// token), and its metrics.
+pub struct Watched<S> {
+    pub config: Config,
+    pub reporter: S,
+    pub metrics: Arc<WatchMetrics>,
+}
+
+/// Watches the objects of several projects on one stream (one watch of the engine's kind) until
+/// it ends, each project as [`watch`] does alone: every object goes to the project its
+/// `prenv.dev/project` label names, so each project's tracker sees only its own environments and
+/// its reports reach only its own repository. A (re-)list and an interruption concern them all.
+/// Objects of a project not among `projects` are ignored and counted, the first of each project
+/// logged.
+pub async fn watch_projects<S: StatusSink>(
+    projects: Vec<Watched<S>>,
+    stream: impl Stream<Item = Seen>,
+    other_projects: Arc<AtomicU64>,
+) -> Result<()> {
+    // Checked before any watch starts: one project's bad `[watch]` must not leave the others
+    // running half-configured.
+    for p in &projects {
+        let problems = p.config.watch.problems();
+        if !problems.is_empty() {
+            return Err(Error::Config {
+                path: format!("the config of project {}", p.config.project_id),
+                message: problems.join("; "),
+            });
+        }
+    }
+    let mut projects = projects;
+    if projects.len() == 1
+        && let Some(p) = projects.pop()
+    {
+        // One project: its objects only (the API server selects them), watched as ever.
+        return watch(&p.config, stream, p.reporter, p.metrics).await;
+    }
+    let mut routes: BTreeMap<String, mpsc::UnboundedSender<Seen>> = BTreeMap::new();
+    let mut runs = Vec::new();
+    for p in projects {
+        let (tx, rx) = mpsc::unbounded_channel();
+        routes.insert(p.config.project_id.clone(), tx);
+        let own = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|seen| (seen, rx)) });
+        // A task each: a busy stream (or project) never starves another project's loop of the
+        // runtime's cooperative budget, which a task shares among all it polls.
+        let id = p.config.project_id.clone();
+        let task = tokio::spawn(async move { watch(&p.config, own, p.reporter, p.metrics).await });
+        runs.push((id, Abort(task)));
+    }
+    let route = async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut logged = BTreeSet::new();
+        while let Some(seen) = stream.next().await {
+            let object = match &seen {
+                Seen::Applied(o) | Seen::Deleted(o) => o,
+                Seen::Listing | Seen::Listed | Seen::Interrupted(_) => {
+                    for tx in routes.values() {
+                        let _ = tx.send(seen.clone());
+                    }
+                    continue;
+                }
+            };
+            let project = object["metadata"]["labels"][labels::PROJECT]
+                .as_str()
+                .unwrap_or_default();
+            match routes.get(project) {
+                Some(tx) => {
+                    let _ = tx.send(seen);
+                }
+                None => {
+                    other_projects.fetch_add(1, Ordering::Relaxed);
+                    if logged.insert(project.to_string()) {
+                        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+                        tracing::info!(
+                            project,
+                            object = name,
+                            "objects of a project this watcher has no config for are ignored"
+                        );
+                    }
+                }
+            }
+        }
+        // Every project's stream ends with this one: each finishes what it queued for GitHub.
+        drop(routes);
+    };
+    route.await;
+    for (project, mut run) in runs {
+        match (&mut run.0).await {
+            Ok(result) => result?,
+            Err(e) => tracing::error!(project, error = %e, "a project's watch ended abnormally"),
+        }
+    }
+    Ok(())
+}
+
 /// The tracker's event for what the watch saw; `None` for what it need not know (logged).
 fn event_of(seen: Seen, config: &Config, metrics: &WatchMetrics) -> Option<Event> {
     metrics.events.fetch_add(1, Ordering::Relaxed);
@@ -603,19 +731,15 @@ fn event_of(seen: Seen, config: &Config, metrics: &WatchMetrics) -> Option<Event
     }
 }
 
-/// Serves `/healthz` and `/metrics` for the watcher.
-pub async fn serve_metrics(
-    listen: SocketAddr,
-    metrics: Arc<WatchMetrics>,
-    github: Arc<crate::adapters::github::Stats>,
-) -> Result<()> {
+/// Serves `/healthz` and `/metrics` for the watcher, every project's metrics under its label.
+pub async fn serve_metrics(listen: SocketAddr, metrics: Arc<WatchedMetrics>) -> Result<()> {
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let (m, g) = (metrics.clone(), github.clone());
-                async move { m.render(&g) }
+                let m = metrics.clone();
+                async move { m.render() }
             }),
         );
     let listener = tokio::net::TcpListener::bind(listen)

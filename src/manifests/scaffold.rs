@@ -23,7 +23,7 @@ use crate::model::layout::{self, FLUX_DIR};
 use crate::model::tree::Tree;
 
 pub use objects::{RUNNER_NAMESPACE, RUNNER_SERVICE_ACCOUNT, alertmanager_config};
-pub use prenv::{PRENV_NAMESPACE, WEBHOOK_PATH, webhook_url};
+pub use prenv::{CONFIG_MAP, PRENV_NAMESPACE, PROJECTS_CONFIG_DIR, WEBHOOK_PATH, webhook_url};
 
 /// The Secret holding the wildcard certificate; Traefik's default TLSStore serves it.
 pub const WILDCARD_SECRET: &str = "preview-wildcard-tls";

@@ -1,5 +1,6 @@
 //! A fake GitHub REST API for what `prenv watch` touches: commit statuses, deployments and their
-//! statuses, issue comments and pull requests of one repository. It keeps every write (with the time
+//! statuses, issue comments and pull requests of one repository (acme/shop unless made with
+//! [`FakeGitHub::of`]). It keeps every write (with the time
 //! it arrived) and refuses what GitHub refuses. Sources, as collected in the project's notes on
 //! GitHub (the OpenAPI description `@octokit/openapi@23.0.2 generated/api.github.com.json`, and
 //! github/docs pages):
@@ -63,6 +64,9 @@ pub struct Hub {
     pub pulls: BTreeMap<u64, Value>,
     /// Enforce the secondary rate limits.
     pub limits: bool,
+    /// The one repository served, `owner/name`: requests for any other are 404, as GitHub answers
+    /// a repository the token cannot see.
+    pub repository: String,
     next_id: u64,
 }
 
@@ -72,11 +76,7 @@ pub struct FakeGitHub(pub Arc<Mutex<Hub>>);
 
 impl Default for FakeGitHub {
     fn default() -> Self {
-        FakeGitHub(Arc::new(Mutex::new(Hub {
-            limits: true,
-            next_id: 5_000,
-            ..Hub::default()
-        })))
+        FakeGitHub::of(&format!("{OWNER}/{REPO}"))
     }
 }
 
@@ -94,6 +94,16 @@ fn too_long(resource: &str, field: &str, max: usize) -> Response {
 }
 
 impl FakeGitHub {
+    /// A fake serving `repository` (`owner/name`).
+    pub fn of(repository: &str) -> FakeGitHub {
+        FakeGitHub(Arc::new(Mutex::new(Hub {
+            limits: true,
+            repository: repository.to_string(),
+            next_id: 5_000,
+            ..Hub::default()
+        })))
+    }
+
     pub fn hub(&self) -> std::sync::MutexGuard<'_, Hub> {
         self.0.lock().unwrap()
     }
@@ -108,11 +118,12 @@ impl FakeGitHub {
         labels: &[&str],
         closed_at: Option<&str>,
     ) {
+        let full_name = self.hub().repository.clone();
         let pull = json!({
             "number": number, "state": state, "draft": draft, "title": format!("PR {number}"),
             "labels": labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>(),
-            "head": {"sha": "0".repeat(40), "ref": "feature", "repo": {"full_name": format!("{OWNER}/{REPO}")}},
-            "base": {"repo": {"full_name": format!("{OWNER}/{REPO}")}},
+            "head": {"sha": "0".repeat(40), "ref": "feature", "repo": {"full_name": full_name}},
+            "base": {"repo": {"full_name": full_name}},
             "user": {"login": "octocat"}, "closed_at": closed_at,
             "merged_at": if merged { json!(closed_at) } else { Value::Null },
             "updated_at": closed_at.unwrap_or("2026-11-24T11:00:00Z"),
@@ -171,7 +182,7 @@ impl FakeGitHub {
     }
 
     pub fn router(&self) -> axum::Router {
-        let repo = format!("/repos/{OWNER}/{REPO}");
+        let repo = format!("/repos/{}", self.hub().repository);
         axum::Router::new()
             .route(&format!("{repo}/statuses/{{sha}}"), post(create_status))
             .route(
@@ -390,7 +401,7 @@ async fn list_comments(
         .iter()
         .skip((page - 1) * per)
         .take(per)
-        .map(|(id, _, b)| json!({"id": id, "body": b, "html_url": format!("https://github.com/{OWNER}/{REPO}/pull/{n}#issuecomment-{id}")}))
+        .map(|(id, _, b)| json!({"id": id, "body": b, "html_url": format!("https://github.com/{}/pull/{n}#issuecomment-{id}", h.repository)}))
         .collect();
     let host = headers
         .get("host")
@@ -430,7 +441,7 @@ async fn create_comment(State(hub): State<FakeGitHub>, Path(n): Path<u64>, Json(
     h.comments.push((id, n, text));
     (
         StatusCode::CREATED,
-        Json(json!({"id": id, "html_url": format!("https://github.com/{OWNER}/{REPO}/pull/{n}#issuecomment-{id}")})),
+        Json(json!({"id": id, "html_url": format!("https://github.com/{}/pull/{n}#issuecomment-{id}", h.repository)})),
     )
         .into_response()
 }

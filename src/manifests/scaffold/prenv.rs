@@ -1,7 +1,9 @@
 //! prenv itself in the cluster: `prenv serve` (the GitHub webhook, behind an Ingress that routes
-//! only `/webhook`) and `prenv watch` (each environment's state onto its PR), both from the same
-//! `prenv.toml`, which `prenv init` writes here from its own config — one source of truth, no
-//! hand-copied manifests. Their Secrets come from `scripts/create-secrets prenv`, never from git.
+//! only `/webhook`) and `prenv watch` (each environment's state onto its PR), one of each for
+//! every project of the environments repository. Both read the ConfigMap `prenv-config`, one
+//! `<project>.toml` per project (`--config-dir`), which `prenv init` starts with its own config's
+//! — one source of truth, no hand-copied manifests; `prenv onboard` says how to add the next
+//! project's. Their Secrets come from `scripts/create-secrets prenv`, never from git.
 //!
 //! Two stages: `infrastructure/prenv` needs no CRD and no other stage, so a broken monitoring
 //! stack never keeps webhooks from landing; `infrastructure/prenv-monitoring` holds the
@@ -36,7 +38,12 @@ const SERVE_PORT: u16 = 8080;
 const WATCH_PORT: u16 = 9090;
 /// distroless's nonroot user and group, which the image runs as (Dockerfile `USER`).
 const NONROOT: u32 = 65532;
-/// The read-only mounts: the config, and serve's git credentials. `HOME` is the latter, because
+/// The ConfigMap with one `<project>.toml` per project, mounted as serve's and watch's `--config-dir`.
+pub const CONFIG_MAP: &str = "prenv-config";
+/// Where the projects' configs are kept in the environments repository, listed in the
+/// ConfigMap's generator in `infrastructure/prenv/kustomization.yaml`.
+pub const PROJECTS_CONFIG_DIR: &str = "infrastructure/prenv/projects";
+/// The read-only mounts: the configs, and serve's git credentials. `HOME` is the latter, because
 /// libgit2 reads SSH host keys from `$HOME/.ssh/known_hosts` only (libgit2 1.9
 /// `transports/ssh_libssh2.c`, `load_known_hosts`).
 const CONFIG_DIR: &str = "/etc/prenv";
@@ -63,13 +70,15 @@ pub fn files(config: &Config) -> Result<Tree> {
         tree.insert(format!("infrastructure/prenv/{file}"), yaml::to_multi_doc(&docs)?)?;
         names.push(file);
     }
-    tree.insert("infrastructure/prenv/prenv.toml", toml)?;
-    // A generated name (hash suffix) rolls both Deployments whenever prenv.toml changes.
+    let project_file = format!("projects/{}.toml", config.project_id);
+    tree.insert(format!("infrastructure/prenv/{project_file}"), toml)?;
+    // A generated name (hash suffix) rolls both Deployments whenever a project's config changes;
+    // each file is one key, `<project>.toml`, of the mounted directory.
     let kustomization = json!({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": names,
-        "configMapGenerator": [{"name": "prenv-config", "namespace": PRENV_NAMESPACE, "files": ["prenv.toml"]}],
+        "configMapGenerator": [{"name": CONFIG_MAP, "namespace": PRENV_NAMESPACE, "files": [project_file]}],
     });
     tree.insert(
         "infrastructure/prenv/kustomization.yaml",
@@ -120,7 +129,7 @@ pub fn push_host(url: &str) -> (String, String) {
     (host.to_string(), port.to_string())
 }
 
-/// `prenv.toml` as serve and watch read it in the cluster: the config `init` was given, with the
+/// A project's config as serve and watch read it in the cluster: the config `init` was given, with the
 /// environments repository reached over SSH with the mounted deploy key, the git cache in the
 /// default place (under /tmp) and, with Sealed Secrets, the mounted certificate. The sections
 /// [`Config`] leaves out of its own serialization (they are not part of the render digest) are
@@ -148,8 +157,9 @@ fn cluster_config(config: &Config) -> Result<String> {
     }
     let body = toml::to_string(&table).map_err(err)?;
     Ok(format!(
-        "# Written by prenv init from prenv.toml: what prenv serve and prenv watch read in the cluster.\n\
-         # Change prenv.toml and run prenv init again instead of editing this file.\n{body}"
+        "# Written by prenv init from prenv.toml: what prenv serve and prenv watch read in the cluster\n\
+         # for project {}. Change prenv.toml and run prenv init again instead of editing this file.\n{body}",
+        config.project_id
     ))
 }
 
@@ -172,8 +182,8 @@ fn container(config: &Config, args: &[&str], port: (&str, u16), resources: Value
     let probe = |period: u32| json!({"httpGet": {"path": "/healthz", "port": port.0}, "periodSeconds": period});
     let mut env_all = vec![json!({"name": "PRENV_LOG", "value": "info"})];
     env_all.extend(env);
-    let mut full_args = vec!["--config".to_string(), format!("{CONFIG_DIR}/prenv.toml")];
-    full_args.extend(args.iter().map(|a| a.to_string()));
+    let mut full_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    full_args.extend(["--config-dir".to_string(), CONFIG_DIR.to_string()]);
     full_args.extend(["--listen".to_string(), format!("0.0.0.0:{}", port.1)]);
     json!({
         "name": "prenv",
@@ -204,7 +214,7 @@ fn deployment(name: &str, mut pod: Value) -> Value {
         "seccompProfile": {"type": "RuntimeDefault"},
     });
     if let Some(volumes) = pod["volumes"].as_array_mut() {
-        volumes.insert(0, json!({"name": "config", "configMap": {"name": "prenv-config"}}));
+        volumes.insert(0, json!({"name": "config", "configMap": {"name": CONFIG_MAP}}));
     }
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -287,6 +297,9 @@ fn serve(config: &Config) -> Vec<Value> {
         json!({"name": "XDG_DATA_HOME", "value": "/tmp/data"}),
     ];
     let mut container = container(config, &["serve"], port, resources, env);
+    // Every key of the webhook Secret, so a project's own `PRENV_WEBHOOK_SECRET_<PROJECT>` added
+    // there reaches serve without editing this Deployment.
+    container["envFrom"] = json!([{"secretRef": {"name": WEBHOOK_SECRET}}]);
     let mut mounts = vec![
         json!({"name": "git", "mountPath": GIT_HOME, "readOnly": true}),
         json!({"name": "tmp", "mountPath": "/tmp"}),
@@ -435,6 +448,28 @@ mod tests {
             "project_id = \"shop\"\ndomain = \"preview.acme.dev\"\nimage = \"ghcr.io/acme/shop\"\nengine = \"{engine}\"\n{extra}"
         );
         Config::parse(&text, "test").unwrap()
+    }
+
+    #[test]
+    fn serve_and_watch_read_every_projects_config_from_one_config_map_directory() {
+        let config = config("flux", "[platform]\nrepo_url = \"git@github.com:acme/envs.git\"\n");
+        let tree = files(&config).unwrap();
+        assert!(tree.get("infrastructure/prenv/projects/shop.toml").is_some());
+        let kustomization =
+            String::from_utf8(tree.get("infrastructure/prenv/kustomization.yaml").unwrap().to_vec()).unwrap();
+        assert!(kustomization.contains("- projects/shop.toml"), "{kustomization}");
+        for docs in [watch(&config), serve(&config)] {
+            let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+            let pod = &deployment["spec"]["template"]["spec"];
+            let args: Vec<&str> = pod["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(&args[1..3], ["--config-dir", CONFIG_DIR], "{args:?}");
+            assert_eq!(pod["volumes"][0]["configMap"]["name"], CONFIG_MAP);
+        }
     }
 
     #[test]
