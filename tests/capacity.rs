@@ -106,7 +106,9 @@ impl Cluster {
 
     /// The environment's Flux Kustomization as the cluster would get it.
     fn kustomization(&self, env: &str) -> Value {
-        let file = tip_file(&self.remote, &format!("flux/environments/{env}.yaml"))
+        // Each project's environments are wired in its own directory of the Flux wiring.
+        let project = env.rsplit_once("-pr-").map_or(env, |(project, _)| project);
+        let file = tip_file(&self.remote, &format!("flux/environments/{project}/{env}.yaml"))
             .unwrap_or_else(|| panic!("{env} has no Flux Kustomization"));
         serde_yaml::from_str(&file).unwrap()
     }
@@ -190,8 +192,22 @@ fn the_pr_beyond_the_limit_is_queued_first_in_line_with_its_kustomization_suspen
         built.iter().any(|o| str_at(o, &["kind"]) == Some("Namespace")),
         "{built:?}"
     );
-    let wiring = kustomize(&root.join("flux/environments"));
+    let root_wiring = kustomize(&root.join("flux/environments"));
+    assert_eq!(
+        root_wiring
+            .iter()
+            .filter_map(|o| str_at(o, &["metadata", "name"]))
+            .collect::<Vec<_>>(),
+        ["prenv-environments-shop"]
+    );
+    let wiring = kustomize(&root.join("flux/environments/shop"));
     assert_eq!(wiring.len(), 4);
+    let suspended: Vec<&str> = wiring
+        .iter()
+        .filter(|o| o["spec"]["suspend"].as_bool() == Some(true))
+        .filter_map(|o| str_at(o, &["metadata", "name"]))
+        .collect();
+    assert_eq!(suspended, ["shop-pr-4"], "{wiring:?}");
     // The same PRs later: nothing moves, nothing is committed.
     let again = cluster.sync("shop", &shop, &prs, &minute(5));
     assert!(again.contains("no change"), "{again}");
