@@ -356,3 +356,33 @@ async fn close_to_gone_counts_from_the_prs_close_not_from_the_deletion() {
         "close→gone did not count from the close:\n{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projects_own_flux_kustomization_is_not_taken_for_an_environment() {
+    let mut session = Session::new("flux", UNPACED).await;
+    // What the wiring applies over the project's index (manifests/kinds.rs `for_project`): prenv's
+    // labels, but no environment's; its status changes at every reconcile of the project.
+    session.kube.apply(serde_json::json!({
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+        "kind": "Kustomization",
+        "metadata": {
+            "name": "prenv-environments-shop",
+            "namespace": "flux-system",
+            "labels": {"app.kubernetes.io/managed-by": "prenv", "prenv.dev/project": "shop"},
+            "generation": 1
+        },
+        "spec": {"path": "./flux/environments/shop", "prune": true},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded",
+            "message": "Applied revision: main@sha1:0", "observedGeneration": 1,
+            "lastTransitionTime": "2026-11-24T12:00:00Z"}]}
+    }));
+    let steps = fixture("flux", "first-deploy-health-timeout-then-fix").steps;
+    session.replay(&steps, &[]).await;
+    assert_eq!(states(session.hub.statuses_on(B)), ["pending", "success"]);
+    let watcher = session.watcher.as_ref().unwrap();
+    assert_eq!(
+        watcher.metric("prenv_watch_skipped_objects_total").await,
+        Some(0.0),
+        "the project's Kustomization was read as an environment"
+    );
+}

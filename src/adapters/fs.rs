@@ -21,6 +21,35 @@ pub fn load_config(path: &Path) -> Result<Config> {
     Config::parse(&text, &path.display().to_string())
 }
 
+/// The config files of `dir`: every `*.toml` directly in it, sorted by name. Hidden files are left
+/// out: a Kubernetes ConfigMap mounted as a directory also holds `..data` and its timestamped
+/// directory, links to the same files.
+pub fn config_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("reading config directory", dir, e))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("reading config directory", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".toml") {
+            continue;
+        }
+        let path = entry.path();
+        // Followed links: a mounted ConfigMap's files are links into its current data directory.
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Config {
+            path: dir.display().to_string(),
+            message: "the config directory holds no *.toml file; put one <project>.toml per project in it".into(),
+        });
+    }
+    Ok(files)
+}
+
 /// Reads an age identity file (`AGE-SECRET-KEY-...` lines).
 pub fn load_identities(path: &Path) -> Result<Vec<age::x25519::Identity>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading age identity file", path, e))?;

@@ -70,17 +70,32 @@ pub fn watch(
 
 /// The objects prenv's wiring creates for `engine` in `namespace`, for the projects `projects`:
 /// for one, only its objects (selected by the API server); for several, every object of any
-/// project (every object prenv writes carries both labels), each mapped to its project by the
-/// watcher.
+/// project (every environment's object carries both labels and `prenv.dev/env`), each mapped to
+/// its project by the watcher.
 pub fn environments(
     engine: Engine,
     namespace: &str,
     projects: &[&str],
     client: kube::Client,
 ) -> impl Stream<Item = Seen> + use<> {
+    // An environment's object carries `prenv.dev/env`; a project's Flux Kustomization (the one
+    // over its index, `prenv-environments-<project>`) carries the other two labels but not that
+    // one, and is no environment to report on.
     let selector = match projects {
-        [one] => format!("{}={},{}={one}", labels::MANAGED_BY, GENERATOR, labels::PROJECT),
-        _ => format!("{}={},{}", labels::MANAGED_BY, GENERATOR, labels::PROJECT),
+        [one] => format!(
+            "{}={},{}={one},{}",
+            labels::MANAGED_BY,
+            GENERATOR,
+            labels::PROJECT,
+            labels::ENV
+        ),
+        _ => format!(
+            "{}={},{},{}",
+            labels::MANAGED_BY,
+            GENERATOR,
+            labels::PROJECT,
+            labels::ENV
+        ),
     };
     watch(client, engine, namespace, &selector)
 }

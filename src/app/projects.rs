@@ -15,33 +15,9 @@ pub struct Loaded {
     pub config: Config,
 }
 
-/// The config files of `dir`: every `*.toml` directly in it, sorted by name. Hidden files are left
-/// out: a Kubernetes ConfigMap mounted as a directory also holds `..data` and its timestamped
-/// directory, links to the same files.
+/// The config files of `dir` (see [`fs::config_files_in`]).
 pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("reading config directory", dir, e))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("reading config directory", dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || !name.ends_with(".toml") {
-            continue;
-        }
-        let path = entry.path();
-        // Followed links: a mounted ConfigMap's files are links into its current data directory.
-        if path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::Config {
-            path: dir.display().to_string(),
-            message: "the config directory holds no *.toml file; put one <project>.toml per project in it".into(),
-        });
-    }
-    Ok(files)
+    fs::config_files_in(dir)
 }
 
 /// Reads every config of `paths` and checks them together.
