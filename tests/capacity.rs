@@ -51,12 +51,7 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let remote = dir.path().join("envs.git");
-        git(
-            dir.path(),
-            &["init", "--quiet", "--bare", "--initial-branch=main", s(&remote)],
-        );
+        let (dir, remote) = bare_envs_repo();
         Cluster { dir, remote }
     }
 

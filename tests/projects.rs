@@ -50,12 +50,7 @@ struct Platform {
 
 impl Platform {
     fn new() -> Platform {
-        let dir = tempfile::tempdir().unwrap();
-        let remote = dir.path().join("envs.git");
-        git(
-            dir.path(),
-            &["init", "--quiet", "--bare", "--initial-branch=main", s(&remote)],
-        );
+        let (dir, remote) = bare_envs_repo();
         Platform { dir, remote }
     }
 

@@ -197,6 +197,18 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// A temporary directory holding an empty bare repository `envs.git` (branch `main`): an
+/// environments repository as a platform starts with.
+pub fn bare_envs_repo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = dir.path().join("envs.git");
+    git(
+        dir.path(),
+        &["init", "--quiet", "--bare", "--initial-branch=main", s(&remote)],
+    );
+    (dir, remote)
+}
+
 /// Every file at the tip of `main` in repository `repo` with its mode and blob id (so links and
 /// submodules show).
 pub fn tip_tree(repo: &Path) -> std::collections::BTreeMap<String, String> {
