@@ -78,16 +78,7 @@ impl Fixture {
     }
 
     fn envs(&self) -> Vec<String> {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(&self.remote)
-            .args(["ls-tree", "--name-only", "main", "environments/"])
-            .output()
-            .unwrap();
-        text(&out.stdout)
-            .lines()
-            .map(|l| l.trim_start_matches("environments/").to_string())
-            .collect()
+        env_names(&self.remote)
     }
 }
 

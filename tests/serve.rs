@@ -112,18 +112,7 @@ impl Server {
     }
 
     fn request(&self, raw: &[u8]) -> (u16, String) {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return (0, String::new());
-        };
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        if stream.write_all(raw).is_err() {
-            return (0, String::new());
-        }
-        let mut response = Vec::new();
-        let _ = stream.read_to_end(&mut response);
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (status, text)
+        http_request(self.port, raw)
     }
 
     fn get(&self, path: &str) -> (u16, String) {

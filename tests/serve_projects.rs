@@ -104,14 +104,7 @@ impl Server {
     }
 
     fn request(&self, raw: &[u8]) -> (u16, String) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        stream.write_all(raw).unwrap();
-        let mut response = Vec::new();
-        let _ = stream.read_to_end(&mut response);
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (status, text)
+        http_request(self.port, raw)
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -152,25 +145,13 @@ fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The environments on `main` of `remote`.
-fn envs_of(remote: &Path) -> Vec<String> {
-    let out = Command::new("git")
-        .args(["-C", s(remote), "ls-tree", "--name-only", "main", "environments/"])
-        .output()
-        .unwrap();
-    text(&out.stdout)
-        .lines()
-        .map(|l| l.trim_start_matches("environments/").to_string())
-        .collect()
-}
-
 fn wait_for_envs(remote: &Path, want: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while envs_of(remote) != want {
+    while env_names(remote) != want {
         assert!(
             Instant::now() < deadline,
             "environments are {:?}, wanted {want:?}",
-            envs_of(remote)
+            env_names(remote)
         );
         std::thread::sleep(Duration::from_millis(25));
     }

@@ -230,6 +230,39 @@ pub fn tip_file(repo: &Path, path: &str) -> Option<String> {
     out.status.success().then(|| text(&out.stdout))
 }
 
+/// Sends `raw` (one HTTP/1.1 request) to `127.0.0.1:port` and reads the answer to its end: the
+/// status code and the whole response; `(0, "")` when nothing listens or the write fails.
+pub fn http_request(port: u16, raw: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    if stream.write_all(raw).is_err() {
+        return (0, String::new());
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// The environments on `main` of repository `remote`, by directory name; none while `main` has no
+/// commit yet.
+pub fn env_names(remote: &Path) -> Vec<String> {
+    let out = Command::new("git")
+        .args(["-C", s(remote), "ls-tree", "--name-only", "main", "environments/"])
+        .output()
+        .unwrap();
+    text(&out.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches("environments/").to_string())
+        .collect()
+}
+
 /// A local port free at the moment of asking: bound by the OS, then released.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
