@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -134,7 +134,7 @@ impl Server {
     }
 
     fn envs(&self) -> Vec<String> {
-        envs_of(&self.remote)
+        env_names(&self.remote)
     }
 
     fn wait_for(&self, want: &[&str]) {
@@ -165,19 +165,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn envs_of(remote: &Path) -> Vec<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(remote)
-        .args(["ls-tree", "--name-only", "main", "environments/"])
-        .output()
-        .unwrap();
-    text(&out.stdout)
-        .lines()
-        .map(|l| l.trim_start_matches("environments/").to_string())
-        .collect()
 }
 
 fn sign(body: &[u8]) -> String {
