@@ -81,22 +81,11 @@ pub fn environments(
     // An environment's object carries `prenv.dev/env`; a project's Flux Kustomization (the one
     // over its index, `prenv-environments-<project>`) carries the other two labels but not that
     // one, and is no environment to report on.
-    let selector = match projects {
-        [one] => format!(
-            "{}={},{}={one},{}",
-            labels::MANAGED_BY,
-            GENERATOR,
-            labels::PROJECT,
-            labels::ENV
-        ),
-        _ => format!(
-            "{}={},{},{}",
-            labels::MANAGED_BY,
-            GENERATOR,
-            labels::PROJECT,
-            labels::ENV
-        ),
+    let project = match projects {
+        [one] => format!("{}={one}", labels::PROJECT),
+        _ => labels::PROJECT.to_string(),
     };
+    let selector = format!("{}={},{project},{}", labels::MANAGED_BY, GENERATOR, labels::ENV);
     watch(client, engine, namespace, &selector)
 }
 

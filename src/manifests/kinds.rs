@@ -104,7 +104,8 @@ pub fn json_patch(group: &str, kind: &str, name: &str, ops: Vec<Value>) -> Resul
     })
 }
 
-/// Flux `kustomize.toolkit.fluxcd.io/v1` Kustomization: one per environment.
+/// Flux `kustomize.toolkit.fluxcd.io/v1` Kustomization: one per environment, and one per project
+/// over that project's index.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FluxKustomization {
@@ -158,12 +159,11 @@ impl FluxKustomization {
         }
         object
     }
-}
 
-/// The Flux Kustomization of one project: it applies the project's index
-/// (`flux/environments/<project>/`), so a broken index or template of one project fails only that
-/// project's Kustomization, and the root Kustomization applies only these and the legacy ones.
-impl FluxKustomization {
+    /// The Flux Kustomization of one project: it applies the project's index
+    /// (`flux/environments/<project>/`), so a broken index or template of one project fails only
+    /// that project's Kustomization, and the root Kustomization applies only these and the legacy
+    /// ones.
     pub fn for_project(config: &Config) -> Self {
         let flux = &config.flux;
         let project = &config.project_id;
