@@ -2,7 +2,6 @@
 //! would write, and the lines of `render --check`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::core::desired::Desired;
@@ -26,16 +25,23 @@ pub fn plan_text(
         .iter()
         .filter(|d| show_skipped || d.action != Action::Skip);
     let mut text = String::with_capacity(plan.decisions.len() * 120);
+    // Written by hand rather than with `writeln!` and padding: at 10,000 environments the plan's
+    // text was a tenth of a sync of one PR. The columns are `{:<7} {:<24} #{:<7} {}`.
+    let pad = |text: &mut String, s: &str, width: usize| {
+        text.push_str(s);
+        let used = if s.is_ascii() { s.len() } else { s.chars().count() };
+        text.extend(std::iter::repeat_n(' ', width.saturating_sub(used)));
+    };
+    let mut number = itoa::Buffer::new();
     for d in shown {
-        // Writing to a String cannot fail.
-        let _ = writeln!(
-            text,
-            "{:<7} {:<24} #{:<7} {}",
-            d.action.to_string(),
-            d.env,
-            d.pr,
-            d.reason
-        );
+        pad(&mut text, d.action.as_str(), 7);
+        text.push(' ');
+        pad(&mut text, &d.env, 24);
+        text.push_str(" #");
+        pad(&mut text, number.format(d.pr), 7);
+        text.push(' ');
+        text.push_str(&d.reason);
+        text.push('\n');
     }
     for path in strays {
         text.push_str(&format!("kept    {path}: not a file prenv writes, left as it is\n"));

@@ -2,7 +2,7 @@
 //! PRs, the config and what the repository holds now, to the decisions and the exact files to write
 //! and remove. Pure but for the credential maker it is handed (randomness for new passwords).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -70,10 +70,10 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     );
     let own_envs = current.envs_of(&config.project_id).count();
     breaker::check_mass_prune(&plan, own_envs, &config.sync, inputs.allow_mass_prune)?;
-    let untouched: BTreeSet<&str> = untouched(config, &plan, current);
+    let untouched: HashSet<&str> = untouched(config, &plan, current);
     // An environment whose metadata is unchanged and whose content is known to be as rendered
     // needs neither render nor compare: a sync of one changed PR among thousands stays fast.
-    let trusted: BTreeSet<&str> = plan
+    let trusted: HashSet<&str> = plan
         .desired()
         .filter(|m| current.envs.get(m.env.as_str()) == Some(*m))
         .filter(|m| {
@@ -88,22 +88,17 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     let project = config.project_id.as_str();
     // Wiring left as it is stays where it is: at the top (the root index lists it) or in this
     // project's directory (its index lists it); another project's directory is its own.
-    let kept: Vec<&str> = untouched
-        .iter()
-        .copied()
-        .filter(|env| current.owned_id(&flux_legacy_file(env)).is_some())
-        .collect();
-    let kept_own: Vec<&str> = untouched
-        .iter()
-        .copied()
-        .filter(|env| project_of_env(env) == Some(project) && current.owned_id(&flux_file(env)).is_some())
+    let kept: Vec<&str> = current.wired_envs(true).filter(|env| untouched.contains(env)).collect();
+    let kept_own: Vec<&str> = current
+        .wired_envs(false)
+        .filter(|env| untouched.contains(env) && project_of_env(env) == Some(project))
         .collect();
     // An environment wired at the top before projects had an index stays there until it is
     // pruned: moving it would delete it in the cluster (see `layout::flux_legacy_file`).
     let legacy: BTreeSet<&str> = envs
         .iter()
         .map(|m| m.env.as_str())
-        .filter(|env| current.owned_id(&flux_legacy_file(env)).is_some())
+        .filter(|env| current.wired(env, true))
         .collect();
     let argo_kept = other_applicationsets(config, current);
     let around = render::Around {
@@ -263,7 +258,9 @@ fn hold_wiring(config: &Config, current: &RepoView, changes: &mut Changes) -> BT
 /// Environment names whose paths this run leaves exactly as they are: blocked ones (not prenv's,
 /// or unreadable), ones kept without metadata to render from (wiring whose directory is gone),
 /// and every other project's.
-fn untouched<'a>(config: &Config, plan: &'a Plan, current: &'a RepoView) -> BTreeSet<&'a str> {
+/// A hash set: it holds most of the environments of a sync of one changed PR, and is asked about
+/// each of them; the order is the index's to choose (`render`'s sorts what it lists).
+fn untouched<'a>(config: &Config, plan: &'a Plan, current: &'a RepoView) -> HashSet<&'a str> {
     let kept_bare = plan
         .decisions
         .iter()
@@ -334,7 +331,7 @@ fn refuse_obstacles(current: &RepoView, changes: &Changes) -> Result<()> {
 /// A directory holding files that are not prenv's is left out: its tree cannot be predicted.
 fn newly_verified(
     envs: &[&EnvMeta],
-    trusted: &BTreeSet<&str>,
+    trusted: &HashSet<&str>,
     legacy: &BTreeSet<&str>,
     current: &RepoView,
     desired: &Tree,
@@ -428,9 +425,22 @@ pub fn commit_message(plan: &Plan, changes: &Changes) -> String {
             d.reason
         )
     });
-    msg.extend(lines);
+    // A commit creating thousands of environments would otherwise carry a line for each: a
+    // message of megabytes that `git log` pages through and every later sync reads back (the
+    // base commit is read to find its tree). `prenv plan` lists them all.
+    let changing = plan.changing().count();
+    msg.extend(lines.take(MESSAGE_LINES));
+    if changing > MESSAGE_LINES {
+        msg.push_str(&format!(
+            "… and {} more (`prenv plan` lists every decision)\n",
+            changing - MESSAGE_LINES
+        ));
+    }
     msg
 }
+
+/// The most environments a commit message names one by one.
+const MESSAGE_LINES: usize = 100;
 
 #[cfg(test)]
 mod tests {
@@ -494,6 +504,26 @@ mod tests {
         let bytes = tree.get(from).unwrap().to_vec();
         tree.retain(|p| p != from);
         tree.insert(to, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_commit_message_names_the_first_hundred_environments_and_counts_the_rest() {
+        let prs: Vec<PullRequest> = (1..=150).map(pr).collect();
+        let d = desired_against(&config(), &prs, &RepoView::default());
+        let message = commit_message(&d.plan, &d.changes);
+        assert!(message.starts_with("prenv: 150 created\n\n"), "{message}");
+        let named: Vec<&str> = message.lines().filter(|l| l.starts_with("create ")).collect();
+        assert_eq!(named.len(), MESSAGE_LINES);
+        assert!(named[0].starts_with("create shop-pr-1 (PR #1 at "), "{}", named[0]);
+        assert!(
+            message.ends_with("… and 50 more (`prenv plan` lists every decision)\n"),
+            "{message}"
+        );
+
+        let few = desired_against(&config(), &prs[..3], &RepoView::default());
+        let message = commit_message(&few.plan, &few.changes);
+        assert_eq!(message.lines().filter(|l| l.starts_with("create ")).count(), 3);
+        assert!(!message.contains("more"), "{message}");
     }
 
     #[test]

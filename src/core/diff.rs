@@ -159,7 +159,8 @@ impl Inventory {
         // places, the one at the top is the one the cluster runs (see `layout::flux_legacy_file`).
         let (nested, top): (Vec<&Found>, Vec<&Found>) = files.iter().partition(|f| f.name.contains('/'));
         for f in nested.into_iter().chain(top) {
-            let path = format!("{FLUX_DIR}/{}", f.name);
+            // Formatted only where it is kept: an environment's own Kustomization needs none.
+            let path = || format!("{FLUX_DIR}/{}", f.name);
             let place = if f.regular {
                 Place::in_flux(&f.name)
             } else {
@@ -167,12 +168,12 @@ impl Inventory {
             };
             match place {
                 Place::FluxOther if f.name == KUSTOMIZATION_FILE => {
-                    self.view.owned.insert(path, f.id);
+                    self.view.owned.insert(path(), f.id);
                 }
                 Place::FluxProject { project } => {
                     let index = flux_project_index(project);
                     if f.name.contains('/') || self.view.flux_indexes.contains_key(&index) {
-                        self.view.owned.insert(path, f.id);
+                        self.view.owned.insert(path(), f.id);
                     } else {
                         rest.push((f, place));
                     }
@@ -188,7 +189,7 @@ impl Inventory {
                     None => rest.push((f, place)),
                 },
                 _ => {
-                    self.view.strays.insert(path);
+                    self.view.strays.insert(path());
                 }
             }
         }

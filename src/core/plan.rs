@@ -41,7 +41,14 @@ pub enum Action {
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Action {
+    /// The word `prenv plan` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Action::Create => "create",
             Action::Update => "update",
             Action::Keep => "keep",
@@ -50,8 +57,7 @@ impl fmt::Display for Action {
             Action::Prune => "prune",
             Action::Skip => "skip",
             Action::Blocked => "blocked",
-        };
-        f.write_str(s)
+        }
     }
 }
 
@@ -208,13 +214,26 @@ pub fn plan_knowing(
             decisions.push(decision(pr, env.to_string(), Action::Keep, reason, None));
         }
     }
-    decisions.sort_by(|a, b| a.pr.cmp(&b.pr).then_with(|| a.env.cmp(&b.env)));
+    let decisions = in_order(decisions);
     let mut plan = Plan {
         decisions,
         capacity: None,
     };
     capacity::admit(config, &mut plan, view, now);
     plan
+}
+
+/// The decisions ordered by PR number, then environment name. The order is found on indexes and
+/// each decision moved once: a decision is hundreds of bytes, and a sort moving 10,000 of them
+/// back and forth cost more than the rest of an incremental sync's plan.
+fn in_order(decisions: Vec<Decision>) -> Vec<Decision> {
+    let mut order: Vec<usize> = (0..decisions.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&decisions[a], &decisions[b]);
+        a.pr.cmp(&b.pr).then_with(|| a.env.cmp(&b.env))
+    });
+    let mut slots: Vec<Option<Decision>> = decisions.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 fn decision(pr: u64, env: String, action: Action, reason: String, desired: Option<EnvMeta>) -> Decision {
@@ -283,8 +302,18 @@ fn missing(pr: u64, evidence: &Evidence) -> String {
     }
 }
 
+/// Said of thousands of environments in a sync of one PR: built by hand, not by `format!`.
 fn kept_unseen(pr: u64, evidence: &Evidence) -> String {
-    format!("{}: no evidence it closed, so it is kept", missing(pr, evidence))
+    const TAIL: &str = ": no evidence it closed, so it is kept";
+    if evidence.unconfirmed.contains_key(&pr) {
+        return format!("{}{TAIL}", missing(pr, evidence));
+    }
+    let mut out = String::with_capacity(64);
+    out.push_str("PR #");
+    out.push_str(itoa::Buffer::new().format(pr));
+    out.push_str(" is not in the snapshot");
+    out.push_str(TAIL);
+    out
 }
 
 /// An environment whose metadata the store remembered but cannot decode: kept as it is.

@@ -70,11 +70,13 @@ pub trait MetaSource: Send + Sync {
 
 /// The metadata of one environment: read with its directory, or remembered and decoded on demand.
 #[derive(Clone)]
+/// Boxed: an environment entry is moved several times on its way into a view of thousands, and
+/// carrying the metadata inline made each move hundreds of bytes.
 enum Meta {
-    Read(EnvMeta),
+    Read(Box<EnvMeta>),
     Remembered {
         source: Arc<dyn MetaSource>,
-        decoded: OnceLock<std::result::Result<EnvMeta, String>>,
+        decoded: OnceLock<std::result::Result<Box<EnvMeta>, String>>,
     },
 }
 
@@ -114,7 +116,7 @@ impl EnvEntry {
             files,
             wiring: None,
             legacy_wiring: false,
-            meta: Meta::Read(meta),
+            meta: Meta::Read(Box::new(meta)),
         }
     }
 
@@ -150,9 +152,10 @@ impl EnvEntry {
     pub fn meta(&self) -> std::result::Result<&EnvMeta, &str> {
         match &self.meta {
             Meta::Read(meta) => Ok(meta),
-            Meta::Remembered { source, decoded } => {
-                decoded.get_or_init(|| source.decode()).as_ref().map_err(String::as_str)
-            }
+            Meta::Remembered { source, decoded } => decoded
+                .get_or_init(|| source.decode().map(Box::new))
+                .as_deref()
+                .map_err(String::as_str),
         }
     }
 
@@ -314,6 +317,40 @@ impl RepoView {
         self.envs
             .entries()
             .filter(move |(name, e)| e.belongs_to(name.as_str(), project_id))
+    }
+
+    /// Whether environment `env` has a Kustomization prenv owns at the top of the wiring
+    /// (`legacy`, [`flux_legacy_file`]) or in its project's directory ([`flux_file`]): what
+    /// [`RepoView::owned_id`] says of that path, asked of the entry first so that a question
+    /// about each of thousands of environments formats no path.
+    pub fn wired(&self, env: &str, legacy: bool) -> bool {
+        if self
+            .envs
+            .entry(env)
+            .is_some_and(|e| e.wiring.is_some() && e.legacy_wiring == legacy)
+        {
+            return true;
+        }
+        !self.owned.is_empty() && {
+            let path = if legacy { flux_legacy_file(env) } else { flux_file(env) };
+            self.owned.contains_key(&path)
+        }
+    }
+
+    /// The environments with a Kustomization prenv owns at the top of the wiring (`legacy`) or in
+    /// their project's directory: those [`RepoView::wired`] says so of, found in one pass over the
+    /// entries and the (few) other owned files rather than by a lookup per name.
+    pub fn wired_envs(&self, legacy: bool) -> impl Iterator<Item = &str> {
+        let entries = self
+            .envs
+            .entries()
+            .filter(move |(_, e)| e.wiring.is_some() && e.legacy_wiring == legacy)
+            .map(|(env, _)| env.as_str());
+        let owned = self.owned.keys().filter_map(move |path| match Place::of(path) {
+            Place::FluxWiring { env, legacy: l } if l == legacy => Some(env),
+            _ => None,
+        });
+        entries.chain(owned)
     }
 
     /// The blob id of a file prenv owns, `None` when it owns no such file.

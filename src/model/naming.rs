@@ -43,8 +43,14 @@ impl EnvName {
 /// label, so the part after the last `-pr-` that parses decides, and only one prefix matches.
 pub fn pr_of(project_id: &str, env: &str) -> Option<u64> {
     let number = env.strip_prefix(project_id)?.strip_prefix(ENV_INFIX)?;
-    let pr: u64 = number.parse().ok()?;
-    (pr.to_string() == number).then_some(pr)
+    // As Rust writes it: digits only, no leading zero (but `0` itself), no sign. Checked on the
+    // bytes, not by writing the number back: every sync asks this of every environment.
+    let canonical =
+        !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) && (number == "0" || !number.starts_with('0'));
+    if !canonical {
+        return None;
+    }
+    number.parse().ok()
 }
 
 impl TryFrom<String> for EnvName {
@@ -230,6 +236,37 @@ fn short_hash(input: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_pr_number_counts_only_as_rust_writes_it() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("shop-pr-7", Some(7)),
+            ("shop-pr-0", Some(0)),
+            ("shop-pr-18446744073709551615", Some(u64::MAX)),
+            ("shop-pr-18446744073709551616", None),
+            ("shop-pr-07", None),
+            ("shop-pr-+7", None),
+            ("shop-pr--7", None),
+            ("shop-pr-", None),
+            ("shop-pr-7a", None),
+            ("shop-pr-٣", None),
+            ("shopx-pr-7", None),
+            ("shop-7", None),
+        ];
+        for (env, want) in cases {
+            assert_eq!(pr_of("shop", env), *want, "{env}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_pr_number_reads_back_what_was_written(n: u64, tail in "[0-9a-z+-]{0,4}") {
+            prop_assert_eq!(pr_of("shop", &format!("shop-pr-{n}")), Some(n));
+            let odd = format!("shop-pr-{tail}");
+            let by_writing_back = tail.parse::<u64>().ok().filter(|p| p.to_string() == tail);
+            prop_assert_eq!(pr_of("shop", &odd), by_writing_back);
+        }
+    }
 
     #[test]
     fn env_names_follow_the_project_and_pr_number() {
