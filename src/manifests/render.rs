@@ -600,11 +600,7 @@ fn render_flux_indexes(config: &Config, envs: &[&EnvMeta], around: &Around<'_>, 
         .chain(around.kept_own.iter().copied().map(by_pr))
         .collect();
     let project = &config.project_id;
-    let index = KustomizeFile {
-        resources: resources(own),
-        ..KustomizeFile::default()
-    };
-    tree.insert(flux_project_index(project), yaml::to_string(&index)?)?;
+    tree.insert(flux_project_index(project), index_yaml(resources(own))?)?;
     let object = FluxKustomization::for_project(config);
     tree.insert(flux_project_file(project), yaml::to_string(&object)?)?;
     let mut projects: BTreeSet<&str> = around.flux_projects.iter().map(String::as_str).collect();
@@ -614,15 +610,49 @@ fn render_flux_indexes(config: &Config, envs: &[&EnvMeta], around: &Around<'_>, 
         .map(|m| (m.pr, m.env.as_str()))
         .chain(around.kept.iter().copied().map(by_pr))
         .collect();
-    let root = KustomizeFile {
-        resources: projects
-            .iter()
-            .map(|p| format!("{p}.yaml"))
-            .chain(resources(top))
-            .collect(),
-        ..KustomizeFile::default()
+    let root = projects
+        .iter()
+        .map(|p| format!("{p}.yaml"))
+        .chain(resources(top))
+        .collect();
+    tree.insert(FLUX_INDEX, index_yaml(root)?)
+}
+
+/// A wiring index listing `resources`: the YAML of its [`KustomizeFile`]. When every entry is a
+/// file name as prenv writes them (a DNS label and `.yaml`, which YAML takes as a plain string)
+/// the text is written directly, byte for byte what the serializer writes (a test holds the two
+/// together): an index of 10,000 entries through the serializer cost more than the rest of a
+/// sync's render. Anything else goes through the serializer.
+fn index_yaml(resources: Vec<String>) -> Result<String> {
+    let plain = |name: &str| {
+        name.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+            && name.ends_with(".yaml")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
     };
-    tree.insert(FLUX_INDEX, yaml::to_string(&root)?)
+    if resources.is_empty() || !resources.iter().all(|r| plain(r)) {
+        let index = KustomizeFile {
+            resources,
+            ..KustomizeFile::default()
+        };
+        return yaml::to_string(&index);
+    }
+    let defaults = KustomizeFile::default();
+    let mut out = String::with_capacity(80 + resources.iter().map(|r| r.len() + 3).sum::<usize>());
+    for (key, value) in [("apiVersion", defaults.api_version), ("kind", defaults.kind)] {
+        out.push_str(key);
+        out.push_str(": ");
+        out.push_str(value);
+        out.push('\n');
+    }
+    out.push_str("resources:\n");
+    for name in &resources {
+        out.push_str("- ");
+        out.push_str(name);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// This project's ApplicationSet in a file of its own, and the wiring's index listing it with
@@ -645,4 +675,41 @@ pub fn pretty_json<T: Serialize>(value: &T) -> Result<String> {
     let mut s = serde_json::to_string_pretty(value).map_err(|e| Error::Render(e.to_string()))?;
     s.push('\n');
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_written_directly_is_what_the_serializer_writes() {
+        let lists: &[&[&str]] = &[
+            &["shop-pr-1.yaml"],
+            &["blog.yaml", "shop.yaml", "shop-pr-7.yaml", "shop-pr-10.yaml"],
+            &["a.yaml", "x-1.2.yaml", "z0-pr-18446744073709551615.yaml"],
+        ];
+        for list in lists {
+            let resources: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+            let by_serializer = yaml::to_string(&KustomizeFile {
+                resources: resources.clone(),
+                ..KustomizeFile::default()
+            })
+            .unwrap();
+            assert_eq!(index_yaml(resources).unwrap(), by_serializer, "{list:?}");
+        }
+        // What is not a plain name goes through the serializer, quoted as it must be.
+        for odd in [
+            vec![],
+            vec!["1.yaml".to_string()],
+            vec!["a: b.yaml".to_string()],
+            vec!["true".to_string()],
+        ] {
+            let by_serializer = yaml::to_string(&KustomizeFile {
+                resources: odd.clone(),
+                ..KustomizeFile::default()
+            })
+            .unwrap();
+            assert_eq!(index_yaml(odd).unwrap(), by_serializer);
+        }
+    }
 }
