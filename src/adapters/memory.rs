@@ -257,6 +257,8 @@ pub struct RepoMemory {
     /// Trees the last read saw: only facts about them are kept when the file is rewritten.
     seen: RefCell<HashSet<TreeId, ById>>,
     changed: Cell<bool>,
+    /// The strings [`RepoMemory::shared`] gave out last.
+    recent: RefCell<Vec<Arc<str>>>,
 }
 
 impl RepoMemory {
@@ -333,12 +335,27 @@ impl RepoMemory {
         Some(EnvEntry::remembered(
             record.pr,
             record.preserve_until,
-            record.digest.to_string(),
-            record.project.map(String::from),
+            self.shared(record.digest),
+            record.project.map(|p| self.shared(p)),
             tree,
             record.files,
             source,
         ))
+    }
+
+    /// `text` as a shared string: the digest and the project are the same in most records, so
+    /// the last few given out are handed out again instead of allocated per environment.
+    fn shared(&self, text: &str) -> Arc<str> {
+        let mut recent = self.recent.borrow_mut();
+        if let Some(found) = recent.iter().find(|s| ***s == *text) {
+            return found.clone();
+        }
+        let made: Arc<str> = Arc::from(text);
+        if recent.len() == 4 {
+            recent.remove(0);
+        }
+        recent.push(made.clone());
+        made
     }
 
     pub fn remember_env(&self, tree: TreeId, known: KnownEnv) {

@@ -48,8 +48,8 @@ pub fn onboard(store: &mut dyn EnvStore, config: &Config, dry_run: bool) -> Resu
             .entries()
             .filter(|(env, e)| !e.belongs_to(env.as_str(), project))
             .filter_map(|(env, e)| {
-                let named = e.project.clone();
-                named.or_else(|| Some(env.as_str().rsplit_once(naming::ENV_INFIX)?.0.to_string()))
+                let named = e.project.as_deref().map(String::from);
+                named.or_else(|| Some(naming::split_env(env.as_str())?.0.to_string()))
             })
             .collect();
         let own_base = view.templates.contains(&layout::project_base(project));

@@ -214,12 +214,9 @@ pub fn admit(config: &Config, plan: &mut Plan, view: &RepoView, now: DateTime<Ut
     for (name, entry) in view.envs.entries().filter(|(n, e)| !e.belongs_to(n.as_str(), project)) {
         let owner = entry
             .project
-            .clone()
-            .or_else(|| {
-                name.as_str()
-                    .rsplit_once(crate::model::naming::ENV_INFIX)
-                    .map(|(p, _)| p.to_string())
-            })
+            .as_deref()
+            .map(String::from)
+            .or_else(|| crate::model::naming::split_env(name.as_str()).map(|(p, _)| p.to_string()))
             .unwrap_or_default();
         // Metadata that does not decode counts as running: the guard errs towards fewer environments.
         match entry.meta().ok().and_then(|m| m.queued.as_ref()) {

@@ -180,7 +180,7 @@ pub fn plan_knowing(
         .entries()
         .filter(|(env, entry)| !seen.contains(env.as_str()) && entry.belongs_to(env.as_str(), &config.project_id));
     for (env, entry) in own {
-        let settled = entry.render_digest == digest
+        let settled = *entry.render_digest == *digest
             && entry.tree.is_some_and(|tree| verified.knows(tree, entry.wiring))
             && entry.preserve_until.is_none_or(|until| now < until)
             && !evidence.closed_by_operator.contains(&entry.pr)
@@ -959,7 +959,7 @@ pub(crate) mod tests {
         let entry = EnvEntry::remembered(
             n,
             preserve_until,
-            cfg.render_digest(),
+            cfg.render_digest().into(),
             Some("shop".into()),
             TreeId([tree; 20]),
             Vec::new(),

@@ -89,9 +89,11 @@ pub struct EnvEntry {
     /// When a pinned environment goes; `None` when it is not pinned.
     pub preserve_until: Option<DateTime<Utc>>,
     /// The settings digest its files were rendered with ([`crate::model::config::Config::render_digest`]).
-    pub render_digest: String,
+    /// Shared (all of a project's environments carry the same one): one allocation fewer per
+    /// environment of a view of thousands.
+    pub render_digest: Arc<str>,
     /// The project its metadata names; `None` in metadata from before projects shared a repository.
-    pub project: Option<String>,
+    pub project: Option<Arc<str>>,
     /// The directory's tree id, where the store knows it.
     pub tree: Option<TreeId>,
     /// prenv's files in the directory, by name (one of [`crate::model::layout::ENV_FILES`]).
@@ -110,8 +112,8 @@ impl EnvEntry {
         EnvEntry {
             pr: meta.pr,
             preserve_until: meta.preserve_until,
-            render_digest: meta.render_digest.clone(),
-            project: meta.project.clone(),
+            render_digest: Arc::from(meta.render_digest.as_str()),
+            project: meta.project.as_deref().map(Arc::from),
             tree,
             files,
             wiring: None,
@@ -126,8 +128,8 @@ impl EnvEntry {
     pub fn remembered(
         pr: u64,
         preserve_until: Option<DateTime<Utc>>,
-        render_digest: String,
-        project: Option<String>,
+        render_digest: Arc<str>,
+        project: Option<Arc<str>>,
         tree: TreeId,
         files: Vec<(&'static str, BlobId)>,
         source: Arc<dyn MetaSource>,
@@ -164,7 +166,7 @@ impl EnvEntry {
     pub fn belongs_to(&self, name: &str, project_id: &str) -> bool {
         let named = crate::model::naming::pr_of(project_id, name).is_some();
         match &self.project {
-            Some(project) => project == project_id && named,
+            Some(project) => **project == *project_id && named,
             None => named,
         }
     }
