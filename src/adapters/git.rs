@@ -360,15 +360,10 @@ impl EnvRepo {
             return Ok(());
         };
         let body = self.tree_body(entry.id())?;
-        let dirs: HashMap<&[u8], &[u8]> = self
-            .entries_of(entry.id(), &body)?
-            .into_iter()
-            .filter(|e| raw_kind(e.mode) == EntryKind::Dir)
-            .map(|e| (e.name, e.id))
-            .collect();
+        let dirs = self.entries_of(entry.id(), &body)?;
         let removed: BTreeSet<&str> = change.removals.iter().map(String::as_str).collect();
         for env in touched {
-            let Some(id) = dirs.get(env.as_bytes()) else {
+            let Some(RawEntry { id, .. }) = find_dir(&dirs, env) else {
                 continue;
             };
             let meta = match change.upserts.get(&meta_path(env)) {
@@ -376,7 +371,7 @@ impl EnvRepo {
                 None => base.envs.get(env).cloned(),
             };
             let files = env_files_after(env, base, &change.upserts, |p| removed.contains(p));
-            let tree = TreeId((*id).try_into().expect("a tree entry's id is 20 bytes"));
+            let tree = TreeId(id.try_into().expect("a tree entry's id is 20 bytes"));
             if TreeId::of_files(files.iter().copied()) != tree {
                 continue;
             }

@@ -2,7 +2,9 @@
 //! PRs, the config and what the repository holds now, to the decisions and the exact files to write
 //! and remove. Pure but for the credential maker it is handed (randomness for new passwords).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashSet as HashSet;
 
 use chrono::{DateTime, Utc};
 

@@ -584,7 +584,7 @@ fn network_policies(config: &Config, databases: &[Database]) -> Vec<NetworkPolic
 fn render_flux_indexes(config: &Config, envs: &[&EnvMeta], around: &Around<'_>, tree: &mut Tree) -> Result<()> {
     // Kept environments sort by their PR number too, so keeping one never reorders an index.
     fn by_pr(env: &str) -> (u64, &str) {
-        let pr = env.rsplit(naming::ENV_INFIX).next().and_then(|n| n.parse().ok());
+        let pr = naming::split_env(env).map_or(env, |(_, n)| n).parse().ok();
         (pr.unwrap_or(u64::MAX), env)
     }
     let resources = |mut listed: Vec<(u64, &str)>| {

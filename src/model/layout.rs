@@ -136,7 +136,7 @@ pub fn flux_project_index(project: &str) -> String {
 /// The project of an environment name (`<project>-pr-<number>`), `None` for any other name. A
 /// project id holds no `-pr-` (the config refuses it), so the split is unambiguous.
 pub fn project_of_env(env: &str) -> Option<&str> {
-    let (project, number) = env.rsplit_once(crate::model::naming::ENV_INFIX)?;
+    let (project, number) = crate::model::naming::split_env(env)?;
     let numbered = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
     (numbered && !project.is_empty() && !project.contains('/')).then_some(project)
 }

@@ -38,6 +38,18 @@ impl EnvName {
     }
 }
 
+/// `env` split at its last [`ENV_INFIX`]: what comes before (the project, when it is an
+/// environment's name) and after (its number). A search of the bytes: `str::rsplit_once` with a
+/// string pattern builds a searcher per call, and every sync asks this of every environment.
+pub fn split_env(env: &str) -> Option<(&str, &str)> {
+    let at = env
+        .as_bytes()
+        .windows(ENV_INFIX.len())
+        .rposition(|w| w == ENV_INFIX.as_bytes())?;
+    // The infix is ASCII, so both ends of it are character boundaries.
+    Some((&env[..at], &env[at + ENV_INFIX.len()..]))
+}
+
 /// The PR number of environment `env` when it is project `project_id`'s (`{project_id}-pr-{number}`,
 /// the number written as Rust writes it). Two projects never share a name: a project id is a DNS
 /// label, so the part after the last `-pr-` that parses decides, and only one prefix matches.
@@ -236,6 +248,22 @@ fn short_hash(input: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_environment_name_splits_at_its_last_infix_as_rsplit_once_does() {
+        for env in [
+            "shop-pr-7",
+            "a-pr-b-pr-9",
+            "-pr-",
+            "shop",
+            "",
+            "é-pr-1",
+            "shop-pr-",
+            "-pr-pr-",
+        ] {
+            assert_eq!(split_env(env), env.rsplit_once(ENV_INFIX), "{env}");
+        }
+    }
 
     #[test]
     fn a_pr_number_counts_only_as_rust_writes_it() {
