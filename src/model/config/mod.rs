@@ -719,16 +719,38 @@ const TAG_BRANCH_MAX: usize = 48;
 pub const SHORT_SHA_LEN: usize = 7;
 
 /// Fills the tag template for one PR; the branch is reduced to tag characters first.
+/// One pass over the template (every sync fills it for every PR); what it puts in has no braces,
+/// so it is what replacing each placeholder in turn gives.
 pub fn render_tag(template: &str, number: u64, sha: &str, branch: &str) -> String {
-    let branch = naming::sanitize_tag_part(branch);
-    let branch = branch[..branch.len().min(TAG_BRANCH_MAX)].trim_end_matches(['.', '-']);
-    let tag = template
-        .replace("{number}", &number.to_string())
-        .replace("{short_sha}", &sha[..sha.len().min(SHORT_SHA_LEN)])
-        .replace("{sha}", sha)
-        .replace("{branch}", branch);
+    let mut tag = String::with_capacity(template.len() + sha.len() + 16);
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        tag.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        rest = if let Some(after) = tail.strip_prefix("{number}") {
+            tag.push_str(itoa::Buffer::new().format(number));
+            after
+        } else if let Some(after) = tail.strip_prefix("{short_sha}") {
+            tag.push_str(&sha[..sha.len().min(SHORT_SHA_LEN)]);
+            after
+        } else if let Some(after) = tail.strip_prefix("{sha}") {
+            tag.push_str(sha);
+            after
+        } else if let Some(after) = tail.strip_prefix("{branch}") {
+            let branch = naming::sanitize_tag_part(branch);
+            tag.push_str(branch[..branch.len().min(TAG_BRANCH_MAX)].trim_end_matches(['.', '-']));
+            after
+        } else {
+            tag.push('{');
+            &tail[1..]
+        };
+    }
+    tag.push_str(rest);
     // A branch that sanitizes to nothing can leave a leading separator, which no registry accepts.
-    tag.trim_start_matches(['.', '-']).to_string()
+    match tag.trim_start_matches(['.', '-']).len() {
+        n if n == tag.len() => tag,
+        n => tag[tag.len() - n..].to_string(),
+    }
 }
 
 /// A conservative subset of `git check-ref-format`: what prenv accepts as a branch name.
@@ -767,6 +789,33 @@ fn is_go_duration(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `render_tag` did before it was one pass: each placeholder replaced in turn.
+    fn tag_by_replacing(template: &str, number: u64, sha: &str, branch: &str) -> String {
+        let branch = naming::sanitize_tag_part(branch);
+        let branch = branch[..branch.len().min(TAG_BRANCH_MAX)].trim_end_matches(['.', '-']);
+        let tag = template
+            .replace("{number}", &number.to_string())
+            .replace("{short_sha}", &sha[..sha.len().min(SHORT_SHA_LEN)])
+            .replace("{sha}", sha)
+            .replace("{branch}", branch);
+        tag.trim_start_matches(['.', '-']).to_string()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_tag_filled_in_one_pass_is_the_tag_filled_placeholder_by_placeholder(
+            template in "([a-z.{}_-]|\\{number\\}|\\{sha\\}|\\{short_sha\\}|\\{branch\\}){0,12}",
+            number: u64,
+            sha in "[0-9a-f]{40}",
+            branch in "[ -~]{0,80}",
+        ) {
+            proptest::prop_assert_eq!(
+                render_tag(&template, number, &sha, &branch),
+                tag_by_replacing(&template, number, &sha, &branch)
+            );
+        }
+    }
 
     const MINIMAL: &str = r#"
 project_id = "shop"
