@@ -547,15 +547,11 @@ impl EnvRepo {
         dir: &Dir<'_>,
     ) -> Result<Option<[u8; 20]>> {
         let err = |e| git_err("reading the tree of", &self.display, e);
-        let stored = base.map(|id| self.tree_body(id)).transpose()?;
-        let body = stored.as_deref().unwrap_or_default();
-        let entries = raw_entries(body).ok_or_else(|| {
-            let what = format!(
-                "tree {} is not a well-formed git tree; run `git fsck` on the repository",
-                base.map(|b| b.to_string()).unwrap_or_default()
-            );
-            err(git2::Error::new(ErrorCode::Invalid, git2::ErrorClass::Object, what))
-        })?;
+        let stored = base.map(|id| self.tree_body(id).map(|body| (id, body))).transpose()?;
+        let entries = match &stored {
+            Some((id, body)) => self.entries_of(*id, body)?,
+            None => Vec::new(),
+        };
         let mut changes: Vec<TreeChange<'_>> = Vec::with_capacity(dir.files.len() + dir.dirs.len());
         changes.extend(dir.files.iter().map(|(name, id)| (*name, id.map(|id| (MODE_FILE, id)))));
         for (name, sub) in &dir.dirs {
