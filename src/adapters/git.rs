@@ -243,7 +243,7 @@ impl EnvRepo {
                     inventory.env_entry(name, kind, None, None, &[]);
                     continue;
                 }
-                let tree = TreeId(entry.id.try_into().expect("a tree entry's id is 20 bytes"));
+                let tree = TreeId(entry.id_bytes());
                 // A directory read before (same tree id: same bytes) is not opened again.
                 if let Some(entry) = self.memory.env(tree, name)
                     && let Ok(name) = EnvName::try_from(name.to_string())
@@ -363,7 +363,7 @@ impl EnvRepo {
         let dirs = self.entries_of(entry.id(), &body)?;
         let removed: BTreeSet<&str> = change.removals.iter().map(String::as_str).collect();
         for env in touched {
-            let Some(RawEntry { id, .. }) = find_dir(&dirs, env) else {
+            let Some(dir) = find_dir(&dirs, env) else {
                 continue;
             };
             let meta = match change.upserts.get(&meta_path(env)) {
@@ -371,7 +371,7 @@ impl EnvRepo {
                 None => base.envs.get(env).cloned(),
             };
             let files = env_files_after(env, base, &change.upserts, |p| removed.contains(p));
-            let tree = TreeId(id.try_into().expect("a tree entry's id is 20 bytes"));
+            let tree = TreeId(dir.id_bytes());
             if TreeId::of_files(files.iter().copied()) != tree {
                 continue;
             }
@@ -394,7 +394,7 @@ impl EnvRepo {
                     continue;
                 };
                 let path = format!("{prefix}{name}");
-                let id: [u8; 20] = entry.id.try_into().expect("a tree entry's id is 20 bytes");
+                let id = entry.id_bytes();
                 match raw_kind(entry.mode) {
                     EntryKind::Dir => {
                         let sub = Oid::from_bytes(&id).map_err(|e| git_err("reading the tree of", &self.display, e))?;

@@ -143,6 +143,11 @@ pub struct RawEntry<'a> {
 }
 
 impl RawEntry<'_> {
+    /// The entry's object id; [`raw_entries`] takes exactly 20 bytes for it.
+    pub fn id_bytes(&self) -> [u8; 20] {
+        self.id.try_into().expect("raw_entries takes 20 bytes for an id")
+    }
+
     fn is_tree(&self) -> bool {
         self.mode == b"40000"
     }

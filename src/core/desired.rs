@@ -90,7 +90,12 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     let project = config.project_id.as_str();
     // Wiring left as it is stays where it is: at the top (the root index lists it) or in this
     // project's directory (its index lists it); another project's directory is its own.
-    let kept: Vec<&str> = current.wired_envs(true).filter(|env| untouched.contains(env)).collect();
+    let wired_top: HashSet<&str> = current.wired_envs(true).collect();
+    let kept: Vec<&str> = wired_top
+        .iter()
+        .copied()
+        .filter(|env| untouched.contains(env))
+        .collect();
     let kept_own: Vec<&str> = current
         .wired_envs(false)
         .filter(|env| untouched.contains(env) && project_of_env(env) == Some(project))
@@ -100,7 +105,7 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     let legacy: BTreeSet<&str> = envs
         .iter()
         .map(|m| m.env.as_str())
-        .filter(|env| current.wired(env, true))
+        .filter(|env| wired_top.contains(env))
         .collect();
     let argo_kept = other_applicationsets(config, current);
     let around = render::Around {

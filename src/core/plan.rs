@@ -295,24 +295,24 @@ fn unseen(
 }
 
 /// Why PR `pr` is not in the snapshot, in words.
+/// Said of thousands of environments in a sync of one PR (through [`kept_unseen`]): the common
+/// case is built by hand, not by `format!`.
 fn missing(pr: u64, evidence: &Evidence) -> String {
     match evidence.unconfirmed.get(&pr) {
         Some(why) => format!("PR #{pr} cannot be confirmed ({why})"),
-        None => format!("PR #{pr} is not in the snapshot"),
+        None => {
+            let mut out = String::with_capacity(64);
+            out.push_str("PR #");
+            out.push_str(itoa::Buffer::new().format(pr));
+            out.push_str(" is not in the snapshot");
+            out
+        }
     }
 }
 
-/// Said of thousands of environments in a sync of one PR: built by hand, not by `format!`.
 fn kept_unseen(pr: u64, evidence: &Evidence) -> String {
-    const TAIL: &str = ": no evidence it closed, so it is kept";
-    if evidence.unconfirmed.contains_key(&pr) {
-        return format!("{}{TAIL}", missing(pr, evidence));
-    }
-    let mut out = String::with_capacity(64);
-    out.push_str("PR #");
-    out.push_str(itoa::Buffer::new().format(pr));
-    out.push_str(" is not in the snapshot");
-    out.push_str(TAIL);
+    let mut out = missing(pr, evidence);
+    out.push_str(": no evidence it closed, so it is kept");
     out
 }
 

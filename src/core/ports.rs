@@ -69,9 +69,9 @@ pub trait MetaSource: Send + Sync {
 }
 
 /// The metadata of one environment: read with its directory, or remembered and decoded on demand.
-#[derive(Clone)]
 /// Boxed: an environment entry is moved several times on its way into a view of thousands, and
 /// carrying the metadata inline made each move hundreds of bytes.
+#[derive(Clone)]
 enum Meta {
     Read(Box<EnvMeta>),
     Remembered {
@@ -321,27 +321,10 @@ impl RepoView {
             .filter(move |(name, e)| e.belongs_to(name.as_str(), project_id))
     }
 
-    /// Whether environment `env` has a Kustomization prenv owns at the top of the wiring
-    /// (`legacy`, [`flux_legacy_file`]) or in its project's directory ([`flux_file`]): what
-    /// [`RepoView::owned_id`] says of that path, asked of the entry first so that a question
-    /// about each of thousands of environments formats no path.
-    pub fn wired(&self, env: &str, legacy: bool) -> bool {
-        if self
-            .envs
-            .entry(env)
-            .is_some_and(|e| e.wiring.is_some() && e.legacy_wiring == legacy)
-        {
-            return true;
-        }
-        !self.owned.is_empty() && {
-            let path = if legacy { flux_legacy_file(env) } else { flux_file(env) };
-            self.owned.contains_key(&path)
-        }
-    }
-
-    /// The environments with a Kustomization prenv owns at the top of the wiring (`legacy`) or in
-    /// their project's directory: those [`RepoView::wired`] says so of, found in one pass over the
-    /// entries and the (few) other owned files rather than by a lookup per name.
+    /// The environments with a Kustomization prenv owns at the top of the wiring (`legacy`,
+    /// [`flux_legacy_file`]) or in their project's directory ([`flux_file`]): those whose path
+    /// [`RepoView::owned_id`] knows, found in one pass over the entries and the (few) other owned
+    /// files rather than by a formatted path and a lookup per name.
     pub fn wired_envs(&self, legacy: bool) -> impl Iterator<Item = &str> {
         let entries = self
             .envs
