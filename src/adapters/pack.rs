@@ -16,8 +16,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::Path;
 
-use flate2::Compression;
-use flate2::write::ZlibEncoder;
+use flate2::{Compress, Compression, FlushCompress, Status};
 use sha1::{Digest, Sha1};
 
 use crate::model::layout::BlobId;
@@ -35,6 +34,10 @@ pub struct BlobPack {
     body: BufWriter<File>,
     count: u32,
     seen: HashSet<BlobId>,
+    /// One compressor for every entry, reset between them, and the buffer it writes into: a new
+    /// compressor allocates and zeroes its tables, which cost more than deflating a small file.
+    zlib: Compress,
+    deflated: Vec<u8>,
 }
 
 impl BlobPack {
@@ -45,6 +48,8 @@ impl BlobPack {
             body: BufWriter::with_capacity(COPY_CHUNK, tempfile::tempfile_in(dir)?),
             count: 0,
             seen: HashSet::new(),
+            zlib: Compress::new(Compression::fast(), true),
+            deflated: Vec::new(),
         })
     }
 
@@ -89,9 +94,22 @@ impl BlobPack {
         }
         header.push(byte);
         self.body.write_all(&header)?;
-        let mut zlib = ZlibEncoder::new(&mut self.body, Compression::fast());
-        zlib.write_all(content)?;
-        zlib.finish()?;
+        self.zlib.reset();
+        self.deflated.clear();
+        // Room for the whole stream: deflate's worst case is a few bytes per 16 KB over the input.
+        self.deflated.reserve(content.len() + content.len() / 1000 + 64);
+        loop {
+            let consumed = self.zlib.total_in() as usize;
+            match self
+                .zlib
+                .compress_vec(&content[consumed..], &mut self.deflated, FlushCompress::Finish)
+            {
+                Ok(Status::StreamEnd) => break,
+                Ok(_) => self.deflated.reserve(self.deflated.capacity().max(64)),
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        }
+        self.body.write_all(&self.deflated)?;
         self.count += 1;
         Ok(())
     }

@@ -104,8 +104,12 @@ enum Rule {
 }
 
 impl Rule {
+    /// The rule of every file prenv encrypts. Compiled once: building the regex cost more than
+    /// the encryption of a small file, and a full sync encrypts one file per environment.
     fn flux() -> Rule {
-        Rule::EncryptedRegex(Regex::new(ENCRYPTED_REGEX).expect("ENCRYPTED_REGEX is a valid regex"))
+        static FLUX: std::sync::LazyLock<Regex> =
+            std::sync::LazyLock::new(|| Regex::new(ENCRYPTED_REGEX).expect("ENCRYPTED_REGEX is a valid regex"));
+        Rule::EncryptedRegex(FLUX.clone())
     }
 
     fn from_metadata(meta: &Map<String, Value>) -> Result<Rule> {
