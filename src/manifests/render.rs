@@ -2,6 +2,7 @@
 //! [`Tree`] out. Every manifest is a typed value; [`crate::manifests::yaml`] lays it out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
     LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec,
@@ -126,17 +127,17 @@ pub fn render_selected(
 
 /// The files that are the same for every environment with the same databases.
 struct SharedFiles {
-    quota: String,
-    limits: String,
-    policies: String,
+    quota: Arc<[u8]>,
+    limits: Arc<[u8]>,
+    policies: Arc<[u8]>,
 }
 
 impl SharedFiles {
     fn render(config: &Config, databases: &[Database]) -> Result<SharedFiles> {
         Ok(SharedFiles {
-            quota: yaml::to_string(&resource_quota(config, databases))?,
-            limits: yaml::to_string(&limit_range(config))?,
-            policies: yaml::to_multi_doc(&network_policies(config, databases))?,
+            quota: Arc::from(yaml::to_string(&resource_quota(config, databases))?.as_bytes()),
+            limits: Arc::from(yaml::to_string(&limit_range(config))?.as_bytes()),
+            policies: Arc::from(yaml::to_multi_doc(&network_policies(config, databases))?.as_bytes()),
         })
     }
 }
@@ -158,18 +159,19 @@ fn render_env(
             message: format!("preview host of PR #{}: {problem}", meta.pr),
         });
     }
-    let files: [(&str, &str); 5] = [
-        (
-            "kustomization.yaml",
-            &yaml::to_string(&env_kustomization(config, meta, templates)?)?,
-        ),
-        ("namespace.yaml", &yaml::to_string(&namespace(meta))?),
+    tree.insert(
+        format!("{dir}/kustomization.yaml"),
+        yaml::to_string(&env_kustomization(config, meta, templates)?)?,
+    )?;
+    tree.insert(format!("{dir}/namespace.yaml"), yaml::to_string(&namespace(meta))?)?;
+    // The same bytes for every environment of these databases: held once.
+    let shared_files = [
         ("resourcequota.yaml", &shared.quota),
         ("limitrange.yaml", &shared.limits),
         ("networkpolicies.yaml", &shared.policies),
     ];
-    for (name, text) in files {
-        tree.insert(format!("{dir}/{name}"), text)?;
+    for (name, bytes) in shared_files {
+        tree.insert_shared(format!("{dir}/{name}"), Arc::clone(bytes))?;
     }
     tree.insert(format!("{dir}/{META_FILE}"), pretty_json(meta)?)
 }

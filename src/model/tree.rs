@@ -2,12 +2,15 @@
 //! drives `render`, `--check`, `plan`, `sync` and the snapshot tests.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+/// Each file's bytes are shared: the files every environment has alike (its quota, limits and
+/// network policies) are held once, not once per environment of a full sync.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tree {
-    files: BTreeMap<String, Vec<u8>>,
+    files: BTreeMap<String, Arc<[u8]>>,
 }
 
 impl Tree {
@@ -17,19 +20,22 @@ impl Tree {
 
     /// Adds a file; the path must be relative, `/`-separated and free of `.`/`..` segments, so no
     /// value can ever be written outside the tree's root.
-    pub fn insert(&mut self, path: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Result<()> {
+    pub fn insert(&mut self, path: impl Into<String>, bytes: impl AsRef<[u8]>) -> Result<()> {
+        // Copied to an allocation of its exact size: a rendered file arrives with its writer's
+        // growth slack, and a full sync holds every file.
+        self.insert_shared(path, Arc::from(bytes.as_ref()))
+    }
+
+    /// Adds a file whose bytes other files share.
+    pub fn insert_shared(&mut self, path: impl Into<String>, bytes: Arc<[u8]>) -> Result<()> {
         let path = path.into();
         check_path(&path)?;
-        // A rendered file arrives with its writer's growth slack; a full sync holds every file,
-        // so the slack would be a fifth of its memory.
-        let mut bytes = bytes.into();
-        bytes.shrink_to_fit();
         self.files.insert(path, bytes);
         Ok(())
     }
 
     pub fn get(&self, path: &str) -> Option<&[u8]> {
-        self.files.get(path).map(Vec::as_slice)
+        self.files.get(path).map(|b| &**b)
     }
 
     pub fn len(&self) -> usize {
@@ -41,7 +47,7 @@ impl Tree {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.files.iter().map(|(p, b)| (p.as_str(), b.as_slice()))
+        self.files.iter().map(|(p, b)| (p.as_str(), &**b))
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &str> {
@@ -64,7 +70,7 @@ impl Tree {
         self.files
             .range(prefix.clone()..)
             .take_while(move |(p, _)| p.starts_with(&prefix))
-            .map(|(p, b)| (p.as_str(), b.as_slice()))
+            .map(|(p, b)| (p.as_str(), &**b))
     }
 }
 
