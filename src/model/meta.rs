@@ -28,21 +28,32 @@ pub struct EnvMeta {
     pub image: String,
     pub databases: Vec<Database>,
     /// When prenv first created this environment.
+    #[serde(deserialize_with = "super::timestamp::instant")]
     pub created_at: DateTime<Utc>,
+    #[serde(default, deserialize_with = "super::timestamp::maybe_instant")]
     pub closed_at: Option<DateTime<Utc>>,
     pub merged: bool,
     /// Set on a closed, pinned PR: the environment is removed after this instant.
+    #[serde(default, deserialize_with = "super::timestamp::maybe_instant")]
     pub preserve_until: Option<DateTime<Utc>>,
     /// [`config::Config::render_digest`] of the settings the environment was rendered with.
     #[serde(default)]
     pub render_digest: String,
     /// The PR's `updated_at` that produced this state: only information at least as new replaces
     /// it, so a late sync with an older snapshot never rolls an environment back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::timestamp::maybe_instant"
+    )]
     pub pr_updated_at: Option<DateTime<Utc>>,
     /// When prenv first committed this head commit to the environments repository: the watcher
     /// measures each push against the time budget from here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::timestamp::maybe_instant"
+    )]
     pub committed_at: Option<DateTime<Utc>>,
     /// The project (`project_id`) whose environment this is: with the mark, the ownership check
     /// of every run. Absent in metadata written before projects shared a repository; then the
@@ -51,7 +62,11 @@ pub struct EnvMeta {
     pub project: Option<String>,
     /// When the PR became deployable (`core::eligible`), recorded when the environment is created:
     /// the watcher measures the environment's first head from here (open→ready).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::timestamp::maybe_instant"
+    )]
     pub eligible_at: Option<DateTime<Utc>>,
     /// A newer head whose image the registry does not have yet: the environment keeps running
     /// `head_sha`/`image` meanwhile, and the watcher reports the wait on this head's commit.
@@ -68,6 +83,7 @@ pub struct EnvMeta {
 pub struct Queued {
     /// When the environment was first queued: the queue is first come, first served by it (ties
     /// by PR number), across every project of the repository.
+    #[serde(deserialize_with = "super::timestamp::instant")]
     pub queued_at: DateTime<Utc>,
     /// Its place when this metadata was written, from 1: the environments ahead of it, every
     /// project's, plus one.
@@ -84,6 +100,7 @@ pub struct ImageWait {
     /// Its image, `repository:tag`.
     pub image: String,
     /// When prenv first found the head waiting: the head's start for the 10-minute budget.
+    #[serde(deserialize_with = "super::timestamp::instant")]
     pub since: DateTime<Utc>,
 }
 

@@ -8,4 +8,5 @@ pub mod meta;
 pub mod naming;
 pub mod pr;
 pub mod quantity;
+pub mod timestamp;
 pub mod tree;

@@ -87,10 +87,13 @@ struct RestPull {
     base: Option<RestBase>,
     #[serde(default)]
     user: Option<RestUser>,
+    #[serde(default, deserialize_with = "super::timestamp::maybe_instant")]
     closed_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::timestamp::maybe_instant")]
     merged_at: Option<DateTime<Utc>>,
+    #[serde(deserialize_with = "super::timestamp::instant")]
     updated_at: DateTime<Utc>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::timestamp::maybe_instant")]
     created_at: Option<DateTime<Utc>>,
 }
 
