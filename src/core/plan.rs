@@ -163,7 +163,8 @@ pub fn plan_knowing(
     verified: &dyn Verifications,
 ) -> Plan {
     let mut decisions = Vec::with_capacity(prs.len() + view.envs.len());
-    let mut seen = BTreeSet::new();
+    let mut seen: rustc_hash::FxHashSet<String> = rustc_hash::FxHashSet::default();
+    seen.reserve(prs.len());
     let digest = config.render_digest();
     // With a capacity limit every environment's place in the queue matters, so none is kept
     // undecoded while it is queued: a queued one may be the next to be created.
@@ -358,8 +359,8 @@ fn kept_meta(config: &Config, digest: &str, env: &EnvName, recorded: &EnvMeta) -
         pr,
         head_sha: sha.clone(),
         head_ref: recorded.head_ref.clone(),
-        url: format!("https://{env}.{}", config.domain),
-        image: format!("{}:{tag}", config.image),
+        url: ["https://", env.as_str(), ".", &config.domain].concat(),
+        image: [config.image.as_str(), ":", &tag].concat(),
         databases: config.databases.clone(),
         created_at: recorded.created_at,
         closed_at: recorded.closed_at.filter(|_| recorded.preserve_until.is_some()),
@@ -453,15 +454,14 @@ fn decide(config: &Config, digest: &str, pr: &PullRequest, view: &RepoView, now:
             };
             // Only a change worth a commit records a newer PR time: a title edit commits nothing.
             // Nor does metadata written before it named its project gain the name by itself.
-            if let Some(p) = prior
-                && (EnvMeta {
-                    pr_updated_at: p.pr_updated_at,
-                    project: p.project.clone(),
-                    ..meta.clone()
-                }) == *p
-            {
+            // (Compared in place: a copy of the metadata per PR was a tenth of a listing's plan.)
+            if let Some(p) = prior {
+                let own = (meta.pr_updated_at, meta.project.take());
                 meta.pr_updated_at = p.pr_updated_at;
                 meta.project = p.project.clone();
+                if meta != *p {
+                    (meta.pr_updated_at, meta.project) = own;
+                }
             }
             let (action, mut reason) = classify(pr, &meta, prior);
             if wired && prior.is_none() {
@@ -525,7 +525,7 @@ fn classify(pr: &PullRequest, meta: &EnvMeta, prior: Option<&EnvMeta>) -> (Actio
         (Some(p), _) if p == meta => {
             let why = match meta.preserve_until {
                 Some(until) => pinned(until),
-                None => format!("up to date at {}", meta.short_sha()),
+                None => ["up to date at ", meta.short_sha()].concat(),
             };
             (Action::Keep, why)
         }
@@ -558,12 +558,12 @@ fn env_meta(
         generator: GENERATOR.into(),
         schema: META_SCHEMA,
         namespace: env.to_string(),
-        url: format!("https://{env}.{}", config.domain),
+        url: ["https://", env.as_str(), ".", &config.domain].concat(),
         env,
         pr: pr.number,
         head_sha: pr.head_sha.clone(),
         head_ref: pr.head_ref.clone(),
-        image: format!("{}:{tag}", config.image),
+        image: [config.image.as_str(), ":", &tag].concat(),
         databases: config.databases.clone(),
         created_at,
         closed_at: preserve_until.and(pr.closed_at),
