@@ -322,7 +322,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = git2::Repository::init_bare(dir.path()).unwrap();
         let big = "x".repeat(70_000);
-        // Bytes deflate cannot shrink: the stream outgrows the room first reserved for it, twice.
+        // Bytes deflate cannot shrink: the stream outgrows the room first reserved for it.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let noise: Vec<u8> = (0..300_000)
             .map(|_| {
