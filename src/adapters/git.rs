@@ -505,7 +505,9 @@ impl EnvRepo {
         // pack (see `adapters/pack.rs`).
         let mut sink = if upserts.len() > PACK_THRESHOLD {
             let dir = self.repo.path().join("objects/pack");
-            Sink::Pack(BlobPack::new(&dir).map_err(|e| Error::io("writing a pack to", &dir, e))?)
+            Sink::Pack(Box::new(
+                BlobPack::new(&dir).map_err(|e| Error::io("writing a pack to", &dir, e))?,
+            ))
         } else {
             Sink::Loose
         };
@@ -725,7 +727,8 @@ impl<'a> Dir<'a> {
 /// Where a commit's new objects go: loose into the object database, or into one pack.
 enum Sink {
     Loose,
-    Pack(BlobPack),
+    /// Boxed: the pack carries its compressor's state.
+    Pack(Box<BlobPack>),
 }
 
 impl Sink {
