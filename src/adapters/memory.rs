@@ -37,8 +37,10 @@ use crate::core::ports::{EnvEntry, MetaSource, Verifications};
 use crate::model::layout::{BlobId, ENV_FILES, TreeId};
 use crate::model::meta::EnvMeta;
 
+use super::meta_codec;
+
 /// Bumped when the file's layout changes.
-const FORMAT: &[u8] = b"prenv-memory 4\n";
+const FORMAT: &[u8] = b"prenv-memory 5\n";
 /// A memory file larger than this is not read (a repository of 100,000 environments is ~80 MB).
 const MAX_BYTES: u64 = 256 << 20;
 /// Rewrite the file when it holds more than this many times the records the last read needed
@@ -65,8 +67,7 @@ impl KnownEnv {
             .collect::<Option<Vec<_>>>()?;
         let name = meta.env.as_str().as_bytes();
         let digest = meta.render_digest.as_bytes();
-        let json = serde_json::to_vec(meta).ok()?;
-        let mut out = Vec::with_capacity(64 + name.len() + digest.len() + files.len() * 21 + json.len());
+        let mut out = Vec::with_capacity(512 + name.len() + digest.len() + files.len() * 21);
         out.push(ENV_RECORD);
         out.extend_from_slice(&[0; 20]); // the tree id, set by the memory
         out.push(u8::try_from(name.len()).ok()?);
@@ -88,7 +89,7 @@ impl KnownEnv {
             out.push(*index);
             out.extend_from_slice(&id.0);
         }
-        out.extend_from_slice(&json);
+        meta_codec::encode(meta, &mut out)?;
         Some(KnownEnv(out))
     }
 }
@@ -102,8 +103,8 @@ struct EnvRecord<'a> {
     digest: &'a str,
     project: Option<&'a str>,
     files: Vec<(&'static str, BlobId)>,
-    /// Where the metadata's JSON starts in the record.
-    json_at: usize,
+    /// Where the metadata ([`meta_codec`]'s form) starts in the record.
+    meta_at: usize,
 }
 
 impl<'a> EnvRecord<'a> {
@@ -141,7 +142,7 @@ impl<'a> EnvRecord<'a> {
             digest,
             project,
             files,
-            json_at: r.at,
+            meta_at: r.at,
         })
     }
 }
@@ -200,12 +201,12 @@ impl Slice {
 /// Remembered metadata, decoded when a run asks for it.
 struct Remembered {
     record: Slice,
-    json_at: usize,
+    meta_at: usize,
 }
 
 impl MetaSource for Remembered {
     fn decode(&self) -> Result<EnvMeta, String> {
-        serde_json::from_slice(&self.record.bytes()[self.json_at..]).map_err(|e| e.to_string())
+        meta_codec::decode(&self.record.bytes()[self.meta_at..])
     }
 }
 
@@ -330,7 +331,7 @@ impl RepoMemory {
         let record = EnvRecord::parse(slice.bytes()).filter(|r| r.tree == tree && r.name == name)?;
         let source = Arc::new(Remembered {
             record: slice.clone(),
-            json_at: record.json_at,
+            meta_at: record.meta_at,
         });
         Some(EnvEntry::remembered(
             record.pr,

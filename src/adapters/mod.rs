@@ -7,6 +7,7 @@ pub mod git_history;
 pub mod github;
 pub mod kube;
 pub mod memory;
+mod meta_codec;
 pub mod pack;
 pub mod pr_status;
 pub mod registry;
