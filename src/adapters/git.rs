@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use git2::{ErrorCode, ObjectType, Oid, Repository, Signature};
 
-use super::pack::{BlobPack, Change as TreeChange, MODE_FILE, MODE_TREE, RawEntry, find_dir, raw_entries, splice_tree};
+use super::pack::{
+    BlobPack, Change as TreeChange, MODE_FILE, MODE_TREE, RawEntry, find_dir, raw_entries, splice_tree, write_loose,
+};
 use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, is_flux_index, template_dir};
 use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision, Verifications};
 use crate::error::{Error, Result, Sdk};
@@ -393,12 +395,12 @@ impl EnvRepo {
                 let Ok(name) = std::str::from_utf8(entry.name) else {
                     continue;
                 };
-                let path = format!("{prefix}{name}");
+                let path = [prefix.as_str(), name].concat();
                 let id = entry.id_bytes();
                 match raw_kind(entry.mode) {
                     EntryKind::Dir => {
                         let sub = Oid::from_bytes(&id).map_err(|e| git_err("reading the tree of", &self.display, e))?;
-                        stack.push((sub, format!("{path}/")));
+                        stack.push((sub, [path.as_str(), "/"].concat()));
                     }
                     kind => out.push(Found {
                         regular: kind == EntryKind::File,
@@ -509,18 +511,18 @@ impl EnvRepo {
                 BlobPack::new(&dir).map_err(|e| Error::io("writing a pack to", &dir, e))?,
             ))
         } else {
-            Sink::Loose
+            Sink::Loose(self.repo.path().join("objects"))
         };
         let mut root = Dir::default();
         for (path, bytes) in upserts.iter() {
-            root.insert(path, Some(sink.write(&odb, ObjectType::Blob, bytes).map_err(err)?));
+            root.insert(path, Some(sink.write(ObjectType::Blob, bytes).map_err(err)?));
         }
         for path in removals {
             root.insert(path, None);
         }
-        let tree = match self.write_tree(&odb, &mut sink, base_tree, &root)? {
+        let tree = match self.write_tree(&mut sink, base_tree, &root)? {
             Some(id) => id,
-            None => sink.write(&odb, ObjectType::Tree, &[]).map_err(err)?,
+            None => sink.write(ObjectType::Tree, &[]).map_err(err)?,
         };
         let mut body = format!("tree {}\n", hex::encode(tree));
         if let Some(p) = &parent {
@@ -528,7 +530,7 @@ impl EnvRepo {
         }
         let who = signature_line(&self.author);
         body.push_str(&format!("author {who}\ncommitter {who}\n\n{message}"));
-        let commit = sink.write(&odb, ObjectType::Commit, body.as_bytes()).map_err(err)?;
+        let commit = sink.write(ObjectType::Commit, body.as_bytes()).map_err(err)?;
         if let Sink::Pack(pack) = sink {
             let mut writer = odb.packwriter().map_err(err)?;
             pack.finish(&mut writer)
@@ -541,13 +543,7 @@ impl EnvRepo {
     /// The tree `dir`'s changes make of tree `base`; `None` when nothing is left in it (git keeps
     /// no empty directory). The base's body is read as stored and spliced: a directory of 10,000
     /// environments costs one copy of its bytes, not 10,000 parsed entries.
-    fn write_tree(
-        &self,
-        odb: &git2::Odb<'_>,
-        sink: &mut Sink,
-        base: Option<Oid>,
-        dir: &Dir<'_>,
-    ) -> Result<Option<[u8; 20]>> {
+    fn write_tree(&self, sink: &mut Sink, base: Option<Oid>, dir: &Dir<'_>) -> Result<Option<[u8; 20]>> {
         let err = |e| git_err("reading the tree of", &self.display, e);
         let stored = base.map(|id| self.tree_body(id).map(|body| (id, body))).transpose()?;
         let entries = match &stored {
@@ -561,7 +557,7 @@ impl EnvRepo {
                 Some(e) => Some(Oid::from_bytes(e.id).map_err(err)?),
                 None => None,
             };
-            let id = self.write_tree(odb, sink, base_sub, sub)?;
+            let id = self.write_tree(sink, base_sub, sub)?;
             changes.push((*name, id.map(|id| (MODE_TREE, id))));
         }
         let spliced = splice_tree(&entries, &mut changes);
@@ -569,7 +565,7 @@ impl EnvRepo {
             return Ok(None);
         }
         let id = sink
-            .write(odb, ObjectType::Tree, &spliced)
+            .write(ObjectType::Tree, &spliced)
             .map_err(|e| git_err("writing a commit to", &self.display, e))?;
         // What it holds is known: reading it back (to remember what was written) costs nothing.
         if spliced.len() >= BIG_TREE {
@@ -726,20 +722,25 @@ impl<'a> Dir<'a> {
 
 /// Where a commit's new objects go: loose into the object database, or into one pack.
 enum Sink {
-    Loose,
+    /// Loose objects, into this object directory.
+    Loose(PathBuf),
     /// Boxed: the pack carries its compressor's state.
     Pack(Box<BlobPack>),
 }
 
 impl Sink {
-    fn write(
-        &mut self,
-        odb: &git2::Odb<'_>,
-        kind: ObjectType,
-        body: &[u8],
-    ) -> std::result::Result<[u8; 20], git2::Error> {
+    fn write(&mut self, kind: ObjectType, body: &[u8]) -> std::result::Result<[u8; 20], git2::Error> {
         match self {
-            Sink::Loose => odb.write(kind, body).map(oid_bytes),
+            Sink::Loose(objects) => {
+                let kind = match kind {
+                    ObjectType::Blob => "blob",
+                    ObjectType::Tree => "tree",
+                    _ => "commit",
+                };
+                write_loose(objects, kind, body)
+                    // The object directory is on the repository's disk: a full disk fails like a git write.
+                    .map_err(|e| git2::Error::from_str(&format!("writing an object: {e}")))
+            }
             Sink::Pack(pack) => match kind {
                 ObjectType::Blob => pack.add(body).map(|id| id.0),
                 ObjectType::Tree => pack.add_tree(body),

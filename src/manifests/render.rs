@@ -592,7 +592,7 @@ fn render_flux_indexes(config: &Config, envs: &[&EnvMeta], around: &Around<'_>, 
     let resources = |mut listed: Vec<(u64, &str)>| {
         listed.sort();
         listed.dedup();
-        listed.iter().map(|(_, name)| format!("{name}.yaml")).collect()
+        listed.iter().map(|(_, name)| [name, ".yaml"].concat()).collect()
     };
     let (legacy, nested): (Vec<&EnvMeta>, Vec<&EnvMeta>) =
         envs.iter().partition(|m| around.legacy.contains(m.env.as_str()));
