@@ -94,21 +94,7 @@ impl BlobPack {
         }
         header.push(byte);
         self.body.write_all(&header)?;
-        self.zlib.reset();
-        self.deflated.clear();
-        // Room for what YAML deflates to (under half); the loop makes more for what does not.
-        self.deflated.reserve(content.len() / 2 + 64);
-        loop {
-            let consumed = self.zlib.total_in() as usize;
-            match self
-                .zlib
-                .compress_vec(&content[consumed..], &mut self.deflated, FlushCompress::Finish)
-            {
-                Ok(Status::StreamEnd) => break,
-                Ok(_) => self.deflated.reserve(self.deflated.capacity().max(64)),
-                Err(e) => return Err(std::io::Error::other(e)),
-            }
-        }
+        deflate(&mut self.zlib, &[content], &mut self.deflated)?;
         self.body.write_all(&self.deflated)?;
         self.count += 1;
         Ok(())
@@ -155,26 +141,13 @@ pub fn write_loose(objects: &Path, kind: &str, body: &[u8]) -> std::io::Result<[
         return Ok(id);
     }
     std::fs::create_dir_all(&dir)?;
-    let mut zlib = Compress::new(Compression::fast(), true);
-    let mut deflated = Vec::with_capacity(body.len() / 2 + 64);
     let header = format!("{kind} {}\0", body.len());
-    for (part, flush) in [(header.as_bytes(), FlushCompress::None), (body, FlushCompress::Finish)] {
-        let start = zlib.total_in();
-        loop {
-            let consumed = (zlib.total_in() - start) as usize;
-            let status = zlib
-                .compress_vec(&part[consumed..], &mut deflated, flush)
-                .map_err(std::io::Error::other)?;
-            let done = match flush {
-                FlushCompress::Finish => status == Status::StreamEnd,
-                _ => (zlib.total_in() - start) as usize == part.len(),
-            };
-            if done {
-                break;
-            }
-            deflated.reserve(deflated.capacity().max(64));
-        }
-    }
+    let mut deflated = Vec::new();
+    deflate(
+        &mut Compress::new(Compression::fast(), true),
+        &[header.as_bytes(), body],
+        &mut deflated,
+    )?;
     let mut file = tempfile::Builder::new().prefix("tmp_obj_").tempfile_in(&dir)?;
     file.write_all(&deflated)?;
     let mut permissions = file.as_file().metadata()?.permissions();
@@ -183,6 +156,40 @@ pub fn write_loose(objects: &Path, kind: &str, body: &[u8]) -> std::io::Result<[
     // Another writer may have put the same object there meanwhile: the same bytes either way.
     file.persist(&path).map_err(|e| e.error)?;
     Ok(id)
+}
+
+/// `parts`, one after the other, as one zlib stream in `out` (cleared first); `zlib` is reset
+/// first, so one compressor serves many streams.
+fn deflate(zlib: &mut Compress, parts: &[&[u8]], out: &mut Vec<u8>) -> std::io::Result<()> {
+    zlib.reset();
+    out.clear();
+    // Room for what YAML deflates to (under half); the loop makes more for what does not.
+    out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() / 2 + 64);
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let flush = if last {
+            FlushCompress::Finish
+        } else {
+            FlushCompress::None
+        };
+        let start = zlib.total_in();
+        loop {
+            let consumed = (zlib.total_in() - start) as usize;
+            let status = zlib
+                .compress_vec(&part[consumed..], out, flush)
+                .map_err(std::io::Error::other)?;
+            let done = if last {
+                status == Status::StreamEnd
+            } else {
+                (zlib.total_in() - start) as usize == part.len()
+            };
+            if done {
+                break;
+            }
+            out.reserve(out.capacity().max(64));
+        }
+    }
+    Ok(())
 }
 
 /// git's id of an object: SHA-1 of `<kind> <len>\0` and the body.
