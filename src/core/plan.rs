@@ -338,7 +338,7 @@ fn kept_meta(config: &Config, digest: &str, env: &EnvName, recorded: &EnvMeta) -
         return Err(format!("it says PR #{}, but the directory is PR #{pr}'s", recorded.pr));
     }
     let sha = &recorded.head_sha;
-    if !(matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())) {
+    if !is_sha(sha) {
         return Err(format!("its head_sha {sha:?} is not a commit SHA"));
     }
     if let (Some(until), Some(closed)) = (recorded.preserve_until, recorded.closed_at)
@@ -359,8 +359,8 @@ fn kept_meta(config: &Config, digest: &str, env: &EnvName, recorded: &EnvMeta) -
         pr,
         head_sha: sha.clone(),
         head_ref: recorded.head_ref.clone(),
-        url: ["https://", env.as_str(), ".", &config.domain].concat(),
-        image: [config.image.as_str(), ":", &tag].concat(),
+        url: env_url(config, env),
+        image: image_of(config, &tag),
         databases: config.databases.clone(),
         created_at: recorded.created_at,
         closed_at: recorded.closed_at.filter(|_| recorded.preserve_until.is_some()),
@@ -553,17 +553,16 @@ fn env_meta(
     created_at: DateTime<Utc>,
     preserve_until: Option<DateTime<Utc>>,
 ) -> EnvMeta {
-    let tag = config::render_tag(&config.tag_template, pr.number, &pr.head_sha, &pr.head_ref);
     EnvMeta {
         generator: GENERATOR.into(),
         schema: META_SCHEMA,
         namespace: env.to_string(),
-        url: ["https://", env.as_str(), ".", &config.domain].concat(),
+        url: env_url(config, &env),
         env,
         pr: pr.number,
         head_sha: pr.head_sha.clone(),
         head_ref: pr.head_ref.clone(),
-        image: [config.image.as_str(), ":", &tag].concat(),
+        image: head_image(config, pr),
         databases: config.databases.clone(),
         created_at,
         closed_at: preserve_until.and(pr.closed_at),
@@ -587,7 +586,18 @@ fn is_sha(sha: &str) -> bool {
 /// The image of a PR's head commit, `repository:tag`, as [`env_meta`] records it.
 fn head_image(config: &Config, pr: &PullRequest) -> String {
     let tag = config::render_tag(&config.tag_template, pr.number, &pr.head_sha, &pr.head_ref);
-    format!("{}:{tag}", config.image)
+    image_of(config, &tag)
+}
+
+/// `repository:tag` of the configured image. (Joined, not formatted: a plan of a listing makes
+/// one per PR.)
+fn image_of(config: &Config, tag: &str) -> String {
+    [config.image.as_str(), ":", tag].concat()
+}
+
+/// The preview URL of environment `env`.
+fn env_url(config: &Config, env: &EnvName) -> String {
+    ["https://", env.as_str(), ".", &config.domain].concat()
 }
 
 /// The images a run must ask the registry about before planning: those of PRs that should be
