@@ -133,7 +133,8 @@ impl BlobPack {
 /// sync. A temporary file left by a killed run is named `tmp_obj_*`, which `git prune` removes
 /// (builtin/prune.c `prune_tmp_file`).
 pub fn write_loose(objects: &Path, kind: &str, body: &[u8]) -> std::io::Result<[u8; 20]> {
-    let id = object_id(kind, body);
+    let header = object_header(kind, body.len());
+    let id = id_of(&header, body);
     let hex = hex::encode(id);
     let dir = objects.join(&hex[..2]);
     let path = dir.join(&hex[2..]);
@@ -141,7 +142,6 @@ pub fn write_loose(objects: &Path, kind: &str, body: &[u8]) -> std::io::Result<[
         return Ok(id);
     }
     std::fs::create_dir_all(&dir)?;
-    let header = format!("{kind} {}\0", body.len());
     let mut deflated = Vec::new();
     deflate(
         &mut Compress::new(Compression::fast(), true),
@@ -194,8 +194,17 @@ fn deflate(zlib: &mut Compress, parts: &[&[u8]], out: &mut Vec<u8>) -> std::io::
 
 /// git's id of an object: SHA-1 of `<kind> <len>\0` and the body.
 fn object_id(kind: &str, body: &[u8]) -> [u8; 20] {
+    id_of(&object_header(kind, body.len()), body)
+}
+
+/// What precedes an object's body in its id and in a loose object: `<kind> <len>\0`.
+fn object_header(kind: &str, len: usize) -> String {
+    format!("{kind} {len}\0")
+}
+
+fn id_of(header: &str, body: &[u8]) -> [u8; 20] {
     let mut hasher = Sha1::new();
-    hasher.update(format!("{kind} {}\0", body.len()).as_bytes());
+    hasher.update(header.as_bytes());
     hasher.update(body);
     hasher.finalize().into()
 }
