@@ -109,30 +109,30 @@ struct EnvRecord<'a> {
 
 impl<'a> EnvRecord<'a> {
     fn parse(record: &'a [u8]) -> Option<EnvRecord<'a>> {
-        let mut r = Reader { bytes: record, at: 0 };
-        if r.u8()? != ENV_RECORD {
+        let mut r = meta_codec::Reader::new(record);
+        if r.byte().ok()? != ENV_RECORD {
             return None;
         }
-        let tree = TreeId(r.array()?);
-        let len = r.u8()? as usize;
-        let name = std::str::from_utf8(r.take(len)?).ok()?;
-        let pr = u64::from_le_bytes(r.array()?);
-        let until = i64::from_le_bytes(r.array()?);
+        let tree = TreeId(r.array().ok()?);
+        let len = r.byte().ok()? as usize;
+        let name = std::str::from_utf8(r.take(len).ok()?).ok()?;
+        let pr = u64::from_le_bytes(r.array().ok()?);
+        let until = i64::from_le_bytes(r.array().ok()?);
         let preserve_until = match until {
             i64::MIN => None,
             secs => Some(DateTime::from_timestamp(secs, 0)?),
         };
-        let len = r.u8()? as usize;
-        let digest = std::str::from_utf8(r.take(len)?).ok()?;
-        let project = match r.u8()? as usize {
+        let len = r.byte().ok()? as usize;
+        let digest = std::str::from_utf8(r.take(len).ok()?).ok()?;
+        let project = match r.byte().ok()? as usize {
             0 => None,
-            len => Some(std::str::from_utf8(r.take(len - 1)?).ok()?),
+            len => Some(std::str::from_utf8(r.take(len - 1).ok()?).ok()?),
         };
-        let count = r.u8()? as usize;
+        let count = r.byte().ok()? as usize;
         let mut files = Vec::with_capacity(count);
         for _ in 0..count {
-            let name = *ENV_FILES.get(r.u8()? as usize)?;
-            files.push((name, BlobId(r.array()?)));
+            let name = *ENV_FILES.get(r.byte().ok()? as usize)?;
+            files.push((name, BlobId(r.array().ok()?)));
         }
         Some(EnvRecord {
             tree,
@@ -142,29 +142,8 @@ impl<'a> EnvRecord<'a> {
             digest,
             project,
             files,
-            meta_at: r.at,
+            meta_at: r.at(),
         })
-    }
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let out = self.bytes.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(out)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.take(N)?.try_into().ok()
     }
 }
 

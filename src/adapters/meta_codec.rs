@@ -99,7 +99,7 @@ pub fn encode(meta: &EnvMeta, out: &mut Vec<u8>) -> Option<()> {
 
 /// The metadata [`encode`] wrote into `bytes` (all of them), or what is wrong with them.
 pub fn decode(bytes: &[u8]) -> Result<EnvMeta, String> {
-    let mut r = Reader { bytes, at: 0 };
+    let mut r = Reader::new(bytes);
     let meta = EnvMeta {
         generator: r.text()?,
         schema: u32::from_le_bytes(r.array()?),
@@ -184,13 +184,23 @@ impl Writer<'_> {
     }
 }
 
-struct Reader<'a> {
+/// Reads fields off the front of a record (the memory's record envelope uses it too).
+pub(super) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+impl<'a> Reader<'a> {
+    pub(super) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, at: 0 }
+    }
+
+    /// How many bytes have been read.
+    pub(super) fn at(&self) -> usize {
+        self.at
+    }
+
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.at.checked_add(n).filter(|end| *end <= self.bytes.len());
         let Some(end) = end else {
             return Err(format!("remembered metadata is cut short at byte {}", self.at));
@@ -200,12 +210,12 @@ impl Reader<'_> {
         Ok(out)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let bytes = self.take(N)?;
         Ok(bytes.try_into().expect("take returned N bytes"))
     }
 
-    fn byte(&mut self) -> Result<u8, String> {
+    pub(super) fn byte(&mut self) -> Result<u8, String> {
         Ok(self.take(1)?[0])
     }
 
