@@ -299,6 +299,8 @@ impl RepoMemory {
             at = end;
         }
         self.rewrite = false;
+        // A read sees about as many trees as the file remembers: room for them all at once.
+        self.seen = RefCell::new(HashSet::with_capacity_and_hasher(envs.len(), ById::default()));
         self.envs = RefCell::new(envs);
     }
 

@@ -295,7 +295,7 @@ fn settle(
         // A title edit while queued commits nothing, as in the plan itself.
         if (EnvMeta {
             pr_updated_at: p.pr_updated_at,
-            ..meta.clone()
+            ..(**meta).clone()
         }) == *p
         {
             meta.pr_updated_at = p.pr_updated_at;

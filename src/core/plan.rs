@@ -69,9 +69,11 @@ pub struct Decision {
     pub env: String,
     pub action: Action,
     pub reason: String,
-    /// The environment as it should be after this run; `None` for prune and skip.
+    /// The environment as it should be after this run; `None` for prune and skip. Boxed: a plan
+    /// of 10,000 environments is sorted, and moving decisions of hundreds of bytes each cost more
+    /// than the rest of an incremental sync's plan.
     #[serde(skip)]
-    pub desired: Option<EnvMeta>,
+    pub desired: Option<Box<EnvMeta>>,
 }
 
 /// Every decision of one run, ordered by PR number.
@@ -86,7 +88,7 @@ pub struct Plan {
 impl Plan {
     /// The environments that should exist after this run.
     pub fn desired(&self) -> impl Iterator<Item = &EnvMeta> {
-        self.decisions.iter().filter_map(|d| d.desired.as_ref())
+        self.decisions.iter().filter_map(|d| d.desired.as_deref())
     }
 
     pub fn count(&self, action: Action) -> usize {
@@ -224,17 +226,10 @@ pub fn plan_knowing(
     plan
 }
 
-/// The decisions ordered by PR number, then environment name. The order is found on indexes and
-/// each decision moved once: a decision is hundreds of bytes, and a sort moving 10,000 of them
-/// back and forth cost more than the rest of an incremental sync's plan.
-fn in_order(decisions: Vec<Decision>) -> Vec<Decision> {
-    let mut order: Vec<usize> = (0..decisions.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&decisions[a], &decisions[b]);
-        a.pr.cmp(&b.pr).then_with(|| a.env.cmp(&b.env))
-    });
-    let mut slots: Vec<Option<Decision>> = decisions.into_iter().map(Some).collect();
-    order.into_iter().filter_map(|i| slots[i].take()).collect()
+/// The decisions ordered by PR number, then environment name.
+fn in_order(mut decisions: Vec<Decision>) -> Vec<Decision> {
+    decisions.sort_by(|a, b| a.pr.cmp(&b.pr).then_with(|| a.env.cmp(&b.env)));
+    decisions
 }
 
 fn decision(pr: u64, env: String, action: Action, reason: String, desired: Option<EnvMeta>) -> Decision {
@@ -243,7 +238,7 @@ fn decision(pr: u64, env: String, action: Action, reason: String, desired: Optio
         env,
         action,
         reason,
-        desired,
+        desired: desired.map(Box::new),
     }
 }
 
@@ -657,7 +652,7 @@ fn hold_for_image(d: Decision, view: &RepoView, images: &ImageFacts, now: DateTi
         // Nothing runs yet: the environment is for the new head, with the app held.
         let held = EnvMeta {
             waiting_for: Some(wait),
-            ..meta.clone()
+            ..(**meta).clone()
         };
         let same = prior == Some(&held);
         let (action, reason) = match (prior, same) {
@@ -685,7 +680,7 @@ fn hold_for_image(d: Decision, view: &RepoView, images: &ImageFacts, now: DateTi
         image: p.image.clone(),
         committed_at: p.committed_at,
         waiting_for: Some(wait),
-        ..meta.clone()
+        ..(**meta).clone()
     };
     // A title edit while waiting commits nothing, as in `decide`.
     if (EnvMeta {
@@ -906,7 +901,7 @@ pub(crate) mod tests {
         let cfg = config();
         let env = EnvName::new("shop", 12).unwrap();
         let first = plan(&cfg, &[pr(12)], &BTreeMap::new(), at(NOW));
-        let meta = first.decisions[0].desired.clone().unwrap();
+        let meta = first.decisions[0].desired.as_deref().cloned().unwrap();
         assert_eq!(meta.committed_at, Some(at(NOW)));
         // Later runs with the same head keep the time: the watcher's budget is per push.
         let later = at("2026-11-24T13:00:00Z");
@@ -930,7 +925,7 @@ pub(crate) mod tests {
         let mut opened = pr(12);
         opened.created_at = Some(at("2026-11-20T09:00:00Z"));
         let first = plan(&cfg, &[opened.clone()], &BTreeMap::new(), at(NOW));
-        let meta = first.decisions[0].desired.clone().unwrap();
+        let meta = first.decisions[0].desired.as_deref().cloned().unwrap();
         assert_eq!(meta.eligible_at, Some(at("2026-11-20T09:00:00Z")));
         // A push later keeps it: only the environment's opening counts from the PR event.
         let mut pushed = opened;
@@ -951,7 +946,7 @@ pub(crate) mod tests {
         let plan = plan(&cfg, &[], &existing, at(NOW));
         assert_eq!(plan.decisions.len(), 1);
         assert_eq!(plan.decisions[0].action, Action::Keep);
-        assert_eq!(plan.decisions[0].desired.as_ref(), Some(&meta));
+        assert_eq!(plan.decisions[0].desired.as_deref(), Some(&meta));
         assert!(plan.is_noop());
     }
 
@@ -1133,7 +1128,7 @@ pub(crate) mod tests {
             let d = &first.decisions[0];
             assert_eq!((d.action, d.env.as_str()), (action, env.as_str()), "{fact:?}: {d:?}");
             assert!(d.reason.contains(says), "{fact:?}: {}", d.reason);
-            let held = d.desired.clone().unwrap();
+            let held = d.desired.as_deref().cloned().unwrap();
             assert_eq!(
                 (held.head_sha.as_str(), held.image.as_str(), held.committed_at),
                 (running.head_sha.as_str(), running.image.as_str(), running.committed_at),
@@ -1189,7 +1184,7 @@ pub(crate) mod tests {
         let d = &created.decisions[0];
         assert_eq!(d.action, Action::Create);
         assert!(d.reason.contains("held at zero replicas"), "{}", d.reason);
-        let held = d.desired.clone().unwrap();
+        let held = d.desired.as_deref().cloned().unwrap();
         assert!(held.holds_app());
         // Still missing: kept. Pushed again meanwhile: the wait moves to the newer head.
         let kept = plan_images(
@@ -1206,7 +1201,7 @@ pub(crate) mod tests {
             &[(newer, ImageFact::Absent)],
             "2026-11-24T12:01:00Z",
         );
-        let m = moved.decisions[0].desired.clone().unwrap();
+        let m = moved.decisions[0].desired.as_deref().cloned().unwrap();
         assert!(m.holds_app() && m.image == newer, "{m:?}");
         // There: the app starts, and the head keeps its creation as its start.
         let released = plan_images(
@@ -1215,7 +1210,7 @@ pub(crate) mod tests {
             &[(image, ImageFact::Present)],
             "2026-11-24T12:09:00Z",
         );
-        let r = released.decisions[0].desired.clone().unwrap();
+        let r = released.decisions[0].desired.as_deref().cloned().unwrap();
         assert_eq!(released.decisions[0].action, Action::Update);
         assert!(!r.holds_app() && r.waiting_for.is_none());
         assert_eq!(r.committed_at, held.committed_at);
@@ -1254,7 +1249,8 @@ pub(crate) mod tests {
         let cfg = config();
         let running = plan(&cfg, &[pr(1)], &BTreeMap::new(), at(NOW)).decisions[0]
             .desired
-            .clone()
+            .as_deref()
+            .cloned()
             .unwrap();
         let moved = plan_images(&[pushed(1, '2', NOW)], &[running], &[], NOW);
         assert_eq!(moved.decisions[0].action, Action::Update);
