@@ -94,14 +94,16 @@ impl KnownEnv {
     }
 }
 
-/// An environment record, parsed without decoding its metadata.
+/// An environment record, parsed without decoding its metadata. Its texts are bytes until they are
+/// used: the name is only compared with the directory's, and the digest and the project are the
+/// same in most records (see [`RepoMemory::shared`]), so few are ever checked as UTF-8.
 struct EnvRecord<'a> {
     tree: TreeId,
-    name: &'a str,
+    name: &'a [u8],
     pr: u64,
     preserve_until: Option<DateTime<Utc>>,
-    digest: &'a str,
-    project: Option<&'a str>,
+    digest: &'a [u8],
+    project: Option<&'a [u8]>,
     files: Vec<(&'static str, BlobId)>,
     /// Where the metadata ([`meta_codec`]'s form) starts in the record.
     meta_at: usize,
@@ -115,7 +117,7 @@ impl<'a> EnvRecord<'a> {
         }
         let tree = TreeId(r.array().ok()?);
         let len = r.byte().ok()? as usize;
-        let name = std::str::from_utf8(r.take(len).ok()?).ok()?;
+        let name = r.take(len).ok()?;
         let pr = u64::from_le_bytes(r.array().ok()?);
         let until = i64::from_le_bytes(r.array().ok()?);
         let preserve_until = match until {
@@ -123,10 +125,10 @@ impl<'a> EnvRecord<'a> {
             secs => Some(DateTime::from_timestamp(secs, 0)?),
         };
         let len = r.byte().ok()? as usize;
-        let digest = std::str::from_utf8(r.take(len).ok()?).ok()?;
+        let digest = r.take(len).ok()?;
         let project = match r.byte().ok()? as usize {
             0 => None,
-            len => Some(std::str::from_utf8(r.take(len - 1).ok()?).ok()?),
+            len => Some(r.take(len - 1).ok()?),
         };
         let count = r.byte().ok()? as usize;
         let mut files = Vec::with_capacity(count);
@@ -309,7 +311,7 @@ impl RepoMemory {
         self.seen.borrow_mut().insert(tree);
         let envs = self.envs.borrow();
         let slice = envs.get(&tree)?;
-        let record = EnvRecord::parse(slice.bytes()).filter(|r| r.tree == tree && r.name == name)?;
+        let record = EnvRecord::parse(slice.bytes()).filter(|r| r.tree == tree && r.name == name.as_bytes())?;
         let source = Arc::new(Remembered {
             record: slice.clone(),
             meta_at: record.meta_at,
@@ -317,8 +319,11 @@ impl RepoMemory {
         Some(EnvEntry::remembered(
             record.pr,
             record.preserve_until,
-            self.shared(record.digest),
-            record.project.map(|p| self.shared(p)),
+            self.shared(record.digest)?,
+            match record.project {
+                Some(p) => Some(self.shared(p)?),
+                None => None,
+            },
             tree,
             record.files,
             source,
@@ -326,18 +331,19 @@ impl RepoMemory {
     }
 
     /// `text` as a shared string: the digest and the project are the same in most records, so
-    /// the last few given out are handed out again instead of allocated per environment.
-    fn shared(&self, text: &str) -> Arc<str> {
+    /// the last few given out are handed out again instead of allocated (and checked as UTF-8)
+    /// per environment. `None` when it is not UTF-8.
+    fn shared(&self, text: &[u8]) -> Option<Arc<str>> {
         let mut recent = self.recent.borrow_mut();
-        if let Some(found) = recent.iter().find(|s| ***s == *text) {
-            return found.clone();
+        if let Some(found) = recent.iter().find(|s| s.as_bytes() == text) {
+            return Some(found.clone());
         }
-        let made: Arc<str> = Arc::from(text);
+        let made: Arc<str> = Arc::from(std::str::from_utf8(text).ok()?);
         if recent.len() == 4 {
             recent.remove(0);
         }
         recent.push(made.clone());
-        made
+        Some(made)
     }
 
     pub fn remember_env(&self, tree: TreeId, known: KnownEnv) {

@@ -200,21 +200,26 @@ impl<'a> Reader<'a> {
         self.at
     }
 
+    // Inlined, with the error built out of line: a read of 10,000 remembered environments takes
+    // about 200,000 fields, and called they cost a tenth of reading the memory.
+    #[inline]
     pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.at.checked_add(n).filter(|end| *end <= self.bytes.len());
         let Some(end) = end else {
-            return Err(format!("remembered metadata is cut short at byte {}", self.at));
+            return Err(cut_short(self.at));
         };
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
 
+    #[inline]
     pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let bytes = self.take(N)?;
         Ok(bytes.try_into().expect("take returned N bytes"))
     }
 
+    #[inline]
     pub(super) fn byte(&mut self) -> Result<u8, String> {
         Ok(self.take(1)?[0])
     }
@@ -249,6 +254,11 @@ impl<'a> Reader<'a> {
             Ok(None)
         }
     }
+}
+
+#[cold]
+fn cut_short(at: usize) -> String {
+    format!("remembered metadata is cut short at byte {at}")
 }
 
 #[cfg(test)]
