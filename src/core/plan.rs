@@ -191,7 +191,8 @@ pub fn plan_knowing(
         let decision = if settled {
             decision(
                 entry.pr,
-                env.to_string(),
+                // Not `to_string`: through the formatter it cost as much as the rest of a decision.
+                env.as_str().to_owned(),
                 Action::Keep,
                 kept_unseen(entry.pr, evidence),
                 None,
@@ -297,7 +298,8 @@ fn missing(pr: u64, evidence: &Evidence) -> String {
     match evidence.unconfirmed.get(&pr) {
         Some(why) => format!("PR #{pr} cannot be confirmed ({why})"),
         None => {
-            let mut out = String::with_capacity(64);
+            // Room for what `kept_unseen` adds, so its reason is allocated once.
+            let mut out = String::with_capacity(96);
             out.push_str("PR #");
             out.push_str(itoa::Buffer::new().format(pr));
             out.push_str(" is not in the snapshot");
