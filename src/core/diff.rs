@@ -158,7 +158,32 @@ impl Inventory {
         // Files in project directories first: when an environment has a Kustomization in both
         // places, the one at the top is the one the cluster runs (see `layout::flux_legacy_file`).
         let (nested, top): (Vec<&Found>, Vec<&Found>) = files.iter().partition(|f| f.name.contains('/'));
-        for f in nested.into_iter().chain(top) {
+        // The environments' own Kustomizations in their projects' directories (nearly all of the
+        // files) are matched with the environments in one ordered walk of both, not by a lookup
+        // each: at 10,000 environments the lookups were most of reading the wiring.
+        let mut own: Vec<(&str, &Found)> = Vec::with_capacity(nested.len());
+        let mut others = Vec::new();
+        for f in nested {
+            match Place::in_flux(&f.name) {
+                Place::FluxWiring { env, legacy: false } if f.regular => own.push((env, f)),
+                _ => others.push(f),
+            }
+        }
+        own.sort_by(|a, b| a.0.cmp(b.0));
+        {
+            let mut envs = self.view.envs.entries_mut().peekable();
+            for (env, f) in own {
+                while envs.next_if(|(name, _)| name.as_str() < env).is_some() {}
+                match envs.next_if(|(name, _)| name.as_str() == env) {
+                    Some((_, entry)) => {
+                        entry.wiring = Some(f.id);
+                        entry.legacy_wiring = false;
+                    }
+                    None => rest.push((f, Place::FluxWiring { env, legacy: false })),
+                }
+            }
+        }
+        for f in others.into_iter().chain(top) {
             // Formatted only where it is kept: an environment's own Kustomization needs none.
             let path = || format!("{FLUX_DIR}/{}", f.name);
             let place = if f.regular {

@@ -247,6 +247,11 @@ impl Envs {
         self.0.iter()
     }
 
+    /// Every environment, in name order, to change.
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = (&EnvName, &mut EnvEntry)> {
+        self.0.iter_mut()
+    }
+
     /// Every environment with metadata that decodes (decoding all of them).
     pub fn iter(&self) -> impl Iterator<Item = (&EnvName, &EnvMeta)> {
         self.0.iter().filter_map(|(n, e)| Some((n, e.meta().ok()?)))
