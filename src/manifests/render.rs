@@ -589,11 +589,11 @@ fn render_flux_indexes(config: &Config, envs: &[&EnvMeta], around: &Around<'_>, 
         let pr = naming::split_env(env).map_or(env, |(_, n)| n).parse().ok();
         (pr.unwrap_or(u64::MAX), env)
     }
-    let resources = |mut listed: Vec<(u64, &str)>| {
-        listed.sort();
+    fn resources(mut listed: Vec<(u64, &str)>) -> Vec<&str> {
+        listed.sort_unstable();
         listed.dedup();
-        listed.iter().map(|(_, name)| [name, ".yaml"].concat()).collect()
-    };
+        listed.into_iter().map(|(_, name)| name).collect()
+    }
     let (legacy, nested): (Vec<&EnvMeta>, Vec<&EnvMeta>) =
         envs.iter().partition(|m| around.legacy.contains(m.env.as_str()));
     let own: Vec<(u64, &str)> = nested
@@ -602,7 +602,7 @@ fn render_flux_indexes(config: &Config, envs: &[&EnvMeta], around: &Around<'_>, 
         .chain(around.kept_own.iter().copied().map(by_pr))
         .collect();
     let project = &config.project_id;
-    tree.insert(flux_project_index(project), index_yaml(resources(own))?)?;
+    tree.insert(flux_project_index(project), index_yaml(&resources(own))?)?;
     let object = FluxKustomization::for_project(config);
     tree.insert(flux_project_file(project), yaml::to_string(&object)?)?;
     let mut projects: BTreeSet<&str> = around.flux_projects.iter().map(String::as_str).collect();
@@ -612,36 +612,32 @@ fn render_flux_indexes(config: &Config, envs: &[&EnvMeta], around: &Around<'_>, 
         .map(|m| (m.pr, m.env.as_str()))
         .chain(around.kept.iter().copied().map(by_pr))
         .collect();
-    let root = projects
-        .iter()
-        .map(|p| format!("{p}.yaml"))
-        .chain(resources(top))
-        .collect();
-    tree.insert(FLUX_INDEX, index_yaml(root)?)
+    let root: Vec<&str> = projects.iter().copied().chain(resources(top)).collect();
+    tree.insert(FLUX_INDEX, index_yaml(&root)?)
 }
 
-/// A wiring index listing `resources`: the YAML of its [`KustomizeFile`]. When every entry is a
-/// file name as prenv writes them (a DNS label and `.yaml`, which YAML takes as a plain string)
-/// the text is written directly, byte for byte what the serializer writes (a test holds the two
-/// together): an index of 10,000 entries through the serializer cost more than the rest of a
-/// sync's render. Anything else goes through the serializer.
-fn index_yaml(resources: Vec<String>) -> Result<String> {
-    let plain = |name: &str| {
-        name.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
-            && name.ends_with(".yaml")
-            && name
+/// A wiring index listing the files `<stem>.yaml` of `stems`: the YAML of its [`KustomizeFile`].
+/// When every stem is a name as prenv writes them (a DNS label, which with `.yaml` YAML takes as
+/// a plain string) the text is written directly, byte for byte what the serializer writes (a test
+/// holds the two together): an index of 10,000 entries through the serializer cost more than the
+/// rest of a sync's render, and one file name allocated per entry a tenth of it. Anything else
+/// goes through the serializer.
+fn index_yaml(stems: &[&str]) -> Result<String> {
+    let plain = |stem: &str| {
+        stem.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+            && stem
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
     };
-    if resources.is_empty() || !resources.iter().all(|r| plain(r)) {
+    if stems.is_empty() || !stems.iter().all(|s| plain(s)) {
         let index = KustomizeFile {
-            resources,
+            resources: stems.iter().map(|s| [s, ".yaml"].concat()).collect(),
             ..KustomizeFile::default()
         };
         return yaml::to_string(&index);
     }
     let defaults = KustomizeFile::default();
-    let mut out = String::with_capacity(80 + resources.iter().map(|r| r.len() + 3).sum::<usize>());
+    let mut out = String::with_capacity(80 + stems.iter().map(|s| s.len() + 8).sum::<usize>());
     for (key, value) in [("apiVersion", defaults.api_version), ("kind", defaults.kind)] {
         out.push_str(key);
         out.push_str(": ");
@@ -649,10 +645,10 @@ fn index_yaml(resources: Vec<String>) -> Result<String> {
         out.push('\n');
     }
     out.push_str("resources:\n");
-    for name in &resources {
+    for stem in stems {
         out.push_str("- ");
-        out.push_str(name);
-        out.push('\n');
+        out.push_str(stem);
+        out.push_str(".yaml\n");
     }
     Ok(out)
 }
@@ -685,33 +681,25 @@ mod tests {
 
     #[test]
     fn an_index_written_directly_is_what_the_serializer_writes() {
+        let by_serializer = |stems: &[&str]| {
+            yaml::to_string(&KustomizeFile {
+                resources: stems.iter().map(|s| format!("{s}.yaml")).collect(),
+                ..KustomizeFile::default()
+            })
+            .unwrap()
+        };
         let lists: &[&[&str]] = &[
-            &["shop-pr-1.yaml"],
-            &["blog.yaml", "shop.yaml", "shop-pr-7.yaml", "shop-pr-10.yaml"],
-            &["a.yaml", "x-1.2.yaml", "z0-pr-18446744073709551615.yaml"],
+            &["shop-pr-1"],
+            &["blog", "shop", "shop-pr-7", "shop-pr-10"],
+            &["a", "x-1.2", "z0-pr-18446744073709551615"],
         ];
         for list in lists {
-            let resources: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-            let by_serializer = yaml::to_string(&KustomizeFile {
-                resources: resources.clone(),
-                ..KustomizeFile::default()
-            })
-            .unwrap();
-            assert_eq!(index_yaml(resources).unwrap(), by_serializer, "{list:?}");
+            assert_eq!(index_yaml(list).unwrap(), by_serializer(list), "{list:?}");
         }
         // What is not a plain name goes through the serializer, quoted as it must be.
-        for odd in [
-            vec![],
-            vec!["1.yaml".to_string()],
-            vec!["a: b.yaml".to_string()],
-            vec!["true".to_string()],
-        ] {
-            let by_serializer = yaml::to_string(&KustomizeFile {
-                resources: odd.clone(),
-                ..KustomizeFile::default()
-            })
-            .unwrap();
-            assert_eq!(index_yaml(odd).unwrap(), by_serializer);
+        let odd: &[&[&str]] = &[&[], &["1"], &["a: b"], &["- x"], &["shop", "Shop"]];
+        for list in odd {
+            assert_eq!(index_yaml(list).unwrap(), by_serializer(list), "{list:?}");
         }
     }
 }
