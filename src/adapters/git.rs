@@ -236,7 +236,9 @@ impl EnvRepo {
         }
         if let Some(envs) = self.subtree_id(&root, ENVIRONMENTS_DIR, &mut inventory)? {
             let body = self.tree_body(envs)?;
-            for entry in self.entries_of(envs, &body)? {
+            let entries = self.entries_of(envs, &body)?;
+            inventory.expect_envs(entries.len());
+            for entry in entries {
                 let Ok(name) = std::str::from_utf8(entry.name) else {
                     continue;
                 };
