@@ -562,7 +562,8 @@ impl EnvRepo {
             let id = self.write_tree(sink, base_sub, sub)?;
             changes.push((*name, id.map(|id| (MODE_TREE, id))));
         }
-        let spliced = splice_tree(&entries, &mut changes);
+        let body = stored.as_ref().map_or(&[][..], |(_, body)| &body[..]);
+        let spliced = splice_tree(body, &entries, &mut changes);
         if spliced.is_empty() {
             return Ok(None);
         }
