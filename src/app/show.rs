@@ -27,10 +27,11 @@ pub fn plan_text(
     let mut text = String::with_capacity(plan.decisions.len() * 120);
     // Written by hand rather than with `writeln!` and padding: at 10,000 environments the plan's
     // text was a tenth of a sync of one PR. The columns are `{:<7} {:<24} #{:<7} {}`.
+    const SPACES: &str = "                        "; // the widest column
     let pad = |text: &mut String, s: &str, width: usize| {
         text.push_str(s);
         let used = if s.is_ascii() { s.len() } else { s.chars().count() };
-        text.extend(std::iter::repeat_n(' ', width.saturating_sub(used)));
+        text.push_str(&SPACES[..width.saturating_sub(used).min(SPACES.len())]);
     };
     let mut number = itoa::Buffer::new();
     for d in shown {
