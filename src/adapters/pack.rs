@@ -297,7 +297,8 @@ pub fn find_dir<'a>(entries: &[RawEntry<'a>], name: &str) -> Option<RawEntry<'a>
 /// A change to one entry of a tree: its name, and its new mode and id (`None`: removed).
 pub type Change<'a> = (&'a str, Option<(u32, [u8; 20])>);
 
-/// The body of the tree `base` (its entries, sorted) becomes with `changes` applied: a name with
+/// The body the tree `body` (whose entries, as [`raw_entries`] reads them, are `base`) becomes
+/// with `changes` applied: a name with
 /// a mode and id is added or replaces the entry of that name (of either kind), a name with `None`
 /// is removed. Every untouched entry is copied as it is, whatever its mode or name bytes, so a
 /// sync never changes what it did not mean to; the cost is one pass over `base`.
@@ -320,19 +321,18 @@ pub fn splice_tree(body: &[u8], base: &[RawEntry<'_>], changes: &mut [Change<'_>
     // 10,000 entries with one changed is two copies, not 50,000 small ones.
     let mut run = 0..0;
     for e in base {
-        let new_before = added
-            .peek()
-            .is_some_and(|&(name, mode, _)| git_order(name.as_bytes(), mode == MODE_TREE, e.name, e.is_tree()).is_lt());
-        if new_before || changed.contains(e.name) || run.end != e.start {
+        let before_e = |&(name, mode, _): &(&str, u32, [u8; 20])| {
+            git_order(name.as_bytes(), mode == MODE_TREE, e.name, e.is_tree()).is_lt()
+        };
+        let replaced = changed.contains(e.name);
+        if replaced || added.peek().is_some_and(before_e) {
             out.extend_from_slice(&body[run.clone()]);
+            while let Some(new) = added.next_if(before_e) {
+                put_new(&mut out, new);
+            }
             run = e.start..e.start;
         }
-        while let Some(&(name, mode, _)) = added.peek()
-            && git_order(name.as_bytes(), mode == MODE_TREE, e.name, e.is_tree()).is_lt()
-        {
-            put_new(&mut out, added.next().expect("peeked"));
-        }
-        if changed.contains(e.name) {
+        if replaced {
             run = e.end..e.end;
         } else {
             run.end = e.end;
