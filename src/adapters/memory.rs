@@ -34,7 +34,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::core::ports::{EnvEntry, MetaSource, Verifications};
-use crate::model::layout::{BlobId, ENV_FILES, TreeId};
+use crate::model::layout::{BlobId, ENV_FILES, EnvFiles, TreeId};
 use crate::model::meta::EnvMeta;
 
 use super::meta_codec;
@@ -104,7 +104,7 @@ struct EnvRecord<'a> {
     preserve_until: Option<DateTime<Utc>>,
     digest: &'a [u8],
     project: Option<&'a [u8]>,
-    files: Vec<(&'static str, BlobId)>,
+    files: EnvFiles,
     /// Where the metadata ([`meta_codec`]'s form) starts in the record.
     meta_at: usize,
 }
@@ -131,10 +131,10 @@ impl<'a> EnvRecord<'a> {
             len => Some(r.take(len - 1).ok()?),
         };
         let count = r.byte().ok()? as usize;
-        let mut files = Vec::with_capacity(count);
+        let mut files = EnvFiles::default();
         for _ in 0..count {
-            let name = *ENV_FILES.get(r.byte().ok()? as usize)?;
-            files.push((name, BlobId(r.array().ok()?)));
+            let index = r.byte().ok()? as usize;
+            files.set_at(index, BlobId(r.array().ok()?))?;
         }
         Some(EnvRecord {
             tree,
@@ -577,7 +577,7 @@ mod tests {
         let entry = back.env(TreeId([3; 20]), "shop-pr-7").unwrap();
         assert_eq!(entry.pr, 7);
         assert_eq!(entry.preserve_until, pinned.preserve_until);
-        assert_eq!(entry.files, files);
+        assert_eq!(entry.files.iter().collect::<Vec<_>>(), files);
         assert_eq!(entry.meta(), Ok(&pinned));
         assert_eq!(back.env(TreeId([1; 20]), "shop-pr-7").unwrap().meta(), Ok(&plain));
         assert!(

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::model::layout::{
-    ARGOCD_APPLICATIONSET, ARGOCD_DIR, ARGOCD_INDEX, BASE_DIR, BlobId, ENV_FILES, ENVIRONMENTS_DIR, FLUX_DIR,
+    ARGOCD_APPLICATIONSET, ARGOCD_DIR, ARGOCD_INDEX, BASE_DIR, BlobId, ENV_FILES, ENVIRONMENTS_DIR, EnvFiles, FLUX_DIR,
     FLUX_INDEX, KUSTOMIZATION_FILE, META_FILE, OVERLAYS_DIR, PROJECTS_DIR, Place, TreeId, argocd_project_of, env_dir,
     flux_project_index, meta_path, project_of_env,
 };
@@ -119,11 +119,11 @@ impl Inventory {
         };
         let dir = env_dir(name);
         let mut clean = true;
-        let mut owned = Vec::with_capacity(files.len());
+        let mut owned = EnvFiles::default();
         for f in files {
-            match ENV_FILES.iter().find(|n| **n == f.name) {
-                Some(name) if f.plain => owned.push((*name, f.id)),
-                _ => {
+            match f.plain.then(|| owned.set(&f.name, f.id)).flatten() {
+                Some(()) => {}
+                None => {
                     self.view.strays.insert(format!("{dir}/{}", f.name));
                     clean = false;
                 }

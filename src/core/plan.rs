@@ -969,7 +969,7 @@ pub(crate) mod tests {
             cfg.render_digest().into(),
             Some("shop".into()),
             TreeId([tree; 20]),
-            Vec::new(),
+            Default::default(),
             std::sync::Arc::new(Undecodable),
         );
         (env, entry)
@@ -1242,7 +1242,8 @@ pub(crate) mod tests {
             image: "ghcr.io/acme/shop:pr-1-1111111".into(),
             since: at(NOW),
         });
-        view.envs.insert(env1, EnvEntry::read(waiting, None, Vec::new()));
+        view.envs
+            .insert(env1, EnvEntry::read(waiting, None, Default::default()));
         assert!(images_to_check(&cfg, &[pr(1)], &view, at(NOW)).contains("ghcr.io/acme/shop:pr-1-1111111"));
     }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
-use crate::model::layout::{BlobId, Place, TreeId, env_dir, flux_file, flux_legacy_file};
+use crate::model::layout::{BlobId, EnvFiles, Place, TreeId, env_dir, flux_file, flux_legacy_file};
 use crate::model::meta::EnvMeta;
 use crate::model::naming::EnvName;
 use crate::model::pr::Snapshot;
@@ -96,8 +96,8 @@ pub struct EnvEntry {
     pub project: Option<Arc<str>>,
     /// The directory's tree id, where the store knows it.
     pub tree: Option<TreeId>,
-    /// prenv's files in the directory, by name (one of [`crate::model::layout::ENV_FILES`]).
-    pub files: Vec<(&'static str, BlobId)>,
+    /// prenv's files in the directory.
+    pub files: EnvFiles,
     /// Its Flux Kustomization, when there is one.
     pub wiring: Option<BlobId>,
     /// The Kustomization sits where environments were wired before projects had an index
@@ -108,7 +108,7 @@ pub struct EnvEntry {
 
 impl EnvEntry {
     /// An environment whose metadata was just read.
-    pub fn read(meta: EnvMeta, tree: Option<TreeId>, files: Vec<(&'static str, BlobId)>) -> EnvEntry {
+    pub fn read(meta: EnvMeta, tree: Option<TreeId>, files: EnvFiles) -> EnvEntry {
         EnvEntry {
             pr: meta.pr,
             preserve_until: meta.preserve_until,
@@ -131,7 +131,7 @@ impl EnvEntry {
         render_digest: Arc<str>,
         project: Option<Arc<str>>,
         tree: TreeId,
-        files: Vec<(&'static str, BlobId)>,
+        files: EnvFiles,
         source: Arc<dyn MetaSource>,
     ) -> EnvEntry {
         EnvEntry {
@@ -173,7 +173,7 @@ impl EnvEntry {
 
     /// The blob id of prenv's file `name` in the directory.
     pub fn file(&self, name: &str) -> Option<BlobId> {
-        self.files.iter().find(|(f, _)| *f == name).map(|(_, id)| *id)
+        self.files.get(name)
     }
 
     /// Where environment `env`'s Flux Kustomization is (when it has one).
@@ -309,7 +309,7 @@ impl FromIterator<(EnvName, EnvMeta)> for Envs {
         let mut envs = Envs::default();
         envs.extend(
             iter.into_iter()
-                .map(|(n, m)| (n, EnvEntry::read(m, None, Vec::new())))
+                .map(|(n, m)| (n, EnvEntry::read(m, None, EnvFiles::default())))
                 .collect(),
         );
         envs
@@ -382,13 +382,13 @@ impl RepoView {
         }
     }
 
-    /// Every file prenv owns with its blob id, the files of each environment `keep` accepts and
-    /// the rest of the wiring; in path order within each part.
+    /// Every file prenv owns with its blob id: the files of each environment `keep` accepts and
+    /// the rest of the wiring.
     pub fn owned_files(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, BlobId)> {
         let mut out: Vec<(String, BlobId)> = Vec::new();
         for (env, entry) in self.envs.entries().filter(|(env, _)| keep(env.as_str())) {
             let dir = env_dir(env.as_str());
-            out.extend(entry.files.iter().map(|(f, id)| (format!("{dir}/{f}"), *id)));
+            out.extend(entry.files.iter().map(|(f, id)| (format!("{dir}/{f}"), id)));
             if let Some(id) = entry.wiring {
                 out.push((entry.wiring_path(env.as_str()), id));
             }
@@ -691,7 +691,7 @@ mod tests {
         let name = EnvName::new(&cfg.project_id, n).unwrap();
         let mut meta = env_meta_for(&cfg, &pr(n), name.clone(), at("2026-11-01T00:00:00Z"));
         meta.head_ref = head_ref.into();
-        (name, EnvEntry::read(meta, None, Vec::new()))
+        (name, EnvEntry::read(meta, None, EnvFiles::default()))
     }
 
     fn names(envs: &Envs) -> Vec<&str> {

@@ -58,7 +58,7 @@ pub const MARIADB_SECRET_NAME: &str = "mariadb-credentials";
 
 /// Every file name prenv writes in an environment directory. In a directory carrying the mark these
 /// are prenv's; any other file there is someone else's, kept and reported, never written or deleted.
-pub const ENV_FILES: &[&str] = &[
+pub const ENV_FILES: [&str; 8] = [
     META_FILE,
     "kustomization.yaml",
     "namespace.yaml",
@@ -68,6 +68,53 @@ pub const ENV_FILES: &[&str] = &[
     "mariadb-credentials.sops.yaml",
     "mariadb-credentials.sealed.yaml",
 ];
+
+/// prenv's files in one environment directory: the blob id of each of [`ENV_FILES`] that is there.
+/// Held inline, not as a list: a view of 10,000 environments held 10,000 small lists, an
+/// allocation and a free each, and 2.8 MB of memory touched for the first time.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnvFiles([Option<BlobId>; ENV_FILES.len()]);
+
+impl EnvFiles {
+    /// Sets the id of the file at place `index` of [`ENV_FILES`]; `None` (nothing set) when there
+    /// is no such place.
+    pub fn set_at(&mut self, index: usize, id: BlobId) -> Option<()> {
+        *self.0.get_mut(index)? = Some(id);
+        Some(())
+    }
+
+    /// Sets the id of file `name`; `None` (nothing set) when `name` is not one of [`ENV_FILES`].
+    pub fn set(&mut self, name: &str, id: BlobId) -> Option<()> {
+        self.set_at(ENV_FILES.iter().position(|f| *f == name)?, id)
+    }
+
+    /// The id of file `name`, when it is there.
+    pub fn get(&self, name: &str) -> Option<BlobId> {
+        self.0[ENV_FILES.iter().position(|f| *f == name)?]
+    }
+
+    /// The files that are there with their ids, in the order of [`ENV_FILES`].
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, BlobId)> + '_ {
+        ENV_FILES
+            .iter()
+            .zip(&self.0)
+            .filter_map(|(name, id)| Some((*name, (*id)?)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+}
+
+impl std::fmt::Debug for EnvFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
 
 /// The directory of one environment.
 pub fn env_dir(env: &str) -> String {
@@ -307,6 +354,34 @@ impl std::fmt::Display for BlobId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_environments_files_are_named_by_prenvs_file_names_only() {
+        let mut files = EnvFiles::default();
+        assert!(files.is_empty());
+        assert_eq!(files.set("namespace.yaml", BlobId([2; 20])), Some(()));
+        assert_eq!(files.set(META_FILE, BlobId([1; 20])), Some(()));
+        assert_eq!(
+            files.set("namespace.yaml", BlobId([3; 20])),
+            Some(()),
+            "set again, replaced"
+        );
+        assert_eq!(files.set("notes.md", BlobId([4; 20])), None, "not prenv's");
+        assert_eq!(files.set_at(ENV_FILES.len(), BlobId([5; 20])), None, "no such place");
+        assert_eq!(files.get("namespace.yaml"), Some(BlobId([3; 20])));
+        assert_eq!(files.get("limitrange.yaml"), None);
+        assert_eq!(files.get("notes.md"), None);
+        assert_eq!(files.len(), 2);
+        assert_eq!(
+            files.iter().collect::<Vec<_>>(),
+            [(META_FILE, BlobId([1; 20])), ("namespace.yaml", BlobId([3; 20]))],
+            "in the order of ENV_FILES"
+        );
+        let mut same = EnvFiles::default();
+        same.set_at(2, BlobId([3; 20])).unwrap();
+        same.set_at(0, BlobId([1; 20])).unwrap();
+        assert_eq!(files, same, "equal whatever order they were set in");
+    }
 
     #[test]
     fn paths_are_parsed_back_to_what_they_are() {
