@@ -239,10 +239,10 @@ impl EnvRepo {
             let entries = self.entries_of(envs, &body)?;
             inventory.expect_envs(entries.len());
             for entry in entries {
-                let Ok(name) = std::str::from_utf8(entry.name) else {
+                let Ok(name) = std::str::from_utf8(entry.name()) else {
                     continue;
                 };
-                let kind = raw_kind(entry.mode);
+                let kind = raw_kind(entry.mode());
                 if kind != EntryKind::Dir {
                     inventory.env_entry(name, kind, None, None, &[]);
                     continue;
@@ -394,12 +394,12 @@ impl EnvRepo {
         while let Some((id, prefix)) = stack.pop() {
             let body = self.tree_body(id)?;
             for entry in self.entries_of(id, &body)? {
-                let Ok(name) = std::str::from_utf8(entry.name) else {
+                let Ok(name) = std::str::from_utf8(entry.name()) else {
                     continue;
                 };
                 let path = [prefix.as_str(), name].concat();
                 let id = entry.id_bytes();
-                match raw_kind(entry.mode) {
+                match raw_kind(entry.mode()) {
                     EntryKind::Dir => {
                         let sub = Oid::from_bytes(&id).map_err(|e| git_err("reading the tree of", &self.display, e))?;
                         stack.push((sub, [path.as_str(), "/"].concat()));
@@ -556,7 +556,7 @@ impl EnvRepo {
         changes.extend(dir.files.iter().map(|(name, id)| (*name, id.map(|id| (MODE_FILE, id)))));
         for (name, sub) in &dir.dirs {
             let base_sub = match find_dir(&entries, name) {
-                Some(e) => Some(Oid::from_bytes(e.id).map_err(err)?),
+                Some(e) => Some(Oid::from_bytes(&e.id_bytes()).map_err(err)?),
                 None => None,
             };
             let id = self.write_tree(sink, base_sub, sub)?;
