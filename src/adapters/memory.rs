@@ -268,8 +268,11 @@ impl RepoMemory {
         let Some(at) = header_len(&bytes) else { return };
         let buf = Arc::new(bytes);
         let mut at = at;
-        // About 800 bytes a record: room for them all at once, no rehash as the map fills.
-        let mut envs = HashMap::with_capacity_and_hasher(buf.len() / 700, ById::default());
+        // An environment record is 500 to 800 bytes, and most environments have a verification
+        // fact beside theirs: room for them all at once, no rehash as the sets fill (the
+        // verifications grew through a dozen rehashes at 10,000 environments).
+        let mut envs = HashMap::with_capacity_and_hasher(buf.len() / 600, ById::default());
+        self.verified.reserve(buf.len() / 600);
         while at < buf.len() {
             let Some((start, end)) = record_at(&buf, at) else {
                 tracing::debug!(offset = at, "memory record damaged; keeping what precedes it");
