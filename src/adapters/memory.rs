@@ -179,6 +179,13 @@ impl Slice {
     }
 }
 
+/// An environment record the memory holds, and whether the last read saw its tree: marked in
+/// place, not kept in a set of its own, so remembering what a read saw costs no second lookup.
+struct Known {
+    record: Slice,
+    seen: Cell<bool>,
+}
+
 /// Remembered metadata, decoded when a run asks for it.
 struct Remembered {
     record: Slice,
@@ -227,7 +234,7 @@ impl std::hash::Hasher for IdHasher {
 pub struct RepoMemory {
     /// Where it is kept; `None`: nothing is loaded or saved.
     path: Option<PathBuf>,
-    envs: RefCell<HashMap<TreeId, Slice, ById>>,
+    envs: RefCell<HashMap<TreeId, Known, ById>>,
     verified: HashSet<(TreeId, Option<BlobId>), ById>,
     /// Records in the file as read (damaged ones and what follows them excluded).
     records: usize,
@@ -236,8 +243,9 @@ pub struct RepoMemory {
     /// Records learned since the load, to append.
     pending: RefCell<Vec<Slice>>,
     pending_verified: Vec<(TreeId, Option<BlobId>)>,
-    /// Trees the last read saw: only facts about them are kept when the file is rewritten.
-    seen: RefCell<HashSet<TreeId, ById>>,
+    /// Trees the last read saw that have no record here (the rest are marked in theirs): only
+    /// facts about trees the read saw are kept when the file is rewritten.
+    seen_unknown: RefCell<HashSet<TreeId, ById>>,
     changed: Cell<bool>,
     /// The strings [`RepoMemory::shared`] gave out last.
     recent: RefCell<Vec<Arc<str>>>,
@@ -284,12 +292,16 @@ impl RepoMemory {
             match record.first() {
                 Some(&ENV_RECORD) if record.len() > 21 => {
                     let tree = TreeId(record[1..21].try_into().expect("20 bytes"));
+                    let record = Slice {
+                        buf: buf.clone(),
+                        start,
+                        end,
+                    };
                     envs.insert(
                         tree,
-                        Slice {
-                            buf: buf.clone(),
-                            start,
-                            end,
+                        Known {
+                            record,
+                            seen: Cell::new(false),
                         },
                     );
                 }
@@ -304,16 +316,18 @@ impl RepoMemory {
             at = end;
         }
         self.rewrite = false;
-        // A read sees about as many trees as the file remembers: room for them all at once.
-        self.seen = RefCell::new(HashSet::with_capacity_and_hasher(envs.len(), ById::default()));
         self.envs = RefCell::new(envs);
     }
 
     /// What a read of directory `tree` named `name` gives, when an earlier read recorded it.
     pub fn env(&self, tree: TreeId, name: &str) -> Option<EnvEntry> {
-        self.seen.borrow_mut().insert(tree);
         let envs = self.envs.borrow();
-        let slice = envs.get(&tree)?;
+        let Some(known) = envs.get(&tree) else {
+            self.seen_unknown.borrow_mut().insert(tree);
+            return None;
+        };
+        known.seen.set(true);
+        let slice = &known.record;
         let record = EnvRecord::parse(slice.bytes()).filter(|r| r.tree == tree && r.name == name.as_bytes())?;
         let source = Arc::new(Remembered {
             record: slice.clone(),
@@ -358,8 +372,11 @@ impl RepoMemory {
             start: 0,
             end,
         };
-        self.seen.borrow_mut().insert(tree);
-        self.envs.borrow_mut().insert(tree, slice.clone());
+        let known = Known {
+            record: slice.clone(),
+            seen: Cell::new(true),
+        };
+        self.envs.borrow_mut().insert(tree, known);
         self.pending.borrow_mut().push(slice);
         self.changed.set(true);
     }
@@ -369,23 +386,23 @@ impl RepoMemory {
         let Some(path) = self.path.clone().filter(|_| self.changed.get()) else {
             return;
         };
-        let seen = self.seen.get_mut();
-        let live = self.envs.get_mut().keys().filter(|t| seen.contains(*t)).count()
-            + self.verified.iter().filter(|(t, _)| seen.contains(t)).count();
+        let envs = self.envs.get_mut();
+        let unknown = self.seen_unknown.get_mut();
+        let seen = |tree: &TreeId| envs.get(tree).map_or_else(|| unknown.contains(tree), |k| k.seen.get());
+        let live =
+            envs.values().filter(|k| k.seen.get()).count() + self.verified.iter().filter(|(t, _)| seen(t)).count();
         let pending = self.pending.get_mut();
         let whole = self.rewrite || self.records + pending.len() + self.pending_verified.len() > GROWTH * live + SLACK;
         let result = if whole {
-            let mut records: Vec<&[u8]> = self
-                .envs
-                .get_mut()
-                .iter()
-                .filter(|(t, _)| seen.contains(*t))
-                .map(|(_, s)| s.bytes())
+            let mut records: Vec<&[u8]> = envs
+                .values()
+                .filter(|k| k.seen.get())
+                .map(|k| k.record.bytes())
                 .collect();
             let verified: Vec<Vec<u8>> = self
                 .verified
                 .iter()
-                .filter(|(t, _)| seen.contains(t))
+                .filter(|(t, _)| seen(t))
                 .map(|(t, w)| verified_record(*t, *w))
                 .collect();
             records.extend(verified.iter().map(Vec::as_slice));
@@ -420,7 +437,12 @@ impl Verifications for RepoMemory {
 
     fn learn(&mut self, verified: &[(TreeId, Option<BlobId>)]) {
         for fact in verified {
-            self.seen.get_mut().insert(fact.0);
+            match self.envs.get_mut().get(&fact.0) {
+                Some(known) => known.seen.set(true),
+                None => {
+                    self.seen_unknown.get_mut().insert(fact.0);
+                }
+            }
             if self.verified.insert(*fact) {
                 self.pending_verified.push(*fact);
                 self.changed.set(true);
@@ -588,6 +610,37 @@ mod tests {
             "a record names its directory"
         );
         assert!(back.knows(TreeId([1; 20]), None) && !back.knows(TreeId([3; 20]), None));
+    }
+
+    #[test]
+    fn a_rewrite_keeps_only_the_facts_about_trees_the_last_read_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = meta(r#","preserve_until":null"#);
+        let file = [("prenv.json", BlobId([2; 20]))];
+        let mut memory = memory_at(dir.path());
+        for i in 0..100u8 {
+            memory.remember_env(TreeId([i; 20]), KnownEnv::new(&m, file).unwrap());
+        }
+        let facts: Vec<_> = (0..100u8).map(|i| (TreeId([i; 20]), None)).collect();
+        memory.learn(&facts);
+        memory.save();
+
+        // A read that sees two of the remembered trees and one the memory never knew.
+        let mut back = memory_at(dir.path());
+        assert_eq!(back.records, 200);
+        assert!(back.env(TreeId([5; 20]), "shop-pr-7").is_some());
+        assert!(back.env(TreeId([6; 20]), "shop-pr-7").is_some());
+        assert!(back.env(TreeId([200; 20]), "shop-pr-7").is_none());
+        back.learn(&[(TreeId([200; 20]), None)]);
+        // 201 records against 5 live ones: the file is rewritten with only those.
+        back.save();
+
+        let again = memory_at(dir.path());
+        assert_eq!(again.records, 5);
+        assert!(again.env(TreeId([5; 20]), "shop-pr-7").is_some());
+        assert!(again.env(TreeId([7; 20]), "shop-pr-7").is_none());
+        assert!(again.knows(TreeId([6; 20]), None) && again.knows(TreeId([200; 20]), None));
+        assert!(!again.knows(TreeId([7; 20]), None));
     }
 
     #[test]
