@@ -281,7 +281,7 @@ fn settle(
             } else {
                 Action::Create
             };
-            d.reason = format!("room in the cluster: leaves the queue it joined at {}", rfc3339(since));
+            d.reason = format!("room in the cluster: leaves the queue it joined at {}", rfc3339(since)).into();
             return;
         }
         Place::Queued { position, of, full } => (position, of, full),
@@ -317,7 +317,7 @@ fn settle(
     (d.action, d.reason) = if unchanged {
         (
             Action::Keep,
-            format!("{} since {}: {why}", words(position, of), rfc3339(since)),
+            format!("{} since {}: {why}", words(position, of), rfc3339(since)).into(),
         )
     } else {
         (
@@ -325,7 +325,8 @@ fn settle(
             format!(
                 "{}: {why}; nothing runs until room frees, then it is created",
                 words(position, of)
-            ),
+            )
+            .into(),
         )
     };
 }

@@ -391,7 +391,7 @@ fn explain_rerendered(plan: &mut Plan, changes: &Changes, current: &RepoView) {
             .as_ref()
             .is_some_and(|m| current.envs.get(m.env.as_str()) == Some(m));
         d.reason = if drifted {
-            format!("drift repaired: {}", files.join(", "))
+            format!("drift repaired: {}", files.join(", ")).into()
         } else {
             "rendered files changed (new prenv.toml settings or templates)".into()
         };
