@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::core::diff::{EntryKind, Found, Inventory, is_flux_index, template_dir};
-use crate::core::ports::{PrSource, RepoView};
+use crate::core::ports::{FluxIndex, PrSource, RepoView};
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::layout::{
@@ -116,7 +116,7 @@ pub fn read_rendered(dir: &Path) -> Result<RepoView> {
         let mut indexes = Vec::new();
         for f in files.iter().filter(|f| f.regular && is_flux_index(&f.name)) {
             let bytes = read_file(&dir.join(FLUX_DIR).join(&f.name))?;
-            indexes.push((f.name.clone(), std::sync::Arc::from(bytes)));
+            indexes.push((f.name.clone(), FluxIndex::new(bytes)));
         }
         inventory.flux_wiring(indexes, &files);
     }

@@ -13,7 +13,7 @@ use super::pack::{
     BlobPack, Change as TreeChange, MODE_FILE, MODE_TREE, RawEntry, find_dir, raw_entries, splice_tree, write_loose,
 };
 use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, is_flux_index, template_dir};
-use crate::core::ports::{Change, EnvStore, Published, RepoView, Revision, Verifications};
+use crate::core::ports::{Change, EnvStore, FluxIndex, Published, RepoView, Revision, Verifications};
 use crate::error::{Error, Result, Sdk};
 use crate::model::config::Git as GitConfig;
 use crate::model::layout::{
@@ -266,7 +266,7 @@ impl EnvRepo {
             for f in files.iter().filter(|f| f.regular && is_flux_index(&f.name)) {
                 let id = Oid::from_bytes(&f.id.0).map_err(err)?;
                 let blob = self.repo.find_blob(id).map_err(err)?;
-                indexes.push((f.name.clone(), std::sync::Arc::from(blob.content())));
+                indexes.push((f.name.clone(), FluxIndex::stored(f.id, blob.content())));
             }
             inventory.flux_wiring(indexes, &files);
         }

@@ -3,7 +3,6 @@
 //! ownership mark, and the engine wiring directories, are ever compared, written or removed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use crate::model::layout::{
     ARGOCD_APPLICATIONSET, ARGOCD_DIR, ARGOCD_INDEX, BASE_DIR, BlobId, ENV_FILES, ENVIRONMENTS_DIR, EnvFiles, FLUX_DIR,
@@ -153,12 +152,10 @@ impl Inventory {
     /// before projects had one) at the top, when its environment is prenv's or the index beside it
     /// lists it (its directory may have been removed by hand). Anything else is a stray. An index
     /// is parsed only when a file beside it is none of these: in the common case none is.
-    pub fn flux_wiring(&mut self, indexes: Vec<(String, Arc<[u8]>)>, files: &[Found]) {
+    pub fn flux_wiring(&mut self, indexes: Vec<(String, FluxIndex)>, files: &[Found]) {
         self.add_known();
-        for (name, bytes) in indexes {
-            self.view
-                .flux_indexes
-                .insert(format!("{FLUX_DIR}/{name}"), FluxIndex::new(bytes));
+        for (name, index) in indexes {
+            self.view.flux_indexes.insert(format!("{FLUX_DIR}/{name}"), index);
         }
         let mut rest = Vec::new();
         // Files in project directories first: when an environment has a Kustomization in both
@@ -412,7 +409,7 @@ pub fn view_of(current: &Tree, tip: Option<Revision>) -> RepoView {
             }
         } else if let Some(file) = path.strip_prefix(&format!("{FLUX_DIR}/")) {
             if is_flux_index(file) {
-                indexes.push((file.to_string(), Arc::from(bytes)));
+                indexes.push((file.to_string(), FluxIndex::new(bytes.to_vec())));
             }
             flux.push(found(file));
         } else if let Some(file) = path.strip_prefix(&format!("{ARGOCD_DIR}/")) {
