@@ -135,7 +135,12 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
             desired.insert(path, credentials.mariadb_credentials(meta, inputs.now)?)?;
         }
     }
-    let mut changes = diff::changes_of(&compared, &desired);
+    // An index's stored bytes are its current blob's only when the view's id is that blob's.
+    let stored = |path: &str| {
+        let index = current.flux_indexes.get(path)?;
+        (compared.get(path) == Some(&index.id)).then(|| index.bytes())
+    };
+    let mut changes = diff::changes_of(&compared, &desired, stored);
     let held = hold_wiring(config, current, &mut changes);
     // The defaults are added where the repository has none, unless this project builds only on its own.
     let own_base = current.templates.contains(&layout::project_base(&config.project_id));

@@ -440,6 +440,11 @@ impl FluxIndex {
         }
     }
 
+    /// Its bytes as the repository holds them.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// What it lists, parsed on first use.
     pub fn read(&self) -> &IndexRead {
         self.read.get_or_init(|| crate::core::diff::read_index(&self.bytes))
