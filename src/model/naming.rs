@@ -54,15 +54,17 @@ pub fn split_env(env: &str) -> Option<(&str, &str)> {
 /// the number written as Rust writes it). Two projects never share a name: a project id is a DNS
 /// label, so the part after the last `-pr-` that parses decides, and only one prefix matches.
 pub fn pr_of(project_id: &str, env: &str) -> Option<u64> {
-    let number = env.strip_prefix(project_id)?.strip_prefix(ENV_INFIX)?;
-    // As Rust writes it: digits only, no leading zero (but `0` itself), no sign. Checked on the
-    // bytes, not by writing the number back: every sync asks this of every environment.
-    let canonical =
-        !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) && (number == "0" || !number.starts_with('0'));
-    if !canonical {
+    let number = env.strip_prefix(project_id)?.strip_prefix(ENV_INFIX)?.as_bytes();
+    // As Rust writes it: digits only, no leading zero (but `0` itself), no sign. Checked and read
+    // in one pass over the bytes, not by writing the number back: every sync asks this of every
+    // environment, some twice.
+    if number.is_empty() || (number[0] == b'0' && number.len() > 1) {
         return None;
     }
-    number.parse().ok()
+    number.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 impl TryFrom<String> for EnvName {
@@ -106,9 +108,11 @@ pub fn dns_label_problem(s: &str) -> Option<String> {
             s.len()
         ));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    // The bytes first (the common case, asked of every environment a read lists); the characters
+    // only to name the one that is not allowed.
+    if !s.bytes().all(|b| allowed(char::from(b)))
+        && let Some(c) = s.chars().find(|c| !allowed(*c))
     {
         return Some(format!(
             "contains {c:?}; only lowercase letters, digits and '-' are allowed"
