@@ -399,6 +399,10 @@ impl RepoMemory {
                 .filter(|k| k.seen.get())
                 .map(|k| k.record.bytes())
                 .collect();
+            // In the order a read asks for them (a tree lists its directories by name), not the
+            // map's: a read then walks the file from start to end instead of jumping about in it,
+            // and at 10,000 environments the jumps (a cache miss each) were a tenth of a sync.
+            records.sort_unstable_by(|a, b| record_name(a).cmp(record_name(b)));
             let verified: Vec<Vec<u8>> = self
                 .verified
                 .iter()
@@ -472,6 +476,13 @@ fn header() -> Vec<u8> {
 fn header_len(bytes: &[u8]) -> Option<usize> {
     let header = header();
     bytes.starts_with(&header).then_some(header.len())
+}
+
+/// The directory name an environment record is about, where [`KnownEnv::new`] puts it (empty for
+/// a record too short to hold one).
+fn record_name(record: &[u8]) -> &[u8] {
+    let len = record.get(21).map_or(0, |&n| n as usize);
+    record.get(22..22 + len).unwrap_or_default()
 }
 
 /// The record at `at`: its start and end, when it is whole and matches its checksum.
@@ -641,6 +652,30 @@ mod tests {
         assert!(again.env(TreeId([7; 20]), "shop-pr-7").is_none());
         assert!(again.knows(TreeId([6; 20]), None) && again.knows(TreeId([200; 20]), None));
         assert!(!again.knows(TreeId([7; 20]), None));
+    }
+
+    #[test]
+    fn a_file_written_whole_holds_its_environments_in_the_order_a_read_asks_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = [("prenv.json", BlobId([2; 20]))];
+        let mut memory = memory_at(dir.path());
+        for n in (1..=50u8).rev() {
+            let mut m = meta(r#","preserve_until":null"#);
+            m.env = crate::model::naming::EnvName::new("shop", u64::from(n)).unwrap();
+            memory.remember_env(TreeId([n; 20]), KnownEnv::new(&m, file).unwrap());
+        }
+        // No file yet: the first save writes it whole.
+        memory.save();
+        let bytes = std::fs::read(memory.path.clone().unwrap()).unwrap();
+        let mut at = header_len(&bytes).unwrap();
+        let mut names = Vec::new();
+        while let Some((start, end)) = record_at(&bytes, at) {
+            names.push(String::from_utf8(record_name(&bytes[start..end]).to_vec()).unwrap());
+            at = end;
+        }
+        assert_eq!(names.len(), 50);
+        assert_eq!(names[..3], ["shop-pr-1", "shop-pr-10", "shop-pr-11"]);
+        assert!(names.is_sorted(), "{names:?}");
     }
 
     #[test]
