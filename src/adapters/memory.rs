@@ -478,11 +478,9 @@ fn header_len(bytes: &[u8]) -> Option<usize> {
     bytes.starts_with(&header).then_some(header.len())
 }
 
-/// The directory name an environment record is about, where [`KnownEnv::new`] puts it (empty for
-/// a record too short to hold one).
+/// The directory name an environment record is about (empty for one that does not parse).
 fn record_name(record: &[u8]) -> &[u8] {
-    let len = record.get(21).map_or(0, |&n| n as usize);
-    record.get(22..22 + len).unwrap_or_default()
+    EnvRecord::parse(record).map_or(&[], |r| r.name)
 }
 
 /// The record at `at`: its start and end, when it is whole and matches its checksum.

@@ -241,15 +241,15 @@ impl Envs {
         }
         if !self.0.is_sorted_by(|a, b| a.0 < b.0) {
             self.0.sort_by(|a, b| a.0.cmp(&b.0));
-            // Of equal names the stable sort keeps the order they came in; the last one stays.
-            let mut kept: Vec<(EnvName, EnvEntry)> = Vec::with_capacity(self.0.len());
-            for item in self.0.drain(..) {
-                match kept.last_mut() {
-                    Some(last) if last.0 == item.0 => *last = item,
-                    _ => kept.push(item),
+            // Of equal names the stable sort keeps the order they came in; the last one stays
+            // (`dedup_by` keeps the first of a run, so each later one is swapped into its place).
+            self.0.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    std::mem::swap(later, kept);
                 }
-            }
-            self.0 = kept;
+                same
+            });
         }
     }
 
