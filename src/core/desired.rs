@@ -70,7 +70,7 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         inputs.evidence,
         inputs.verified,
     );
-    let own_envs = current.envs_of(&config.project_id).count();
+    let own_envs = current.env_count_of(&config.project_id);
     breaker::check_mass_prune(&plan, own_envs, &config.sync, inputs.allow_mass_prune)?;
     let untouched: HashSet<&str> = untouched(config, &plan, current);
     // An environment whose metadata is unchanged and whose content is known to be as rendered
@@ -516,6 +516,41 @@ mod tests {
         let bytes = tree.get(from).unwrap().to_vec();
         tree.retain(|p| p != from);
         tree.insert(to, bytes).unwrap();
+    }
+
+    #[test]
+    fn the_breaker_counts_an_environment_whose_directory_is_gone_among_those_that_exist() {
+        let mut tree = Tree::new();
+        let open: Vec<PullRequest> = (1..=6).map(pr).collect();
+        sync(&config(), &open, &mut tree);
+        // Someone deletes PR #1's directory; its wiring stays listed.
+        tree.retain(|p| !p.starts_with("environments/shop-pr-1/"));
+        let view = view_of(&tree, None);
+        assert_eq!(view.env_count_of("shop"), 6);
+        // Every PR closes: six prunes (one of them only the wiring) of six environments, which a
+        // breaker allowing all of them passes, and one allowing half refuses as six of six.
+        let closed: Vec<PullRequest> = (1..=6).map(|n| closed(pr(n), "2026-11-24T11:00:00Z", &[])).collect();
+        let run = |share: f64| {
+            let mut cfg = config();
+            cfg.sync.max_prune_share = share;
+            let evidence = Evidence::default();
+            let inputs = Inputs {
+                config: &cfg,
+                prs: &closed,
+                evidence: &evidence,
+                now: at(NOW),
+                allow_mass_prune: false,
+                verified: &NoMemory,
+            };
+            desired(&inputs, &view, &mut NoCredentials)
+        };
+        let all = run(1.0).unwrap();
+        assert_eq!(all.plan.count(plan::Action::Prune), 6);
+        assert!(all.changes.removed.contains("flux/environments/shop/shop-pr-1.yaml"));
+        match run(0.5) {
+            Err(Error::MassPrune { prunes, existing, .. }) => assert_eq!((prunes, existing), (6, 6)),
+            other => panic!("expected the breaker to trip, got {other:?}"),
+        }
     }
 
     #[test]

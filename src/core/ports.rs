@@ -353,6 +353,22 @@ impl RepoView {
             .filter(move |(name, e)| e.belongs_to(name.as_str(), project_id))
     }
 
+    /// How many environments project `project_id` has that a prune could remove: those with a
+    /// directory and those whose directory is gone but whose wiring is listed (a closed PR's
+    /// wiring goes by a prune decision too). The circuit breaker's denominator: counting only
+    /// directories, a run that prunes every environment plus one wired-only one would weigh more
+    /// than all that exists.
+    pub fn env_count_of(&self, project_id: &str) -> usize {
+        let wired_only = self
+            .wired_only
+            .iter()
+            .filter(|env| {
+                crate::model::naming::pr_of(project_id, env.as_str()).is_some() && !self.envs.contains_key(env.as_str())
+            })
+            .count();
+        self.envs_of(project_id).count() + wired_only
+    }
+
     /// The environments with a Kustomization prenv owns at the top of the wiring (`legacy`,
     /// [`flux_legacy_file`]) or in their project's directory ([`flux_file`]): those whose path
     /// [`RepoView::owned_id`] knows, found in one pass over the entries and the (few) other owned
