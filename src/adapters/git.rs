@@ -10,7 +10,7 @@ use std::sync::Arc;
 use git2::{ErrorCode, ObjectType, Oid, Repository, Signature};
 
 use super::pack::{
-    BlobPack, Change as TreeChange, MODE_FILE, MODE_TREE, RawEntry, find_dir, raw_entries, splice_tree, write_loose,
+    BlobPack, Change as TreeChange, LooseWriter, MODE_FILE, MODE_TREE, RawEntry, find_dir, raw_entries, splice_tree,
 };
 use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, is_flux_index, template_dir};
 use crate::core::ports::{Change, EnvStore, FluxIndex, Published, RepoView, Revision, Verifications};
@@ -513,7 +513,7 @@ impl EnvRepo {
                 BlobPack::new(&dir).map_err(|e| Error::io("writing a pack to", &dir, e))?,
             ))
         } else {
-            Sink::Loose(self.repo.path().join("objects"))
+            Sink::Loose(LooseWriter::new(&self.repo.path().join("objects")))
         };
         let mut root = Dir::default();
         for (path, bytes) in upserts.iter() {
@@ -725,8 +725,8 @@ impl<'a> Dir<'a> {
 
 /// Where a commit's new objects go: loose into the object database, or into one pack.
 enum Sink {
-    /// Loose objects, into this object directory.
-    Loose(PathBuf),
+    /// Loose objects, into an object directory.
+    Loose(LooseWriter),
     /// Boxed: the pack carries its compressor's state.
     Pack(Box<BlobPack>),
 }
@@ -740,7 +740,8 @@ impl Sink {
                     ObjectType::Tree => "tree",
                     _ => "commit",
                 };
-                write_loose(objects, kind, body)
+                objects
+                    .write(kind, body)
                     // The object directory is on the repository's disk: a full disk fails like a git write.
                     .map_err(|e| git2::Error::from_str(&format!("writing an object: {e}")))
             }
