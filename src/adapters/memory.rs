@@ -179,11 +179,15 @@ impl Slice {
     }
 }
 
-/// An environment record the memory holds, and whether the last read saw its tree: marked in
-/// place, not kept in a set of its own, so remembering what a read saw costs no second lookup.
+/// An environment record the memory holds, whether the last read saw its tree (marked in place,
+/// not kept in a set of its own, so remembering what a read saw costs no second lookup), and the
+/// wiring its directory was verified with, when it was: the one verification most directories
+/// have is kept here and handed out with the environment (see [`EnvEntry::verified`]), so a plan
+/// asks no set about it; a second one (its wiring changed) goes to the set.
 struct Known {
     record: Slice,
     seen: Cell<bool>,
+    wiring: Option<Option<BlobId>>,
 }
 
 /// Remembered metadata, decoded when a run asks for it.
@@ -235,6 +239,7 @@ pub struct RepoMemory {
     /// Where it is kept; `None`: nothing is loaded or saved.
     path: Option<PathBuf>,
     envs: RefCell<HashMap<TreeId, Known, ById>>,
+    /// Verifications not kept with their environment's record (see [`Known`]).
     verified: HashSet<(TreeId, Option<BlobId>), ById>,
     /// Records in the file as read (damaged ones and what follows them excluded).
     records: usize,
@@ -276,11 +281,10 @@ impl RepoMemory {
         let Some(at) = header_len(&bytes) else { return };
         let buf = Arc::new(bytes);
         let mut at = at;
-        // An environment record is 500 to 800 bytes, and most environments have a verification
-        // fact beside theirs: room for them all at once, no rehash as the sets fill (the
-        // verifications grew through a dozen rehashes at 10,000 environments).
-        let mut envs = HashMap::with_capacity_and_hasher(buf.len() / 600, ById::default());
-        self.verified.reserve(buf.len() / 600);
+        // An environment record is 500 to 800 bytes: room for them all at once, no rehash as the
+        // map fills.
+        let mut envs: HashMap<TreeId, Known, ById> =
+            HashMap::with_capacity_and_hasher(buf.len() / 600, ById::default());
         while at < buf.len() {
             let Some((start, end)) = record_at(&buf, at) else {
                 tracing::debug!(offset = at, "memory record damaged; keeping what precedes it");
@@ -302,13 +306,21 @@ impl RepoMemory {
                         Known {
                             record,
                             seen: Cell::new(false),
+                            wiring: None,
                         },
                     );
                 }
                 Some(&VERIFIED_RECORD) if record.len() == 42 => {
                     let tree = TreeId(record[1..21].try_into().expect("20 bytes"));
                     let wiring = (record[21] == 1).then(|| BlobId(record[22..42].try_into().expect("20 bytes")));
-                    self.verified.insert((tree, wiring));
+                    // Written right after its environment's record, whose slot was just filled.
+                    match envs.get_mut(&tree) {
+                        Some(known) if known.wiring.is_none() => known.wiring = Some(wiring),
+                        Some(known) if known.wiring == Some(wiring) => {}
+                        _ => {
+                            self.verified.insert((tree, wiring));
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -333,7 +345,8 @@ impl RepoMemory {
             record: slice.clone(),
             meta_at: record.meta_at,
         });
-        Some(EnvEntry::remembered(
+        let verified = known.wiring.map(|wiring| (tree, wiring));
+        let mut entry = EnvEntry::remembered(
             record.pr,
             record.preserve_until,
             self.shared(record.digest)?,
@@ -344,7 +357,9 @@ impl RepoMemory {
             tree,
             record.files,
             source,
-        ))
+        );
+        entry.verified = verified;
+        Some(entry)
     }
 
     /// `text` as a shared string: the digest and the project are the same in most records, so
@@ -372,11 +387,16 @@ impl RepoMemory {
             start: 0,
             end,
         };
+        let mut envs = self.envs.borrow_mut();
+        // The same tree remembered again keeps the verification it had.
+        let wiring = envs.get(&tree).and_then(|k| k.wiring);
         let known = Known {
             record: slice.clone(),
             seen: Cell::new(true),
+            wiring,
         };
-        self.envs.borrow_mut().insert(tree, known);
+        envs.insert(tree, known);
+        drop(envs);
         self.pending.borrow_mut().push(slice);
         self.changed.set(true);
     }
@@ -389,35 +409,47 @@ impl RepoMemory {
         let envs = self.envs.get_mut();
         let unknown = self.seen_unknown.get_mut();
         let seen = |tree: &TreeId| envs.get(tree).map_or_else(|| unknown.contains(tree), |k| k.seen.get());
-        let live =
-            envs.values().filter(|k| k.seen.get()).count() + self.verified.iter().filter(|(t, _)| seen(t)).count();
+        let inline = envs.values().filter(|k| k.seen.get() && k.wiring.is_some()).count();
+        let live = envs.values().filter(|k| k.seen.get()).count()
+            + inline
+            + self.verified.iter().filter(|(t, _)| seen(t)).count();
         let pending = self.pending.get_mut();
         let whole = self.rewrite || self.records + pending.len() + self.pending_verified.len() > GROWTH * live + SLACK;
         let result = if whole {
-            let mut records: Vec<&[u8]> = envs
-                .values()
-                .filter(|k| k.seen.get())
-                .map(|k| k.record.bytes())
-                .collect();
+            // Each verification right after its environment's record, where a read of the file
+            // finds that record's slot still at hand.
+            let mut facts: HashMap<TreeId, Vec<[u8; 42]>, ById> = HashMap::default();
+            for (tree, wiring) in self.verified.iter().filter(|(t, _)| seen(t)) {
+                facts.entry(*tree).or_default().push(verified_record(*tree, *wiring));
+            }
+            for (tree, known) in envs.iter().filter(|(_, k)| k.seen.get()) {
+                if let Some(wiring) = known.wiring {
+                    facts.entry(*tree).or_default().push(verified_record(*tree, wiring));
+                }
+            }
+            let mut known: Vec<(&TreeId, &Known)> = envs.iter().filter(|(_, k)| k.seen.get()).collect();
             // In the order a read asks for them (a tree lists its directories by name), not the
             // map's: a read then walks the file from start to end instead of jumping about in it,
             // and at 10,000 environments the jumps (a cache miss each) were a tenth of a sync.
-            records.sort_unstable_by(|a, b| record_name(a).cmp(record_name(b)));
-            let verified: Vec<Vec<u8>> = self
-                .verified
-                .iter()
-                .filter(|(t, _)| seen(t))
-                .map(|(t, w)| verified_record(*t, *w))
-                .collect();
-            records.extend(verified.iter().map(Vec::as_slice));
+            known.sort_unstable_by(|a, b| record_name(a.1.record.bytes()).cmp(record_name(b.1.record.bytes())));
+            let mut records: Vec<&[u8]> = Vec::with_capacity(known.len() + live);
+            for (tree, k) in &known {
+                records.push(k.record.bytes());
+                records.extend(facts.get(*tree).into_iter().flatten().map(|r| &r[..]));
+            }
+            for (tree, list) in &facts {
+                if !envs.get(tree).is_some_and(|k| k.seen.get()) {
+                    records.extend(list.iter().map(|r| &r[..]));
+                }
+            }
             rewrite(&path, &records)
         } else {
             let verified = self.pending_verified.iter().map(|(t, w)| verified_record(*t, *w));
-            let verified: Vec<Vec<u8>> = verified.collect();
+            let verified: Vec<[u8; 42]> = verified.collect();
             let records: Vec<&[u8]> = pending
                 .iter()
                 .map(Slice::bytes)
-                .chain(verified.iter().map(Vec::as_slice))
+                .chain(verified.iter().map(|r| &r[..]))
                 .collect();
             append(&path, &records)
         };
@@ -436,31 +468,44 @@ impl RepoMemory {
 
 impl Verifications for RepoMemory {
     fn knows(&self, tree: TreeId, wiring: Option<BlobId>) -> bool {
-        self.verified.contains(&(tree, wiring))
+        self.envs.borrow().get(&tree).is_some_and(|k| k.wiring == Some(wiring))
+            || self.verified.contains(&(tree, wiring))
     }
 
     fn learn(&mut self, verified: &[(TreeId, Option<BlobId>)]) {
-        for fact in verified {
-            match self.envs.get_mut().get(&fact.0) {
-                Some(known) => known.seen.set(true),
+        for &(tree, wiring) in verified {
+            let known = self.knows(tree, wiring);
+            match self.envs.get_mut().get_mut(&tree) {
+                Some(k) => {
+                    k.seen.set(true);
+                    if known {
+                        continue;
+                    }
+                    if k.wiring.is_none() {
+                        k.wiring = Some(wiring);
+                    } else {
+                        self.verified.insert((tree, wiring));
+                    }
+                }
                 None => {
-                    self.seen_unknown.get_mut().insert(fact.0);
+                    self.seen_unknown.get_mut().insert(tree);
+                    if known || !self.verified.insert((tree, wiring)) {
+                        continue;
+                    }
                 }
             }
-            if self.verified.insert(*fact) {
-                self.pending_verified.push(*fact);
-                self.changed.set(true);
-            }
+            self.pending_verified.push((tree, wiring));
+            self.changed.set(true);
         }
     }
 }
 
-fn verified_record(tree: TreeId, wiring: Option<BlobId>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(42);
-    out.push(VERIFIED_RECORD);
-    out.extend_from_slice(&tree.0);
-    out.push(u8::from(wiring.is_some()));
-    out.extend_from_slice(&wiring.map_or([0; 20], |w| w.0));
+fn verified_record(tree: TreeId, wiring: Option<BlobId>) -> [u8; 42] {
+    let mut out = [0; 42];
+    out[0] = VERIFIED_RECORD;
+    out[1..21].copy_from_slice(&tree.0);
+    out[21] = u8::from(wiring.is_some());
+    out[22..].copy_from_slice(&wiring.map_or([0; 20], |w| w.0));
     out
 }
 
@@ -662,18 +707,45 @@ mod tests {
             m.env = crate::model::naming::EnvName::new("shop", u64::from(n)).unwrap();
             memory.remember_env(TreeId([n; 20]), KnownEnv::new(&m, file).unwrap());
         }
+        // Every directory verified, and PR #3's with a second wiring too (its wiring changed).
+        let facts: Vec<_> = (1..=50u8).map(|n| (TreeId([n; 20]), Some(BlobId([n; 20])))).collect();
+        memory.learn(&facts);
+        memory.learn(&[(TreeId([3; 20]), None)]);
         // No file yet: the first save writes it whole.
         memory.save();
         let bytes = std::fs::read(memory.path.clone().unwrap()).unwrap();
         let mut at = header_len(&bytes).unwrap();
-        let mut names = Vec::new();
+        let (mut names, mut kinds) = (Vec::new(), Vec::new());
         while let Some((start, end)) = record_at(&bytes, at) {
-            names.push(String::from_utf8(record_name(&bytes[start..end]).to_vec()).unwrap());
+            let record = &bytes[start..end];
+            kinds.push((record[0], record[1]));
+            if record[0] == ENV_RECORD {
+                names.push(String::from_utf8(record_name(record).to_vec()).unwrap());
+            }
             at = end;
         }
         assert_eq!(names.len(), 50);
         assert_eq!(names[..3], ["shop-pr-1", "shop-pr-10", "shop-pr-11"]);
         assert!(names.is_sorted(), "{names:?}");
+        // Each verification right after the record of the directory it is about.
+        assert_eq!(kinds.len(), 101);
+        for pair in kinds.chunks(2).take(22) {
+            assert_eq!(pair[1], (VERIFIED_RECORD, pair[0].1), "{kinds:?}");
+        }
+        let three = kinds.iter().position(|k| *k == (ENV_RECORD, 3)).unwrap();
+        assert_eq!(kinds[three + 1..three + 3], [(VERIFIED_RECORD, 3); 2]);
+
+        // Read back: a directory's verification comes with it, and both of PR #3's are known.
+        let back = memory_at(dir.path());
+        let mut entry = back.env(TreeId([7; 20]), "shop-pr-7").unwrap();
+        assert_eq!(entry.verified, Some((TreeId([7; 20]), Some(BlobId([7; 20])))));
+        assert!(back.knows(TreeId([3; 20]), Some(BlobId([3; 20]))) && back.knows(TreeId([3; 20]), None));
+        assert!(!back.knows(TreeId([3; 20]), Some(BlobId([4; 20]))));
+        // Its wiring is found later in the read, beside the directory.
+        entry.wiring = Some(BlobId([7; 20]));
+        let mut rewired = entry.clone();
+        rewired.wiring = Some(BlobId([8; 20]));
+        assert!(back.knows_entry(&entry) && !back.knows_entry(&rewired));
     }
 
     #[test]

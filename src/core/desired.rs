@@ -82,7 +82,7 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
             current
                 .envs
                 .entry(m.env.as_str())
-                .is_some_and(|e| e.tree.is_some_and(|tree| inputs.verified.knows(tree, e.wiring)))
+                .is_some_and(|e| inputs.verified.knows_entry(e))
         })
         .map(|m| m.env.as_str())
         .collect();

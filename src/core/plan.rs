@@ -191,7 +191,7 @@ pub fn plan_knowing(
     own.sort_unstable_by(|a, b| a.1.pr.cmp(&b.1.pr).then_with(|| a.0.cmp(b.0)));
     for (env, entry) in own {
         let settled = *entry.render_digest == *digest
-            && entry.tree.is_some_and(|tree| verified.knows(tree, entry.wiring))
+            && verified.knows_entry(entry)
             && entry.preserve_until.is_none_or(|until| now < until)
             && !evidence.closed_by_operator.contains(&entry.pr)
             && (!limited || entry.meta().is_ok_and(|m| !m.is_queued()));

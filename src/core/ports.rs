@@ -98,6 +98,10 @@ pub struct EnvEntry {
     pub tree: Option<TreeId>,
     /// prenv's files in the directory.
     pub files: EnvFiles,
+    /// A verification the store's memory holds for this directory (its tree id and a wiring blob
+    /// id), handed out with the entry so that [`Verifications::knows_entry`] needs no second
+    /// lookup; not part of what the environment is (ignored by `==`).
+    pub verified: Option<(TreeId, Option<BlobId>)>,
     /// Its Flux Kustomization, when there is one.
     pub wiring: Option<BlobId>,
     /// The Kustomization sits where environments were wired before projects had an index
@@ -116,6 +120,7 @@ impl EnvEntry {
             project: meta.project.as_deref().map(Arc::from),
             tree,
             files,
+            verified: None,
             wiring: None,
             legacy_wiring: false,
             meta: Meta::Read(Box::new(meta)),
@@ -141,6 +146,7 @@ impl EnvEntry {
             project,
             tree: Some(tree),
             files,
+            verified: None,
             wiring: None,
             legacy_wiring: false,
             meta: Meta::Remembered {
@@ -493,6 +499,14 @@ impl Eq for FluxIndex {}
 pub trait Verifications {
     fn knows(&self, tree: TreeId, wiring: Option<BlobId>) -> bool;
     fn learn(&mut self, verified: &[(TreeId, Option<BlobId>)]);
+
+    /// Whether environment `entry`'s directory and wiring are known to be as rendered: the
+    /// verification it was handed out with, when that is about its tree and wiring, or
+    /// [`Verifications::knows`].
+    fn knows_entry(&self, entry: &EnvEntry) -> bool {
+        let Some(tree) = entry.tree else { return false };
+        entry.verified == Some((tree, entry.wiring)) || self.knows(tree, entry.wiring)
+    }
 }
 
 /// No memory: every environment is rendered and compared.
