@@ -10,7 +10,8 @@ use std::sync::Arc;
 use git2::{ErrorCode, ObjectType, Oid, Repository, Signature};
 
 use super::pack::{
-    BlobPack, Change as TreeChange, LooseWriter, MODE_FILE, MODE_TREE, RawEntry, find_dir, raw_entries, splice_tree,
+    BlobPack, Change as TreeChange, LooseWriter, MODE_FILE, MODE_TREE, RawEntry, find_dir, raw_entries,
+    read_stored_tree, splice_tree,
 };
 use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, is_flux_index, template_dir};
 use crate::core::ports::{Change, EnvStore, FluxIndex, Published, RepoView, Revision, Verifications};
@@ -115,7 +116,7 @@ pub struct EnvRepo {
     /// environment (`environments/`, `flux/environments/<project>/`) are read by the listing
     /// and again as the base a commit splices, and at 10,000 environments inflating each twice
     /// was a fifth of a sync of one PR. Cleared at every read, so it holds one tip's trees.
-    big_trees: RefCell<HashMap<Oid, Arc<[u8]>>>,
+    big_trees: RefCell<HashMap<Oid, Arc<Vec<u8>>>>,
 }
 
 /// A tree body at least this large is kept in [`EnvRepo::big_trees`] once read.
@@ -417,9 +418,14 @@ impl EnvRepo {
     }
 
     /// The body of tree `id` as stored; a large one is read once per tip (see `big_trees`).
-    fn tree_body(&self, id: Oid) -> Result<Arc<[u8]>> {
+    fn tree_body(&self, id: Oid) -> Result<Arc<Vec<u8>>> {
         if let Some(body) = self.big_trees.borrow().get(&id) {
             return Ok(body.clone());
+        }
+        if let Some(body) = read_stored_tree(&self.repo.path().join("objects"), &oid_bytes(id), BIG_TREE) {
+            let body = Arc::new(body);
+            self.big_trees.borrow_mut().insert(id, body.clone());
+            return Ok(body);
         }
         let err = |e| git_err("reading the tree of", &self.display, e);
         let odb = self.repo.odb().map_err(err)?;
@@ -435,7 +441,7 @@ impl EnvRepo {
                 what,
             )));
         }
-        let body: Arc<[u8]> = Arc::from(object.data());
+        let body = Arc::new(object.data().to_vec());
         if body.len() >= BIG_TREE {
             self.big_trees.borrow_mut().insert(id, body.clone());
         }
@@ -573,7 +579,7 @@ impl EnvRepo {
         // What it holds is known: reading it back (to remember what was written) costs nothing.
         if spliced.len() >= BIG_TREE {
             let id = Oid::from_bytes(&id).map_err(err)?;
-            self.big_trees.borrow_mut().insert(id, Arc::from(spliced));
+            self.big_trees.borrow_mut().insert(id, Arc::new(spliced));
         }
         Ok(Some(id))
     }
