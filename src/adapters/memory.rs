@@ -301,14 +301,15 @@ impl RepoMemory {
                         start,
                         end,
                     };
-                    envs.insert(
-                        tree,
-                        Known {
+                    // A tree recorded again (learned twice, appended twice) keeps the verification
+                    // read with its earlier record.
+                    envs.entry(tree)
+                        .and_modify(|known| known.record = record.clone())
+                        .or_insert_with(|| Known {
                             record,
                             seen: Cell::new(false),
                             wiring: None,
-                        },
-                    );
+                        });
                 }
                 Some(&VERIFIED_RECORD) if record.len() == 42 => {
                     let tree = TreeId(record[1..21].try_into().expect("20 bytes"));
@@ -735,8 +736,17 @@ mod tests {
         let three = kinds.iter().position(|k| *k == (ENV_RECORD, 3)).unwrap();
         assert_eq!(kinds[three + 1..three + 3], [(VERIFIED_RECORD, 3); 2]);
 
+        // PR #7's directory recorded once more after its verification (a second run learned it
+        // too and appended it): the verification still holds.
+        let mut m = meta(r#","preserve_until":null"#);
+        m.env = crate::model::naming::EnvName::new("shop", 7).unwrap();
+        let mut again = KnownEnv::new(&m, file).unwrap().0;
+        again[1..21].copy_from_slice(&[7; 20]);
+        append(&memory.path.clone().unwrap(), &[&again]).unwrap();
+
         // Read back: a directory's verification comes with it, and both of PR #3's are known.
         let back = memory_at(dir.path());
+        assert_eq!(back.records, 102);
         let mut entry = back.env(TreeId([7; 20]), "shop-pr-7").unwrap();
         assert_eq!(entry.verified, Some((TreeId([7; 20]), Some(BlobId([7; 20])))));
         assert!(back.knows(TreeId([3; 20]), Some(BlobId([3; 20]))) && back.knows(TreeId([3; 20]), None));
