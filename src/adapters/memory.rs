@@ -433,7 +433,7 @@ impl RepoMemory {
             // map's: a read then walks the file from start to end instead of jumping about in it,
             // and at 10,000 environments the jumps (a cache miss each) were a tenth of a sync.
             known.sort_unstable_by(|a, b| record_name(a.1.record.bytes()).cmp(record_name(b.1.record.bytes())));
-            let mut records: Vec<&[u8]> = Vec::with_capacity(known.len() + live);
+            let mut records: Vec<&[u8]> = Vec::with_capacity(live);
             for (tree, k) in &known {
                 records.push(k.record.bytes());
                 records.extend(facts.get(*tree).into_iter().flatten().map(|r| &r[..]));

@@ -168,13 +168,12 @@ impl LooseWriter {
     pub fn write(&mut self, kind: &str, body: &[u8]) -> std::io::Result<[u8; 20]> {
         let header = object_header(kind, body.len());
         let id = id_of(&header, body);
-        let hex = hex::encode(id);
-        let dir = self.objects.join(&hex[..2]);
-        let path = dir.join(&hex[2..]);
+        let path = loose_path(&self.objects, &id);
         if path.exists() {
             return Ok(id);
         }
-        std::fs::create_dir_all(&dir)?;
+        let dir = path.parent().expect("a loose object's path has its directory");
+        std::fs::create_dir_all(dir)?;
         let parts = [header.as_bytes(), body];
         if kind == "tree" && body.len() >= STORED_TREE {
             stored(&parts, &mut self.out);
@@ -184,7 +183,7 @@ impl LooseWriter {
                 .get_or_insert_with(|| Compress::new(Compression::fast(), true));
             deflate(zlib, &parts, &mut self.out)?;
         }
-        let mut file = tempfile::Builder::new().prefix("tmp_obj_").tempfile_in(&dir)?;
+        let mut file = tempfile::Builder::new().prefix("tmp_obj_").tempfile_in(dir)?;
         file.write_all(&self.out)?;
         let mut permissions = file.as_file().metadata()?.permissions();
         permissions.set_readonly(true);
@@ -204,9 +203,9 @@ impl LooseWriter {
 pub fn read_stored_tree(objects: &Path, id: &[u8; 20], min_len: usize) -> Option<Vec<u8>> {
     /// `tree <decimal length>\0` fits in this many bytes.
     const HEAD: usize = 32;
-    let hex = hex::encode(id);
-    let mut file = File::open(objects.join(&hex[..2]).join(&hex[2..])).ok()?;
-    if file.metadata().ok()?.len() < min_len as u64 {
+    let mut file = File::open(loose_path(objects, id)).ok()?;
+    let file_len = file.metadata().ok()?.len();
+    if file_len < min_len as u64 {
         return None;
     }
     let mut zlib = [0u8; 2];
@@ -239,6 +238,11 @@ pub fn read_stored_tree(objects: &Path, id: &[u8; 20], min_len: usize) -> Option
                 .ok()?
                 .parse()
                 .ok()?;
+            // Stored, the body is in the file byte for byte: a larger size is a damaged header,
+            // not a reason to allocate it.
+            if size as u64 > file_len {
+                return None;
+            }
             header.extend_from_slice(&head[..=nul]);
             body = vec![0; size];
             let rest = &head[nul + 1..n];
@@ -256,6 +260,12 @@ pub fn read_stored_tree(objects: &Path, id: &[u8; 20], min_len: usize) -> Option
     file.read_exact(&mut trailer).ok()?;
     let whole = filled == body.len() && file.read(&mut [0u8; 1]).ok()? == 0;
     (whole && u32::from_be_bytes(trailer) == adler32(&[&header, &body])).then_some(body)
+}
+
+/// Where object `id` is kept loose below `objects`: `<2 hex>/<38 hex>`, as git keeps it.
+fn loose_path(objects: &Path, id: &[u8; 20]) -> std::path::PathBuf {
+    let hex = hex::encode(id);
+    objects.join(&hex[..2]).join(&hex[2..])
 }
 
 /// `parts`, one after the other, as a zlib stream of stored (uncompressed) deflate blocks in `out`
@@ -811,7 +821,17 @@ mod tests {
         let good = std::fs::read(&path).unwrap();
         let mut flipped = good.clone();
         flipped[good.len() / 2] ^= 1;
-        for bad in [flipped, good[..good.len() - 1].to_vec(), [&good[..], b"x"].concat()] {
+        // A header claiming more bytes than the file holds (here 10^15) is refused before any
+        // allocation.
+        let mut huge = good.clone();
+        let at = huge.windows(5).position(|w| w == b"tree ").unwrap() + 5;
+        huge.splice(at..at, b"999999999".iter().copied());
+        for bad in [
+            flipped,
+            good[..good.len() - 1].to_vec(),
+            [&good[..], b"x"].concat(),
+            huge,
+        ] {
             let mut permissions = std::fs::metadata(&path).unwrap().permissions();
             #[allow(clippy::permissions_set_readonly_false, reason = "a test damaging its own file")]
             permissions.set_readonly(false);
