@@ -1,7 +1,7 @@
 //! The commands as the command line runs them: each turns its arguments into a call of the library
 //! and prints what came back. Printing is here; deciding is in the library.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use anyhow::Context;
@@ -143,7 +143,13 @@ fn source<'a>(config: &'a Config, args: &SnapshotArgs) -> Box<dyn PrSource + 'a>
 
 /// The snapshot for the environments in `view`, with a warning for every PR it could not confirm.
 fn snapshot(config: &Config, args: &SnapshotArgs, view: &RepoView) -> anyhow::Result<Snapshot> {
-    let snapshot = source(config, args).snapshot(&view.prs_with_envs(&config.project_id))?;
+    snapshot_for(config, args, &view.prs_with_envs(&config.project_id))
+}
+
+/// The snapshot, asking about the PRs `with_envs` (those with an environment), with a warning for
+/// every PR it could not confirm.
+fn snapshot_for(config: &Config, args: &SnapshotArgs, with_envs: &BTreeSet<u64>) -> anyhow::Result<Snapshot> {
+    let snapshot = source(config, args).snapshot(with_envs)?;
     warn_unconfirmed(&snapshot.unconfirmed);
     Ok(snapshot)
 }
@@ -216,8 +222,25 @@ struct Run {
     now: DateTime<Utc>,
 }
 
-fn start(config: &Config, args: &SyncArgs) -> anyhow::Result<Run> {
+/// `partial`: the run may read only the environments of the PRs a snapshot file names (see
+/// [`sync::read_for`]); `sync` may, `plan` shows every decision.
+fn start(config: &Config, args: &SyncArgs, partial: bool) -> anyhow::Result<Run> {
     let mut repo = open_repo(config, &args.repo)?;
+    // A snapshot file is read without asking which PRs have an environment (a listing asks).
+    if partial && args.snapshot.prs.is_some() {
+        let snapshot = snapshot_for(config, &args.snapshot, &BTreeSet::new())?;
+        let opts = sync_options(config, &args.view, &snapshot)?;
+        let now = now(&args.snapshot);
+        let view = sync::read_for(&mut repo, config, &snapshot.prs, now, &opts)?;
+        return Ok(Run {
+            opts,
+            material: fs::load_material(config)?,
+            now,
+            repo,
+            view,
+            snapshot,
+        });
+    }
     let view = repo.read()?;
     let snapshot = snapshot(config, &args.snapshot, &view)?;
     Ok(Run {
@@ -238,7 +261,7 @@ pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
         opts,
         mut material,
         now,
-    } = start(config, &args.run)?;
+    } = start(config, &args.run, false)?;
     let desired = sync::prepare(
         &view,
         repo.verifications(),
@@ -297,7 +320,7 @@ pub fn sync(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
         opts,
         mut material,
         now,
-    } = start(config, args)?;
+    } = start(config, args, true)?;
     let done = sync::sync(&mut repo, view, config, &snapshot.prs, now, &opts, &mut material)?;
     let mut out = std::io::stdout().lock();
     match args.view.output {

@@ -7,19 +7,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use git2::{ErrorCode, ObjectType, Oid, Repository, Signature};
 
 use super::pack::{
-    BlobPack, Change as TreeChange, LooseWriter, MODE_FILE, MODE_TREE, RawEntry, find_dir, raw_entries,
+    BlobPack, Change as TreeChange, LooseWriter, MODE_FILE, MODE_TREE, RawEntry, find_dir, find_file, raw_entries,
     read_stored_tree, splice_tree,
 };
 use crate::core::diff::{EntryKind, Found, Inventory, env_files_after, is_flux_index, template_dir};
-use crate::core::ports::{Change, EnvStore, FluxIndex, Published, RepoView, Revision, Verifications};
+use crate::core::ports::{Change, EnvStore, FluxIndex, Published, RepoView, Revision, Settled, Verifications};
 use crate::error::{Error, Result, Sdk};
 use crate::model::config::Git as GitConfig;
 use crate::model::layout::{
     ARGOCD_DIR, BASE_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, OVERLAYS_DIR, PROJECTS_DIR, Place, TreeId,
-    meta_path,
+    flux_project_dir, meta_path,
 };
 use crate::model::meta::owned_meta;
 use crate::model::naming::EnvName;
@@ -239,24 +240,8 @@ impl EnvRepo {
             let body = self.tree_body(envs)?;
             let entries = self.entries_of(envs, &body)?;
             inventory.expect_envs(entries.len());
-            for entry in entries {
-                let Ok(name) = std::str::from_utf8(entry.name()) else {
-                    continue;
-                };
-                let kind = raw_kind(entry.mode());
-                if kind != EntryKind::Dir {
-                    inventory.env_entry(name, kind, None, None, &[]);
-                    continue;
-                }
-                let tree = TreeId(entry.id_bytes());
-                // A directory read before (same tree id: same bytes) is not opened again.
-                if let Some(entry) = self.memory.env(tree, name)
-                    && let Ok(name) = EnvName::try_from(name.to_string())
-                {
-                    inventory.env_known(name, entry);
-                    continue;
-                }
-                self.read_env(&mut inventory, name, Oid::from_bytes(&tree.0).map_err(err)?)?;
+            for entry in &entries {
+                self.read_env_entry(&mut inventory, entry)?;
             }
         }
         if let Some(flux) = self.subtree(&root, FLUX_DIR, &mut inventory)? {
@@ -280,6 +265,90 @@ impl EnvRepo {
         }
         self.read_templates(&root, &mut inventory)?;
         Ok(inventory.finish())
+    }
+
+    /// Reads the tree at `tip`, whose root tree `root` an earlier run recorded as `settled`, for
+    /// the environments `names` names only: their directories and their Kustomizations, the
+    /// top-level entries and the templates. Nothing every environment shares is read (a partial
+    /// view leaves it as it is), and no listing of thousands of entries becomes strings: the
+    /// two large trees are searched for the names.
+    fn read_partial(
+        &self,
+        tip: Oid,
+        root: &git2::Tree<'_>,
+        names: &BTreeSet<String>,
+        settled: &Settled,
+    ) -> Result<RepoView> {
+        self.big_trees.borrow_mut().clear();
+        let mut inventory = Inventory::new(Some(Revision(tip.to_string())));
+        for entry in root.iter() {
+            if let Ok(name) = entry.name() {
+                inventory.top_level(name);
+            }
+        }
+        let mut present = Vec::new();
+        if let Some(envs) = self.subtree_id(root, ENVIRONMENTS_DIR, &mut inventory)? {
+            let body = self.tree_body(envs)?;
+            let entries = self.entries_of(envs, &body)?;
+            // From git, not the memory: its file is not read for a few directories (see
+            // `RepoMemory::read_records`).
+            for name in names {
+                if let Some(entry) = find_dir(&entries, name) {
+                    let id = Oid::from_bytes(&entry.id_bytes())
+                        .map_err(|e| git_err("reading the tree of", &self.display, e))?;
+                    self.read_env(&mut inventory, name, id)?;
+                    present.push(name.as_str());
+                }
+            }
+        }
+        let mut wiring = Vec::new();
+        if !present.is_empty()
+            && let Ok(dir) = root.get_path(Path::new(&flux_project_dir(&settled.project)))
+            && dir.kind() == Some(ObjectType::Tree)
+        {
+            let body = self.tree_body(dir.id())?;
+            let entries = self.entries_of(dir.id(), &body)?;
+            // Named as a listing of the wiring names them: relative to its directory.
+            let relative = &settled.project;
+            for env in present {
+                let file = format!("{env}.yaml");
+                if let Some(entry) = find_file(&entries, &file) {
+                    wiring.push(Found {
+                        regular: raw_kind(entry.mode()) == EntryKind::File,
+                        plain: false,
+                        name: format!("{relative}/{file}"),
+                        id: BlobId(entry.id_bytes()),
+                    });
+                }
+            }
+        }
+        inventory.flux_wiring(Vec::new(), &wiring);
+        self.read_templates(root, &mut inventory)?;
+        let mut view = inventory.finish();
+        view.settled = Some(settled.clone());
+        Ok(view)
+    }
+
+    /// One entry of `environments/` into `inventory`: a directory read before (same tree id:
+    /// same bytes) from memory, any other read from git.
+    fn read_env_entry(&self, inventory: &mut Inventory, entry: &RawEntry<'_>) -> Result<()> {
+        let Ok(name) = std::str::from_utf8(entry.name()) else {
+            return Ok(());
+        };
+        let kind = raw_kind(entry.mode());
+        if kind != EntryKind::Dir {
+            inventory.env_entry(name, kind, None, None, &[]);
+            return Ok(());
+        }
+        let tree = TreeId(entry.id_bytes());
+        if let Some(entry) = self.memory.env(tree, name)
+            && let Ok(name) = EnvName::try_from(name.to_string())
+        {
+            inventory.env_known(name, entry);
+            return Ok(());
+        }
+        let id = Oid::from_bytes(&tree.0).map_err(|e| git_err("reading the tree of", &self.display, e))?;
+        self.read_env(inventory, name, id)
     }
 
     /// Records which projects have a template of their own (`projects/<id>/base`, …): only
@@ -882,6 +951,7 @@ impl EnvStore for EnvRepo {
 
     fn read(&mut self) -> Result<RepoView> {
         let tip = self.tip()?;
+        self.memory.read_records();
         self.read_at(tip)
     }
 
@@ -909,6 +979,41 @@ impl EnvStore for EnvRepo {
     fn learn(&mut self, verified: &[(TreeId, Option<BlobId>)]) {
         self.memory.learn(verified);
         self.memory.save();
+    }
+
+    fn read_settled(
+        &mut self,
+        project: &str,
+        digest: &str,
+        envs: &BTreeSet<String>,
+        now: DateTime<Utc>,
+    ) -> Result<RepoView> {
+        // The tip once: for a remote, each asking is a fetch.
+        let tip = self.tip()?;
+        if let Some(tip) = tip {
+            let err = |e| git_err("reading the tree of", &self.display, e);
+            let root = self.repo.find_commit(tip).and_then(|c| c.tree()).map_err(err)?;
+            let settled = self
+                .memory
+                .settled(TreeId(oid_bytes(root.id())), project)
+                .filter(|s| s.holds_for(project, digest, now))
+                .cloned();
+            if let Some(settled) = settled {
+                return self.read_partial(tip, &root, envs, &settled);
+            }
+        }
+        self.memory.read_records();
+        self.read_at(tip)
+    }
+
+    fn settle(&mut self, at: &Revision, settled: &Settled) {
+        let root = Oid::from_str(&at.0)
+            .and_then(|id| self.repo.find_commit(id))
+            .map(|c| c.tree_id());
+        match root {
+            Ok(root) => self.memory.settle(TreeId(oid_bytes(root)), settled),
+            Err(e) => tracing::debug!(error = %e, "the settled tree is not remembered; the next run reads it whole"),
+        }
     }
 }
 

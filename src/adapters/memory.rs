@@ -8,7 +8,10 @@
 //! - a directory T with wiring W matched its rendering (the metadata inside T carries the settings
 //!   digest it was rendered with, and trust also requires that metadata to equal what this run
 //!   wants, or the environment to be one the run keeps as it is), so it need not be rendered and
-//!   compared again.
+//!   compared again;
+//! - a root tree R holds every environment of a project as rendered with settings digest D and
+//!   verified, with nothing about it left undone ([`Settled`]), so until its first pin ends a run
+//!   whose snapshot names a few PRs reads only their environments.
 //!
 //! A fact never goes stale, so the memory is right for any branch tip, after any crash and beside
 //! any number of concurrent writers; a lost or discarded memory costs only reads and renders.
@@ -33,7 +36,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::core::ports::{EnvEntry, MetaSource, Verifications};
+use crate::core::ports::{EnvEntry, MetaSource, Settled, Verifications};
 use crate::model::layout::{BlobId, ENV_FILES, EnvFiles, TreeId};
 use crate::model::meta::EnvMeta;
 
@@ -50,6 +53,11 @@ const SLACK: usize = 64;
 
 const ENV_RECORD: u8 = 1;
 const VERIFIED_RECORD: u8 = 2;
+const SETTLED_RECORD: u8 = 3;
+/// Settled trees kept (the latest ones learned): a run asks about the tip it read, which is the
+/// tree the last run of its project left unless someone pushed since; room for a few projects
+/// sharing one repository.
+const SETTLED_KEPT: usize = 32;
 /// Length (u32) and checksum (u64) before every record.
 const ENVELOPE: usize = 12;
 
@@ -252,6 +260,14 @@ pub struct RepoMemory {
     /// facts about trees the read saw are kept when the file is rewritten.
     seen_unknown: RefCell<HashSet<TreeId, ById>>,
     changed: Cell<bool>,
+    /// The file's records are in `envs` and `verified` ([`RepoMemory::read_records`]): a full read
+    /// asks about every directory, a partial one about a few, which it reads from git instead,
+    /// so it never reads the file, and what it learns is appended.
+    indexed: bool,
+    /// Trees recorded as settled, oldest first (see [`Settled`]): kept in a small file of their
+    /// own, read at load, so a partial read needs nothing of the large one.
+    settled: Vec<(TreeId, Settled)>,
+    settled_changed: bool,
     /// The strings [`RepoMemory::shared`] gave out last.
     recent: RefCell<Vec<Arc<str>>>,
 }
@@ -264,16 +280,33 @@ impl RepoMemory {
         let digest = hex::encode(sha2::Sha256::digest(key.to_string_lossy().as_bytes()));
         let path = cache_dir.join("memory").join(format!("{}.log", &digest[..24]));
         let mut memory = RepoMemory {
-            path: Some(path.clone()),
-            rewrite: true,
+            rewrite: !has_header(&path),
+            path: Some(path),
             ..RepoMemory::default()
         };
+        memory.settled = read_settled(&memory.settled_path().unwrap_or_default());
+        memory
+    }
+
+    /// Reads the records of the file, once: before a full read of the repository asks about its
+    /// directories. Facts learned before (by a partial read) are kept.
+    pub fn read_records(&mut self) {
+        if std::mem::replace(&mut self.indexed, true) {
+            return;
+        }
+        let Some(path) = self.path.clone() else { return };
+        let learned = std::mem::take(self.envs.get_mut());
+        self.rewrite = true;
         match read(&path) {
-            Ok(Some(bytes)) => memory.index(bytes),
+            Ok(Some(bytes)) => self.index(bytes),
             Ok(None) => {}
             Err(e) => tracing::debug!(path = %path.display(), error = %e, "memory not read; starting without"),
         }
-        memory
+        self.envs.get_mut().extend(learned);
+    }
+
+    fn settled_path(&self) -> Option<PathBuf> {
+        Some(self.path.as_ref()?.with_extension("settled"))
     }
 
     /// Indexes the records of a file's bytes, stopping at the first damaged one.
@@ -402,8 +435,46 @@ impl RepoMemory {
         self.changed.set(true);
     }
 
+    /// What an earlier run recorded about root tree `root` being settled for `project` (projects
+    /// sharing a repository each settle it for themselves), the latest fact first.
+    pub fn settled(&self, root: TreeId, project: &str) -> Option<&Settled> {
+        self.settled
+            .iter()
+            .rev()
+            .find(|(t, s)| *t == root && s.project == project)
+            .map(|(_, s)| s)
+    }
+
+    /// Records that root tree `root` is settled, to be saved with the rest.
+    pub fn settle(&mut self, root: TreeId, settled: &Settled) {
+        if self.settled(root, &settled.project) == Some(settled) {
+            return;
+        }
+        if settled_record(root, settled).is_none() {
+            return;
+        }
+        if self.settled.len() == SETTLED_KEPT {
+            self.settled.remove(0);
+        }
+        self.settled.push((root, settled.clone()));
+        self.settled_changed = true;
+    }
+
     /// Writes what the memory learned; failures are logged, never fatal.
     pub fn save(&mut self) {
+        if std::mem::take(&mut self.settled_changed)
+            && let Some(path) = self.settled_path()
+        {
+            let records: Vec<Vec<u8>> = self
+                .settled
+                .iter()
+                .filter_map(|(root, fact)| settled_record(*root, fact))
+                .collect();
+            let records: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            if let Err(e) = rewrite(&path, &records) {
+                tracing::warn!(path = %path.display(), error = %e, "could not save the settled tree; the next run reads it whole");
+            }
+        }
         let Some(path) = self.path.clone().filter(|_| self.changed.get()) else {
             return;
         };
@@ -415,7 +486,13 @@ impl RepoMemory {
             + inline
             + self.verified.iter().filter(|(t, _)| seen(t)).count();
         let pending = self.pending.get_mut();
-        let whole = self.rewrite || self.records + pending.len() + self.pending_verified.len() > GROWTH * live + SLACK;
+        let appended = pending.len() + self.pending_verified.len();
+        // Without its records read (a partial read), the file is only appended to: what this run
+        // learned about a few trees, a duplicate of a fact the file holds costing one record; a
+        // full read compacts it. Unless it is unusable (absent, another version): then it is
+        // started again with what this run learned.
+        let growth = self.indexed && self.records + appended > GROWTH * live + SLACK;
+        let whole = self.rewrite || growth;
         let result = if whole {
             // Each verification right after its environment's record, where a read of the file
             // finds that record's slot still at hand.
@@ -510,12 +587,86 @@ fn verified_record(tree: TreeId, wiring: Option<BlobId>) -> [u8; 42] {
     out
 }
 
+/// A settled root tree as a record: its id, the pin deadline (`i64::MIN` for none), the number of
+/// environments, then the digest and the project, each after its length. `None` for texts too
+/// long to record (nothing is recorded then: a run reads the tree whole).
+fn settled_record(root: TreeId, settled: &Settled) -> Option<Vec<u8>> {
+    let digest = u8::try_from(settled.digest.len()).ok()?;
+    let project = u8::try_from(settled.project.len()).ok()?;
+    let mut out = Vec::with_capacity(39 + settled.digest.len() + settled.project.len());
+    out.push(SETTLED_RECORD);
+    out.extend_from_slice(&root.0);
+    out.extend_from_slice(&settled.due.map_or(i64::MIN, |t| t.timestamp()).to_le_bytes());
+    out.extend_from_slice(&(settled.envs as u64).to_le_bytes());
+    out.push(digest);
+    out.extend_from_slice(settled.digest.as_bytes());
+    out.push(project);
+    out.extend_from_slice(settled.project.as_bytes());
+    Some(out)
+}
+
+/// The fact a settled record holds, `None` when it does not parse whole.
+fn settled_of(record: &[u8]) -> Option<(TreeId, Settled)> {
+    let mut r = meta_codec::Reader::new(record);
+    if r.byte().ok()? != SETTLED_RECORD {
+        return None;
+    }
+    let root = TreeId(r.array().ok()?);
+    let due = match i64::from_le_bytes(r.array().ok()?) {
+        i64::MIN => None,
+        secs => Some(DateTime::from_timestamp(secs, 0)?),
+    };
+    let envs = usize::try_from(u64::from_le_bytes(r.array().ok()?)).ok()?;
+    let len = r.byte().ok()? as usize;
+    let digest = std::str::from_utf8(r.take(len).ok()?).ok()?.to_string();
+    let len = r.byte().ok()? as usize;
+    let project = std::str::from_utf8(r.take(len).ok()?).ok()?.to_string();
+    (r.at() == record.len()).then_some((
+        root,
+        Settled {
+            project,
+            digest,
+            due,
+            envs,
+        },
+    ))
+}
+
 /// The header: the format, then the prenv version that wrote the file (another version may
 /// render differently, so its facts do not hold).
 fn header() -> Vec<u8> {
     let mut out = FORMAT.to_vec();
     out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
     out.push(b'\n');
+    out
+}
+
+/// Whether the file at `path` starts with this version's header (read without the rest).
+fn has_header(path: &Path) -> bool {
+    use std::io::Read;
+    let mut start = vec![0; header().len()];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut start))
+        .is_ok()
+        && header_len(&start).is_some()
+}
+
+/// The settled trees of the file at `path`, the latest [`SETTLED_KEPT`]; none when it is absent,
+/// of another version or damaged (a record that does not match its checksum ends it).
+fn read_settled(path: &Path) -> Vec<(TreeId, Settled)> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let Some(mut at) = header_len(&bytes) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    while let Some((start, end)) = record_at(&bytes, at) {
+        out.extend(settled_of(&bytes[start..end]));
+        at = end;
+    }
+    let skip = out.len().saturating_sub(SETTLED_KEPT);
+    out.drain(..skip);
     out
 }
 
@@ -637,8 +788,11 @@ mod tests {
         serde_json::from_str(&json).unwrap()
     }
 
+    /// The memory as a full read of the repository has it: its records read.
     fn memory_at(dir: &Path) -> RepoMemory {
-        RepoMemory::load(dir, Path::new("/nonexistent/repo.git"))
+        let mut memory = RepoMemory::load(dir, Path::new("/nonexistent/repo.git"));
+        memory.read_records();
+        memory
     }
 
     #[test]
@@ -667,18 +821,107 @@ mod tests {
         assert!(back.knows(TreeId([1; 20]), None) && !back.knows(TreeId([3; 20]), None));
     }
 
+    fn settled(envs: usize, due: Option<&str>) -> Settled {
+        Settled {
+            project: "shop".into(),
+            digest: "0123456789abcdef".into(),
+            due: due.map(|d| d.parse().unwrap()),
+            envs,
+        }
+    }
+
     #[test]
-    fn a_rewrite_keeps_only_the_facts_about_trees_the_last_read_saw() {
+    fn a_settled_tree_comes_back_for_its_project_until_its_pin_ends_and_a_cut_loses_only_what_follows() {
         let dir = tempfile::tempdir().unwrap();
+        let mut memory = memory_at(dir.path());
+        let pinned = settled(3, Some("2026-11-26T12:00:00Z"));
+        memory.settle(TreeId([9; 20]), &pinned);
+        memory.settle(TreeId([8; 20]), &settled(3, None));
+        memory.save();
+
+        // Read at load, without the records of the large file (which may be gone).
+        std::fs::remove_file(memory.path.as_ref().unwrap()).ok();
+        let back = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        assert_eq!(back.settled(TreeId([9; 20]), "shop"), Some(&pinned));
+        assert_eq!(back.settled(TreeId([8; 20]), "shop"), Some(&settled(3, None)));
+        assert_eq!(
+            back.settled(TreeId([7; 20]), "shop"),
+            None,
+            "a fact is about one tree only"
+        );
+        assert_eq!(back.settled(TreeId([9; 20]), "blog"), None, "and one project");
+        let at: DateTime<Utc> = "2026-11-26T11:59:59Z".parse().unwrap();
+        assert!(pinned.holds_for("shop", "0123456789abcdef", at));
+        assert!(!pinned.holds_for("shop", "0123456789abcdef", at + chrono::Duration::seconds(1)));
+        assert!(
+            !pinned.holds_for("blog", "0123456789abcdef", at),
+            "another project's run"
+        );
+        assert!(!pinned.holds_for("shop", "fedcba9876543210", at), "other settings");
+
+        let path = back.settled_path().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let cut = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        assert_eq!(cut.settled(TreeId([9; 20]), "shop"), Some(&pinned));
+        assert_eq!(cut.settled(TreeId([8; 20]), "shop"), None);
+
+        // Only the latest few are kept.
+        let mut many = memory_at(dir.path());
+        for i in 0..(SETTLED_KEPT as u8 + 3) {
+            many.settle(TreeId([100 + i; 20]), &settled(usize::from(i), None));
+        }
+        many.save();
+        let kept = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        assert_eq!(kept.settled.len(), SETTLED_KEPT);
+        assert_eq!(kept.settled(TreeId([100; 20]), "shop"), None);
+        assert!(
+            kept.settled(TreeId([100 + SETTLED_KEPT as u8 + 2; 20]), "shop")
+                .is_some()
+        );
+    }
+
+    /// A memory in `dir` that knows 100 directories (trees `[i; 20]`), each verified; returns
+    /// their metadata and files.
+    fn hundred_verified(dir: &Path) -> (EnvMeta, [(&'static str, BlobId); 1]) {
         let m = meta(r#","preserve_until":null"#);
         let file = [("prenv.json", BlobId([2; 20]))];
-        let mut memory = memory_at(dir.path());
+        let mut memory = memory_at(dir);
         for i in 0..100u8 {
             memory.remember_env(TreeId([i; 20]), KnownEnv::new(&m, file).unwrap());
         }
-        let facts: Vec<_> = (0..100u8).map(|i| (TreeId([i; 20]), None)).collect();
-        memory.learn(&facts);
+        memory.learn(&(0..100u8).map(|i| (TreeId([i; 20]), None)).collect::<Vec<_>>());
         memory.save();
+        (m, file)
+    }
+
+    #[test]
+    fn a_partial_read_never_reads_the_file_and_appends_what_it_learned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, file) = hundred_verified(dir.path());
+
+        let mut partial = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        assert!(
+            partial.env(TreeId([5; 20]), "shop-pr-7").is_none(),
+            "the records are not read"
+        );
+        partial.remember_env(TreeId([200; 20]), KnownEnv::new(&m, file).unwrap());
+        partial.learn(&[(TreeId([200; 20]), None), (TreeId([5; 20]), None)]);
+        partial.save();
+
+        let again = memory_at(dir.path());
+        assert_eq!(
+            again.records, 203,
+            "appended: one record and two verifications, one a duplicate"
+        );
+        assert!((0..100u8).chain([200]).all(|i| again.knows(TreeId([i; 20]), None)));
+        assert!(again.env(TreeId([200; 20]), "shop-pr-7").is_some());
+    }
+
+    #[test]
+    fn a_rewrite_keeps_only_the_facts_about_trees_the_last_read_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        hundred_verified(dir.path());
 
         // A read that sees two of the remembered trees and one the memory never knew.
         let mut back = memory_at(dir.path());

@@ -462,6 +462,14 @@ pub fn find_dir<'a>(entries: &[RawEntry<'a>], name: &str) -> Option<RawEntry<'a>
     Some(entries[i]).filter(|e| e.is_tree())
 }
 
+/// The entry of `entries` (a tree's, in git's order) that is a file named `name`.
+pub fn find_file<'a>(entries: &[RawEntry<'a>], name: &str) -> Option<RawEntry<'a>> {
+    let i = entries
+        .binary_search_by(|e| git_order(e.name(), e.is_tree(), name.as_bytes(), false))
+        .ok()?;
+    Some(entries[i]).filter(|e| !e.is_tree())
+}
+
 /// A change to one entry of a tree: its name, and its new mode and id (`None`: removed).
 pub type Change<'a> = (&'a str, Option<(u32, [u8; 20])>);
 

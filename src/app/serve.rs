@@ -690,10 +690,16 @@ fn run_sync(
 ) -> Result<Vec<PullRequest>> {
     let config = &project.config;
     let mut repo = EnvRepo::open(&project.repo, &config.git, &project.cache_dir, false)?;
-    let view = repo.read()?;
     let mut opts = SyncOptions {
         registry: project.images.clone(),
         ..SyncOptions::default()
+    };
+    let now = chrono::Utc::now();
+    // The events' PRs only: their environments may be all a settled tree needs read.
+    let view = if full {
+        repo.read()?
+    } else {
+        sync::read_for(&mut repo, config, &prs, now, &opts)?
     };
     if full {
         let listed = GitHubPrs(config).snapshot(&view.prs_with_envs(&config.project_id))?;
@@ -706,7 +712,7 @@ fn run_sync(
         opts.evidence.unconfirmed = listed.unconfirmed;
     }
     let mut material = crate::adapters::fs::load_material(config)?;
-    let outcome = sync::sync(&mut repo, view, config, &prs, chrono::Utc::now(), &opts, &mut material)?;
+    let outcome = sync::sync(&mut repo, view, config, &prs, now, &opts, &mut material)?;
     tracing::info!(project = %config.project_id, commit = ?outcome.commit, prs = prs.len(), full, "sync done");
     let waiting: HashSet<u64> = outcome
         .plan

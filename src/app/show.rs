@@ -54,6 +54,13 @@ pub fn plan_text(
     for d in &plan.decisions {
         *counts.entry(d.action).or_insert(0usize) += 1;
     }
+    if plan.settled > 0 {
+        text.push_str(&format!(
+            "keep    {} other environments: not in the snapshot, and the tree read is settled, so they are kept as they are\n",
+            plan.settled
+        ));
+        *counts.entry(Action::Keep).or_insert(0) += plan.settled;
+    }
     let summary: Vec<String> = counts.iter().map(|(a, n)| format!("{n} {a}")).collect();
     for line in plan.capacity.iter().flat_map(|c| c.lines()) {
         text.push_str(&line);

@@ -16,6 +16,7 @@ use crate::core::ports::{Change, EnvStore, ImageRegistry, Published, RepoView, V
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::layout::secret_file;
+use crate::model::naming::EnvName;
 use crate::model::pr::PullRequest;
 use crate::model::tree::Tree;
 use crate::secrets::{CredentialMaker, sops};
@@ -151,6 +152,45 @@ pub fn prepare(
     desired::desired(&inputs, view, credentials)
 }
 
+/// A snapshot naming more PRs than this is planned against a full view: a partial one saves
+/// nothing there.
+const PARTIAL_MAX_PRS: usize = 64;
+
+/// The view to sync `prs` against: a partial one, of only their environments, when the snapshot
+/// names a few PRs and the store knows the tree it reads to be settled for these settings
+/// ([`EnvStore::read_settled`]); else everything. Evidence about PRs the snapshot does not name
+/// (operator-confirmed closures, unconfirmed PRs) and capacity limits concern every environment,
+/// so they want the full view.
+pub fn read_for(
+    store: &mut dyn EnvStore,
+    config: &Config,
+    prs: &[PullRequest],
+    now: DateTime<Utc>,
+    opts: &SyncOptions,
+) -> Result<RepoView> {
+    let evidence = &opts.evidence;
+    let partial = prs.len() <= PARTIAL_MAX_PRS
+        && evidence.unconfirmed.is_empty()
+        && evidence.closed_by_operator.is_empty()
+        && !config.capacity.limited();
+    if partial {
+        let names: BTreeSet<String> = prs
+            .iter()
+            .filter_map(|pr| EnvName::new(&config.project_id, pr.number).ok())
+            .map(|env| env.as_str().to_string())
+            .collect();
+        let view = store.read_settled(&config.project_id, &config.render_digest(), &names, now)?;
+        if view.settled.is_some() {
+            tracing::debug!(
+                envs = view.envs.len(),
+                "the tree read is settled: read only the snapshot's environments"
+            );
+        }
+        return Ok(view);
+    }
+    store.read()
+}
+
 /// Makes the branch match the desired state: one commit when something changed, none otherwise.
 /// `view` is what the caller read (and listed PRs for); a publish that loses a race reads again,
 /// re-plans on the new tip and tries again, with backoff.
@@ -171,7 +211,12 @@ pub fn sync(
         if attempt > 1 {
             view = store.read()?;
         }
-        let prepared = prepare(&view, store.verifications(), config, prs, now, opts, credentials)?;
+        let mut prepared = prepare(&view, store.verifications(), config, prs, now, opts, credentials)?;
+        if view.settled.is_some() && !desired::fits_partial_view(&prepared.plan) {
+            tracing::debug!("the plan changes which environments exist: planning again against a full view");
+            view = store.read()?;
+            prepared = prepare(&view, store.verifications(), config, prs, now, opts, credentials)?;
+        }
         let mut outcome = SyncOutcome {
             repo: store.display().to_string(),
             branch: store.branch().to_string(),
@@ -187,6 +232,9 @@ pub fn sync(
         };
         if outcome.changes.is_empty() {
             tracing::info!("nothing changed; no commit");
+            if let (Some(tip), Some(settled)) = (&view.tip, &prepared.settled) {
+                store.settle(tip, settled);
+            }
             store.learn(&prepared.verified);
             return Ok(outcome);
         }
@@ -196,6 +244,9 @@ pub fn sync(
             message: desired::commit_message(&outcome.plan, &outcome.changes),
         };
         let published = store.publish(&view, &change)?;
+        if let (Published::Done(commit), Some(settled)) = (&published, &prepared.settled) {
+            store.settle(commit, settled);
+        }
         // Facts about content, true whether or not this commit landed.
         store.learn(&prepared.verified);
         match published {

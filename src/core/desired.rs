@@ -23,7 +23,7 @@ use crate::secrets::CredentialMaker;
 use super::breaker;
 use super::diff::{self, Changes};
 use super::plan::{self, Action, Evidence, Plan};
-use super::ports::{RepoView, Verifications};
+use super::ports::{RepoView, Settled, Verifications};
 
 /// Everything a run decides with, besides what the repository holds.
 #[derive(Clone, Copy)]
@@ -53,6 +53,19 @@ pub struct Desired {
     /// Files of the wiring this run would rewrite but keeps as they are, and why (an index edited
     /// by hand into something prenv does not write): reported, never overwritten.
     pub held: BTreeMap<String, String>,
+    /// What the tree is once this run's files are written (or the tree read, when nothing
+    /// changes), when it is settled (see [`Settled`]); `None` when something in it is not.
+    pub settled: Option<Settled>,
+}
+
+/// Whether a plan made against a partial view ([`RepoView::settled`]) is the one a full view
+/// gives: it only keeps or updates environments that exist (or skips PRs that have none), so the
+/// set of environments, the indexes that list them and every environment the view left out stay
+/// as they are. A plan that would create, pin, queue or prune is made again against a full view.
+pub fn fits_partial_view(plan: &Plan) -> bool {
+    plan.decisions
+        .iter()
+        .all(|d| matches!(d.action, Action::Keep | Action::Update | Action::Skip))
 }
 
 /// Computes the desired state against `current`. New environments that need credentials get them
@@ -70,8 +83,15 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         inputs.evidence,
         inputs.verified,
     );
-    let own_envs = current.env_count_of(&config.project_id);
+    // A partial view counts what the settled tree holds, as a full view of it would.
+    let own_envs = match &current.settled {
+        Some(rest) => rest.envs,
+        None => current.env_count_of(&config.project_id),
+    };
     breaker::check_mass_prune(&plan, own_envs, &config.sync, inputs.allow_mass_prune)?;
+    if current.settled.is_some() {
+        plan.settled = own_envs.saturating_sub(current.env_count_of(&config.project_id));
+    }
     let untouched: HashSet<&str> = untouched(config, &plan, current);
     // An environment whose metadata is unchanged and whose content is known to be as rendered
     // needs neither render nor compare: a sync of one changed PR among thousands stays fast.
@@ -118,6 +138,8 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
             .map(|p| p.trim_start_matches(&format!("{ARGOCD_DIR}/")).to_string())
             .collect(),
         templates: current.templates.clone(),
+        // A partial view holds none of the wiring every environment shares: it stays as it is.
+        partial: current.settled.is_some(),
     };
     let mut desired = render::render_selected(config, &envs, &around, |m| !trusted.contains(m.env.as_str()))?;
     let mut compared: BTreeMap<String, BlobId> = current
@@ -159,6 +181,15 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     desired.extend(templates);
     refuse_obstacles(current, &changes)?;
     let verified = newly_verified(&envs, &trusted, &around.legacy, current, &desired, &changes);
+    let settled = settled_after(
+        config,
+        &plan,
+        current,
+        &envs,
+        trusted.len() + verified.len(),
+        &held,
+        &around.legacy,
+    );
     explain_rerendered(&mut plan, &changes, current);
     // The files to write are the changed part of the desired tree, moved, not copied: a full
     // sync of thousands of environments holds their bytes once.
@@ -171,6 +202,58 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         verified,
         strays: current.strays.clone(),
         held,
+        settled,
+    })
+}
+
+/// What this run leaves settled ([`Settled`]), when every environment of the project is, once its
+/// files are written: nothing blocked, stray, held, wired without a directory, wired at the top,
+/// or queued, and every environment verified (`verified` of the `envs` rendered or trusted; the
+/// rest were kept settled). Pins are the only clock the kept environments answer to: the earliest
+/// ends the fact.
+fn settled_after(
+    config: &Config,
+    plan: &Plan,
+    current: &RepoView,
+    envs: &[&EnvMeta],
+    verified: usize,
+    held: &BTreeMap<String, String>,
+    legacy: &BTreeSet<&str>,
+) -> Option<Settled> {
+    let clean = !config.capacity.limited()
+        && verified == envs.len()
+        && held.is_empty()
+        && legacy.is_empty()
+        && current.blocked.is_empty()
+        && current.wired_only.is_empty()
+        && current.strays.is_empty()
+        && current.obstacles.is_empty()
+        && plan.decisions.iter().all(|d| d.action != Action::Blocked);
+    if !clean {
+        return None;
+    }
+    // Kept without metadata of their own: settled in the tree read (a wired-only one would be too,
+    // but there is none).
+    let kept: Vec<_> = plan
+        .decisions
+        .iter()
+        .filter(|d| d.action == Action::Keep && d.desired.is_none())
+        .filter_map(|d| current.envs.entry(&d.env))
+        .collect();
+    let pins = envs
+        .iter()
+        .filter_map(|m| m.preserve_until)
+        .chain(kept.iter().filter_map(|e| e.preserve_until));
+    let (envs, due) = match &current.settled {
+        // Only keeps and updates (see `fits_partial_view`): the set is the settled tree's.
+        Some(rest) => (rest.envs, pins.chain(rest.due).min()),
+        None => (envs.len() + kept.len(), pins.min()),
+    };
+    Some(Settled {
+        project: config.project_id.clone(),
+        digest: config.render_digest(),
+        due,
+        envs,
     })
 }
 

@@ -86,6 +86,14 @@ pub struct Plan {
     /// How full the cluster is once the plan is applied; `None` without a `[capacity]` limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<capacity::Usage>,
+    /// Environments kept as they are without a decision of their own: a partial view left them
+    /// out because the tree it read is settled (see [`super::ports::Settled`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub settled: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Plan {
@@ -228,7 +236,7 @@ pub fn plan_knowing(
     let decisions = in_order(decisions);
     let mut plan = Plan {
         decisions,
-        capacity: None,
+        ..Plan::default()
     };
     capacity::admit(config, &mut plan, view, now);
     plan

@@ -58,6 +58,35 @@ pub struct RepoView {
     /// The project the ApplicationSet of `argocd/applicationset.yaml` (the file before projects
     /// had one each) belongs to, when the file is there and names one.
     pub argo_legacy_project: Option<String>,
+    /// `Some` for a partial view ([`EnvStore::read_settled`]): it holds only the environments a
+    /// run asked for, and no wiring shared by all of them (indexes, project Kustomizations,
+    /// ApplicationSets), because an earlier run left the tree it read settled; the rest of the
+    /// project's environments are kept as they are without being read.
+    pub settled: Option<Settled>,
+}
+
+/// What a run that ended at a tree knows of it: every environment of `project` there is as prenv
+/// renders it with settings of digest `digest`, verified, listed by indexes as rendered, with
+/// nothing blocked, stray, held or wired without a directory; so a later run whose snapshot does
+/// not mention an environment keeps it as it is, until the earliest pin among them ends (`due`).
+/// A fact about the tree's content, keyed by its id: true whoever committed it, and void for any
+/// other tree (anyone's push changes the id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub project: String,
+    /// [`crate::model::config::Config::render_digest`] of the settings it was rendered with.
+    pub digest: String,
+    /// When the first pin among the environments ends; `None` when none is pinned.
+    pub due: Option<DateTime<Utc>>,
+    /// How many environments of the project the tree holds.
+    pub envs: usize,
+}
+
+impl Settled {
+    /// Whether a run for `project` with settings of digest `digest`, at `now`, may trust it.
+    pub fn holds_for(&self, project: &str, digest: &str, now: DateTime<Utc>) -> bool {
+        self.project == project && self.digest == digest && self.due.is_none_or(|due| now < due)
+    }
 }
 
 /// Metadata a store remembers from an earlier read of the same tree, decoded only when a run needs
@@ -584,6 +613,21 @@ pub trait EnvStore {
     }
     /// Keeps what this run verified (see [`Verifications`]) for the next run, where the store can.
     fn learn(&mut self, _verified: &[(TreeId, Option<BlobId>)]) {}
+    /// Reads the tip like [`EnvStore::read`], but as a partial view of only the environments
+    /// `envs` names (see [`RepoView::settled`]) when its tree is one an earlier run recorded as
+    /// settled and [`Settled::holds_for`] this run. A store that remembers nothing reads it all.
+    fn read_settled(
+        &mut self,
+        _project: &str,
+        _digest: &str,
+        _envs: &BTreeSet<String>,
+        _now: DateTime<Utc>,
+    ) -> Result<RepoView> {
+        self.read()
+    }
+    /// Records that the tree of commit `at` is settled (kept with what [`EnvStore::learn`] keeps,
+    /// so call it first).
+    fn settle(&mut self, _at: &Revision, _settled: &Settled) {}
 }
 
 /// In-memory fakes of the ports, for table tests of the flows and for benchmarks.

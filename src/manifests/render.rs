@@ -70,6 +70,9 @@ pub struct Around<'a> {
     pub argo_kept: Vec<String>,
     /// The project template directories the repository holds (`projects/<id>/base`, …).
     pub templates: BTreeSet<String>,
+    /// Leaves out the wiring every environment shares (indexes, project Kustomizations,
+    /// ApplicationSets): for a partial view, which keeps it as it is.
+    pub partial: bool,
 }
 
 /// Like [`render_owned`], but writes the files of only the environments `wanted` selects (a sync
@@ -119,6 +122,7 @@ pub fn render_selected(
         }
     }
     match config.engine {
+        _ if around.partial => {}
         Engine::Flux => render_flux_indexes(config, envs, around, &mut tree)?,
         Engine::Argocd => render_argocd(config, &around.argo_kept, &mut tree)?,
     }

@@ -1,0 +1,355 @@
+//! A sync of a few PRs against a settled tree reads only their environments (`sync::read_for`,
+//! `EnvStore::read_settled`). The property that makes it safe: at every step of any sequence of
+//! webhook-shaped events, hand edits, settings changes and passing time, the commit it makes holds
+//! exactly the tree a sync from a full read of the same repository makes, with no memory at all.
+//! Real git repositories on both sides; the full side is a copy of the repository before the step
+//! with an empty cache, so nothing it knows comes from the partial side.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+use prenv::adapters::git::EnvRepo;
+use prenv::app::sync::{self, SyncOptions, SyncOutcome};
+use prenv::model::config::Config;
+use prenv::model::pr::{PrState, PullRequest};
+use proptest::prelude::*;
+
+mod common;
+
+use common::{NoCredentials, git, lib_pr, s};
+
+const OPEN: u64 = 6;
+
+/// What happens before one sync, whose snapshot names only the PR the event is about.
+#[derive(Debug, Clone)]
+enum Event {
+    /// PR `n` gets a new head.
+    Push(u64),
+    /// PR `n` closes; with `pin`, labelled to keep its environment for a while.
+    Close { n: u64, pin: bool },
+    /// A new PR `n` opens.
+    Open(u64),
+    /// Someone edits environment `n`'s kustomization by hand (drift), then PR 1 gets a new head.
+    Edit(u64),
+    /// Someone adds a file of their own in environment `n`'s directory, then PR 1 gets a new head.
+    Stray(u64),
+    /// The settings change (another quota), then PR 1 gets a new head.
+    Settings,
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        4 => (1..=OPEN).prop_map(Event::Push),
+        2 => (1..=OPEN, any::<bool>()).prop_map(|(n, pin)| Event::Close { n, pin }),
+        1 => (OPEN + 1..=OPEN + 3).prop_map(Event::Open),
+        1 => (1..=OPEN).prop_map(Event::Edit),
+        1 => (1..=OPEN).prop_map(Event::Stray),
+        1 => Just(Event::Settings),
+    ]
+}
+
+fn config(settings: u32, engine: &str) -> Config {
+    let text = format!(
+        "project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"{engine}\"\ndatabases = [\"postgres\"]\n[quota]\npods = {}\n{}",
+        20 + settings,
+        if engine == "argocd" {
+            "[argocd]\nrepo_url = \"https://git.example.com/envs.git\"\n"
+        } else {
+            ""
+        }
+    );
+    Config::parse(&text, "test").unwrap()
+}
+
+/// The PRs as the fake GitHub knows them: state, head round and labels.
+struct Prs {
+    rounds: std::collections::BTreeMap<u64, (PrState, u64, bool)>,
+}
+
+impl Prs {
+    fn new() -> Prs {
+        Prs {
+            rounds: (1..=OPEN).map(|n| (n, (PrState::Open, 0, false))).collect(),
+        }
+    }
+
+    fn pr(&self, n: u64, now: DateTime<Utc>) -> PullRequest {
+        let (state, round, pin) = self.rounds[&n];
+        let updated = (now - Duration::minutes(1)).to_rfc3339();
+        let mut pr = lib_pr(n, state, format!("{:040x}", n * 1000 + round), &updated);
+        if state == PrState::Closed {
+            pr.closed_at = Some(now - Duration::minutes(1));
+        }
+        if pin {
+            pr.labels = vec!["preserve=true".into()];
+        }
+        pr
+    }
+
+    fn push(&mut self, n: u64) {
+        let entry = self.rounds.entry(n).or_insert((PrState::Open, 0, false));
+        if entry.0 == PrState::Open {
+            entry.1 += 1;
+        }
+    }
+}
+
+fn open(repo: &Path, cache: &Path) -> EnvRepo {
+    EnvRepo::open(s(repo), &config(0, "flux").git, cache, true).unwrap()
+}
+
+/// One sync as `prenv sync --prs` runs it: a view for the snapshot (partial when the memory in
+/// `cache` knows the tip to be settled), then the sync.
+fn sync_with(repo: &Path, cache: &Path, config: &Config, prs: &[PullRequest], now: DateTime<Utc>) -> SyncOutcome {
+    let mut store = open(repo, cache);
+    let opts = SyncOptions::default();
+    let view = sync::read_for(&mut store, config, prs, now, &opts).unwrap();
+    sync::sync(&mut store, view, config, prs, now, &opts, &mut NoCredentials).unwrap()
+}
+
+fn tree(repo: &Path) -> String {
+    git(repo, &["rev-parse", "main^{tree}"]).trim().to_string()
+}
+
+fn message(repo: &Path) -> String {
+    git(repo, &["log", "-1", "--format=%B", "main"])
+}
+
+/// Commits `edit` (run in a clone of `repo`) to `repo` as someone else would.
+fn push_by_hand(repo: &Path, edit: impl FnOnce(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("w");
+    git(dir.path(), &["clone", "--quiet", s(repo), s(&work)]);
+    edit(&work);
+    git(&work, &["add", "-A"]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=Someone",
+            "-c",
+            "user.email=s@example.com",
+            "commit",
+            "--quiet",
+            "-m",
+            "by hand",
+        ],
+    );
+    git(&work, &["push", "--quiet", "origin", "main"]);
+}
+
+fn copy_repo(from: &Path, to: &Path) {
+    let out = std::process::Command::new("cp")
+        .args(["-r", s(from), s(to)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+/// A repository of `OPEN` environments after a full sync, and its cache.
+struct Side {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    cache: PathBuf,
+}
+
+fn settled_side(now: DateTime<Utc>, prs: &Prs, engine: &str) -> Side {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("envs.git");
+    git(
+        dir.path(),
+        &["init", "--quiet", "--bare", "--initial-branch=main", s(&repo)],
+    );
+    let cache = dir.path().join("cache");
+    let all: Vec<PullRequest> = (1..=OPEN).map(|n| prs.pr(n, now)).collect();
+    let done = sync_with(&repo, &cache, &config(0, engine), &all, now);
+    assert_eq!(done.plan.count(prenv::core::plan::Action::Create), OPEN as usize);
+    Side { _dir: dir, repo, cache }
+}
+
+/// Runs `events` on the partial side and, step by step, the same sync on a copy of the repository
+/// with no memory; returns how many steps read a partial view.
+fn both_sides_agree(events: &[(Event, bool)], engine: &str) -> usize {
+    let mut now: DateTime<Utc> = "2026-11-24T12:00:00Z".parse().unwrap();
+    let mut prs = Prs::new();
+    let side = settled_side(now, &prs, engine);
+    let mut settings = 0;
+    let mut partial_steps = 0;
+    for (step, (event, later)) in events.iter().enumerate() {
+        now += if *later {
+            Duration::hours(30)
+        } else {
+            Duration::minutes(2)
+        };
+        let about = match event {
+            Event::Push(n) => {
+                prs.push(*n);
+                *n
+            }
+            Event::Close { n, pin } => {
+                let entry = prs.rounds.get_mut(n).unwrap();
+                entry.0 = PrState::Closed;
+                entry.2 = *pin;
+                *n
+            }
+            Event::Open(n) => {
+                prs.push(*n);
+                *n
+            }
+            Event::Edit(n) | Event::Stray(n) => {
+                let file = match event {
+                    Event::Edit(_) => "kustomization.yaml",
+                    _ => "notes.txt",
+                };
+                let path = format!("environments/shop-pr-{n}/{file}");
+                push_by_hand(&side.repo, |work| {
+                    let target = work.join(&path);
+                    if target.parent().unwrap().exists() {
+                        let mut text = std::fs::read_to_string(&target).unwrap_or_default();
+                        text.push_str("# edited by hand\n");
+                        std::fs::write(&target, text).unwrap();
+                    } else {
+                        // The environment is gone: someone's own file at the top instead.
+                        let other = work.join("README.hand");
+                        let mut text = std::fs::read_to_string(&other).unwrap_or_default();
+                        text.push_str("a line of someone's\n");
+                        std::fs::write(other, text).unwrap();
+                    }
+                });
+                prs.push(1);
+                1
+            }
+            Event::Settings => {
+                settings += 1;
+                prs.push(1);
+                1
+            }
+        };
+        let config = config(settings, engine);
+        let snapshot = [prs.pr(about, now)];
+        let full_dir = tempfile::tempdir().unwrap();
+        let full_repo = full_dir.path().join("envs.git");
+        copy_repo(&side.repo, &full_repo);
+        let full = sync_with(
+            &full_repo,
+            &full_dir.path().join("empty-cache"),
+            &config,
+            &snapshot,
+            now,
+        );
+        assert_eq!(full.plan.settled, 0, "a sync with no memory reads everything");
+        let done = sync_with(&side.repo, &side.cache, &config, &snapshot, now);
+        if done.plan.settled > 0 {
+            partial_steps += 1;
+        }
+        let context = format!("step {step}: {event:?} (30 h later: {later})");
+        assert_eq!(tree(&side.repo), tree(&full_repo), "{context}: the trees differ");
+        assert_eq!(done.commit.is_some(), full.commit.is_some(), "{context}");
+        if done.commit.is_some() {
+            assert_eq!(
+                message(&side.repo),
+                message(&full_repo),
+                "{context}: the commit messages differ"
+            );
+        }
+        let changing = |o: &SyncOutcome| -> Vec<(String, String)> {
+            o.plan
+                .changing()
+                .map(|d| (d.env.clone(), d.action.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            changing(&done),
+            changing(&full),
+            "{context}: the decisions that change something differ"
+        );
+        let kept = |o: &SyncOutcome| o.plan.count(prenv::core::plan::Action::Keep) + o.plan.settled;
+        assert_eq!(kept(&done), kept(&full), "{context}: the environments kept differ");
+    }
+    partial_steps
+}
+
+#[test]
+fn a_push_to_one_pr_of_a_settled_tree_reads_only_its_environment_and_commits_what_a_full_read_does() {
+    let events = [
+        (Event::Push(3), false),
+        (Event::Push(5), false),
+        (Event::Push(3), false),
+    ];
+    assert_eq!(
+        both_sides_agree(&events, "flux"),
+        3,
+        "every push after a settled sync reads a partial view"
+    );
+}
+
+#[test]
+fn a_plan_that_changes_which_environments_exist_is_made_again_against_the_full_view() {
+    let events = [
+        (Event::Close { n: 2, pin: false }, false),
+        (Event::Push(3), false),
+        (Event::Open(8), false),
+        (Event::Push(3), false),
+    ];
+    // The close and the open each fall back to a full read; the pushes after them are partial.
+    assert_eq!(both_sides_agree(&events, "flux"), 2);
+}
+
+#[test]
+fn a_hand_edit_a_stray_file_or_new_settings_void_the_settled_tree_until_a_full_read_settles_it_again() {
+    let events = [
+        (Event::Edit(2), false),
+        (Event::Push(3), false),
+        (Event::Settings, false),
+        (Event::Push(3), false),
+        (Event::Stray(4), false),
+        (Event::Push(3), false),
+    ];
+    // After the edit: drift repaired by a full read, then partial. New settings: a full read
+    // renders everything again, then partial. A stray file is kept and reported, so nothing is
+    // settled while it is there.
+    assert_eq!(both_sides_agree(&events, "flux"), 2);
+}
+
+#[test]
+fn a_pin_ends_the_settled_tree_when_it_expires() {
+    let events = [
+        (Event::Close { n: 2, pin: true }, false),
+        (Event::Push(3), false),
+        // 30 hours later the pin still holds; 60 hours later it has expired, and the pinned
+        // environment is pruned by a sync about another PR, as a full read prunes it.
+        (Event::Push(3), true),
+        (Event::Push(3), true),
+    ];
+    assert_eq!(both_sides_agree(&events, "flux"), 2);
+}
+
+#[test]
+fn an_argo_cd_repository_agrees_too() {
+    let events = [
+        (Event::Push(3), false),
+        (Event::Close { n: 2, pin: false }, false),
+        (Event::Push(3), false),
+        (Event::Edit(4), false),
+        (Event::Push(5), false),
+    ];
+    assert_eq!(both_sides_agree(&events, "argocd"), 3);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_sequence_of_events_commits_what_a_full_read_commits(
+        events in proptest::collection::vec((event(), proptest::bool::weighted(0.2)), 1..7)
+    ) {
+        both_sides_agree(&events, "flux");
+    }
+
+    #[test]
+    fn any_sequence_of_events_on_argo_cd_commits_what_a_full_read_commits(
+        events in proptest::collection::vec((event(), proptest::bool::weighted(0.2)), 1..5)
+    ) {
+        both_sides_agree(&events, "argocd");
+    }
+}
