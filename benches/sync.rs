@@ -1,8 +1,10 @@
 //! Sync benchmark (release build), at 100, 1,000 and 10,000 open PRs (PRENV_BENCH_SIZES to choose):
 //! a full sync into an empty repository, then an incremental sync when 1 PR got a new commit —
 //! once with a snapshot of every PR (a `prenv sync` from CI), once with a snapshot of only that PR
-//! (what a webhook delivers), and once with the memory of earlier runs removed (the first run after
-//! an upgrade) — each beside the git floor measured in the same run: `git add -A && git commit` of
+//! (what a webhook delivers: the tree is settled, so only that PR's environment is read), once
+//! the same with the tree not known to be settled (as after someone else's push: every
+//! environment is read, from the memory), and once with the memory of earlier runs removed (the
+//! first run after an upgrade) — each beside the git floor measured in the same run: `git add -A && git commit` of
 //! the identical change, from a fresh work tree for the full sync, and from a work tree with a warm
 //! index where only the changed files were touched for the incremental ones. Prints wall time, peak
 //! memory and the ratio. Run with `cargo bench --bench sync` (or scripts/bench).
@@ -93,6 +95,18 @@ fn sync(dir: &Path, repo: &Path, prs: &str) -> Command {
     cmd
 }
 
+/// Removes what the memory below `cache` knows of settled trees (`*.settled`), keeping the rest:
+/// the next sync reads every environment, as after a push by someone else.
+fn forget_settled(cache: &Path) {
+    let dir = cache.join("prenv").join("memory");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "settled") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+}
+
 /// `git add -A && git commit` in a work tree, as one shell command like a CI job would run it.
 fn git_floor(work: &Path) -> Command {
     let mut cmd = Command::new("sh");
@@ -140,8 +154,9 @@ fn main() {
         std::fs::write(d.join("base.json"), snapshot(prs, None, false)).unwrap();
         std::fs::write(d.join("bumped.json"), snapshot(prs, Some((mid, 'a')), false)).unwrap();
         std::fs::write(d.join("only.json"), snapshot(prs, Some((mid, 'b')), true)).unwrap();
-        std::fs::write(d.join("cold.json"), snapshot(prs, Some((mid, 'c')), true)).unwrap();
-        let mut runs: [Vec<(Duration, i64)>; 8] = Default::default();
+        std::fs::write(d.join("unsettled.json"), snapshot(prs, Some((mid, 'c')), true)).unwrap();
+        std::fs::write(d.join("cold.json"), snapshot(prs, Some((mid, 'd')), true)).unwrap();
+        let mut runs: [Vec<(Duration, i64)>; 10] = Default::default();
         for round in 0..ROUNDS {
             let repo = d.join(format!("envs-{round}.git"));
             git(
@@ -158,23 +173,28 @@ fn main() {
             runs[0].push(measure(&mut sync(d, &repo, "base.json")));
             runs[2].push(measure(&mut sync(d, &repo, "bumped.json")));
             runs[4].push(measure(&mut sync(d, &repo, "only.json")));
+            forget_settled(&d.join("cache"));
+            runs[6].push(measure(&mut sync(d, &repo, "unsettled.json")));
             std::fs::remove_dir_all(d.join("cache")).unwrap();
-            runs[6].push(measure(&mut sync(d, &repo, "cold.json")));
+            runs[8].push(measure(&mut sync(d, &repo, "cold.json")));
 
             // The git floor: the identical trees, committed by git from a work tree.
             let work = d.join(format!("work-{round}"));
             std::fs::create_dir_all(&work).unwrap();
             git(&work, &["init", "--quiet", "--initial-branch=main"]);
             sh(&format!(
-                "git -C {} archive main~3 | tar -x -C {}",
+                "git -C {} archive main~4 | tar -x -C {}",
                 repo.display(),
                 work.display()
             ));
             runs[1].push(measure(&mut git_floor(&work)));
-            for (k, (from, to)) in [("main~3", "main~2"), ("main~2", "main~1"), ("main~1", "main")]
-                .iter()
-                .enumerate()
-            {
+            let steps = [
+                ("main~4", "main~3"),
+                ("main~3", "main~2"),
+                ("main~2", "main~1"),
+                ("main~1", "main"),
+            ];
+            for (k, (from, to)) in steps.iter().enumerate() {
                 // A status first, as any earlier command in a real work tree would have run, so
                 // the index is warm and git only hashes the files that changed.
                 git(&work, &["status", "--porcelain"]);
@@ -188,9 +208,14 @@ fn main() {
         let r = report("1 PR has a new commit, snapshot of every PR", m[2], m[3]);
         report("1 PR has a new commit, snapshot of that PR only", m[4], m[5]);
         report(
-            "1 PR has a new commit, no memory (first run after an upgrade)",
+            "1 PR has a new commit, that PR only, tree not settled (after another's push)",
             m[6],
             m[7],
+        );
+        report(
+            "1 PR has a new commit, no memory (first run after an upgrade)",
+            m[8],
+            m[9],
         );
         incremental.push((prs, m[2].0, m[4].0, r));
     }
