@@ -996,7 +996,7 @@ impl EnvStore for EnvRepo {
             let settled = self
                 .memory
                 .settled(TreeId(oid_bytes(root.id())), project)
-                .filter(|s| s.holds_for(project, digest, now))
+                .filter(|s| s.holds_for(project, digest, now) && !self.memory.outgrown(s.envs))
                 .cloned();
             if let Some(settled) = settled {
                 return self.read_partial(tip, &root, envs, &settled);

@@ -58,6 +58,10 @@ const SETTLED_RECORD: u8 = 3;
 /// tree the last run of its project left unless someone pushed since; room for a few projects
 /// sharing one repository.
 const SETTLED_KEPT: usize = 32;
+/// Kilobytes of log per environment (plus a megabyte) past which partial reads stop appending
+/// (see [`RepoMemory::outgrown`]): a record and its verification are about 0.6 KB, so about five
+/// times what a compacted log holds.
+const OUTGROWN: u64 = 3;
 /// Length (u32) and checksum (u64) before every record.
 const ENVELOPE: usize = 12;
 
@@ -268,6 +272,8 @@ pub struct RepoMemory {
     /// own, read at load, so a partial read needs nothing of the large one.
     settled: Vec<(TreeId, Settled)>,
     settled_changed: bool,
+    /// The log's length at load.
+    log_len: u64,
     /// The strings [`RepoMemory::shared`] gave out last.
     recent: RefCell<Vec<Arc<str>>>,
 }
@@ -279,8 +285,10 @@ impl RepoMemory {
         let key = std::fs::canonicalize(git_dir).unwrap_or_else(|_| git_dir.to_path_buf());
         let digest = hex::encode(sha2::Sha256::digest(key.to_string_lossy().as_bytes()));
         let path = cache_dir.join("memory").join(format!("{}.log", &digest[..24]));
+        let (usable, log_len) = has_header(&path);
         let mut memory = RepoMemory {
-            rewrite: !has_header(&path),
+            rewrite: !usable,
+            log_len,
             path: Some(path),
             ..RepoMemory::default()
         };
@@ -303,6 +311,13 @@ impl RepoMemory {
             Err(e) => tracing::debug!(path = %path.display(), error = %e, "memory not read; starting without"),
         }
         self.envs.get_mut().extend(learned);
+    }
+
+    /// Whether the log has grown past what a repository of `envs` environments needs: partial
+    /// reads only append to it (a full read compacts it), so a run that finds it so long reads
+    /// the repository whole, and the log is its size again.
+    pub fn outgrown(&self, envs: usize) -> bool {
+        self.log_len > OUTGROWN * 1024 * envs as u64 + (1 << 20)
     }
 
     fn settled_path(&self) -> Option<PathBuf> {
@@ -642,13 +657,15 @@ fn header() -> Vec<u8> {
 }
 
 /// Whether the file at `path` starts with this version's header (read without the rest).
-fn has_header(path: &Path) -> bool {
+/// With its length, the file's, when it has.
+fn has_header(path: &Path) -> (bool, u64) {
     use std::io::Read;
     let mut start = vec![0; header().len()];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut start))
-        .is_ok()
-        && header_len(&start).is_some()
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return (false, 0);
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    (file.read_exact(&mut start).is_ok() && header_len(&start).is_some(), len)
 }
 
 /// The settled trees of the file at `path`, the latest [`SETTLED_KEPT`]; none when it is absent,
@@ -916,6 +933,14 @@ mod tests {
         );
         assert!((0..100u8).chain([200]).all(|i| again.knows(TreeId([i; 20]), None)));
         assert!(again.env(TreeId([200; 20]), "shop-pr-7").is_some());
+
+        // Appending forever would grow the log without end: past about five times its size
+        // a partial read is refused, and the full read that follows compacts it.
+        let path = again.path.clone().unwrap();
+        let mut log = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        log.write_all(&vec![0; 2 << 20]).unwrap();
+        let long = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        assert!(long.outgrown(100) && !long.outgrown(1000));
     }
 
     #[test]
