@@ -1007,9 +1007,14 @@ impl EnvStore for EnvRepo {
     }
 
     fn settle(&mut self, at: &Revision, settled: &Settled) {
-        let root = Oid::from_str(&at.0)
-            .and_then(|id| self.repo.find_commit(id))
-            .map(|c| c.tree_id());
+        // A commit just written as a pack may be one this handle has not seen yet (libgit2 looks
+        // for new packs by the directory's mtime, in whole seconds): a fresh handle sees it.
+        let root_in = |repo: &Repository| {
+            Oid::from_str(&at.0)
+                .and_then(|id| repo.find_commit(id))
+                .map(|c| c.tree_id())
+        };
+        let root = root_in(&self.repo).or_else(|_| Repository::open(&self.git_dir).and_then(|repo| root_in(&repo)));
         match root {
             Ok(root) => self.memory.settle(TreeId(oid_bytes(root)), settled),
             Err(e) => tracing::debug!(error = %e, "the settled tree is not remembered; the next run reads it whole"),
