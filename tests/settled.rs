@@ -1,5 +1,6 @@
 //! A sync of a few PRs against a settled tree reads only their environments (`sync::read_for`,
-//! `EnvStore::read_settled`). The property that makes it safe: at every step of any sequence of
+//! `EnvStore::read_settled`), and so does a sync of every PR, for the PRs that changed since the
+//! tree's decisions were made (`core::prints`). The property that makes it safe: at every step of any sequence of
 //! webhook-shaped events, hand edits, settings changes and passing time, the commit it makes holds
 //! exactly the tree a sync from a full read of the same repository makes, with no memory at all.
 //! Real git repositories on both sides; the full side is a copy of the repository before the step
@@ -61,24 +62,24 @@ fn config(settings: u32, engine: &str) -> Config {
     Config::parse(&text, "test").unwrap()
 }
 
-/// The PRs as the fake GitHub knows them: state, head round and labels.
+/// The PRs as the fake GitHub knows them: state, head round, labels, and when each last changed
+/// (GitHub moves `updated_at` only when something about the PR does).
 struct Prs {
-    rounds: std::collections::BTreeMap<u64, (PrState, u64, bool)>,
+    rounds: std::collections::BTreeMap<u64, (PrState, u64, bool, DateTime<Utc>)>,
 }
 
 impl Prs {
-    fn new() -> Prs {
+    fn new(now: DateTime<Utc>) -> Prs {
         Prs {
-            rounds: (1..=OPEN).map(|n| (n, (PrState::Open, 0, false))).collect(),
+            rounds: (1..=OPEN).map(|n| (n, (PrState::Open, 0, false, now))).collect(),
         }
     }
 
-    fn pr(&self, n: u64, now: DateTime<Utc>) -> PullRequest {
-        let (state, round, pin) = self.rounds[&n];
-        let updated = (now - Duration::minutes(1)).to_rfc3339();
-        let mut pr = lib_pr(n, state, format!("{:040x}", n * 1000 + round), &updated);
+    fn pr(&self, n: u64) -> PullRequest {
+        let (state, round, pin, changed) = self.rounds[&n];
+        let mut pr = lib_pr(n, state, format!("{:040x}", n * 1000 + round), &changed.to_rfc3339());
         if state == PrState::Closed {
-            pr.closed_at = Some(now - Duration::minutes(1));
+            pr.closed_at = Some(changed);
         }
         if pin {
             pr.labels = vec!["preserve=true".into()];
@@ -86,10 +87,11 @@ impl Prs {
         pr
     }
 
-    fn push(&mut self, n: u64) {
-        let entry = self.rounds.entry(n).or_insert((PrState::Open, 0, false));
+    fn push(&mut self, n: u64, now: DateTime<Utc>) {
+        let entry = self.rounds.entry(n).or_insert((PrState::Open, 0, false, now));
         if entry.0 == PrState::Open {
             entry.1 += 1;
+            entry.3 = now;
         }
     }
 }
@@ -161,21 +163,29 @@ fn settled_side(now: DateTime<Utc>, prs: &Prs, engine: &str) -> Side {
         &["init", "--quiet", "--bare", "--initial-branch=main", s(&repo)],
     );
     let cache = dir.path().join("cache");
-    let all: Vec<PullRequest> = (1..=OPEN).map(|n| prs.pr(n, now)).collect();
+    let all: Vec<PullRequest> = (1..=OPEN).map(|n| prs.pr(n)).collect();
     let done = sync_with(&repo, &cache, &config(0, engine), &all, now);
     assert_eq!(done.plan.count(prenv::core::plan::Action::Create), OPEN as usize);
     Side { _dir: dir, repo, cache }
 }
 
 /// Runs `events` on the partial side and, step by step, the same sync on a copy of the repository
-/// with no memory; returns how many steps read a partial view.
+/// with no memory; returns how many steps read a partial view. Each snapshot names only the PR
+/// the event is about, as a webhook delivers it.
 fn both_sides_agree(events: &[(Event, bool)], engine: &str) -> usize {
+    let events: Vec<(Event, bool, bool)> = events.iter().map(|(e, later)| (e.clone(), *later, false)).collect();
+    agree(&events, engine)
+}
+
+/// [`both_sides_agree`], each event with whether the snapshot lists every PR the fake GitHub
+/// knows (open and closed, as `prenv sync` from CI gives) instead of the one it is about.
+fn agree(events: &[(Event, bool, bool)], engine: &str) -> usize {
     let mut now: DateTime<Utc> = "2026-11-24T12:00:00Z".parse().unwrap();
-    let mut prs = Prs::new();
+    let mut prs = Prs::new(now - Duration::minutes(1));
     let side = settled_side(now, &prs, engine);
     let mut settings = 0;
     let mut partial_steps = 0;
-    for (step, (event, later)) in events.iter().enumerate() {
+    for (step, (event, later, every)) in events.iter().enumerate() {
         now += if *later {
             Duration::hours(30)
         } else {
@@ -183,17 +193,21 @@ fn both_sides_agree(events: &[(Event, bool)], engine: &str) -> usize {
         };
         let about = match event {
             Event::Push(n) => {
-                prs.push(*n);
+                prs.push(*n, now - Duration::minutes(1));
                 *n
             }
             Event::Close { n, pin } => {
                 let entry = prs.rounds.get_mut(n).unwrap();
+                // Closing, or labelling, moves its time.
+                if entry.0 == PrState::Open || entry.2 != *pin {
+                    entry.3 = now - Duration::minutes(1);
+                }
                 entry.0 = PrState::Closed;
                 entry.2 = *pin;
                 *n
             }
             Event::Open(n) => {
-                prs.push(*n);
+                prs.push(*n, now - Duration::minutes(1));
                 *n
             }
             Event::Edit(n) | Event::Stray(n) => {
@@ -216,17 +230,21 @@ fn both_sides_agree(events: &[(Event, bool)], engine: &str) -> usize {
                         std::fs::write(other, text).unwrap();
                     }
                 });
-                prs.push(1);
+                prs.push(1, now - Duration::minutes(1));
                 1
             }
             Event::Settings => {
                 settings += 1;
-                prs.push(1);
+                prs.push(1, now - Duration::minutes(1));
                 1
             }
         };
         let config = config(settings, engine);
-        let snapshot = [prs.pr(about, now)];
+        let snapshot: Vec<PullRequest> = if *every {
+            prs.rounds.keys().map(|n| prs.pr(*n)).collect()
+        } else {
+            vec![prs.pr(about)]
+        };
         let full_dir = tempfile::tempdir().unwrap();
         let full_repo = full_dir.path().join("envs.git");
         copy_repo(&side.repo, &full_repo);
@@ -242,7 +260,7 @@ fn both_sides_agree(events: &[(Event, bool)], engine: &str) -> usize {
         if done.plan.settled > 0 {
             partial_steps += 1;
         }
-        let context = format!("step {step}: {event:?} (30 h later: {later})");
+        let context = format!("step {step}: {event:?} (30 h later: {later}, every PR: {every})");
         assert_eq!(tree(&side.repo), tree(&full_repo), "{context}: the trees differ");
         assert_eq!(done.commit.is_some(), full.commit.is_some(), "{context}");
         if done.commit.is_some() {
@@ -336,6 +354,28 @@ fn an_argo_cd_repository_agrees_too() {
     assert_eq!(both_sides_agree(&events, "argocd"), 3);
 }
 
+#[test]
+fn a_snapshot_of_every_pr_reads_only_the_environments_of_prs_that_changed() {
+    let events = [
+        // The first sync listed every PR: each PR's fingerprint is known.
+        (Event::Push(3), false, true),
+        // A webhook's sync decides one PR; the others' fingerprints carry over.
+        (Event::Push(5), false, false),
+        (Event::Push(2), false, true),
+        // A new PR: its environment is created from a full read, which lists every PR.
+        (Event::Open(9), false, true),
+        // Someone's push voids the settled tree: a full read, which settles it again.
+        (Event::Edit(4), false, true),
+        (Event::Push(3), false, true),
+        // A closed PR is pruned from a full read; its closed listing is then known too.
+        (Event::Close { n: 6, pin: false }, false, true),
+        (Event::Push(1), false, true),
+        // 30 hours later the time is past every decision: still partial.
+        (Event::Push(2), true, true),
+    ];
+    assert_eq!(agree(&events, "flux"), 6);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 10, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -344,6 +384,13 @@ proptest! {
         events in proptest::collection::vec((event(), proptest::bool::weighted(0.2)), 1..7)
     ) {
         both_sides_agree(&events, "flux");
+    }
+
+    #[test]
+    fn any_sequence_of_listings_and_events_commits_what_a_full_read_commits(
+        events in proptest::collection::vec((event(), proptest::bool::weighted(0.2), any::<bool>()), 1..8)
+    ) {
+        agree(&events, "flux");
     }
 
     #[test]

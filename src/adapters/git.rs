@@ -985,7 +985,7 @@ impl EnvStore for EnvRepo {
         &mut self,
         project: &str,
         digest: &str,
-        envs: &BTreeSet<String>,
+        envs: &mut dyn FnMut(&Settled) -> Option<BTreeSet<String>>,
         now: DateTime<Utc>,
     ) -> Result<RepoView> {
         // The tip once: for a remote, each asking is a fetch.
@@ -996,10 +996,11 @@ impl EnvStore for EnvRepo {
             let settled = self
                 .memory
                 .settled(TreeId(oid_bytes(root.id())), project)
-                .filter(|s| s.holds_for(project, digest, now) && !self.memory.outgrown(s.envs))
-                .cloned();
-            if let Some(settled) = settled {
-                return self.read_partial(tip, &root, envs, &settled);
+                .filter(|s| s.holds_for(project, digest, now) && !self.memory.outgrown(s.envs));
+            if let Some(settled) = settled
+                && let Some(names) = envs(&settled)
+            {
+                return self.read_partial(tip, &root, &names, &settled);
             }
         }
         self.memory.read_records();

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::core::ports::{EnvEntry, MetaSource, Settled, Verifications};
+use crate::core::ports::{EnvEntry, MetaSource, Print, Prints, Settled, Verifications};
 use crate::model::layout::{BlobId, ENV_FILES, EnvFiles, TreeId};
 use crate::model::meta::EnvMeta;
 
@@ -58,6 +58,9 @@ const SETTLED_RECORD: u8 = 3;
 /// tree the last run of its project left unless someone pushed since; room for a few projects
 /// sharing one repository.
 const SETTLED_KEPT: usize = 32;
+const PRINTS_RECORD: u8 = 4;
+/// The bytes of one PR in a fingerprints record.
+const PRINT_ENTRY: usize = 25;
 /// Kilobytes of log per environment (plus a megabyte) past which partial reads stop appending
 /// (see [`RepoMemory::outgrown`]): a record and its verification are about 0.6 KB, so about five
 /// times what a compacted log holds.
@@ -243,6 +246,9 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// A settled tree's fingerprints, with the tree they are about.
+type TreePrints = (TreeId, Arc<Prints>);
+
 /// The memory of one environments repository, loaded at open and saved after a run. Reads of the
 /// repository consult and extend it through `&self` (they hold git objects borrowed from the same
 /// adapter), hence the cells.
@@ -272,6 +278,11 @@ pub struct RepoMemory {
     /// own, read at load, so a partial read needs nothing of the large one.
     settled: Vec<(TreeId, Settled)>,
     settled_changed: bool,
+    /// Per project, the fingerprints of its latest settled tree ([`Prints`]), read from their own
+    /// file when a settled fact is asked for; a file about another tree is not used.
+    prints: RefCell<HashMap<String, Option<TreePrints>>>,
+    /// Fingerprints learned, by project, to save.
+    pending_prints: Vec<(String, TreeId, Arc<Prints>)>,
     /// The log's length at load.
     log_len: u64,
     /// The strings [`RepoMemory::shared`] gave out last.
@@ -322,6 +333,20 @@ impl RepoMemory {
 
     fn settled_path(&self) -> Option<PathBuf> {
         Some(self.path.as_ref()?.with_extension("settled"))
+    }
+
+    /// The file of a project's fingerprints (project ids are DNS labels: safe in a file name).
+    fn prints_path(&self, project: &str) -> Option<PathBuf> {
+        Some(self.path.as_ref()?.with_extension(format!("{project}.prints")))
+    }
+
+    /// The fingerprints of `project`'s settled tree `root`, when its file holds them.
+    fn prints_of(&self, root: TreeId, project: &str) -> Option<Arc<Prints>> {
+        let mut cache = self.prints.borrow_mut();
+        let known = cache
+            .entry(project.to_string())
+            .or_insert_with(|| read_prints(&self.prints_path(project)?));
+        known.as_ref().filter(|(tree, _)| *tree == root).map(|(_, p)| p.clone())
     }
 
     /// Indexes the records of a file's bytes, stopping at the first damaged one.
@@ -452,31 +477,65 @@ impl RepoMemory {
 
     /// What an earlier run recorded about root tree `root` being settled for `project` (projects
     /// sharing a repository each settle it for themselves), the latest fact first.
-    pub fn settled(&self, root: TreeId, project: &str) -> Option<&Settled> {
-        self.settled
+    /// With the tree's fingerprints, when they are kept.
+    pub fn settled(&self, root: TreeId, project: &str) -> Option<Settled> {
+        let (_, fact) = self
+            .settled
             .iter()
             .rev()
-            .find(|(t, s)| *t == root && s.project == project)
-            .map(|(_, s)| s)
+            .find(|(t, s)| *t == root && s.project == project)?;
+        Some(Settled {
+            prints: self.prints_of(root, project),
+            ..fact.clone()
+        })
     }
 
-    /// Records that root tree `root` is settled, to be saved with the rest.
+    /// Records that root tree `root` is settled, to be saved with the rest: the fact in the small
+    /// file of settled trees, its fingerprints (when it has) in the project's own.
     pub fn settle(&mut self, root: TreeId, settled: &Settled) {
-        if self.settled(root, &settled.project) == Some(settled) {
-            return;
-        }
         if settled_record(root, settled).is_none() {
             return;
         }
-        if self.settled.len() == SETTLED_KEPT {
-            self.settled.remove(0);
+        let project = &settled.project;
+        let fact = Settled {
+            prints: None,
+            ..settled.clone()
+        };
+        let known = self
+            .settled
+            .iter()
+            .rev()
+            .find(|(t, s)| *t == root && s.project == *project);
+        if known.map(|(_, s)| s) != Some(&fact) {
+            if self.settled.len() == SETTLED_KEPT {
+                self.settled.remove(0);
+            }
+            self.settled.push((root, fact));
+            self.settled_changed = true;
         }
-        self.settled.push((root, settled.clone()));
-        self.settled_changed = true;
+        if let Some(prints) = settled
+            .prints
+            .as_ref()
+            .filter(|p| self.prints_of(root, project).as_ref() != Some(*p))
+        {
+            self.prints
+                .get_mut()
+                .insert(project.clone(), Some((root, prints.clone())));
+            self.pending_prints.retain(|(p, _, _)| p != project);
+            self.pending_prints.push((project.clone(), root, prints.clone()));
+        }
     }
 
     /// Writes what the memory learned; failures are logged, never fatal.
     pub fn save(&mut self) {
+        for (project, root, prints) in std::mem::take(&mut self.pending_prints) {
+            let Some(path) = self.prints_path(&project) else {
+                continue;
+            };
+            if let Err(e) = rewrite(&path, &[&prints_record(root, &prints)]) {
+                tracing::warn!(path = %path.display(), error = %e, "could not save the settled tree's fingerprints; the next run with every PR reads it whole");
+            }
+        }
         if std::mem::take(&mut self.settled_changed)
             && let Some(path) = self.settled_path()
         {
@@ -620,6 +679,64 @@ fn settled_record(root: TreeId, settled: &Settled) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A settled tree's fingerprints as a record: the root tree id, the time (seconds, nanoseconds),
+/// the number of entries, then each: PR number, fingerprint, whether it has an environment.
+fn prints_record(root: TreeId, prints: &Prints) -> Vec<u8> {
+    let mut out = Vec::with_capacity(41 + prints.entries.len() * PRINT_ENTRY);
+    out.push(PRINTS_RECORD);
+    out.extend_from_slice(&root.0);
+    out.extend_from_slice(&prints.at.timestamp().to_le_bytes());
+    out.extend_from_slice(&prints.at.timestamp_subsec_nanos().to_le_bytes());
+    out.extend_from_slice(&(prints.entries.len() as u64).to_le_bytes());
+    for (pr, print, env) in &prints.entries {
+        out.extend_from_slice(&pr.to_le_bytes());
+        out.extend_from_slice(print);
+        out.push(u8::from(*env));
+    }
+    out
+}
+
+/// The fingerprints a record holds, `None` when it does not parse whole or its PRs are not in
+/// ascending order.
+fn prints_of_record(record: &[u8]) -> Option<(TreeId, Prints)> {
+    let mut r = meta_codec::Reader::new(record);
+    if r.byte().ok()? != PRINTS_RECORD {
+        return None;
+    }
+    let root = TreeId(r.array().ok()?);
+    let secs = i64::from_le_bytes(r.array().ok()?);
+    let nanos = u32::from_le_bytes(r.array().ok()?);
+    let at = DateTime::from_timestamp(secs, nanos)?;
+    let count = usize::try_from(u64::from_le_bytes(r.array().ok()?)).ok()?;
+    if record.len() - r.at() != count.checked_mul(PRINT_ENTRY)? {
+        return None;
+    }
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let pr = u64::from_le_bytes(r.array().ok()?);
+        let print: Print = r.array().ok()?;
+        let env = match r.byte().ok()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        if entries.last().is_some_and(|(last, _, _)| *last >= pr) {
+            return None;
+        }
+        entries.push((pr, print, env));
+    }
+    Some((root, Prints { at, entries }))
+}
+
+/// The fingerprints of the file at `path`; none when it is absent, of another version or damaged.
+fn read_prints(path: &Path) -> Option<TreePrints> {
+    let bytes = std::fs::read(path).ok()?;
+    let at = header_len(&bytes)?;
+    let (start, end) = record_at(&bytes, at)?;
+    let (root, prints) = prints_of_record(&bytes[start..end])?;
+    Some((root, Arc::new(prints)))
+}
+
 /// The fact a settled record holds, `None` when it does not parse whole.
 fn settled_of(record: &[u8]) -> Option<(TreeId, Settled)> {
     let mut r = meta_codec::Reader::new(record);
@@ -643,6 +760,7 @@ fn settled_of(record: &[u8]) -> Option<(TreeId, Settled)> {
             digest,
             due,
             envs,
+            prints: None,
         },
     ))
 }
@@ -844,7 +962,45 @@ mod tests {
             digest: "0123456789abcdef".into(),
             due: due.map(|d| d.parse().unwrap()),
             envs,
+            prints: None,
         }
+    }
+
+    #[test]
+    fn fingerprints_come_back_with_their_tree_only_and_a_damaged_file_gives_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut memory = memory_at(dir.path());
+        let prints = Prints {
+            at: "2026-11-24T12:00:00.5Z".parse().unwrap(),
+            entries: vec![(1, [1; 16], true), (2, [2; 16], false), (40_000, [7; 16], true)],
+        };
+        let fact = Settled {
+            prints: Some(Arc::new(prints.clone())),
+            ..settled(2, None)
+        };
+        memory.settle(TreeId([9; 20]), &fact);
+        memory.save();
+        let back = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        assert_eq!(back.settled(TreeId([9; 20]), "shop"), Some(fact.clone()));
+        assert_eq!(
+            back.settled(TreeId([9; 20]), "shop").unwrap().prints.unwrap().get(2),
+            Some(([2; 16], false))
+        );
+        // A later tree of the project has its own fingerprints; the earlier one keeps its fact only.
+        let mut later = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        later.settle(TreeId([8; 20]), &fact);
+        later.save();
+        let back = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        assert_eq!(back.settled(TreeId([8; 20]), "shop"), Some(fact.clone()));
+        assert_eq!(back.settled(TreeId([9; 20]), "shop"), Some(settled(2, None)));
+        // One byte changed: the record fails its checksum, and the fact stands without them.
+        let path = back.prints_path("shop").unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let damaged = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        assert_eq!(damaged.settled(TreeId([8; 20]), "shop"), Some(settled(2, None)));
     }
 
     #[test]
@@ -859,8 +1015,8 @@ mod tests {
         // Read at load, without the records of the large file (which may be gone).
         std::fs::remove_file(memory.path.as_ref().unwrap()).ok();
         let back = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
-        assert_eq!(back.settled(TreeId([9; 20]), "shop"), Some(&pinned));
-        assert_eq!(back.settled(TreeId([8; 20]), "shop"), Some(&settled(3, None)));
+        assert_eq!(back.settled(TreeId([9; 20]), "shop"), Some(pinned.clone()));
+        assert_eq!(back.settled(TreeId([8; 20]), "shop"), Some(settled(3, None)));
         assert_eq!(
             back.settled(TreeId([7; 20]), "shop"),
             None,
@@ -880,7 +1036,7 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let cut = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
-        assert_eq!(cut.settled(TreeId([9; 20]), "shop"), Some(&pinned));
+        assert_eq!(cut.settled(TreeId([9; 20]), "shop"), Some(pinned.clone()));
         assert_eq!(cut.settled(TreeId([8; 20]), "shop"), None);
 
         // Only the latest few are kept.

@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::core::desired::{self, Desired, Inputs};
 use crate::core::diff::Changes;
 use crate::core::plan::{self, Evidence, Plan};
-use crate::core::ports::{Change, EnvStore, ImageRegistry, Published, RepoView, Verifications};
+use crate::core::ports::{Change, EnvStore, ImageRegistry, Published, RepoView, Settled, Verifications};
+use crate::core::prints;
 use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::layout::secret_file;
@@ -140,10 +141,13 @@ pub fn prepare(
     opts: &SyncOptions,
     credentials: &mut dyn CredentialMaker,
 ) -> Result<Desired> {
-    let evidence = with_image_facts(view, config, prs, now, opts);
+    // Only the PRs to decide ask the registry: a PR whose decision the settled tree holds runs its
+    // head's image (one waiting for its image is never held: see `prints::after`).
+    let prs = desired::to_decide(config, view, prs, now);
+    let evidence = with_image_facts(view, config, &prs, now, opts);
     let inputs = Inputs {
         config,
-        prs,
+        prs: &prs,
         evidence: &evidence,
         now,
         allow_mass_prune: opts.allow_mass_prune,
@@ -152,13 +156,15 @@ pub fn prepare(
     desired::desired(&inputs, view, credentials)
 }
 
-/// A snapshot naming more PRs than this is planned against a full view: a partial one saves
-/// nothing there.
+/// A partial view is read for at most this many PRs: past it, reading the environments one by
+/// one saves nothing over reading them all.
 const PARTIAL_MAX_PRS: usize = 64;
 
-/// The view to sync `prs` against: a partial one, of only their environments, when the snapshot
-/// names a few PRs and the store knows the tree it reads to be settled for these settings
-/// ([`EnvStore::read_settled`]); else everything. Evidence about PRs the snapshot does not name
+/// The view to sync `prs` against: a partial one, of only the environments of the PRs to decide,
+/// when the store knows the tree it reads to be settled for these settings
+/// ([`EnvStore::read_settled`]) and those are a few: the snapshot's PRs when it names a few, or
+/// of a snapshot of every PR, those that changed since the tree's decisions were made
+/// ([`prints::to_decide`]); else everything. Evidence about PRs the snapshot does not name
 /// (operator-confirmed closures, unconfirmed PRs) and capacity limits concern every environment,
 /// so they want the full view.
 pub fn read_for(
@@ -169,26 +175,36 @@ pub fn read_for(
     opts: &SyncOptions,
 ) -> Result<RepoView> {
     let evidence = &opts.evidence;
-    let partial = prs.len() <= PARTIAL_MAX_PRS
-        && evidence.unconfirmed.is_empty()
-        && evidence.closed_by_operator.is_empty()
-        && !config.capacity.limited();
-    if partial {
-        let names: BTreeSet<String> = prs
-            .iter()
-            .filter_map(|pr| EnvName::new(&config.project_id, pr.number).ok())
-            .map(|env| env.as_str().to_string())
-            .collect();
-        let view = store.read_settled(&config.project_id, &config.render_digest(), &names, now)?;
-        if view.settled.is_some() {
-            tracing::debug!(
-                envs = view.envs.len(),
-                "the tree read is settled: read only the snapshot's environments"
-            );
-        }
-        return Ok(view);
+    if !evidence.unconfirmed.is_empty() || !evidence.closed_by_operator.is_empty() || config.capacity.limited() {
+        return store.read();
     }
-    store.read()
+    let mut decide = None;
+    let mut names = |settled: &Settled| {
+        let to_read: Vec<&PullRequest> = match prints::to_decide(config, settled, prs, now) {
+            Some(changed) => changed,
+            None => prs.iter().collect(),
+        };
+        if to_read.len() > PARTIAL_MAX_PRS {
+            return None;
+        }
+        decide = Some(to_read.iter().map(|pr| pr.number).collect());
+        Some(
+            to_read
+                .iter()
+                .filter_map(|pr| EnvName::new(&config.project_id, pr.number).ok())
+                .map(|env| env.as_str().to_string())
+                .collect::<BTreeSet<String>>(),
+        )
+    };
+    let mut view = store.read_settled(&config.project_id, &config.render_digest(), &mut names, now)?;
+    if view.settled.is_some() {
+        view.decide = decide.map(Arc::new);
+        tracing::debug!(
+            envs = view.envs.len(),
+            "the tree read is settled: read only the environments of the PRs to decide"
+        );
+    }
+    Ok(view)
 }
 
 /// Makes the branch match the desired state: one commit when something changed, none otherwise.

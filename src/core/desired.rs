@@ -2,6 +2,7 @@
 //! PRs, the config and what the repository holds now, to the decisions and the exact files to write
 //! and remove. Pure but for the credential maker it is handed (randomness for new passwords).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::FxHashSet as HashSet;
@@ -24,6 +25,7 @@ use super::breaker;
 use super::diff::{self, Changes};
 use super::plan::{self, Action, Evidence, Plan};
 use super::ports::{RepoView, Settled, Verifications};
+use super::prints;
 
 /// Everything a run decides with, besides what the repository holds.
 #[derive(Clone, Copy)]
@@ -58,6 +60,28 @@ pub struct Desired {
     pub settled: Option<Settled>,
 }
 
+/// The PRs of `prs` a run against `current` decides: against a settled tree, those whose decision
+/// it does not hold already ([`prints::to_decide`]); else all of them.
+pub fn to_decide<'a>(
+    config: &Config,
+    current: &RepoView,
+    prs: &'a [PullRequest],
+    now: DateTime<Utc>,
+) -> Cow<'a, [PullRequest]> {
+    let changed: Vec<&PullRequest> = match (&current.settled, &current.decide) {
+        (Some(_), Some(decide)) => prs.iter().filter(|pr| decide.contains(&pr.number)).collect(),
+        (Some(settled), None) => match prints::to_decide(config, settled, prs, now) {
+            Some(changed) => changed,
+            None => return Cow::Borrowed(prs),
+        },
+        (None, _) => return Cow::Borrowed(prs),
+    };
+    if changed.len() == prs.len() {
+        return Cow::Borrowed(prs);
+    }
+    Cow::Owned(changed.into_iter().cloned().collect())
+}
+
 /// Whether a plan made against a partial view ([`RepoView::settled`]) is the one a full view
 /// gives: it only keeps or updates environments that exist (or skips PRs that have none), so the
 /// set of environments, the indexes that list them and every environment the view left out stay
@@ -75,6 +99,11 @@ pub fn fits_partial_view(plan: &Plan) -> bool {
 /// pipeline, longer than most functions so that its steps read in order.
 pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn CredentialMaker) -> Result<Desired> {
     let config = inputs.config;
+    let decided = to_decide(config, current, inputs.prs, inputs.now);
+    let inputs = &Inputs {
+        prs: &decided,
+        ..*inputs
+    };
     let mut plan = plan::plan_knowing(
         config,
         inputs.prs,
@@ -182,7 +211,7 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     refuse_obstacles(current, &changes)?;
     let verified = newly_verified(&envs, &trusted, &around.legacy, current, &desired, &changes);
     let settled = settled_after(
-        config,
+        inputs,
         &plan,
         current,
         &envs,
@@ -212,7 +241,7 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
 /// rest were kept settled). Pins are the only clock the kept environments answer to: the earliest
 /// ends the fact.
 fn settled_after(
-    config: &Config,
+    inputs: &Inputs<'_>,
     plan: &Plan,
     current: &RepoView,
     envs: &[&EnvMeta],
@@ -220,6 +249,7 @@ fn settled_after(
     held: &BTreeMap<String, String>,
     legacy: &BTreeSet<&str>,
 ) -> Option<Settled> {
+    let config = inputs.config;
     let clean = !config.capacity.limited()
         && verified == envs.len()
         && held.is_empty()
@@ -249,11 +279,15 @@ fn settled_after(
         Some(rest) => (rest.envs, pins.chain(rest.due).min()),
         None => (envs.len() + kept.len(), pins.min()),
     };
+    let read = current.settled.as_ref().and_then(|s| s.prints.as_deref());
     Some(Settled {
         project: config.project_id.clone(),
         digest: config.render_digest(),
         due,
         envs,
+        prints: Some(std::sync::Arc::new(prints::after(
+            config, plan, inputs.prs, read, inputs.now,
+        ))),
     })
 }
 

@@ -9,5 +9,6 @@ pub mod diff;
 pub mod eligible;
 pub mod plan;
 pub mod ports;
+pub mod prints;
 pub mod status;
 pub mod tracker;

@@ -63,6 +63,10 @@ pub struct RepoView {
     /// ApplicationSets), because an earlier run left the tree it read settled; the rest of the
     /// project's environments are kept as they are without being read.
     pub settled: Option<Settled>,
+    /// With a partial view, the PRs a run decides when it was read for a snapshot
+    /// ([`crate::app::sync::read_for`]): what [`crate::core::prints::to_decide`] gave, so it is
+    /// not worked out again.
+    pub decide: Option<Arc<BTreeSet<u64>>>,
 }
 
 /// What a run that ended at a tree knows of it: every environment of `project` there is as prenv
@@ -80,6 +84,37 @@ pub struct Settled {
     pub due: Option<DateTime<Utc>>,
     /// How many environments of the project the tree holds.
     pub envs: usize,
+    /// What each PR looked like to the runs that left its environment so ([`Prints`]), when the
+    /// store kept it: a snapshot of every PR then needs reading only the environments of PRs that
+    /// changed since.
+    pub prints: Option<Arc<Prints>>,
+}
+
+/// A fingerprint of one PR as a run saw it, with the settings that decide what it gets
+/// ([`crate::core::desired::print`]).
+pub type Print = [u8; 16];
+
+/// The PRs whose decision a settled tree already holds: for each, the fingerprint of the PR the
+/// decision was made from. Deciding a PR with the same fingerprint again, against that tree and
+/// with the same settings, changes nothing (a decision is a function of the PR, the settings, the
+/// environment it finds and the time), so a run may leave it out. Only decisions that wait for
+/// nothing are listed: an environment waiting for its image asks the registry on every run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Prints {
+    /// The latest time a listed decision was made at: a run at an earlier time (a `--now` in the
+    /// past) decides everything again, since creation and commit times are clamped to it.
+    pub at: DateTime<Utc>,
+    /// By PR number, ascending, each PR once; `true` when the PR has an environment in the tree.
+    pub entries: Vec<(u64, Print, bool)>,
+}
+
+impl Prints {
+    /// The entry of PR `pr`.
+    pub fn get(&self, pr: u64) -> Option<(Print, bool)> {
+        let at = self.entries.binary_search_by_key(&pr, |e| e.0).ok()?;
+        let (_, print, env) = self.entries[at];
+        Some((print, env))
+    }
 }
 
 impl Settled {
@@ -613,14 +648,15 @@ pub trait EnvStore {
     }
     /// Keeps what this run verified (see [`Verifications`]) for the next run, where the store can.
     fn learn(&mut self, _verified: &[(TreeId, Option<BlobId>)]) {}
-    /// Reads the tip like [`EnvStore::read`], but as a partial view of only the environments
-    /// `envs` names (see [`RepoView::settled`]) when its tree is one an earlier run recorded as
-    /// settled and [`Settled::holds_for`] this run. A store that remembers nothing reads it all.
+    /// Reads the tip like [`EnvStore::read`], but as a partial view (see [`RepoView::settled`])
+    /// when its tree is one an earlier run recorded as settled and [`Settled::holds_for`] this
+    /// run: of only the environments `envs` names, given that fact (`None`: read it all). A store
+    /// that remembers nothing reads it all.
     fn read_settled(
         &mut self,
         _project: &str,
         _digest: &str,
-        _envs: &BTreeSet<String>,
+        _envs: &mut dyn FnMut(&Settled) -> Option<BTreeSet<String>>,
         _now: DateTime<Utc>,
     ) -> Result<RepoView> {
         self.read()

@@ -135,13 +135,9 @@ pub fn parse_snapshot(json: &str, origin: &str) -> Result<Vec<PullRequest>> {
     // Straight into the fields prenv reads (serde skips the rest of GitHub's large objects); only
     // a listing with something wrong in it is read again element by element, below, to name the
     // one at fault. Going through `serde_json::Value` every time was a third of a sync of 10,000 PRs.
-    if let Ok(rest) = serde_json::from_str::<Vec<RestPull>>(json)
-        && let Ok(prs) = rest
-            .into_iter()
-            .map(from_rest)
-            .collect::<std::result::Result<Vec<_>, String>>()
-    {
-        return Ok(in_order(prs));
+    // Each element is made a PR as it is read: no list of the REST shapes in between.
+    if let Ok(prs) = serde_json::from_str::<Vec<Parsed>>(json) {
+        return Ok(in_order(prs.into_iter().map(|p| p.0).collect()));
     }
     let items: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| {
         err(format!(
@@ -169,6 +165,16 @@ fn in_order(mut prs: Vec<PullRequest>) -> Vec<PullRequest> {
     prs
 }
 
+/// A PR read straight from its REST shape; an element it does not make is named by the slower path.
+struct Parsed(PullRequest);
+
+impl<'de> Deserialize<'de> for Parsed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Parsed, D::Error> {
+        let rest = RestPull::deserialize(d)?;
+        from_rest(rest).map(Parsed).map_err(serde::de::Error::custom)
+    }
+}
+
 fn from_rest(r: RestPull) -> std::result::Result<PullRequest, String> {
     if r.number == 0 {
         return Err("`number` is 0; GitHub numbers PRs from 1".into());
@@ -189,7 +195,11 @@ fn from_rest(r: RestPull) -> std::result::Result<PullRequest, String> {
         draft: r.draft,
         title: r.title,
         labels: r.labels.into_iter().map(|l| l.name).collect(),
-        head_sha: r.head.sha.to_ascii_lowercase(),
+        head_sha: {
+            let mut sha = r.head.sha;
+            sha.make_ascii_lowercase();
+            sha
+        },
         head_ref: r.head.git_ref,
         head_repo: r.head.repo.map(|r| r.full_name),
         base_repo: r.base.and_then(|b| b.repo).map(|r| r.full_name),
