@@ -479,15 +479,20 @@ impl RepoMemory {
     /// sharing a repository each settle it for themselves), the latest fact first.
     /// With the tree's fingerprints, when they are kept.
     pub fn settled(&self, root: TreeId, project: &str) -> Option<Settled> {
-        let (_, fact) = self
-            .settled
-            .iter()
-            .rev()
-            .find(|(t, s)| *t == root && s.project == project)?;
+        let fact = self.fact(root, project)?;
         Some(Settled {
             prints: self.prints_of(root, project),
             ..fact.clone()
         })
+    }
+
+    /// The latest fact recorded about `project`'s tree `root`, without its fingerprints.
+    fn fact(&self, root: TreeId, project: &str) -> Option<&Settled> {
+        self.settled
+            .iter()
+            .rev()
+            .find(|(t, s)| *t == root && s.project == project)
+            .map(|(_, s)| s)
     }
 
     /// Records that root tree `root` is settled, to be saved with the rest: the fact in the small
@@ -501,12 +506,7 @@ impl RepoMemory {
             prints: None,
             ..settled.clone()
         };
-        let known = self
-            .settled
-            .iter()
-            .rev()
-            .find(|(t, s)| *t == root && s.project == *project);
-        if known.map(|(_, s)| s) != Some(&fact) {
+        if self.fact(root, project) != Some(&fact) {
             if self.settled.len() == SETTLED_KEPT {
                 self.settled.remove(0);
             }
