@@ -20,9 +20,10 @@ const CONFIG: &str = "project_id = \"shop\"\ndomain = \"preview.example.com\"\ni
 
 /// Rounds per size, each figure the median of them: one round of 10,000 let a single noisy
 /// sample of this shared disk decide a row (two runs on one day gave 0.17 and 0.21 for the same
-/// build), so the largest size has three too, although its full sync and git floor take tens of
-/// seconds each.
-const ROUNDS: usize = 3;
+/// build), so the largest size has as many, although its full sync and git floor take tens of
+/// seconds each. Five, not three: an incremental sync takes tens of milliseconds, and one slow
+/// sample of three moved a growth figure by a tenth.
+const ROUNDS: usize = 5;
 
 /// The config with a fresh age recipient, so every environment's MariaDB credentials are encrypted.
 fn config_text() -> String {
@@ -53,13 +54,21 @@ fn snapshot(prs: u64, bumped: Option<(u64, char)>, only: bool) -> String {
 /// Set in a copy of this benchmark that only runs one command and reports on it (see [`measure`]).
 const HELPER_VAR: &str = "PRENV_BENCH_MEASURE";
 
-/// Runs a command to completion; returns its wall time and peak RSS (KiB).
+/// What one command cost: wall time, peak RSS (KiB), and CPU time (user and system, all threads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Cost {
+    wall: Duration,
+    peak: i64,
+    cpu: Duration,
+}
+
+/// Runs a command to completion; returns what it cost.
 ///
 /// Through a fresh copy of this binary: Linux counts in a child's peak RSS the memory of the
 /// process it was spawned from (the parent's, shared until `exec`), so a child of this process,
 /// which holds snapshots of 10,000 PRs, reported this process's peak for every small sync. The
 /// copy is small when it spawns the command, and times it itself, so its own start costs nothing.
-fn measure(cmd: &mut Command) -> (Duration, i64) {
+fn measure(cmd: &mut Command) -> Cost {
     let mut helper = Command::new(std::env::current_exe().expect("the benchmark's path"));
     helper.env(HELPER_VAR, "1").arg(cmd.get_program()).args(cmd.get_args());
     for (key, value) in cmd.get_envs() {
@@ -77,11 +86,22 @@ fn measure(cmd: &mut Command) -> (Duration, i64) {
         .expect("spawning");
     assert!(out.status.success(), "{cmd:?} failed");
     let text = String::from_utf8_lossy(&out.stdout);
-    let (nanos, kib) = text.trim().split_once(' ').expect("the helper's report");
-    (Duration::from_nanos(nanos.parse().unwrap()), kib.parse().unwrap())
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(|f| f.parse().expect("the helper's report"))
+        .collect();
+    let [nanos, kib, cpu] = fields[..] else {
+        panic!("the helper's report: {text}")
+    };
+    Cost {
+        wall: Duration::from_nanos(nanos),
+        peak: kib as i64,
+        cpu: Duration::from_micros(cpu),
+    }
 }
 
-/// The helper's side of [`measure`]: runs its arguments, reports `nanoseconds peak-KiB`.
+/// The helper's side of [`measure`]: runs its arguments, reports `nanoseconds peak-KiB
+/// cpu-microseconds`.
 #[allow(clippy::zombie_processes, reason = "wait4 reaps the child to read its rusage")]
 fn helper() -> ! {
     let mut args = std::env::args_os().skip(1);
@@ -95,7 +115,9 @@ fn helper() -> ! {
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let elapsed = start.elapsed();
     let ok = pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    println!("{} {}", elapsed.as_nanos(), usage.ru_maxrss);
+    let micros = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
+    let cpu = micros(usage.ru_utime) + micros(usage.ru_stime);
+    println!("{} {} {cpu}", elapsed.as_nanos(), usage.ru_maxrss);
     std::process::exit(if ok { 0 } else { 1 })
 }
 
@@ -148,20 +170,25 @@ fn git_floor(work: &Path) -> Command {
     cmd
 }
 
-fn median(mut xs: Vec<(Duration, i64)>) -> (Duration, i64) {
+/// The median wall time of `xs` with its CPU time, and the highest peak.
+fn median(mut xs: Vec<Cost>) -> Cost {
     xs.sort();
-    let peak = xs.iter().map(|x| x.1).max().unwrap_or(0);
-    (xs[xs.len() / 2].0, peak)
+    let peak = xs.iter().map(|x| x.peak).max().unwrap_or(0);
+    Cost {
+        peak,
+        ..xs[xs.len() / 2]
+    }
 }
 
-fn report(what: &str, ours: (Duration, i64), floor: (Duration, i64)) -> f64 {
-    let ratio = ours.0.as_secs_f64() / floor.0.as_secs_f64();
+fn report(what: &str, ours: Cost, floor: Cost) -> f64 {
+    let ratio = ours.wall.as_secs_f64() / floor.wall.as_secs_f64();
     println!(
-        "  {what}: prenv {:.1?} (peak {:.1} MB) | git {:.1?} (peak {:.1} MB) | ratio {ratio:.2}",
-        ours.0,
-        ours.1 as f64 / 1024.0,
-        floor.0,
-        floor.1 as f64 / 1024.0,
+        "  {what}: prenv {:.1?} (cpu {:.1?}, peak {:.1} MB) | git {:.1?} (peak {:.1} MB) | ratio {ratio:.2}",
+        ours.wall,
+        ours.cpu,
+        ours.peak as f64 / 1024.0,
+        floor.wall,
+        floor.peak as f64 / 1024.0,
     );
     ratio
 }
@@ -191,7 +218,7 @@ fn main() {
         std::fs::write(d.join("only.json"), snapshot(prs, Some((mid, 'b')), true)).unwrap();
         std::fs::write(d.join("unsettled.json"), snapshot(prs, Some((mid, 'c')), true)).unwrap();
         std::fs::write(d.join("cold.json"), snapshot(prs, Some((mid, 'd')), true)).unwrap();
-        let mut runs: [Vec<(Duration, i64)>; 10] = Default::default();
+        let mut runs: [Vec<Cost>; 10] = Default::default();
         for round in 0..ROUNDS {
             let repo = d.join(format!("envs-{round}.git"));
             git(
@@ -237,7 +264,7 @@ fn main() {
                 runs[3 + 2 * k].push(measure(&mut git_floor(&work)));
             }
         }
-        let m: Vec<(Duration, i64)> = runs.into_iter().map(median).collect();
+        let m: Vec<Cost> = runs.into_iter().map(median).collect();
         println!("{prs} open PRs, postgres + mariadb, {ROUNDS} round(s), medians (peak = highest of the rounds):");
         report("full sync into an empty repository", m[0], m[1]);
         let r = report("1 PR has a new commit, snapshot of every PR", m[2], m[3]);
@@ -252,14 +279,17 @@ fn main() {
             m[8],
             m[9],
         );
-        incremental.push((prs, m[2].0, m[4].0, r));
+        incremental.push((prs, m[2], m[4], r));
     }
     for pair in incremental.windows(2) {
         let ((a, ta, oa, _), (b, tb, ob, _)) = (pair[0], pair[1]);
+        let x = |b: Duration, a: Duration| b.as_secs_f64() / a.as_secs_f64();
         println!(
-            "growth {a} -> {b} PRs, 1 PR changed: every-PR snapshot x{:.2}, that-PR snapshot x{:.2}",
-            tb.as_secs_f64() / ta.as_secs_f64(),
-            ob.as_secs_f64() / oa.as_secs_f64()
+            "growth {a} -> {b} PRs, 1 PR changed: every-PR snapshot x{:.2} (cpu x{:.2}), that-PR snapshot x{:.2} (cpu x{:.2})",
+            x(tb.wall, ta.wall),
+            x(tb.cpu, ta.cpu),
+            x(ob.wall, oa.wall),
+            x(ob.cpu, oa.cpu)
         );
     }
 }

@@ -15,7 +15,7 @@ use prenv::app::sync::{self, SyncOptions};
 use prenv::core::plan::Evidence;
 use prenv::core::ports::{EnvStore, PrSource, RepoView};
 use prenv::model::config::{Config, Engine};
-use prenv::model::pr::Snapshot;
+use prenv::model::pr::{Listing, Read, Snapshot};
 use prenv::secrets::sops;
 
 use crate::cli::{
@@ -213,34 +213,18 @@ fn sync_options(config: &Config, view: &PlanView, snapshot: &Snapshot) -> anyhow
 
 /// What `plan` and `sync` both start from: the repository read once, the PRs for it, the options
 /// and the secret material.
-struct Run {
+struct Run<P> {
     repo: EnvRepo,
     view: RepoView,
-    snapshot: Snapshot,
+    prs: P,
     opts: SyncOptions,
     material: prenv::secrets::Material,
     now: DateTime<Utc>,
 }
 
-/// `partial`: the run may read only the environments of the PRs a snapshot file names (see
-/// [`sync::read_for`]); `sync` may, `plan` shows every decision.
-fn start(config: &Config, args: &SyncArgs, partial: bool) -> anyhow::Result<Run> {
+/// The repository's view and the snapshot for it (every environment read).
+fn start(config: &Config, args: &SyncArgs) -> anyhow::Result<Run<Snapshot>> {
     let mut repo = open_repo(config, &args.repo)?;
-    // A snapshot file is read without asking which PRs have an environment (a listing asks).
-    if partial && args.snapshot.prs.is_some() {
-        let snapshot = snapshot_for(config, &args.snapshot, &BTreeSet::new())?;
-        let opts = sync_options(config, &args.view, &snapshot)?;
-        let now = now(&args.snapshot);
-        let view = sync::read_for(&mut repo, config, &snapshot.prs, now, &opts)?;
-        return Ok(Run {
-            opts,
-            material: fs::load_material(config)?,
-            now,
-            repo,
-            view,
-            snapshot,
-        });
-    }
     let view = repo.read()?;
     let snapshot = snapshot(config, &args.snapshot, &view)?;
     Ok(Run {
@@ -249,19 +233,63 @@ fn start(config: &Config, args: &SyncArgs, partial: bool) -> anyhow::Result<Run>
         now: now(&args.snapshot),
         repo,
         view,
-        snapshot,
+        prs: snapshot,
     })
+}
+
+/// [`start`] for a sync, which may read only the environments of the PRs a snapshot file names
+/// or that changed in it ([`sync::read_listed`]); `plan` shows every decision.
+fn start_sync(config: &Config, args: &SyncArgs) -> anyhow::Result<Run<Given>> {
+    // A snapshot file is read without asking which PRs have an environment (a listing asks).
+    let Some(path) = &args.snapshot.prs else {
+        let run = start(config, args)?;
+        return Ok(Run {
+            repo: run.repo,
+            view: run.view,
+            prs: Given::Snapshot(run.prs),
+            opts: run.opts,
+            material: run.material,
+            now: run.now,
+        });
+    };
+    // Split and digested while the repository is opened: neither needs the other.
+    let (repo, listing) = std::thread::scope(|scope| {
+        let listing = scope.spawn(|| SnapshotFile(path.clone()).listing());
+        let repo = open_repo(config, &args.repo);
+        (
+            repo,
+            listing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        )
+    });
+    let (mut repo, listing) = (repo?, listing?);
+    let opts = sync_options(config, &args.view, &Snapshot::default())?;
+    let now = now(&args.snapshot);
+    let (view, read) = sync::read_listed(&mut repo, config, &listing, now, &opts)?;
+    Ok(Run {
+        opts,
+        material: fs::load_material(config)?,
+        now,
+        repo,
+        view,
+        prs: Given::Listed(listing, read),
+    })
+}
+
+/// The PRs of a run: a snapshot, or a snapshot file read as a listing against the view.
+enum Given {
+    Snapshot(Snapshot),
+    Listed(Listing, Read),
 }
 
 pub fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<Outcome> {
     let Run {
         mut repo,
         view,
-        snapshot,
+        prs: snapshot,
         opts,
         mut material,
         now,
-    } = start(config, &args.run, false)?;
+    } = start(config, &args.run)?;
     let desired = sync::prepare(
         &view,
         repo.verifications(),
@@ -316,12 +344,23 @@ pub fn sync(config: &Config, args: &SyncArgs) -> anyhow::Result<Outcome> {
     let Run {
         mut repo,
         view,
-        snapshot,
+        prs,
         opts,
         mut material,
         now,
-    } = start(config, args, true)?;
-    let done = sync::sync(&mut repo, view, config, &snapshot.prs, now, &opts, &mut material)?;
+    } = start_sync(config, args)?;
+    let (snapshot, listing): (Snapshot, Listing);
+    let prs = match prs {
+        Given::Snapshot(given) => {
+            snapshot = given;
+            sync::Prs::All(&snapshot.prs)
+        }
+        Given::Listed(given, read) => {
+            listing = given;
+            sync::Prs::Listed(&listing, read)
+        }
+    };
+    let done = sync::sync(&mut repo, view, config, prs, now, &opts, &mut material)?;
     let mut out = std::io::stdout().lock();
     match args.view.output {
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&done)?)?,

@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use prenv::adapters::git::EnvRepo;
 use prenv::app::sync::{self, SyncOptions, SyncOutcome};
 use prenv::model::config::Config;
-use prenv::model::pr::{PrState, PullRequest};
+use prenv::model::pr::{Listing, PrState, PullRequest};
 use proptest::prelude::*;
 
 mod common;
@@ -109,6 +109,52 @@ fn sync_with(repo: &Path, cache: &Path, config: &Config, prs: &[PullRequest], no
     sync::sync(&mut store, view, config, prs, now, &opts, &mut NoCredentials).unwrap()
 }
 
+/// PR `pr` in GitHub's REST shape, with fields prenv does not read (some of them in every
+/// listing, `volatile` one that moves with each listing, as a repository's `pushed_at` does).
+fn rest(pr: &PullRequest, volatile: u64) -> serde_json::Value {
+    let time = |at: Option<DateTime<Utc>>| at.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+    serde_json::json!({
+        "url": format!("https://api.github.com/repos/acme/shop/pulls/{}", pr.number),
+        "number": pr.number, "state": if pr.state == PrState::Open { "open" } else { "closed" },
+        "draft": pr.draft, "title": pr.title,
+        "labels": pr.labels.iter().map(|l| serde_json::json!({"name": l, "color": "ededed"})).collect::<Vec<_>>(),
+        "head": {"sha": pr.head_sha, "ref": pr.head_ref, "repo": pr.head_repo.as_ref().map(|r| serde_json::json!({"full_name": r}))},
+        "base": {"ref": "main", "repo": {"full_name": pr.base_repo, "open_issues_count": volatile}},
+        "user": pr.author.as_ref().map(|a| serde_json::json!({"login": a})),
+        "closed_at": time(pr.closed_at), "merged_at": time(pr.merged_at),
+        "updated_at": time(Some(pr.updated_at)), "created_at": time(pr.created_at),
+    })
+}
+
+/// [`sync_with`] as `prenv sync --prs FILE` runs it for a snapshot of every PR: the file's JSON
+/// read as a [`Listing`], so the elements the settled tree's fingerprints know are not built.
+/// Gives the outcome and how many elements were left unread.
+fn sync_listed(
+    repo: &Path,
+    cache: &Path,
+    config: &Config,
+    prs: &[PullRequest],
+    volatile: u64,
+    now: DateTime<Utc>,
+) -> (SyncOutcome, usize) {
+    let json = serde_json::to_string(&prs.iter().map(|pr| rest(pr, volatile)).collect::<Vec<_>>()).unwrap();
+    let listing = Listing::new(json, "prs.json").unwrap();
+    let mut store = open(repo, cache);
+    let opts = SyncOptions::default();
+    let (view, read) = sync::read_listed(&mut store, config, &listing, now, &opts).unwrap();
+    let unread = read.unread;
+    let done = sync::sync(
+        &mut store,
+        view,
+        config,
+        sync::Prs::Listed(&listing, read),
+        now,
+        &opts,
+        &mut NoCredentials,
+    );
+    (done.unwrap(), unread)
+}
+
 fn tree(repo: &Path) -> String {
     git(repo, &["rev-parse", "main^{tree}"]).trim().to_string()
 }
@@ -178,13 +224,21 @@ fn both_sides_agree(events: &[(Event, bool)], engine: &str) -> usize {
 }
 
 /// [`both_sides_agree`], each event with whether the snapshot lists every PR the fake GitHub
-/// knows (open and closed, as `prenv sync` from CI gives) instead of the one it is about.
+/// knows (open and closed, as `prenv sync` from CI gives) instead of the one it is about. The
+/// partial side reads such a snapshot as `prenv sync --prs FILE` does, as a JSON listing.
 fn agree(events: &[(Event, bool, bool)], engine: &str) -> usize {
+    agree_listed(events, engine, false).0
+}
+
+/// [`agree`]; with `volatile`, each listing also moves a field prenv does not read in every
+/// element. Gives the steps that read a partial view, and those that left elements unread.
+fn agree_listed(events: &[(Event, bool, bool)], engine: &str, volatile: bool) -> (usize, usize) {
     let mut now: DateTime<Utc> = "2026-11-24T12:00:00Z".parse().unwrap();
     let mut prs = Prs::new(now - Duration::minutes(1));
     let side = settled_side(now, &prs, engine);
     let mut settings = 0;
     let mut partial_steps = 0;
+    let mut unread_steps = 0;
     for (step, (event, later, every)) in events.iter().enumerate() {
         now += if *later {
             Duration::hours(30)
@@ -256,7 +310,16 @@ fn agree(events: &[(Event, bool, bool)], engine: &str) -> usize {
             now,
         );
         assert_eq!(full.plan.settled, 0, "a sync with no memory reads everything");
-        let done = sync_with(&side.repo, &side.cache, &config, &snapshot, now);
+        let done = if *every {
+            let moved = if volatile { step as u64 } else { 0 };
+            let (done, unread) = sync_listed(&side.repo, &side.cache, &config, &snapshot, moved, now);
+            if unread > 0 {
+                unread_steps += 1;
+            }
+            done
+        } else {
+            sync_with(&side.repo, &side.cache, &config, &snapshot, now)
+        };
         if done.plan.settled > 0 {
             partial_steps += 1;
         }
@@ -284,7 +347,7 @@ fn agree(events: &[(Event, bool, bool)], engine: &str) -> usize {
         let kept = |o: &SyncOutcome| o.plan.count(prenv::core::plan::Action::Keep) + o.plan.settled;
         assert_eq!(kept(&done), kept(&full), "{context}: the environments kept differ");
     }
-    partial_steps
+    (partial_steps, unread_steps)
 }
 
 #[test]
@@ -373,7 +436,15 @@ fn a_snapshot_of_every_pr_reads_only_the_environments_of_prs_that_changed() {
         // 30 hours later the time is past every decision: still partial.
         (Event::Push(2), true, true),
     ];
-    assert_eq!(agree(&events, "flux"), 6);
+    // Each listing against a settled tree leaves unbuilt the PRs whose elements are the bytes an
+    // earlier listing's decisions were made from: all but the first (the side was settled from
+    // PRs, not a listing) and the one after the hand edit (a full read).
+    let (partial, unread) = agree_listed(&events, "flux", false);
+    assert_eq!((partial, unread), (6, 6));
+    // A field prenv does not read that moves in every element: each is built, and the PRs whose
+    // fingerprint is the same are still left out, and their environments unread.
+    let (partial, unread) = agree_listed(&events, "flux", true);
+    assert_eq!((partial, unread), (6, 0));
 }
 
 proptest! {

@@ -11,7 +11,7 @@ use crate::model::config::Config;
 use crate::model::layout::{
     ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, PROJECTS_DIR,
 };
-use crate::model::pr::{self, Snapshot};
+use crate::model::pr::{self, Listing, Snapshot};
 use crate::model::tree::Tree;
 use crate::secrets::{self, Material};
 
@@ -76,6 +76,15 @@ pub fn load_material(config: &Config) -> Result<Material> {
 
 /// Pull requests from a snapshot file (`--prs`): a JSON array in GitHub's REST shape.
 pub struct SnapshotFile(pub PathBuf);
+
+impl SnapshotFile {
+    /// The file as a [`Listing`]: split into its elements, each digested, none built yet.
+    pub fn listing(&self) -> Result<Listing> {
+        let text =
+            std::fs::read_to_string(&self.0).map_err(|e| Error::io("reading pull-request snapshot", &self.0, e))?;
+        Listing::new(text, &self.0.display().to_string())
+    }
+}
 
 impl PrSource for SnapshotFile {
     fn snapshot(&self, _with_envs: &BTreeSet<u64>) -> Result<Snapshot> {

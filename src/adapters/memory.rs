@@ -36,9 +36,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::core::ports::{EnvEntry, MetaSource, Print, Prints, Settled, Verifications};
+use crate::core::ports::{EnvEntry, MetaSource, Print, PrintEntry, Prints, Settled, Verifications};
 use crate::model::layout::{BlobId, ENV_FILES, EnvFiles, TreeId};
 use crate::model::meta::EnvMeta;
+use crate::model::pr::ElementId;
 
 use super::meta_codec;
 
@@ -58,9 +59,9 @@ const SETTLED_RECORD: u8 = 3;
 /// tree the last run of its project left unless someone pushed since; room for a few projects
 /// sharing one repository.
 const SETTLED_KEPT: usize = 32;
-const PRINTS_RECORD: u8 = 4;
+const PRINTS_RECORD: u8 = 5;
 /// The bytes of one PR in a fingerprints record.
-const PRINT_ENTRY: usize = 25;
+const PRINT_ENTRY: usize = 41;
 /// Kilobytes of log per environment (plus a megabyte) past which partial reads stop appending
 /// (see [`RepoMemory::outgrown`]): a record and its verification are about 0.6 KB, so about five
 /// times what a compacted log holds.
@@ -680,18 +681,21 @@ fn settled_record(root: TreeId, settled: &Settled) -> Option<Vec<u8>> {
 }
 
 /// A settled tree's fingerprints as a record: the root tree id, the time (seconds, nanoseconds),
-/// the number of entries, then each: PR number, fingerprint, whether it has an environment.
+/// the settings' key, the number of entries, then each: PR number, fingerprint, flags (bit 0: it
+/// has an environment; bit 1: an element digest follows, else zeros), element digest.
 fn prints_record(root: TreeId, prints: &Prints) -> Vec<u8> {
-    let mut out = Vec::with_capacity(41 + prints.entries.len() * PRINT_ENTRY);
+    let mut out = Vec::with_capacity(57 + prints.entries.len() * PRINT_ENTRY);
     out.push(PRINTS_RECORD);
     out.extend_from_slice(&root.0);
     out.extend_from_slice(&prints.at.timestamp().to_le_bytes());
     out.extend_from_slice(&prints.at.timestamp_subsec_nanos().to_le_bytes());
+    out.extend_from_slice(&prints.key);
     out.extend_from_slice(&(prints.entries.len() as u64).to_le_bytes());
-    for (pr, print, env) in &prints.entries {
-        out.extend_from_slice(&pr.to_le_bytes());
-        out.extend_from_slice(print);
-        out.push(u8::from(*env));
+    for entry in &prints.entries {
+        out.extend_from_slice(&entry.pr.to_le_bytes());
+        out.extend_from_slice(&entry.print);
+        out.push(u8::from(entry.env) | u8::from(entry.element.is_some()) << 1);
+        out.extend_from_slice(&entry.element.unwrap_or_default());
     }
     out
 }
@@ -707,25 +711,28 @@ fn prints_of_record(record: &[u8]) -> Option<(TreeId, Prints)> {
     let secs = i64::from_le_bytes(r.array().ok()?);
     let nanos = u32::from_le_bytes(r.array().ok()?);
     let at = DateTime::from_timestamp(secs, nanos)?;
+    let key: Print = r.array().ok()?;
     let count = usize::try_from(u64::from_le_bytes(r.array().ok()?)).ok()?;
     if record.len() - r.at() != count.checked_mul(PRINT_ENTRY)? {
         return None;
     }
-    let mut entries = Vec::with_capacity(count);
+    let mut entries: Vec<PrintEntry> = Vec::with_capacity(count);
     for _ in 0..count {
         let pr = u64::from_le_bytes(r.array().ok()?);
         let print: Print = r.array().ok()?;
-        let env = match r.byte().ok()? {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
-        if entries.last().is_some_and(|(last, _, _)| *last >= pr) {
+        let flags = r.byte().ok()?;
+        let element: ElementId = r.array().ok()?;
+        if flags > 3 || entries.last().is_some_and(|last| last.pr >= pr) {
             return None;
         }
-        entries.push((pr, print, env));
+        entries.push(PrintEntry {
+            pr,
+            print,
+            env: flags & 1 == 1,
+            element: (flags & 2 == 2).then_some(element),
+        });
     }
-    Some((root, Prints { at, entries }))
+    Some((root, Prints { at, key, entries }))
 }
 
 /// The fingerprints of the file at `path`; none when it is absent, of another version or damaged.
@@ -970,9 +977,20 @@ mod tests {
     fn fingerprints_come_back_with_their_tree_only_and_a_damaged_file_gives_none() {
         let dir = tempfile::tempdir().unwrap();
         let mut memory = memory_at(dir.path());
+        let entry = |pr, print, env, element| PrintEntry {
+            pr,
+            print,
+            env,
+            element,
+        };
         let prints = Prints {
             at: "2026-11-24T12:00:00.5Z".parse().unwrap(),
-            entries: vec![(1, [1; 16], true), (2, [2; 16], false), (40_000, [7; 16], true)],
+            key: [5; 16],
+            entries: vec![
+                entry(1, [1; 16], true, Some([3; 16])),
+                entry(2, [2; 16], false, None),
+                entry(40_000, [7; 16], true, Some([4; 16])),
+            ],
         };
         let fact = Settled {
             prints: Some(Arc::new(prints.clone())),
@@ -984,7 +1002,7 @@ mod tests {
         assert_eq!(back.settled(TreeId([9; 20]), "shop"), Some(fact.clone()));
         assert_eq!(
             back.settled(TreeId([9; 20]), "shop").unwrap().prints.unwrap().get(2),
-            Some(([2; 16], false))
+            Some(&entry(2, [2; 16], false, None))
         );
         // A later tree of the project has its own fingerprints; the earlier one keeps its fact only.
         let mut later = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));

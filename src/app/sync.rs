@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::layout::secret_file;
 use crate::model::naming::EnvName;
-use crate::model::pr::PullRequest;
+use crate::model::pr::{Elements, Listing, PullRequest, Read};
 use crate::model::tree::Tree;
 use crate::secrets::{CredentialMaker, sops};
 
@@ -174,29 +174,77 @@ pub fn read_for(
     now: DateTime<Utc>,
     opts: &SyncOptions,
 ) -> Result<RepoView> {
+    read_deciding(store, config, now, opts, &mut |settled| {
+        Ok(match prints::to_decide(config, settled, prs, now) {
+            Some(changed) => changed,
+            None => prs.iter().collect(),
+        }
+        .iter()
+        .map(|pr| pr.number)
+        .collect())
+    })
+}
+
+/// [`read_for`] a listing ([`Listing`]): against a settled tree whose fingerprints hold now, the
+/// elements they know are left unread, and the view is read for the PRs that changed among the
+/// rest. Gives the view and the PRs built for it: every PR, unless the view is partial.
+pub fn read_listed(
+    store: &mut dyn EnvStore,
+    config: &Config,
+    listing: &Listing,
+    now: DateTime<Utc>,
+    opts: &SyncOptions,
+) -> Result<(RepoView, Read)> {
+    let mut read = None;
+    let view = read_deciding(store, config, now, opts, &mut |settled| {
+        let built = read.insert(listing.read(&prints::known_elements(config, settled, now))?);
+        Ok(match prints::to_decide(config, settled, &built.prs, now) {
+            Some(changed) => changed,
+            None => built.prs.iter().collect(),
+        }
+        .iter()
+        .map(|pr| pr.number)
+        .collect())
+    })?;
+    let read = match read {
+        Some(read) if view.settled.is_some() || read.unread == 0 => read,
+        _ => listing.every()?,
+    };
+    Ok((view, read))
+}
+
+/// The view for a run whose PRs to decide, against a settled tree, `to_decide` gives: partial
+/// when they are a few (see [`read_for`]).
+fn read_deciding(
+    store: &mut dyn EnvStore,
+    config: &Config,
+    now: DateTime<Utc>,
+    opts: &SyncOptions,
+    to_decide: &mut dyn FnMut(&Settled) -> Result<Vec<u64>>,
+) -> Result<RepoView> {
     let evidence = &opts.evidence;
     if !evidence.unconfirmed.is_empty() || !evidence.closed_by_operator.is_empty() || config.capacity.limited() {
         return store.read();
     }
     let mut decide = None;
+    let mut failed = None;
     let mut names = |settled: &Settled| {
-        let to_read: Vec<&PullRequest> = match prints::to_decide(config, settled, prs, now) {
-            Some(changed) => changed,
-            None => prs.iter().collect(),
-        };
-        if to_read.len() > PARTIAL_MAX_PRS {
+        let numbers = to_decide(settled).map_err(|e| failed = Some(e)).ok()?;
+        if numbers.len() > PARTIAL_MAX_PRS {
             return None;
         }
-        decide = Some(to_read.iter().map(|pr| pr.number).collect());
-        Some(
-            to_read
-                .iter()
-                .filter_map(|pr| EnvName::new(&config.project_id, pr.number).ok())
-                .map(|env| env.as_str().to_string())
-                .collect::<BTreeSet<String>>(),
-        )
+        let names = numbers
+            .iter()
+            .filter_map(|pr| EnvName::new(&config.project_id, *pr).ok())
+            .map(|env| env.as_str().to_string())
+            .collect::<BTreeSet<String>>();
+        decide = Some(numbers.into_iter().collect());
+        Some(names)
     };
     let mut view = store.read_settled(&config.project_id, &config.render_digest(), &mut names, now)?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if view.settled.is_some() {
         view.decide = decide.map(Arc::new);
         tracing::debug!(
@@ -207,19 +255,77 @@ pub fn read_for(
     Ok(view)
 }
 
+/// The PRs a sync decides from.
+pub enum Prs<'a> {
+    /// Every PR of the snapshot.
+    All(&'a [PullRequest]),
+    /// A listing read for the view ([`read_listed`]): the PRs built for it, and the listing, to
+    /// build every PR when a full view is read instead (a plan that changes which environments
+    /// exist, or a lost race).
+    Listed(&'a Listing, Read),
+}
+
+impl<'a> From<&'a [PullRequest]> for Prs<'a> {
+    fn from(prs: &'a [PullRequest]) -> Prs<'a> {
+        Prs::All(prs)
+    }
+}
+
+impl<'a> From<&'a Vec<PullRequest>> for Prs<'a> {
+    fn from(prs: &'a Vec<PullRequest>) -> Prs<'a> {
+        Prs::All(prs)
+    }
+}
+
+impl Prs<'_> {
+    /// The PRs to plan against `view`, with the elements they were built from (of a listing).
+    fn for_view(&mut self, view: &RepoView) -> Result<(&[PullRequest], Option<&Elements>)> {
+        match self {
+            Prs::All(prs) => Ok((prs, None)),
+            Prs::Listed(listing, read) => {
+                if view.settled.is_none() && read.unread > 0 {
+                    *read = listing.every()?;
+                }
+                Ok((&read.prs, Some(&read.elements)))
+            }
+        }
+    }
+}
+
+/// [`prepare`] with the PRs `prs` gives for `view`; of a listing, the fingerprints the run leaves
+/// learn the element each PR was built from.
+#[allow(clippy::too_many_arguments, reason = "the inputs of one run, each distinct")]
+fn prepare_given(
+    view: &RepoView,
+    verified: &dyn Verifications,
+    config: &Config,
+    prs: &mut Prs<'_>,
+    now: DateTime<Utc>,
+    opts: &SyncOptions,
+    credentials: &mut dyn CredentialMaker,
+) -> Result<Desired> {
+    let (prs, elements) = prs.for_view(view)?;
+    let mut prepared = prepare(view, verified, config, prs, now, opts, credentials)?;
+    if let (Some(prints), Some(elements)) = (prepared.settled.as_mut().and_then(|s| s.prints.as_mut()), elements) {
+        prints::learn_elements(config, Arc::make_mut(prints), prs, elements);
+    }
+    Ok(prepared)
+}
+
 /// Makes the branch match the desired state: one commit when something changed, none otherwise.
 /// `view` is what the caller read (and listed PRs for); a publish that loses a race reads again,
 /// re-plans on the new tip and tries again, with backoff.
 #[allow(clippy::too_many_arguments, reason = "the inputs of one run, each distinct")]
-pub fn sync(
+pub fn sync<'a>(
     store: &mut dyn EnvStore,
     mut view: RepoView,
     config: &Config,
-    prs: &[PullRequest],
+    prs: impl Into<Prs<'a>>,
     now: DateTime<Utc>,
     opts: &SyncOptions,
     credentials: &mut dyn CredentialMaker,
 ) -> Result<SyncOutcome> {
+    let mut prs = prs.into();
     let max = config.sync.max_attempts;
     for attempt in 1..=max {
         let span = tracing::info_span!("sync", attempt, repo = %store.display());
@@ -227,11 +333,11 @@ pub fn sync(
         if attempt > 1 {
             view = store.read()?;
         }
-        let mut prepared = prepare(&view, store.verifications(), config, prs, now, opts, credentials)?;
+        let mut prepared = prepare_given(&view, store.verifications(), config, &mut prs, now, opts, credentials)?;
         if view.settled.is_some() && !desired::fits_partial_view(&prepared.plan) {
             tracing::debug!("the plan changes which environments exist: planning again against a full view");
             view = store.read()?;
-            prepared = prepare(&view, store.verifications(), config, prs, now, opts, credentials)?;
+            prepared = prepare_given(&view, store.verifications(), config, &mut prs, now, opts, credentials)?;
         }
         let mut outcome = SyncOutcome {
             repo: store.display().to_string(),

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::model::layout::{BlobId, EnvFiles, Place, TreeId, env_dir, flux_file, flux_legacy_file};
 use crate::model::meta::EnvMeta;
 use crate::model::naming::EnvName;
-use crate::model::pr::Snapshot;
+use crate::model::pr::{ElementId, Snapshot};
 use crate::model::tree::Tree;
 
 /// A commit of the environments repository, as its store names it (a git commit id).
@@ -91,7 +91,7 @@ pub struct Settled {
 }
 
 /// A fingerprint of one PR as a run saw it, with the settings that decide what it gets
-/// ([`crate::core::desired::print`]).
+/// ([`crate::core::prints::print`]).
 pub type Print = [u8; 16];
 
 /// The PRs whose decision a settled tree already holds: for each, the fingerprint of the PR the
@@ -104,16 +104,35 @@ pub struct Prints {
     /// The latest time a listed decision was made at: a run at an earlier time (a `--now` in the
     /// past) decides everything again, since creation and commit times are clamped to it.
     pub at: DateTime<Utc>,
-    /// By PR number, ascending, each PR once; `true` when the PR has an environment in the tree.
-    pub entries: Vec<(u64, Print, bool)>,
+    /// The settings every fingerprint is keyed by ([`crate::core::prints::key_id`]): element
+    /// digests are not keyed, so they count only under these.
+    pub key: Print,
+    /// By PR number, ascending, each PR once.
+    pub entries: Vec<PrintEntry>,
+}
+
+/// One PR of [`Prints`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrintEntry {
+    pub pr: u64,
+    pub print: Print,
+    /// Whether the PR has an environment in the tree.
+    pub env: bool,
+    /// The digest of the listing element the PR was built from ([`crate::model::pr::Listing`]),
+    /// when one was: the same bytes again are the same PR, known without building it.
+    pub element: Option<ElementId>,
 }
 
 impl Prints {
     /// The entry of PR `pr`.
-    pub fn get(&self, pr: u64) -> Option<(Print, bool)> {
-        let at = self.entries.binary_search_by_key(&pr, |e| e.0).ok()?;
-        let (_, print, env) = self.entries[at];
-        Some((print, env))
+    pub fn get(&self, pr: u64) -> Option<&PrintEntry> {
+        let at = self.entries.binary_search_by_key(&pr, |e| e.pr).ok()?;
+        Some(&self.entries[at])
+    }
+
+    /// The PRs by the digest of the listing element each was built from.
+    pub fn by_element(&self) -> rustc_hash::FxHashMap<ElementId, u64> {
+        self.entries.iter().filter_map(|e| Some((e.element?, e.pr))).collect()
     }
 }
 

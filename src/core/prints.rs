@@ -6,13 +6,14 @@
 //! matches would be decided again into exactly what the tree holds.
 
 use chrono::{DateTime, Utc};
+use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::{Digest, Sha256};
 
 use crate::model::config::Config;
-use crate::model::pr::{PrState, PullRequest};
+use crate::model::pr::{ElementId, Elements, PrState, PullRequest};
 
 use super::plan::{Action, Plan};
-use super::ports::{Print, Prints, Settled};
+use super::ports::{Print, PrintEntry, Prints, Settled};
 
 /// The hasher every fingerprint of a run starts from: the prenv version and every setting a
 /// decision reads (the render digest holds the version and the rendered settings; lifecycle and
@@ -28,6 +29,14 @@ pub fn keyed(config: &Config) -> Sha256 {
     );
     optional(&mut key, config.github.repository.as_deref());
     key
+}
+
+/// The id of a run's [`keyed`] settings, kept with the fingerprints ([`Prints::key`]).
+pub fn key_id(key: &Sha256) -> Print {
+    let digest = key.clone().finalize();
+    let mut out = [0; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
 }
 
 /// The fingerprint of `pr`, from the run's [`keyed`] hasher: every field of the PR, each
@@ -103,9 +112,39 @@ pub fn to_decide<'a>(
     let key = keyed(config);
     Some(
         prs.iter()
-            .filter(|pr| prints.get(pr.number).is_none_or(|(known, _)| known != print(&key, pr)))
+            .filter(|pr| prints.get(pr.number).is_none_or(|known| known.print != print(&key, pr)))
             .collect(),
     )
+}
+
+/// The listing elements whose PRs `settled`'s fingerprints hold, at `now`, by digest with the PR
+/// each is: byte for byte the element a fingerprint was taken from, under the same settings, is
+/// the same PR, so it needs no building to be left out ([`crate::model::pr::Listing::read`]).
+/// Empty when no fingerprints hold now.
+pub fn known_elements(config: &Config, settled: &Settled, now: DateTime<Utc>) -> FxHashMap<ElementId, u64> {
+    match settled.prints.as_ref() {
+        Some(prints) if now >= prints.at && prints.key == key_id(&keyed(config)) => prints.by_element(),
+        _ => FxHashMap::default(),
+    }
+}
+
+/// Records in `prints` the listing element each PR of `prs` was built from (`elements`, by PR),
+/// where the PR is the one its entry was fingerprinted from: the next listing then leaves it
+/// unread while its bytes stay the same.
+pub fn learn_elements(config: &Config, prints: &mut Prints, prs: &[PullRequest], elements: &Elements) {
+    let key = keyed(config);
+    for pr in prs {
+        let Some(id) = elements.get(&pr.number) else {
+            continue;
+        };
+        let Ok(at) = prints.entries.binary_search_by_key(&pr.number, |e| e.pr) else {
+            continue;
+        };
+        let entry = &mut prints.entries[at];
+        if entry.element != Some(*id) && entry.print == print(&key, pr) {
+            entry.element = Some(*id);
+        }
+    }
 }
 
 /// The fingerprints of the tree a run leaves: of each PR it decided into something that waits for
@@ -114,7 +153,10 @@ pub fn to_decide<'a>(
 /// decided again on every run.
 pub fn after(config: &Config, plan: &Plan, prs: &[PullRequest], read: Option<&Prints>, now: DateTime<Utc>) -> Prints {
     let key = keyed(config);
-    let mut decided: Vec<(u64, Print, bool)> = prs
+    let key_id = key_id(&key);
+    // Fingerprints taken under other settings hold nothing under these.
+    let read = read.filter(|r| r.key == key_id);
+    let mut decided: Vec<PrintEntry> = prs
         .iter()
         .filter_map(|pr| {
             let first = plan.decisions.partition_point(|d| d.pr < pr.number);
@@ -134,26 +176,106 @@ pub fn after(config: &Config, plan: &Plan, prs: &[PullRequest], read: Option<&Pr
                 }
                 _ => return None,
             };
-            Some((pr.number, print(&key, pr), env))
+            Some(PrintEntry {
+                pr: pr.number,
+                print: print(&key, pr),
+                env,
+                element: None,
+            })
         })
         .collect();
-    decided.sort_unstable_by_key(|e| e.0);
-    decided.dedup_by_key(|e| e.0);
+    decided.sort_unstable_by_key(|e| e.pr);
+    decided.dedup_by_key(|e| e.pr);
     let mut entries = Vec::with_capacity(decided.len() + read.map_or(0, |r| r.entries.len()));
     let mut carried = read.map_or(&[][..], |r| &r.entries[..]).iter().peekable();
-    let asked: rustc_hash::FxHashSet<u64> = prs.iter().map(|pr| pr.number).collect();
+    let asked: FxHashSet<u64> = prs.iter().map(|pr| pr.number).collect();
     for entry in decided {
-        while let Some(old) = carried.next_if(|old| old.0 < entry.0) {
-            if !asked.contains(&old.0) {
+        while let Some(old) = carried.next_if(|old| old.pr < entry.pr) {
+            if !asked.contains(&old.pr) {
                 entries.push(*old);
             }
         }
-        carried.next_if(|old| old.0 == entry.0);
+        carried.next_if(|old| old.pr == entry.pr);
         entries.push(entry);
     }
-    entries.extend(carried.filter(|old| !asked.contains(&old.0)).copied());
+    entries.extend(carried.filter(|old| !asked.contains(&old.pr)).copied());
     Prints {
         at: read.map_or(now, |r| r.at.max(now)),
+        key: key_id,
         entries,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text =
+            format!("project_id = \"shop\"\ndomain = \"p.example.com\"\nimage = \"r/i\"\nengine = \"flux\"\n{extra}");
+        Config::parse(&text, "prenv.toml").unwrap()
+    }
+
+    fn settled(config: &Config, at: &str) -> Settled {
+        let entry = |pr: u64, element| PrintEntry {
+            pr,
+            print: [pr as u8; 16],
+            env: true,
+            element,
+        };
+        Settled {
+            project: "shop".into(),
+            digest: config.render_digest(),
+            due: None,
+            envs: 2,
+            prints: Some(std::sync::Arc::new(Prints {
+                at: at.parse().unwrap(),
+                key: key_id(&keyed(config)),
+                entries: vec![entry(1, Some([1; 16])), entry(2, None)],
+            })),
+        }
+    }
+
+    #[test]
+    fn elements_are_known_only_under_the_settings_and_after_the_time_they_were_decided_with() {
+        let config = config("");
+        let fact = settled(&config, "2026-11-24T12:00:00Z");
+        let now = "2026-11-24T12:00:00Z".parse().unwrap();
+        let known = known_elements(&config, &fact, now);
+        assert_eq!(known.into_iter().collect::<Vec<_>>(), [([1; 16], 1)]);
+        // Lifecycle settings are not rendered, so the settled fact stands; its elements do not.
+        let drafts = self::config("[lifecycle]\ndeploy_drafts = true\n");
+        assert_eq!(drafts.render_digest(), config.render_digest());
+        assert!(known_elements(&drafts, &fact, now).is_empty());
+        let before = "2026-11-24T11:59:59Z".parse().unwrap();
+        assert!(known_elements(&config, &fact, before).is_empty());
+    }
+
+    #[test]
+    fn an_element_is_learned_only_for_the_pr_its_entry_was_fingerprinted_from() {
+        let config = config("");
+        let key = keyed(&config);
+        let pr = |n: u64, title: &str| PullRequest {
+            title: title.into(),
+            ..crate::core::plan::tests::pr(n)
+        };
+        let (same, changed, unlisted) = (pr(1, "t"), pr(2, "t"), pr(3, "t"));
+        let mut prints = Prints {
+            at: "2026-11-24T12:00:00Z".parse().unwrap(),
+            key: key_id(&key),
+            entries: [&same, &pr(2, "before")]
+                .iter()
+                .map(|p| PrintEntry {
+                    pr: p.number,
+                    print: print(&key, p),
+                    env: true,
+                    element: None,
+                })
+                .collect(),
+        };
+        let elements = [(1, [1; 16]), (2, [2; 16]), (3, [3; 16])].into_iter().collect();
+        learn_elements(&config, &mut prints, &[same, changed, unlisted], &elements);
+        let learned: Vec<_> = prints.entries.iter().map(|e| (e.pr, e.element)).collect();
+        assert_eq!(learned, [(1, Some([1; 16])), (2, None)]);
     }
 }

@@ -158,6 +158,122 @@ pub fn parse_snapshot(json: &str, origin: &str) -> Result<Vec<PullRequest>> {
     Ok(in_order(prs))
 }
 
+/// The digest of one element of a listing: the first 16 bytes of the SHA-256 of its bytes.
+pub type ElementId = [u8; 16];
+
+/// By PR, the element each was built from.
+pub type Elements = std::collections::BTreeMap<u64, ElementId>;
+
+/// A snapshot's JSON split into its elements, each element's bytes digested, before any PR is
+/// built: a run against a settled tree builds only the elements whose digests its fingerprints do
+/// not know ([`Listing::read`]), the rest being byte for byte PRs it decided already. Splitting
+/// and digesting need nothing from the repository, so they can run while it is opened.
+pub struct Listing {
+    json: String,
+    origin: String,
+    /// Each element's place in `json`, and its digest.
+    elements: Vec<(std::ops::Range<usize>, ElementId)>,
+}
+
+/// What [`Listing::read`] built.
+#[derive(Debug, Clone, Default)]
+pub struct Read {
+    /// By number, each PR once (as [`parse_snapshot`] gives them): every PR of the listing but the
+    /// ones left unread.
+    pub prs: Vec<PullRequest>,
+    /// The digest of the element each PR of `prs` was built from, for the PRs listed once.
+    pub elements: Elements,
+    /// How many elements were known, and left unread.
+    pub unread: usize,
+}
+
+impl Listing {
+    /// Splits `json` (read from `origin`) into its elements and digests each. Not a JSON array:
+    /// the error [`parse_snapshot`] names, at once; an element that is not a PR is named when it
+    /// is built.
+    pub fn new(json: String, origin: &str) -> Result<Listing> {
+        let elements: Vec<_> = match serde_json::from_str::<Vec<&serde_json::value::RawValue>>(&json) {
+            Ok(raw) => raw
+                .iter()
+                .map(|element| {
+                    let start = element.get().as_ptr() as usize - json.as_ptr() as usize;
+                    let range = start..start + element.get().len();
+                    (range, element_id(element.get().as_bytes()))
+                })
+                .collect(),
+            Err(e) => {
+                return Err(parse_snapshot(&json, origin).err().unwrap_or_else(|| Error::Snapshot {
+                    origin: origin.to_string(),
+                    message: e.to_string(),
+                }));
+            }
+        };
+        Ok(Listing {
+            json,
+            origin: origin.to_string(),
+            elements,
+        })
+    }
+
+    /// The PRs of the listing but those whose element `known` holds (by digest, with the PR it is).
+    /// A PR listed twice, once known and once not, is built from both copies, as [`parse_snapshot`]
+    /// keeps the newest: then every element is.
+    pub fn read(&self, known: &rustc_hash::FxHashMap<ElementId, u64>) -> Result<Read> {
+        let mut unread = rustc_hash::FxHashSet::default();
+        let mut skipped = 0;
+        let mut built = Vec::with_capacity(self.elements.len().min(64));
+        for (range, id) in &self.elements {
+            if let Some(pr) = known.get(id) {
+                unread.insert(*pr);
+                skipped += 1;
+                continue;
+            }
+            match serde_json::from_str::<Parsed>(&self.json[range.clone()]) {
+                Ok(Parsed(pr)) => built.push((pr, *id)),
+                // Read whole again, to name the element and the field at fault.
+                Err(e) => {
+                    return Err(parse_snapshot(&self.json, &self.origin)
+                        .err()
+                        .unwrap_or_else(|| Error::Snapshot {
+                            origin: self.origin.clone(),
+                            message: e.to_string(),
+                        }));
+                }
+            }
+        }
+        if !unread.is_empty() && built.iter().any(|(pr, _)| unread.contains(&pr.number)) {
+            return self.read(&Default::default());
+        }
+        let mut listed = rustc_hash::FxHashMap::<u64, usize>::default();
+        for (pr, _) in &built {
+            *listed.entry(pr.number).or_default() += 1;
+        }
+        let elements = built
+            .iter()
+            .filter(|(pr, _)| listed[&pr.number] == 1)
+            .map(|(pr, id)| (pr.number, *id))
+            .collect();
+        Ok(Read {
+            prs: in_order(built.into_iter().map(|(pr, _)| pr).collect()),
+            elements,
+            unread: skipped,
+        })
+    }
+
+    /// Every PR of the listing.
+    pub fn every(&self) -> Result<Read> {
+        self.read(&Default::default())
+    }
+}
+
+fn element_id(bytes: &[u8]) -> ElementId {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut id = [0; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
+
 /// By number, each PR once: its most recently updated copy.
 fn in_order(mut prs: Vec<PullRequest>) -> Vec<PullRequest> {
     prs.sort_by(|a, b| a.number.cmp(&b.number).then(b.updated_at.cmp(&a.updated_at)));
@@ -276,6 +392,71 @@ mod tests {
             let err = parse_snapshot(&text, "prs.json").expect_err(name).to_string();
             assert!(err.contains("prs.json") && err.contains(want), "{name}: {err}");
         }
+    }
+
+    /// The digests of `listing`'s elements that `known` names, with their PRs.
+    fn knowing(listing: &Listing, known: &[u64]) -> rustc_hash::FxHashMap<ElementId, u64> {
+        let elements = &listing.elements;
+        let every = listing.every().unwrap();
+        elements
+            .iter()
+            .zip(&every.prs)
+            .filter(|(_, pr)| known.contains(&pr.number))
+            .map(|((_, id), pr)| (*id, pr.number))
+            .collect()
+    }
+
+    #[test]
+    fn a_listing_builds_only_the_elements_it_does_not_know_and_every_element_as_a_snapshot_does() {
+        let json = format!("[{}, {} ,\n{}]", pr_json(1), pr_json(2), pr_json(3));
+        let listing = Listing::new(json.clone(), "prs.json").unwrap();
+        let every = listing.every().unwrap();
+        assert_eq!(every.prs, parse_snapshot(&json, "prs.json").unwrap());
+        assert_eq!((every.unread, every.elements.len()), (0, 3));
+        let read = listing.read(&knowing(&listing, &[2])).unwrap();
+        assert_eq!(read.prs.iter().map(|p| p.number).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(read.unread, 1);
+        assert_eq!(read.elements[&3], every.elements[&3]);
+        // The same PR in other bytes (another field order) is another element.
+        let moved =
+            json!({"number": 2, "state": "open", "head": pr_json(2)["head"], "updated_at": "2026-11-20T10:00:00Z"});
+        let other = Listing::new(format!("[{}, {moved}]", pr_json(1)), "prs.json").unwrap();
+        let read = other.read(&knowing(&listing, &[1, 2])).unwrap();
+        assert_eq!((read.prs.len(), read.unread), (1, 1));
+        assert_ne!(read.elements[&2], every.elements[&2]);
+    }
+
+    #[test]
+    fn a_pr_listed_twice_once_known_is_built_from_both_copies() {
+        let known = Listing::new(format!("[{}]", pr_json(9)), "x").unwrap();
+        let mut newer = pr_json(9);
+        newer["head"]["sha"] = json!("b".repeat(40));
+        newer["updated_at"] = json!("2026-11-21T10:00:00Z");
+        let json = format!("[{}, {newer}]", pr_json(9));
+        let read = Listing::new(json.clone(), "x")
+            .unwrap()
+            .read(&knowing(&known, &[9]))
+            .unwrap();
+        assert_eq!(read.prs, parse_snapshot(&json, "x").unwrap());
+        assert_eq!(read.prs[0].head_sha, "b".repeat(40));
+        assert_eq!(read.unread, 0);
+        assert!(read.elements.is_empty(), "a PR listed twice has no one element");
+    }
+
+    #[test]
+    fn a_broken_listing_is_named_as_a_snapshot_is() {
+        let mut bad_sha = pr_json(4);
+        bad_sha["head"]["sha"] = json!("abc");
+        let good = Listing::new(format!("[{}]", pr_json(1)), "prs.json").unwrap();
+        for text in ["{".to_string(), "{}".to_string(), "[1,".to_string()] {
+            let want = parse_snapshot(&text, "prs.json").unwrap_err().to_string();
+            let err = Listing::new(text, "prs.json").err().expect("not an array");
+            assert_eq!(err.to_string(), want, "named before anything is read");
+        }
+        let text = format!("[{}, {bad_sha}]", pr_json(1));
+        let want = parse_snapshot(&text, "prs.json").unwrap_err().to_string();
+        let listing = Listing::new(text, "prs.json").unwrap();
+        assert_eq!(listing.read(&knowing(&good, &[1])).unwrap_err().to_string(), want);
     }
 
     #[test]
