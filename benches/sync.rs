@@ -6,8 +6,10 @@
 //! environment is read, from the memory), and once with the memory of earlier runs removed (the
 //! first run after an upgrade) — each beside the git floor measured in the same run: `git add -A && git commit` of
 //! the identical change, from a fresh work tree for the full sync, and from a work tree with a warm
-//! index where only the changed files were touched for the incremental ones. Prints wall time, peak
-//! memory and the ratio. Run with `cargo bench --bench sync` (or scripts/bench).
+//! index where only the changed files were touched for the incremental ones. The two incremental
+//! kinds with a settled tree run three times a round, each with a new head. Prints wall time, CPU
+//! time (every thread), peak memory and the ratio. Run with `cargo bench --bench sync` (or
+//! scripts/bench).
 
 use std::path::Path;
 use std::process::Command;
@@ -203,6 +205,17 @@ fn apply(repo: &Path, work: &Path, from: &str, to: &str) {
     ));
 }
 
+/// What a step of a round measures; the index of its prenv runs in the table is twice its value,
+/// its git floor's the next.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Full,
+    Every,
+    That,
+    Unsettled,
+    Cold,
+}
+
 fn main() {
     if std::env::var_os(HELPER_VAR).is_some() {
         helper();
@@ -213,11 +226,23 @@ fn main() {
         let d = dir.path();
         std::fs::write(d.join("prenv.toml"), config_text()).unwrap();
         let mid = prs / 2 + 1;
-        std::fs::write(d.join("base.json"), snapshot(prs, None, false)).unwrap();
-        std::fs::write(d.join("bumped.json"), snapshot(prs, Some((mid, 'a')), false)).unwrap();
-        std::fs::write(d.join("only.json"), snapshot(prs, Some((mid, 'b')), true)).unwrap();
-        std::fs::write(d.join("unsettled.json"), snapshot(prs, Some((mid, 'c')), true)).unwrap();
-        std::fs::write(d.join("cold.json"), snapshot(prs, Some((mid, 'd')), true)).unwrap();
+        // Each step commits once (each moves PR `mid` to a head not seen before), so the steps
+        // are the commits of the branch in order, and the git floor replays them one by one.
+        // The incremental kinds run three times a round: the first after a full sync reads the
+        // two 10,000-entry trees from its pack, the later ones as an incremental sync wrote them.
+        let steps: Vec<(Kind, String)> = [(Kind::Full, None)]
+            .into_iter()
+            .chain("aef".chars().map(|c| (Kind::Every, Some(c))))
+            .chain("bgh".chars().map(|c| (Kind::That, Some(c))))
+            .chain([(Kind::Unsettled, Some('c')), (Kind::Cold, Some('d'))])
+            .enumerate()
+            .map(|(k, (kind, head))| {
+                let file = format!("step-{k}.json");
+                let only = matches!(kind, Kind::That | Kind::Unsettled | Kind::Cold);
+                std::fs::write(d.join(&file), snapshot(prs, head.map(|c| (mid, c)), only)).unwrap();
+                (kind, file)
+            })
+            .collect();
         let mut runs: [Vec<Cost>; 10] = Default::default();
         for round in 0..ROUNDS {
             let repo = d.join(format!("envs-{round}.git"));
@@ -232,40 +257,37 @@ fn main() {
                 ],
             );
             let _ = std::fs::remove_dir_all(d.join("cache"));
-            runs[0].push(measure(&mut sync(d, &repo, "base.json")));
-            runs[2].push(measure(&mut sync(d, &repo, "bumped.json")));
-            runs[4].push(measure(&mut sync(d, &repo, "only.json")));
-            forget_settled(&d.join("cache"));
-            runs[6].push(measure(&mut sync(d, &repo, "unsettled.json")));
-            std::fs::remove_dir_all(d.join("cache")).unwrap();
-            runs[8].push(measure(&mut sync(d, &repo, "cold.json")));
+            for (kind, file) in &steps {
+                match kind {
+                    Kind::Unsettled => forget_settled(&d.join("cache")),
+                    Kind::Cold => std::fs::remove_dir_all(d.join("cache")).unwrap(),
+                    _ => {}
+                }
+                runs[2 * *kind as usize].push(measure(&mut sync(d, &repo, file)));
+            }
 
             // The git floor: the identical trees, committed by git from a work tree.
             let work = d.join(format!("work-{round}"));
             std::fs::create_dir_all(&work).unwrap();
             git(&work, &["init", "--quiet", "--initial-branch=main"]);
+            let last = steps.len() - 1;
             sh(&format!(
-                "git -C {} archive main~4 | tar -x -C {}",
+                "git -C {} archive main~{last} | tar -x -C {}",
                 repo.display(),
                 work.display()
             ));
             runs[1].push(measure(&mut git_floor(&work)));
-            let steps = [
-                ("main~4", "main~3"),
-                ("main~3", "main~2"),
-                ("main~2", "main~1"),
-                ("main~1", "main"),
-            ];
-            for (k, (from, to)) in steps.iter().enumerate() {
+            for (k, (kind, _)) in steps.iter().enumerate().skip(1) {
                 // A status first, as any earlier command in a real work tree would have run, so
                 // the index is warm and git only hashes the files that changed.
                 git(&work, &["status", "--porcelain"]);
-                apply(&repo, &work, from, to);
-                runs[3 + 2 * k].push(measure(&mut git_floor(&work)));
+                let (from, to) = (format!("main~{}", last + 1 - k), format!("main~{}", last - k));
+                apply(&repo, &work, &from, &to);
+                runs[2 * *kind as usize + 1].push(measure(&mut git_floor(&work)));
             }
         }
         let m: Vec<Cost> = runs.into_iter().map(median).collect();
-        println!("{prs} open PRs, postgres + mariadb, {ROUNDS} round(s), medians (peak = highest of the rounds):");
+        println!("{prs} open PRs, postgres + mariadb, {ROUNDS} round(s), medians of every run (peak = highest):");
         report("full sync into an empty repository", m[0], m[1]);
         let r = report("1 PR has a new commit, snapshot of every PR", m[2], m[3]);
         report("1 PR has a new commit, snapshot of that PR only", m[4], m[5]);

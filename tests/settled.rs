@@ -194,6 +194,13 @@ fn copy_repo(from: &Path, to: &Path) {
     assert!(out.status.success());
 }
 
+/// PRs closed before the tests begin, with no environment, as a listing of every PR holds
+/// many: enough that a listing of every PR is larger than a partial view's limit, as real ones
+/// are, so its elements are known by their bytes ([`prenv::model::pr::Listing`]).
+fn long_closed() -> impl Iterator<Item = PullRequest> {
+    (1001..=1070).map(|n| lib_pr(n, PrState::Closed, format!("{n:040x}"), "2026-11-01T10:00:00Z"))
+}
+
 /// A repository of `OPEN` environments after a full sync, and its cache.
 struct Side {
     _dir: tempfile::TempDir,
@@ -209,7 +216,7 @@ fn settled_side(now: DateTime<Utc>, prs: &Prs, engine: &str) -> Side {
         &["init", "--quiet", "--bare", "--initial-branch=main", s(&repo)],
     );
     let cache = dir.path().join("cache");
-    let all: Vec<PullRequest> = (1..=OPEN).map(|n| prs.pr(n)).collect();
+    let all: Vec<PullRequest> = (1..=OPEN).map(|n| prs.pr(n)).chain(long_closed()).collect();
     let done = sync_with(&repo, &cache, &config(0, engine), &all, now);
     assert_eq!(done.plan.count(prenv::core::plan::Action::Create), OPEN as usize);
     Side { _dir: dir, repo, cache }
@@ -295,7 +302,7 @@ fn agree_listed(events: &[(Event, bool, bool)], engine: &str, volatile: bool) ->
         };
         let config = config(settings, engine);
         let snapshot: Vec<PullRequest> = if *every {
-            prs.rounds.keys().map(|n| prs.pr(*n)).collect()
+            prs.rounds.keys().map(|n| prs.pr(*n)).chain(long_closed()).collect()
         } else {
             vec![prs.pr(about)]
         };

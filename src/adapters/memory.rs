@@ -717,11 +717,12 @@ fn prints_of_record(record: &[u8]) -> Option<(TreeId, Prints)> {
         return None;
     }
     let mut entries: Vec<PrintEntry> = Vec::with_capacity(count);
-    for _ in 0..count {
-        let pr = u64::from_le_bytes(r.array().ok()?);
-        let print: Print = r.array().ok()?;
-        let flags = r.byte().ok()?;
-        let element: ElementId = r.array().ok()?;
+    // Sliced, not read field by field: 10,000 entries are read on every run of a settled tree.
+    for bytes in record[r.at()..].chunks_exact(PRINT_ENTRY) {
+        let (pr, rest) = bytes.split_first_chunk::<8>()?;
+        let (print, rest) = rest.split_first_chunk::<16>()?;
+        let (&flags, element) = rest.split_first()?;
+        let (pr, print, element) = (u64::from_le_bytes(*pr), *print, ElementId::try_from(element).ok()?);
         if flags > 3 || entries.last().is_some_and(|last| last.pr >= pr) {
             return None;
         }

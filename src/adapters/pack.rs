@@ -304,23 +304,11 @@ fn stored(parts: &[&[u8]], out: &mut Vec<u8>) {
     out.extend_from_slice(&adler32(parts).to_be_bytes());
 }
 
-/// The Adler-32 checksum (RFC 1950 section 8.2) of `parts`, one after the other.
+/// The Adler-32 checksum (RFC 1950 section 8.2) of `parts`, one after the other: zlib-rs's,
+/// with AVX2 where the CPU has it (a byte at a time was a tenth of a small commit's work beside
+/// the two 10,000-entry trees it stores).
 fn adler32(parts: &[&[u8]]) -> u32 {
-    const MOD: u32 = 65_521;
-    // The most bytes before `b` could overflow 32 bits (zlib's NMAX).
-    const NMAX: usize = 5_552;
-    let (mut a, mut b) = (1u32, 0u32);
-    for part in parts {
-        for chunk in part.chunks(NMAX) {
-            for &byte in chunk {
-                a += u32::from(byte);
-                b += a;
-            }
-            a %= MOD;
-            b %= MOD;
-        }
-    }
-    (b << 16) | a
+    parts.iter().fold(1, |sum, part| zlib_rs::adler32::adler32(sum, part))
 }
 
 /// `parts`, one after the other, as one zlib stream in `out` (cleared first); `zlib` is reset
@@ -427,8 +415,9 @@ pub fn raw_entries(body: &[u8]) -> Option<Vec<RawEntry<'_>>> {
     let mut out = Vec::with_capacity(body.len() / 40);
     let mut rest = body;
     while !rest.is_empty() {
-        let space = rest.iter().position(|&b| b == b' ')?;
-        let nul = space + 1 + rest[space + 1..].iter().position(|&b| b == 0)?;
+        // The mode holds no NUL and the name no NUL: the first NUL ends the name.
+        let nul = memchr::memchr(0, rest)?;
+        let space = rest[..nul].iter().position(|&b| b == b' ')?;
         let bytes = rest.get(..nul + 21)?;
         out.push(RawEntry {
             bytes,

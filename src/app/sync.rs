@@ -197,7 +197,14 @@ pub fn read_listed(
 ) -> Result<(RepoView, Read)> {
     let mut read = None;
     let view = read_deciding(store, config, now, opts, &mut |settled| {
-        let built = read.insert(listing.read(&prints::known_elements(config, settled, now))?);
+        // A few elements are built: knowing them by their bytes would cost more (an index of
+        // every fingerprinted PR) than it saves.
+        let known = if listing.len() > PARTIAL_MAX_PRS {
+            prints::known_elements(config, settled, now)
+        } else {
+            Default::default()
+        };
+        let built = read.insert(listing.read(&known)?);
         Ok(match prints::to_decide(config, settled, &built.prs, now) {
             Some(changed) => changed,
             None => built.prs.iter().collect(),

@@ -6,7 +6,7 @@
 //! matches would be decided again into exactly what the tree holds.
 
 use chrono::{DateTime, Utc};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 
 use crate::model::config::Config;
@@ -188,17 +188,20 @@ pub fn after(config: &Config, plan: &Plan, prs: &[PullRequest], read: Option<&Pr
     decided.dedup_by_key(|e| e.pr);
     let mut entries = Vec::with_capacity(decided.len() + read.map_or(0, |r| r.entries.len()));
     let mut carried = read.map_or(&[][..], |r| &r.entries[..]).iter().peekable();
-    let asked: FxHashSet<u64> = prs.iter().map(|pr| pr.number).collect();
+    // Sorted, for the many carried entries to look up (a run decides a few PRs, or all).
+    let mut asked: Vec<u64> = prs.iter().map(|pr| pr.number).collect();
+    asked.sort_unstable();
+    let asked = |pr: &u64| asked.binary_search(pr).is_ok();
     for entry in decided {
         while let Some(old) = carried.next_if(|old| old.pr < entry.pr) {
-            if !asked.contains(&old.pr) {
+            if !asked(&old.pr) {
                 entries.push(*old);
             }
         }
         carried.next_if(|old| old.pr == entry.pr);
         entries.push(entry);
     }
-    entries.extend(carried.filter(|old| !asked.contains(&old.pr)).copied());
+    entries.extend(carried.filter(|old| !asked(&old.pr)).copied());
     Prints {
         at: read.map_or(now, |r| r.at.max(now)),
         key: key_id,

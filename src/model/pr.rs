@@ -260,6 +260,16 @@ impl Listing {
         })
     }
 
+    /// How many elements the listing has.
+    pub fn len(&self) -> usize {
+        self.elements.len()
+    }
+
+    /// Whether the listing is an empty array.
+    pub fn is_empty(&self) -> bool {
+        self.elements.is_empty()
+    }
+
     /// Every PR of the listing.
     pub fn every(&self) -> Result<Read> {
         self.read(&Default::default())
