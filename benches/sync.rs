@@ -233,7 +233,7 @@ fn main() {
         let steps: Vec<(Kind, String)> = [(Kind::Full, None)]
             .into_iter()
             .chain("aef".chars().map(|c| (Kind::Every, Some(c))))
-            .chain("bgh".chars().map(|c| (Kind::That, Some(c))))
+            .chain("b78".chars().map(|c| (Kind::That, Some(c))))
             .chain([(Kind::Unsettled, Some('c')), (Kind::Cold, Some('d'))])
             .enumerate()
             .map(|(k, (kind, head))| {

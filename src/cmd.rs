@@ -237,10 +237,6 @@ fn start(config: &Config, args: &SyncArgs) -> anyhow::Result<Run<Snapshot>> {
     })
 }
 
-/// A snapshot file larger than this is read on a thread of its own (about 1,000 PRs in GitHub's
-/// smallest shape).
-const PARALLEL_LISTING_BYTES: u64 = 256 * 1024;
-
 /// [`start`] for a sync, which may read only the environments of the PRs a snapshot file names
 /// or that changed in it ([`sync::read_listed`]); `plan` shows every decision.
 fn start_sync(config: &Config, args: &SyncArgs) -> anyhow::Result<Run<Given>> {
@@ -256,22 +252,15 @@ fn start_sync(config: &Config, args: &SyncArgs) -> anyhow::Result<Run<Given>> {
             now: run.now,
         });
     };
-    // A large file is split and digested while the repository is opened (neither needs the
-    // other); a small one costs less than a second thread does (after one, every allocation of
-    // the process takes a lock).
-    let large = std::fs::metadata(path).is_ok_and(|m| m.len() > PARALLEL_LISTING_BYTES);
-    let (repo, listing) = if large {
-        std::thread::scope(|scope| {
-            let listing = scope.spawn(|| SnapshotFile(path.clone()).listing());
-            let repo = open_repo(config, &args.repo);
-            (
-                repo,
-                listing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            )
-        })
-    } else {
-        (open_repo(config, &args.repo), SnapshotFile(path.clone()).listing())
-    };
+    // Split and digested while the repository is opened: neither needs the other.
+    let (repo, listing) = std::thread::scope(|scope| {
+        let listing = scope.spawn(|| SnapshotFile(path.clone()).listing());
+        let repo = open_repo(config, &args.repo);
+        (
+            repo,
+            listing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        )
+    });
     let (mut repo, listing) = (repo?, listing?);
     let opts = sync_options(config, &args.view, &Snapshot::default())?;
     let now = now(&args.snapshot);
