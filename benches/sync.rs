@@ -205,6 +205,104 @@ fn apply(repo: &Path, work: &Path, from: &str, to: &str) {
     ));
 }
 
+/// One size's directory, its steps (snapshot files) and what its runs cost, by [`Kind`].
+struct Size {
+    prs: u64,
+    dir: tempfile::TempDir,
+    steps: Vec<(Kind, String)>,
+    runs: std::cell::RefCell<[Vec<Cost>; 10]>,
+}
+
+impl Size {
+    /// Each step commits once (each moves PR `mid` to a head not seen before), so the steps are
+    /// the commits of the branch in order, and the git floor replays them one by one. The
+    /// incremental kinds with a settled tree run three times a round: the first after a full
+    /// sync reads the two 10,000-entry trees from its pack, the later ones as an incremental sync
+    /// wrote them.
+    fn new(prs: u64) -> Size {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("prenv.toml"), config_text()).unwrap();
+        let mid = prs / 2 + 1;
+        let steps = [(Kind::Full, None)]
+            .into_iter()
+            .chain("aef".chars().map(|c| (Kind::Every, Some(c))))
+            .chain("b78".chars().map(|c| (Kind::That, Some(c))))
+            .chain([(Kind::Unsettled, Some('c')), (Kind::Cold, Some('d'))])
+            .enumerate()
+            .map(|(k, (kind, head))| {
+                let file = format!("step-{k}.json");
+                let only = matches!(kind, Kind::That | Kind::Unsettled | Kind::Cold);
+                std::fs::write(d.join(&file), snapshot(prs, head.map(|c| (mid, c)), only)).unwrap();
+                (kind, file)
+            })
+            .collect();
+        Size {
+            prs,
+            dir,
+            steps,
+            runs: Default::default(),
+        }
+    }
+
+    fn repo(&self, round: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("envs-{round}.git"))
+    }
+
+    /// A new empty repository for round `round`, and no memory.
+    fn begin(&self, round: usize) {
+        let repo = self.repo(round);
+        git(
+            self.dir.path(),
+            &[
+                "init",
+                "--quiet",
+                "--bare",
+                "--initial-branch=main",
+                repo.to_str().unwrap(),
+            ],
+        );
+        let _ = std::fs::remove_dir_all(self.dir.path().join("cache"));
+    }
+
+    /// Step `k` of round `round`: one sync.
+    fn step(&self, round: usize, k: usize) {
+        let d = self.dir.path();
+        let (kind, file) = &self.steps[k];
+        match kind {
+            Kind::Unsettled => forget_settled(&d.join("cache")),
+            Kind::Cold => std::fs::remove_dir_all(d.join("cache")).unwrap(),
+            _ => {}
+        }
+        let cost = measure(&mut sync(d, &self.repo(round), file));
+        self.runs.borrow_mut()[2 * *kind as usize].push(cost);
+    }
+
+    /// The git floor of round `round`: the identical trees, committed by git from a work tree.
+    fn floor(&self, round: usize) {
+        let (d, repo) = (self.dir.path(), self.repo(round));
+        let work = d.join(format!("work-{round}"));
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "--quiet", "--initial-branch=main"]);
+        let last = self.steps.len() - 1;
+        sh(&format!(
+            "git -C {} archive main~{last} | tar -x -C {}",
+            repo.display(),
+            work.display()
+        ));
+        let mut runs = self.runs.borrow_mut();
+        runs[1].push(measure(&mut git_floor(&work)));
+        for (k, (kind, _)) in self.steps.iter().enumerate().skip(1) {
+            // A status first, as any earlier command in a real work tree would have run, so the
+            // index is warm and git only hashes the files that changed.
+            git(&work, &["status", "--porcelain"]);
+            let (from, to) = (format!("main~{}", last + 1 - k), format!("main~{}", last - k));
+            apply(&repo, &work, &from, &to);
+            runs[2 * *kind as usize + 1].push(measure(&mut git_floor(&work)));
+        }
+    }
+}
+
 /// What a step of a round measures; the index of its prenv runs in the table is twice its value,
 /// its git floor's the next.
 #[derive(Debug, Clone, Copy)]
@@ -220,73 +318,26 @@ fn main() {
     if std::env::var_os(HELPER_VAR).is_some() {
         helper();
     }
-    let mut incremental = Vec::new();
-    for prs in support::sizes("100,1000,10000") {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(d.join("prenv.toml"), config_text()).unwrap();
-        let mid = prs / 2 + 1;
-        // Each step commits once (each moves PR `mid` to a head not seen before), so the steps
-        // are the commits of the branch in order, and the git floor replays them one by one.
-        // The incremental kinds run three times a round: the first after a full sync reads the
-        // two 10,000-entry trees from its pack, the later ones as an incremental sync wrote them.
-        let steps: Vec<(Kind, String)> = [(Kind::Full, None)]
-            .into_iter()
-            .chain("aef".chars().map(|c| (Kind::Every, Some(c))))
-            .chain("b78".chars().map(|c| (Kind::That, Some(c))))
-            .chain([(Kind::Unsettled, Some('c')), (Kind::Cold, Some('d'))])
-            .enumerate()
-            .map(|(k, (kind, head))| {
-                let file = format!("step-{k}.json");
-                let only = matches!(kind, Kind::That | Kind::Unsettled | Kind::Cold);
-                std::fs::write(d.join(&file), snapshot(prs, head.map(|c| (mid, c)), only)).unwrap();
-                (kind, file)
-            })
-            .collect();
-        let mut runs: [Vec<Cost>; 10] = Default::default();
-        for round in 0..ROUNDS {
-            let repo = d.join(format!("envs-{round}.git"));
-            git(
-                d,
-                &[
-                    "init",
-                    "--quiet",
-                    "--bare",
-                    "--initial-branch=main",
-                    repo.to_str().unwrap(),
-                ],
-            );
-            let _ = std::fs::remove_dir_all(d.join("cache"));
-            for (kind, file) in &steps {
-                match kind {
-                    Kind::Unsettled => forget_settled(&d.join("cache")),
-                    Kind::Cold => std::fs::remove_dir_all(d.join("cache")).unwrap(),
-                    _ => {}
-                }
-                runs[2 * *kind as usize].push(measure(&mut sync(d, &repo, file)));
-            }
-
-            // The git floor: the identical trees, committed by git from a work tree.
-            let work = d.join(format!("work-{round}"));
-            std::fs::create_dir_all(&work).unwrap();
-            git(&work, &["init", "--quiet", "--initial-branch=main"]);
-            let last = steps.len() - 1;
-            sh(&format!(
-                "git -C {} archive main~{last} | tar -x -C {}",
-                repo.display(),
-                work.display()
-            ));
-            runs[1].push(measure(&mut git_floor(&work)));
-            for (k, (kind, _)) in steps.iter().enumerate().skip(1) {
-                // A status first, as any earlier command in a real work tree would have run, so
-                // the index is warm and git only hashes the files that changed.
-                git(&work, &["status", "--porcelain"]);
-                let (from, to) = (format!("main~{}", last + 1 - k), format!("main~{}", last - k));
-                apply(&repo, &work, &from, &to);
-                runs[2 * *kind as usize + 1].push(measure(&mut git_floor(&work)));
+    // Every size is set up first and each step runs for every size in turn: this shared machine
+    // drifts by a fifth over minutes, and a growth figure compares sizes measured apart.
+    let sizes: Vec<Size> = support::sizes("100,1000,10000").into_iter().map(Size::new).collect();
+    for round in 0..ROUNDS {
+        for size in &sizes {
+            size.begin(round);
+        }
+        for k in 0..sizes[0].steps.len() {
+            for size in &sizes {
+                size.step(round, k);
             }
         }
-        let m: Vec<Cost> = runs.into_iter().map(median).collect();
+        for size in &sizes {
+            size.floor(round);
+        }
+    }
+    let mut incremental = Vec::new();
+    for size in &sizes {
+        let prs = size.prs;
+        let m: Vec<Cost> = size.runs.take().into_iter().map(median).collect();
         println!("{prs} open PRs, postgres + mariadb, {ROUNDS} round(s), medians of every run (peak = highest):");
         report("full sync into an empty repository", m[0], m[1]);
         let r = report("1 PR has a new commit, snapshot of every PR", m[2], m[3]);
