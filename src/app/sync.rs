@@ -175,14 +175,16 @@ pub fn read_for(
     opts: &SyncOptions,
 ) -> Result<RepoView> {
     read_deciding(store, config, now, opts, &mut |settled| {
-        Ok(match prints::to_decide(config, settled, prs, now) {
-            Some(changed) => changed,
-            None => prs.iter().collect(),
-        }
-        .iter()
-        .map(|pr| pr.number)
-        .collect())
+        Ok(numbers_to_decide(config, settled, prs, now))
     })
+}
+
+/// The numbers of the PRs of `prs` a run against `settled` decides ([`prints::to_decide`]).
+fn numbers_to_decide(config: &Config, settled: &Settled, prs: &[PullRequest], now: DateTime<Utc>) -> Vec<u64> {
+    match prints::to_decide(config, settled, prs, now) {
+        Some(changed) => changed.iter().map(|pr| pr.number).collect(),
+        None => prs.iter().map(|pr| pr.number).collect(),
+    }
 }
 
 /// [`read_for`] a listing ([`Listing`]): against a settled tree whose fingerprints hold now, the
@@ -205,13 +207,7 @@ pub fn read_listed(
             Default::default()
         };
         let built = read.insert(listing.read(&known)?);
-        Ok(match prints::to_decide(config, settled, &built.prs, now) {
-            Some(changed) => changed,
-            None => built.prs.iter().collect(),
-        }
-        .iter()
-        .map(|pr| pr.number)
-        .collect())
+        Ok(numbers_to_decide(config, settled, &built.prs, now))
     })?;
     let read = match read {
         Some(read) if view.settled.is_some() || read.unread == 0 => read,

@@ -33,7 +33,12 @@ pub fn keyed(config: &Config) -> Sha256 {
 
 /// The id of a run's [`keyed`] settings, kept with the fingerprints ([`Prints::key`]).
 pub fn key_id(key: &Sha256) -> Print {
-    let digest = key.clone().finalize();
+    first_16(key.clone())
+}
+
+/// The first 16 bytes of what `h` hashed: a fingerprint.
+fn first_16(h: Sha256) -> Print {
+    let digest = h.finalize();
     let mut out = [0; 16];
     out.copy_from_slice(&digest[..16]);
     out
@@ -67,10 +72,7 @@ pub fn print(key: &Sha256, pr: &PullRequest) -> Print {
             time(&mut h, Some(trigger.at));
         }
     }
-    let digest = h.finalize();
-    let mut out = [0; 16];
-    out.copy_from_slice(&digest[..16]);
-    out
+    first_16(h)
 }
 
 fn text(h: &mut Sha256, s: &str) {

@@ -201,12 +201,7 @@ impl Listing {
                     (range, element_id(element.get().as_bytes()))
                 })
                 .collect(),
-            Err(e) => {
-                return Err(parse_snapshot(&json, origin).err().unwrap_or_else(|| Error::Snapshot {
-                    origin: origin.to_string(),
-                    message: e.to_string(),
-                }));
-            }
+            Err(e) => return Err(fault(&json, origin, &e)),
         };
         Ok(Listing {
             json,
@@ -230,15 +225,7 @@ impl Listing {
             }
             match serde_json::from_str::<Parsed>(&self.json[range.clone()]) {
                 Ok(Parsed(pr)) => built.push((pr, *id)),
-                // Read whole again, to name the element and the field at fault.
-                Err(e) => {
-                    return Err(parse_snapshot(&self.json, &self.origin)
-                        .err()
-                        .unwrap_or_else(|| Error::Snapshot {
-                            origin: self.origin.clone(),
-                            message: e.to_string(),
-                        }));
-                }
+                Err(e) => return Err(fault(&self.json, &self.origin, &e)),
             }
         }
         if !unread.is_empty() && built.iter().any(|(pr, _)| unread.contains(&pr.number)) {
@@ -274,6 +261,15 @@ impl Listing {
     pub fn every(&self) -> Result<Read> {
         self.read(&Default::default())
     }
+}
+
+/// What is wrong with snapshot `json`, as [`parse_snapshot`] names it (the element and the field);
+/// `e` is what the quicker read found, in case the whole reads without fault.
+fn fault(json: &str, origin: &str, e: &serde_json::Error) -> Error {
+    parse_snapshot(json, origin).err().unwrap_or_else(|| Error::Snapshot {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })
 }
 
 fn element_id(bytes: &[u8]) -> ElementId {
