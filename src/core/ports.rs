@@ -63,9 +63,9 @@ pub struct RepoView {
     /// ApplicationSets), because an earlier run left the tree it read settled; the rest of the
     /// project's environments are kept as they are without being read.
     pub settled: Option<Settled>,
-    /// With a partial view, the PRs a run decides when it was read for a snapshot
-    /// ([`crate::app::sync::read_for`]): what [`crate::core::prints::to_decide`] gave, so it is
-    /// not worked out again.
+    /// With a partial view, the PRs a run decides when it was read for a snapshot or a listing
+    /// ([`crate::app::sync::read_for`], [`crate::app::sync::read_listed`]): what
+    /// [`crate::core::prints::to_decide`] gave, so it is not worked out again.
     pub decide: Option<Arc<BTreeSet<u64>>>,
 }
 
