@@ -132,7 +132,9 @@ impl Prints {
 
     /// The PRs by the digest of the listing element each was built from.
     pub fn by_element(&self) -> rustc_hash::FxHashMap<ElementId, u64> {
-        self.entries.iter().filter_map(|e| Some((e.element?, e.pr))).collect()
+        let mut known = rustc_hash::FxHashMap::with_capacity_and_hasher(self.entries.len(), Default::default());
+        known.extend(self.entries.iter().filter_map(|e| Some((e.element?, e.pr))));
+        known
     }
 }
 
@@ -669,8 +671,8 @@ pub trait EnvStore {
     fn learn(&mut self, _verified: &[(TreeId, Option<BlobId>)]) {}
     /// Reads the tip like [`EnvStore::read`], but as a partial view (see [`RepoView::settled`])
     /// when its tree is one an earlier run recorded as settled and [`Settled::holds_for`] this
-    /// run: of only the environments `envs` names, given that fact (`None`: read it all). A store
-    /// that remembers nothing reads it all.
+    /// run: of only the environments `envs` names, given that fact (`None`: read it all); `envs`
+    /// is called once at most. A store that remembers nothing reads it all.
     fn read_settled(
         &mut self,
         _project: &str,

@@ -8,5 +8,6 @@ pub mod meta;
 pub mod naming;
 pub mod pr;
 pub mod quantity;
+pub mod split;
 pub mod timestamp;
 pub mod tree;

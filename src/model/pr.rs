@@ -192,17 +192,27 @@ impl Listing {
     /// the error [`parse_snapshot`] names, at once; an element that is not a PR is named when it
     /// is built.
     pub fn new(json: String, origin: &str) -> Result<Listing> {
-        let elements: Vec<_> = match serde_json::from_str::<Vec<&serde_json::value::RawValue>>(&json) {
-            Ok(raw) => raw
-                .iter()
-                .map(|element| {
-                    let start = element.get().as_ptr() as usize - json.as_ptr() as usize;
-                    let range = start..start + element.get().len();
-                    (range, element_id(element.get().as_bytes()))
-                })
-                .collect(),
-            Err(e) => return Err(fault(&json, origin, &e)),
+        let ranges = match super::split::array_of_objects(json.as_bytes()) {
+            Some(ranges) => ranges,
+            // Not an array of objects between its elements: a parser says what it is.
+            None => match serde_json::from_str::<Vec<&serde_json::value::RawValue>>(&json) {
+                Ok(raw) => raw
+                    .iter()
+                    .map(|element| {
+                        let start = element.get().as_ptr() as usize - json.as_ptr() as usize;
+                        start..start + element.get().len()
+                    })
+                    .collect(),
+                Err(e) => return Err(fault(&json, origin, &e)),
+            },
         };
+        let elements = ranges
+            .into_iter()
+            .map(|range| {
+                let id = element_id(&json.as_bytes()[range.clone()]);
+                (range, id)
+            })
+            .collect();
         Ok(Listing {
             json,
             origin: origin.to_string(),
@@ -214,13 +224,11 @@ impl Listing {
     /// A PR listed twice, once known and once not, is built from both copies, as [`parse_snapshot`]
     /// keeps the newest: then every element is.
     pub fn read(&self, known: &rustc_hash::FxHashMap<ElementId, u64>) -> Result<Read> {
-        let mut unread = rustc_hash::FxHashSet::default();
-        let mut skipped = 0;
+        let mut unread = Vec::with_capacity(self.elements.len());
         let mut built = Vec::with_capacity(self.elements.len().min(64));
         for (range, id) in &self.elements {
             if let Some(pr) = known.get(id) {
-                unread.insert(*pr);
-                skipped += 1;
+                unread.push(*pr);
                 continue;
             }
             match serde_json::from_str::<Parsed>(&self.json[range.clone()]) {
@@ -228,9 +236,13 @@ impl Listing {
                 Err(e) => return Err(fault(&self.json, &self.origin, &e)),
             }
         }
-        if !unread.is_empty() && built.iter().any(|(pr, _)| unread.contains(&pr.number)) {
+        // Built are a few: each unread PR is looked up among them, not the other way round.
+        let mut numbers: Vec<u64> = built.iter().map(|(pr, _)| pr.number).collect();
+        numbers.sort_unstable();
+        if !numbers.is_empty() && unread.iter().any(|pr| numbers.binary_search(pr).is_ok()) {
             return self.read(&Default::default());
         }
+        let skipped = unread.len();
         let mut listed = rustc_hash::FxHashMap::<u64, usize>::default();
         for (pr, _) in &built {
             *listed.entry(pr.number).or_default() += 1;
