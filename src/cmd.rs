@@ -252,26 +252,23 @@ fn start_sync(config: &Config, args: &SyncArgs) -> anyhow::Result<Run<Given>> {
             now: run.now,
         });
     };
-    // Split and digested while the repository is opened: neither needs the other.
-    let (repo, listing) = std::thread::scope(|scope| {
+    // Split and digested while the repository is opened and its settled tree looked up: the
+    // listing is waited for when the PRs to decide are asked.
+    std::thread::scope(|scope| {
         let listing = scope.spawn(|| SnapshotFile(path.clone()).listing());
-        let repo = open_repo(config, &args.repo);
-        (
+        let listing = || listing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let mut repo = open_repo(config, &args.repo)?;
+        let opts = sync_options(config, &args.view, &Snapshot::default())?;
+        let now = now(&args.snapshot);
+        let (view, listing, read) = sync::read_listed(&mut repo, config, listing, now, &opts)?;
+        Ok(Run {
+            opts,
+            material: fs::load_material(config)?,
+            now,
             repo,
-            listing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-        )
-    });
-    let (mut repo, listing) = (repo?, listing?);
-    let opts = sync_options(config, &args.view, &Snapshot::default())?;
-    let now = now(&args.snapshot);
-    let (view, read) = sync::read_listed(&mut repo, config, &listing, now, &opts)?;
-    Ok(Run {
-        opts,
-        material: fs::load_material(config)?,
-        now,
-        repo,
-        view,
-        prs: Given::Listed(listing, read),
+            view,
+            prs: Given::Listed(listing, read),
+        })
     })
 }
 

@@ -138,10 +138,10 @@ fn sync_listed(
     now: DateTime<Utc>,
 ) -> (SyncOutcome, usize) {
     let json = serde_json::to_string(&prs.iter().map(|pr| rest(pr, volatile)).collect::<Vec<_>>()).unwrap();
-    let listing = Listing::new(json, "prs.json").unwrap();
     let mut store = open(repo, cache);
     let opts = SyncOptions::default();
-    let (view, read) = sync::read_listed(&mut store, config, &listing, now, &opts).unwrap();
+    let (view, listing, read) =
+        sync::read_listed(&mut store, config, || Listing::new(json, "prs.json"), now, &opts).unwrap();
     let unread = read.unread;
     let done = sync::sync(
         &mut store,

@@ -584,3 +584,40 @@ fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(err.contains("INFO"), "info lines are logged: {err}");
     assert!(!err.contains('\u{1b}'), "ANSI escape in piped stderr: {err:?}");
 }
+
+/// A snapshot file of more PRs than a partial view takes is split into its elements without
+/// parsing them, and against a settled tree most are never built: whatever is wrong with the file
+/// is still named, with the file, and nothing is committed.
+#[test]
+fn a_broken_snapshot_file_is_named_even_against_a_settled_tree() {
+    let f = Fixture::new();
+    let prs: Vec<_> = (1..=70).map(open).collect();
+    let good = serde_json::to_string(&prs).unwrap();
+    let path = f.prs("prs.json", &prs);
+    f.sync(&path, &[]);
+    // The second run finds the tree settled and the elements known.
+    assert!(text(&f.sync(&path, &[]).stdout).contains("no change"));
+    let tip = f.tip();
+    let mut wrong_number = prs.clone();
+    wrong_number[40]["number"] = json!("forty-one");
+    let cases = [
+        ("cut short", good[..good.len() / 2].to_string(), "prs.json"),
+        ("trailing text", format!("{good} x"), "prs.json"),
+        ("a missing comma", good.replacen("},{", "}{", 1), "prs.json"),
+        (
+            "a number that is not one",
+            serde_json::to_string(&wrong_number).unwrap(),
+            "element 40",
+        ),
+    ];
+    for (what, json, named) in cases {
+        std::fs::write(&path, json).unwrap();
+        let out = f.run("sync", &path, s(&f.remote), &[]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{what}: {err}");
+        assert!(err.contains("prs.json") && err.contains(named), "{what}: {err}");
+        assert_eq!(f.tip(), tip, "{what}: nothing is committed");
+    }
+    std::fs::write(&path, &good).unwrap();
+    assert!(text(&f.sync(&path, &[]).stdout).contains("no change"));
+}

@@ -189,16 +189,27 @@ fn numbers_to_decide(config: &Config, settled: &Settled, prs: &[PullRequest], no
 
 /// [`read_for`] a listing ([`Listing`]): against a settled tree whose fingerprints hold now, the
 /// elements they know are left unread, and the view is read for the PRs that changed among the
-/// rest. Gives the view and the PRs built for it: every PR, unless the view is partial.
+/// rest. Gives the view, the listing and the PRs built for it: every PR, unless the view is
+/// partial.
+///
+/// `listing` is called once, when the listing is first needed: after the branch's tip and what
+/// the memory knows of its tree are read, so a listing split on another thread is waited for as
+/// late as can be.
 pub fn read_listed(
     store: &mut dyn EnvStore,
     config: &Config,
-    listing: &Listing,
+    listing: impl FnOnce() -> Result<Listing>,
     now: DateTime<Utc>,
     opts: &SyncOptions,
-) -> Result<(RepoView, Read)> {
+) -> Result<(RepoView, Listing, Read)> {
+    let mut pending = Some(listing);
+    let mut got: Option<Listing> = None;
     let mut read = None;
     let view = read_deciding(store, config, now, opts, &mut |settled| {
+        let listing = match got {
+            Some(ref listing) => listing,
+            None => got.insert(pending.take().expect("a store asks for the PRs to decide once a read")()?),
+        };
         // A few elements are built: knowing them by their bytes would cost more (an index of
         // every fingerprinted PR) than it saves.
         let known = if listing.len() > PARTIAL_MAX_PRS {
@@ -209,11 +220,17 @@ pub fn read_listed(
         let built = read.insert(listing.read(&known)?);
         Ok(numbers_to_decide(config, settled, &built.prs, now))
     })?;
+    let listing = match (got, pending) {
+        (Some(listing), _) => listing,
+        (None, Some(listing)) => listing()?,
+        // Taken only by a call that failed, whose failure `read_deciding` gave back.
+        (None, None) => unreachable!("a listing that failed to read was reported"),
+    };
     let read = match read {
         Some(read) if view.settled.is_some() || read.unread == 0 => read,
         _ => listing.every()?,
     };
-    Ok((view, read))
+    Ok((view, listing, read))
 }
 
 /// The view for a run whose PRs to decide, against a settled tree, `to_decide` gives: partial
