@@ -27,7 +27,17 @@ const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 pub trait CredentialMaker {
     /// The file's bytes: a Secret with fresh credentials, SOPS-encrypted or sealed.
     fn mariadb_credentials(&mut self, meta: &EnvMeta, now: DateTime<Utc>) -> Result<Vec<u8>>;
+
+    /// [`CredentialMaker::mariadb_credentials`] of each of `metas`, in their order; the first
+    /// error of them is the answer. A maker may make them side by side.
+    fn mariadb_credentials_of(&mut self, metas: &[&EnvMeta], now: DateTime<Utc>) -> Result<Vec<Vec<u8>>> {
+        metas.iter().map(|meta| self.mariadb_credentials(meta, now)).collect()
+    }
 }
+
+/// Below this many, credentials are made on the calling thread: a thread costs more than a few
+/// encryptions.
+const PARALLEL_FROM: usize = 64;
 
 /// What protecting credentials needs, loaded once per run: the age recipients (SOPS) or the Sealed
 /// Secrets controller's public key.
@@ -61,6 +71,37 @@ impl Material {
 
 impl CredentialMaker for Material {
     fn mariadb_credentials(&mut self, meta: &EnvMeta, now: DateTime<Utc>) -> Result<Vec<u8>> {
+        self.credentials(meta, now)
+    }
+
+    /// On every core: a full sync of 10,000 environments with MariaDB encrypted as many secrets
+    /// (an X25519 exchange each), a third of its time on one core.
+    fn mariadb_credentials_of(&mut self, metas: &[&EnvMeta], now: DateTime<Utc>) -> Result<Vec<Vec<u8>>> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores == 1 || metas.len() < PARALLEL_FROM {
+            return metas.iter().map(|meta| self.credentials(meta, now)).collect();
+        }
+        let this = &*self;
+        let made: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = metas
+                .chunks(metas.len().div_ceil(cores))
+                .map(|part| scope.spawn(move || part.iter().map(|meta| this.credentials(meta, now)).collect()))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        let mut all = Vec::with_capacity(metas.len());
+        for part in made {
+            all.extend(part?);
+        }
+        Ok(all)
+    }
+}
+
+impl Material {
+    fn credentials(&self, meta: &EnvMeta, now: DateTime<Utc>) -> Result<Vec<u8>> {
         let secret = json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -141,6 +182,38 @@ mod tests {
         assert_eq!(a.len(), PASSWORD_LEN);
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, b);
+    }
+
+    fn meta(n: u64) -> EnvMeta {
+        serde_json::from_value(json!({
+            "generator": "prenv", "schema": 1, "env": format!("shop-pr-{n}"), "namespace": format!("shop-pr-{n}"),
+            "pr": n, "head_sha": "0000000000000000000000000000000000000007", "head_ref": "f/7",
+            "url": format!("https://shop-pr-{n}.p.example.com"), "image": "r/i:pr-7", "databases": ["mariadb"],
+            "created_at": "2026-11-24T12:00:00Z", "closed_at": null, "merged": false
+        }))
+        .unwrap()
+    }
+
+    /// Made side by side, each file is its own environment's, in order, with its own passwords,
+    /// and opens with the recipients' identity.
+    #[test]
+    fn many_credentials_are_made_on_every_core_each_for_its_environment() {
+        let identity = age::x25519::Identity::generate();
+        let mut material = Material::Sops {
+            recipients: vec![identity.to_public().to_string()],
+        };
+        let metas: Vec<EnvMeta> = (1..=(PARALLEL_FROM as u64 + 9)).map(meta).collect();
+        let asked: Vec<&EnvMeta> = metas.iter().collect();
+        let now = "2026-11-24T12:00:00Z".parse().unwrap();
+        let made = material.mariadb_credentials_of(&asked, now).unwrap();
+        assert_eq!(made.len(), metas.len());
+        let mut passwords = std::collections::BTreeSet::new();
+        for (meta, bytes) in metas.iter().zip(&made) {
+            let doc = sops::parse_yaml(std::str::from_utf8(bytes).unwrap()).unwrap();
+            let secret = sops::decrypt(&doc, std::slice::from_ref(&identity)).unwrap();
+            assert_eq!(secret["metadata"]["namespace"], json!(meta.namespace));
+            assert!(passwords.insert(secret["stringData"]["MARIADB_PASSWORD"].as_str().unwrap().to_string()));
+        }
     }
 
     #[test]
