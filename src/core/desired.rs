@@ -176,7 +176,7 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         .into_iter()
         .filter(|(path, _)| !argo_kept.contains(path.as_str()) && !other_projects_flux(project, path))
         .collect();
-    let mut new_secrets = Vec::new();
+    let (mut paths, mut metas) = (Vec::new(), Vec::new());
     for meta in envs
         .iter()
         .filter(|m| m.databases.contains(&Database::Mariadb) && !trusted.contains(m.env.as_str()))
@@ -184,12 +184,12 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         let path = secret_path(config, meta.env.as_str());
         // Credentials are generated once: an existing encrypted file is kept byte for byte.
         if compared.remove(path.as_str()).is_none() {
-            new_secrets.push((path, *meta));
+            paths.push(path);
+            metas.push(*meta);
         }
     }
-    let metas: Vec<&EnvMeta> = new_secrets.iter().map(|(_, meta)| *meta).collect();
     let made = credentials.mariadb_credentials_of(&metas, inputs.now)?;
-    for ((path, _), bytes) in new_secrets.into_iter().zip(made) {
+    for (path, bytes) in paths.into_iter().zip(made) {
         desired.insert(path, bytes)?;
     }
     // An index's stored bytes are its current blob's only when the view's id is that blob's.

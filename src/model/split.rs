@@ -92,15 +92,22 @@ struct Masks {
 
 impl Masks {
     fn of(block: &[u8]) -> Masks {
+        // Only the last block, short, is copied: padded with whitespace, which matters to none.
         let mut padded = [b' '; 64];
-        padded[..block.len()].copy_from_slice(block);
+        let block: &[u8; 64] = match block.try_into() {
+            Ok(full) => full,
+            Err(_) => {
+                padded[..block.len()].copy_from_slice(block);
+                &padded
+            }
+        };
         let mut masks = Masks {
             quote: 0,
             backslash: 0,
             open: 0,
             close: 0,
         };
-        for (i, part) in padded.chunks_exact(16).enumerate() {
+        for (i, part) in block.chunks_exact(16).enumerate() {
             let part: &[u8; 16] = part.try_into().expect("16 bytes");
             let shift = i * 16;
             masks.quote |= u64::from(where_is(part, b'"')) << shift;
