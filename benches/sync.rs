@@ -9,7 +9,7 @@
 //! index where only the changed files were touched for the incremental ones. The two incremental
 //! kinds with a settled tree run three times a round, each with a new head. Prints wall time, CPU
 //! time (every thread), peak memory and the ratio. Run with `cargo bench --bench sync` (or
-//! scripts/bench).
+//! scripts/bench); PRENV_BENCH_ROUNDS sets the rounds, and PRENV_BENCH_EACH prints every run.
 
 use std::path::Path;
 use std::process::Command;
@@ -20,8 +20,8 @@ mod support;
 const NOW: &str = "2026-11-24T12:00:00Z";
 const CONFIG: &str = "project_id = \"shop\"\ndomain = \"preview.example.com\"\nimage = \"ghcr.io/acme/shop\"\ndatabases = [\"postgres\", \"mariadb\"]\nengine = \"flux\"\n";
 
-/// Rounds per size, each figure the median of them: one round of 10,000 let a single noisy
-/// sample of this shared disk decide a row (two runs on one day gave 0.17 and 0.21 for the same
+/// Rounds per size (PRENV_BENCH_ROUNDS to choose), each figure the median of them: one round of
+/// 10,000 let a single noisy sample of this shared disk decide a row (two runs on one day gave 0.17 and 0.21 for the same
 /// build), so the largest size has as many, although its full sync and git floor take tens of
 /// seconds each. Five, not three: an incremental sync takes tens of milliseconds, and one slow
 /// sample of three moved a growth figure by a tenth.
@@ -70,7 +70,16 @@ struct Cost {
 /// process it was spawned from (the parent's, shared until `exec`), so a child of this process,
 /// which holds snapshots of 10,000 PRs, reported this process's peak for every small sync. The
 /// copy is small when it spawns the command, and times it itself, so its own start costs nothing.
+///
+/// Every command starts with nothing left to write back: a git floor of 10,000 environments
+/// leaves a work tree of 60,000 files, and a full sync a 40 MB pack, in the page cache, and the
+/// kernel writes them out over the next half minute. Measured while that ran, the incremental
+/// syncs of the next round took half as long again as those of the first (10,000 PRs: 19 ms in
+/// round one, 30–33 ms after a floor; 1,000 PRs: 14 and 17–20 ms), so a growth figure measured
+/// the harness's own writes. `sync(2)` waits for them, outside the time measured.
 fn measure(cmd: &mut Command) -> Cost {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
     let mut helper = Command::new(std::env::current_exe().expect("the benchmark's path"));
     helper.env(HELPER_VAR, "1").arg(cmd.get_program()).args(cmd.get_args());
     for (key, value) in cmd.get_envs() {
@@ -275,6 +284,10 @@ impl Size {
             _ => {}
         }
         let cost = measure(&mut sync(d, &self.repo(round), file));
+        if std::env::var_os("PRENV_BENCH_EACH").is_some() {
+            let ms = cost.wall.as_secs_f64() * 1e3;
+            eprintln!("{} PRs, round {round}, step {k} ({kind:?}): {ms:.2} ms", self.prs);
+        }
         self.runs.borrow_mut()[2 * *kind as usize].push(cost);
     }
 
@@ -321,7 +334,9 @@ fn main() {
     // Every size is set up first and each step runs for every size in turn: this shared machine
     // drifts by a fifth over minutes, and a growth figure compares sizes measured apart.
     let sizes: Vec<Size> = support::sizes("100,1000,10000").into_iter().map(Size::new).collect();
-    for round in 0..ROUNDS {
+    let rounds =
+        std::env::var("PRENV_BENCH_ROUNDS").map_or(ROUNDS, |r| r.parse().expect("PRENV_BENCH_ROUNDS: a number"));
+    for round in 0..rounds {
         for size in &sizes {
             size.begin(round);
         }
@@ -338,7 +353,7 @@ fn main() {
     for size in &sizes {
         let prs = size.prs;
         let m: Vec<Cost> = size.runs.take().into_iter().map(median).collect();
-        println!("{prs} open PRs, postgres + mariadb, {ROUNDS} round(s), medians of every run (peak = highest):");
+        println!("{prs} open PRs, postgres + mariadb, {rounds} round(s), medians of every run (peak = highest):");
         report("full sync into an empty repository", m[0], m[1]);
         let r = report("1 PR has a new commit, snapshot of every PR", m[2], m[3]);
         report("1 PR has a new commit, snapshot of that PR only", m[4], m[5]);
