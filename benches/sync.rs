@@ -21,10 +21,10 @@ const NOW: &str = "2026-11-24T12:00:00Z";
 const CONFIG: &str = "project_id = \"shop\"\ndomain = \"preview.example.com\"\nimage = \"ghcr.io/acme/shop\"\ndatabases = [\"postgres\", \"mariadb\"]\nengine = \"flux\"\n";
 
 /// Rounds per size (PRENV_BENCH_ROUNDS to choose), each figure the median of them: one round of
-/// 10,000 let a single noisy sample of this shared disk decide a row (two runs on one day gave 0.17 and 0.21 for the same
-/// build), so the largest size has as many, although its full sync and git floor take tens of
-/// seconds each. Five, not three: an incremental sync takes tens of milliseconds, and one slow
-/// sample of three moved a growth figure by a tenth.
+/// 10,000 let a single noisy sample of this shared disk decide a row (two runs on one day gave
+/// 0.17 and 0.21 for the same build), so the largest size has as many, although its full sync and
+/// git floor take tens of seconds each. Five, not three: an incremental sync takes tens of
+/// milliseconds, and one slow sample of three moved a growth figure by a tenth.
 const ROUNDS: usize = 5;
 
 /// The config with a fresh age recipient, so every environment's MariaDB credentials are encrypted.
