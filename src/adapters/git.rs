@@ -609,10 +609,10 @@ impl EnvRepo {
         body.push_str(&format!("author {who}\ncommitter {who}\n\n{message}"));
         let commit = sink.write(ObjectType::Commit, body.as_bytes()).map_err(err)?;
         if let Sink::Pack(pack) = sink {
-            let mut writer = odb.packwriter().map_err(err)?;
-            pack.finish(&mut writer)
-                .map_err(|e| Error::io("writing a pack to", &self.display, e))?;
-            writer.commit().map_err(err)?;
+            let dir = self.repo.path().join("objects/pack");
+            pack.finish(&dir).map_err(|e| Error::io("writing a pack to", &dir, e))?;
+            // libgit2 also rescans on a miss; now, so the next read finds the commit at once.
+            odb.refresh().map_err(err)?;
         }
         Oid::from_bytes(&commit).map_err(err)
     }
