@@ -27,8 +27,8 @@ use crate::model::layout::{
     flux_project_index,
 };
 use crate::model::meta::{EnvMeta, GENERATOR};
-use crate::model::naming;
 use crate::model::tree::Tree;
+use crate::model::{naming, parallel};
 
 /// Pod Security Standard every preview namespace enforces (RNF-09).
 const POD_SECURITY_LEVEL: &str = "restricted";
@@ -84,13 +84,38 @@ pub fn render_selected(
     around: &Around<'_>,
     wanted: impl Fn(&EnvMeta) -> bool,
 ) -> Result<Tree> {
-    let mut tree = Tree::new();
+    let chosen: Vec<&EnvMeta> = envs.iter().copied().filter(|m| wanted(m)).collect();
     // Quota, limits and policies depend only on the settings and databases: render them once.
     let mut shared: BTreeMap<Vec<Database>, SharedFiles> = BTreeMap::new();
-    for meta in envs.iter().filter(|m| wanted(m)) {
+    for meta in &chosen {
         if !shared.contains_key(&meta.databases) {
             shared.insert(meta.databases.clone(), SharedFiles::render(config, &meta.databases)?);
         }
+    }
+    // An environment's files depend on it alone: a full sync renders them on every core (a
+    // fifth of a full sync of 10,000 on one), and the parts join in order, so the first error
+    // is the first environment's.
+    let mut tree = Tree::new();
+    for part in parallel::by_parts(&chosen, |part| render_envs(config, part, &shared, around)) {
+        tree.append(part?);
+    }
+    match config.engine {
+        _ if around.partial => {}
+        Engine::Flux => render_flux_indexes(config, envs, around, &mut tree)?,
+        Engine::Argocd => render_argocd(config, &around.argo_kept, &mut tree)?,
+    }
+    Ok(tree)
+}
+
+/// The files of each of `metas`, and its Flux Kustomization with Flux.
+fn render_envs(
+    config: &Config,
+    metas: &[&EnvMeta],
+    shared: &BTreeMap<Vec<Database>, SharedFiles>,
+    around: &Around<'_>,
+) -> Result<Tree> {
+    let mut tree = Tree::new();
+    for meta in metas {
         render_env(config, meta, &shared[&meta.databases], &around.templates, &mut tree)?;
         if config.engine == Engine::Flux {
             // The watcher reads the database kinds from here for the PR comment.
@@ -120,11 +145,6 @@ pub fn render_selected(
             };
             tree.insert(path, yaml::to_string(&object)?)?;
         }
-    }
-    match config.engine {
-        _ if around.partial => {}
-        Engine::Flux => render_flux_indexes(config, envs, around, &mut tree)?,
-        Engine::Argocd => render_argocd(config, &around.argo_kept, &mut tree)?,
     }
     Ok(tree)
 }

@@ -6,6 +6,7 @@ pub mod labels;
 pub mod layout;
 pub mod meta;
 pub mod naming;
+pub mod parallel;
 pub mod pr;
 pub mod quantity;
 pub mod split;

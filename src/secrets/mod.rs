@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::model::config::{Config, SecretsBackend};
 use crate::model::layout::MARIADB_SECRET_NAME;
 use crate::model::meta::EnvMeta;
+use crate::model::parallel;
 
 /// Length of generated passwords: 32 alphanumerics carry about 190 bits.
 const PASSWORD_LEN: usize = 32;
@@ -34,10 +35,6 @@ pub trait CredentialMaker {
         metas.iter().map(|meta| self.mariadb_credentials(meta, now)).collect()
     }
 }
-
-/// Below this many, credentials are made on the calling thread: a thread costs more than a few
-/// encryptions.
-const PARALLEL_FROM: usize = 64;
 
 /// What protecting credentials needs, loaded once per run: the age recipients (SOPS) or the Sealed
 /// Secrets controller's public key.
@@ -77,20 +74,11 @@ impl CredentialMaker for Material {
     /// On every core: a full sync of 10,000 environments with MariaDB encrypted as many secrets
     /// (an X25519 exchange each), a third of its time on one core.
     fn mariadb_credentials_of(&mut self, metas: &[&EnvMeta], now: DateTime<Utc>) -> Result<Vec<Vec<u8>>> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if cores == 1 || metas.len() < PARALLEL_FROM {
-            return metas.iter().map(|meta| self.credentials(meta, now)).collect();
-        }
         let this = &*self;
-        let made: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = metas
-                .chunks(metas.len().div_ceil(cores))
-                .map(|part| scope.spawn(move || part.iter().map(|meta| this.credentials(meta, now)).collect()))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
+        let made = parallel::by_parts(metas, |part| {
+            part.iter()
+                .map(|meta| this.credentials(meta, now))
+                .collect::<Result<Vec<_>>>()
         });
         let mut all = Vec::with_capacity(metas.len());
         for part in made {
@@ -202,7 +190,7 @@ mod tests {
         let mut material = Material::Sops {
             recipients: vec![identity.to_public().to_string()],
         };
-        let metas: Vec<EnvMeta> = (1..=(PARALLEL_FROM as u64 + 9)).map(meta).collect();
+        let metas: Vec<EnvMeta> = (1..=(parallel::PARALLEL_FROM as u64 + 9)).map(meta).collect();
         let asked: Vec<&EnvMeta> = metas.iter().collect();
         let now = "2026-11-24T12:00:00Z".parse().unwrap();
         let made = material.mariadb_credentials_of(&asked, now).unwrap();

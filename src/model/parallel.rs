@@ -1,0 +1,55 @@
+//! Work split across the machine's cores, in order: the few steps of a full sync that cost the
+//! same for each of thousands of environments (rendering them, encrypting their credentials).
+
+/// Below this many items the work stays on the calling thread: a thread costs more than a few
+/// environments' work.
+pub const PARALLEL_FROM: usize = 64;
+
+/// `work` of consecutive parts of `items`, one part per core, each on its own scoped thread; the
+/// answers in the parts' order. Fewer than [`PARALLEL_FROM`] items, or one core, make one part,
+/// worked on here. A panic in a part is raised again here.
+pub fn by_parts<T: Sync, R: Send>(items: &[T], work: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 || items.len() < PARALLEL_FROM {
+        return vec![work(items)];
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(items.len().div_ceil(cores))
+            .map(|part| scope.spawn(move || work(part)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parts_cover_every_item_once_in_order() {
+        for len in [0, 1, PARALLEL_FROM - 1, PARALLEL_FROM, PARALLEL_FROM + 1, 1_001] {
+            let items: Vec<usize> = (0..len).collect();
+            let parts = by_parts(&items, <[usize]>::to_vec);
+            assert_eq!(parts.concat(), items, "{len} items");
+            if len < PARALLEL_FROM {
+                assert_eq!(parts.len(), 1, "{len} items stay in one part");
+            }
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_part_reaches_the_caller() {
+        let items: Vec<usize> = (0..PARALLEL_FROM * 4).collect();
+        let caught = std::panic::catch_unwind(|| {
+            by_parts(&items, |part| {
+                assert!(!part.contains(&(PARALLEL_FROM * 3)), "item reached")
+            })
+        });
+        assert!(caught.is_err());
+    }
+}
