@@ -8,8 +8,8 @@
 //! SHA-1 of everything before it; its index (version 2) lists every object's id, sorted, with the
 //! CRC-32 of its entry and its offset. The index is written here, from what each entry was made
 //! of, not by libgit2's indexer, which inflated and hashed (with collision detection) every object
-//! again: 13% of a full sync of 10,000 PRs. `git verify-pack`, which re-indexes a pack and checks
-//! its index byte for byte against what git writes, is this file's test. A later `git gc`
+//! again: 13% of a full sync of 10,000 PRs. `git verify-pack`, which indexes the pack again and
+//! checks the index against it, is this file's test. A later `git gc`
 //! delta-compresses the pack if anyone wants it smaller. The entries go to a temporary file beside
 //! the repository's packs as they are made, not to memory: the header's count and the trailing
 //! checksum are known only at the end, and a full sync's pack is a third the size of the rendered
@@ -745,10 +745,9 @@ mod tests {
         );
     }
 
-    /// The pack and the index written here are the ones git writes: `git verify-pack` indexes the
-    /// pack again and checks the index against it byte for byte (index-pack.c, `--verify` writes
-    /// with `WRITE_IDX_VERIFY`, which fails on the first byte that differs), and checks every
-    /// object's id and CRC-32; then git and libgit2 read every object back.
+    /// The pack and the index written here are ones git takes: `git verify-pack` indexes the pack
+    /// again and checks the index against it (every id and CRC-32; a changed CRC-32 is refused,
+    /// below); then git and libgit2 read every object back, and `git fsck` finds nothing.
     #[test]
     fn git_verifies_the_pack_and_its_index_and_reads_every_object_back() {
         let dir = tempfile::tempdir().unwrap();
