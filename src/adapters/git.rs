@@ -591,8 +591,21 @@ impl EnvRepo {
             Sink::Loose(LooseWriter::new(&self.repo.path().join("objects")))
         };
         let mut root = Dir::default();
-        for (path, bytes) in upserts.iter() {
-            root.insert(path, Some(sink.write(ObjectType::Blob, bytes).map_err(err)?));
+        match &mut sink {
+            Sink::Pack(pack) => {
+                let (paths, contents): (Vec<&str>, Vec<&[u8]>) = upserts.iter().unzip();
+                let ids = pack
+                    .add_all(&contents)
+                    .map_err(|e| git_err("writing a commit to", &self.display, pack_error(e)))?;
+                for (path, id) in paths.into_iter().zip(ids) {
+                    root.insert(path, Some(id.0));
+                }
+            }
+            Sink::Loose(_) => {
+                for (path, bytes) in upserts.iter() {
+                    root.insert(path, Some(sink.write(ObjectType::Blob, bytes).map_err(err)?));
+                }
+            }
         }
         for path in removals {
             root.insert(path, None);
@@ -825,10 +838,14 @@ impl Sink {
                 ObjectType::Tree => pack.add_tree(body),
                 _ => pack.add_commit(body),
             }
-            // The pack's body file is on the repository's disk: a full disk fails like a git write.
-            .map_err(|e| git2::Error::from_str(&format!("writing a pack: {e}"))),
+            .map_err(pack_error),
         }
     }
+}
+
+/// The pack's file is on the repository's disk: a full disk fails like a git write.
+fn pack_error(e: std::io::Error) -> git2::Error {
+    git2::Error::from_str(&format!("writing a pack: {e}"))
 }
 
 /// `name <email> <seconds> <±hhmm>`, as a commit's author and committer lines carry it.

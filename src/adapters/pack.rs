@@ -25,6 +25,7 @@ use sha1::{Digest, Sha1};
 use tempfile::NamedTempFile;
 
 use crate::model::layout::BlobId;
+use crate::model::parallel;
 
 /// git's object type numbers in a pack entry header.
 const OBJ_COMMIT: u8 = 1;
@@ -37,6 +38,9 @@ const STORED_TREE: usize = 16 << 10;
 /// Bytes copied from the body file to the pack's reader at a time.
 const COPY_CHUNK: usize = 1 << 20;
 
+/// Bytes of blob content deflated, on every core, before their entries are written.
+const BATCH: usize = 1 << 20;
+
 /// The pack being built, each object once, in a temporary file: a header to be filled in, then
 /// the entries; and what the index needs of each entry.
 pub struct BlobPack {
@@ -45,10 +49,53 @@ pub struct BlobPack {
     offset: u64,
     index: Vec<IndexEntry>,
     seen: HashSet<BlobId>,
-    /// One compressor for every entry, reset between them, and the buffer it writes into: a new
-    /// compressor allocates and zeroes its tables, which cost more than deflating a small file.
+    /// One compressor for the entries added one at a time, reset between them, and the buffers it
+    /// writes into: a new compressor allocates and zeroes its tables, which cost more than
+    /// deflating a small file.
+    coder: Coder,
+    encoded: Vec<u8>,
+}
+
+/// A compressor and its output buffer, turning objects into pack entries.
+struct Coder {
     zlib: Compress,
     deflated: Vec<u8>,
+}
+
+impl Coder {
+    fn new() -> Coder {
+        Coder {
+            zlib: Compress::new(Compression::fast(), true),
+            deflated: Vec::new(),
+        }
+    }
+
+    /// Appends the pack entry of an object of `kind` to `out` and returns the entry's length and
+    /// its CRC-32. The header is the type and size: the first byte holds the type and the size's
+    /// low 4 bits, each next byte 7 more bits, the high bit saying another byte follows.
+    fn encode(&mut self, kind: u8, content: &[u8], out: &mut Vec<u8>) -> std::io::Result<(u64, u32)> {
+        let start = out.len();
+        let mut size = content.len();
+        let mut byte = (kind << 4) | (size & 0x0f) as u8;
+        size >>= 4;
+        while size > 0 {
+            out.push(byte | 0x80);
+            byte = (size & 0x7f) as u8;
+            size >>= 7;
+        }
+        out.push(byte);
+        deflate(&mut self.zlib, &[content], &mut self.deflated)?;
+        out.extend_from_slice(&self.deflated);
+        let entry = &out[start..];
+        Ok((entry.len() as u64, zlib_rs::crc32::crc32(0, entry)))
+    }
+}
+
+/// The entries of a batch of blobs, encoded on one thread: their bytes one after another, and
+/// each one's id, length and CRC-32.
+struct Encoded {
+    bytes: Vec<u8>,
+    entries: Vec<([u8; 20], u64, u32)>,
 }
 
 /// One object of a pack as its index lists it.
@@ -77,8 +124,8 @@ impl BlobPack {
             offset: PACK_HEADER,
             index: Vec::new(),
             seen: HashSet::new(),
-            zlib: Compress::new(Compression::fast(), true),
-            deflated: Vec::new(),
+            coder: Coder::new(),
+            encoded: Vec::new(),
         })
     }
 
@@ -109,30 +156,73 @@ impl BlobPack {
         Ok(id)
     }
 
-    fn entry(&mut self, kind: u8, id: [u8; 20], content: &[u8]) -> std::io::Result<()> {
-        // Type and size: the first byte holds the type and the size's low 4 bits, each next byte
-        // 7 more bits, the high bit saying another byte follows.
-        let mut size = content.len();
-        let mut byte = (kind << 4) | (size & 0x0f) as u8;
-        size >>= 4;
-        let mut header = Vec::with_capacity(10);
-        while size > 0 {
-            header.push(byte | 0x80);
-            byte = (size & 0x7f) as u8;
-            size >>= 7;
+    /// Adds the blobs of `contents` (once per distinct content) and returns their ids, in order.
+    /// Hashing and deflating them are most of a large commit's work, so they are spread over the
+    /// cores: the ids at once, the entries in batches of [`BATCH`] bytes of content, which bound
+    /// the deflated bytes held at a time. The entries are written in the order `add` would write
+    /// them one by one, so the pack is the same bytes.
+    pub fn add_all(&mut self, contents: &[&[u8]]) -> std::io::Result<Vec<BlobId>> {
+        let ids: Vec<BlobId> = parallel::by_parts(contents, |part| {
+            part.iter().map(|content| BlobId::of(content)).collect::<Vec<_>>()
+        })
+        .concat();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for (id, content) in ids.iter().zip(contents) {
+            if self.seen.insert(*id) {
+                batch.push((id.0, *content));
+                bytes += content.len();
+                if bytes >= BATCH {
+                    self.write_blobs(&batch)?;
+                    batch.clear();
+                    bytes = 0;
+                }
+            }
         }
-        header.push(byte);
-        deflate(&mut self.zlib, &[content], &mut self.deflated)?;
-        self.file.write_all(&header)?;
-        self.file.write_all(&self.deflated)?;
-        let crc = zlib_rs::crc32::crc32(zlib_rs::crc32::crc32(0, &header), &self.deflated);
+        self.write_blobs(&batch)?;
+        Ok(ids)
+    }
+
+    /// Writes the entries of `blobs`, each part of them encoded on a core of its own.
+    fn write_blobs(&mut self, blobs: &[([u8; 20], &[u8])]) -> std::io::Result<()> {
+        let parts = parallel::by_parts(blobs, |part| {
+            let mut coder = Coder::new();
+            let mut encoded = Encoded {
+                bytes: Vec::with_capacity(part.iter().map(|(_, c)| c.len()).sum::<usize>() / 2),
+                entries: Vec::with_capacity(part.len()),
+            };
+            for (id, content) in part {
+                let (len, crc) = coder.encode(OBJ_BLOB, content, &mut encoded.bytes)?;
+                encoded.entries.push((*id, len, crc));
+            }
+            Ok::<_, std::io::Error>(encoded)
+        });
+        for part in parts {
+            let part = part?;
+            self.file.write_all(&part.bytes)?;
+            for (id, len, crc) in part.entries {
+                self.push(id, len, crc);
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, kind: u8, id: [u8; 20], content: &[u8]) -> std::io::Result<()> {
+        self.encoded.clear();
+        let (len, crc) = self.coder.encode(kind, content, &mut self.encoded)?;
+        self.file.write_all(&self.encoded)?;
+        self.push(id, len, crc);
+        Ok(())
+    }
+
+    /// Records an entry of `len` bytes just written at the end of the pack.
+    fn push(&mut self, id: [u8; 20], len: u64, crc: u32) {
         self.index.push(IndexEntry {
             id,
             crc,
             offset: self.offset,
         });
-        self.offset += (header.len() + self.deflated.len()) as u64;
-        Ok(())
+        self.offset += len;
     }
 
     /// Finishes the pack — the header with the count, the SHA-1 of everything at the end — and
@@ -838,6 +928,52 @@ mod tests {
             .output()
             .unwrap();
         assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stderr));
+    }
+
+    /// Blobs added together, hashed and deflated on every core in batches, make the very pack
+    /// that adding them one by one makes: the same entries in the same order, each content once
+    /// (also when its first copy came in an earlier batch, or by `add` before).
+    #[test]
+    fn blobs_added_together_make_the_pack_added_one_by_one() {
+        let files: Vec<String> = (0..3_000)
+            .map(|i| i % 2_500)
+            .map(|k| format!("kind: ConfigMap\nname: c{k}\ndata: {}\n", "v".repeat(k % 2_000)))
+            .collect();
+        let contents: Vec<&[u8]> = files.iter().map(String::as_bytes).collect();
+        let total: usize = contents.iter().map(|c| c.len()).sum();
+        assert!(total > 2 * BATCH, "{total} bytes make three batches or more");
+        let write = |together: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            git2::Repository::init_bare(dir.path()).unwrap();
+            let packs = dir.path().join("objects/pack");
+            let mut pack = BlobPack::new(&packs).unwrap();
+            let first = pack.add(contents[7]).unwrap();
+            let ids = if together {
+                pack.add_all(&contents).unwrap()
+            } else {
+                contents.iter().map(|c| pack.add(c).unwrap()).collect()
+            };
+            assert_eq!(ids[7], first);
+            let idx = pack.finish(&packs).unwrap();
+            let verified = std::process::Command::new("git")
+                .args(["verify-pack", "-v"])
+                .arg(&idx)
+                .output()
+                .unwrap();
+            assert!(
+                verified.status.success(),
+                "{}",
+                String::from_utf8_lossy(&verified.stderr)
+            );
+            let listed = String::from_utf8_lossy(&verified.stdout).into_owned();
+            assert!(listed.contains("non delta: 2500 objects"), "{listed}");
+            (ids, std::fs::read(idx.with_extension("pack")).unwrap(), dir)
+        };
+        let (one_by_one, pack, _dir) = write(false);
+        let (together, same, _other) = write(true);
+        assert_eq!(together, one_by_one);
+        assert_eq!(together[0], together[2_500], "the same content is one blob");
+        assert!(same == pack, "the packs differ");
     }
 
     /// Offsets from 2 GiB on are listed in the table of 8-byte offsets, in the order of the ids
