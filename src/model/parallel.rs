@@ -5,24 +5,33 @@
 /// environments' work.
 pub const PARALLEL_FROM: usize = 64;
 
-/// `work` of consecutive parts of `items`, one part per core, each on its own scoped thread; the
-/// answers in the parts' order. Fewer than [`PARALLEL_FROM`] items, or one core, make one part,
-/// worked on here. A panic in a part is raised again here.
+/// `work` of consecutive parts of `items`, one part per core: the first on the calling thread,
+/// each other on a scoped thread of its own; the answers in the parts' order. Fewer than
+/// [`PARALLEL_FROM`] items, or one core, make one part, worked on here. A panic in a part is
+/// raised again here.
+///
+/// The first part stays here for memory more than for the thread it saves: glibc's malloc gives
+/// each new thread an arena of its own, and memory freed into a thread's arena serves only that
+/// arena's later allocations. With every part on a new thread, a sync that renders 10,000
+/// environments and then goes on on the main thread peaked at 154 MB, not 149.
 pub fn by_parts<T: Sync, R: Send>(items: &[T], work: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores == 1 || items.len() < PARALLEL_FROM {
         return vec![work(items)];
     }
     let work = &work;
+    let mut parts = items.chunks(items.len().div_ceil(cores));
+    let first = parts.next().unwrap_or_default();
     std::thread::scope(|scope| {
-        let workers: Vec<_> = items
-            .chunks(items.len().div_ceil(cores))
-            .map(|part| scope.spawn(move || work(part)))
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
+        let others: Vec<_> = parts.map(|part| scope.spawn(move || work(part))).collect();
+        let mut answers = Vec::with_capacity(others.len() + 1);
+        answers.push(work(first));
+        answers.extend(
+            others
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
+        );
+        answers
     })
 }
 
