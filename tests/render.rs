@@ -534,3 +534,53 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// A render against what the repository stores leaves out exactly the environment files that are
+/// as stored (by blob id), on every core (100 environments make two parts), and names them: the
+/// tree and the names together are the whole render, and a drifted or missing file is in the tree.
+#[test]
+fn a_render_against_the_stored_files_leaves_out_exactly_those_as_stored() {
+    use prenv::manifests::render::{Around, render_changed, render_owned};
+    use prenv::model::layout::BlobId;
+    use prenv::model::pr::PrState;
+    let config = postgres_config("");
+    let now = "2026-11-24T12:00:00Z".parse().unwrap();
+    let prs: Vec<_> = (1..=100)
+        .map(|n| lib_pr(n, PrState::Open, format!("{n:040x}"), "2026-11-24T10:00:00Z"))
+        .collect();
+    let plan = prenv::core::plan::plan(&config, &prs, &Default::default(), now);
+    let envs: Vec<_> = plan.desired().collect();
+    let whole = render_owned(&config, &envs).unwrap();
+    let mut stored: std::collections::BTreeMap<String, BlobId> = whole
+        .iter()
+        .filter(|(path, _)| path.starts_with("environments/") || path.starts_with("flux/environments/shop/"))
+        .map(|(path, bytes)| (path.to_string(), BlobId::of(bytes)))
+        .collect();
+    let drifted = "environments/shop-pr-7/kustomization.yaml";
+    let missing = "environments/shop-pr-93/networkpolicies.yaml";
+    stored.insert(drifted.into(), BlobId::of(b"kind: Kustomization\n"));
+    stored.remove(missing);
+    let (tree, same) = render_changed(&config, &envs, &Around::default(), |_| true, &stored).unwrap();
+    // The project's wiring index lists every environment: it is always written, and compared later.
+    let index = "flux/environments/shop/kustomization.yaml";
+    let expected_same: BTreeSet<&str> = whole
+        .iter()
+        .filter(|(path, bytes)| *path != index && stored.get(*path) == Some(&BlobId::of(bytes)))
+        .map(|(path, _)| path)
+        .collect();
+    let named: BTreeSet<&str> = same.iter().map(String::as_str).collect();
+    let wrong: Vec<_> = named.symmetric_difference(&expected_same).collect();
+    assert!(wrong.is_empty(), "named wrongly or not named: {wrong:?}");
+    assert_eq!(same.len(), expected_same.len(), "a path is named once");
+    assert!(same.len() > 500, "{} files as stored", same.len());
+    for (path, bytes) in whole.iter() {
+        match tree.get(path) {
+            Some(rendered) => assert_eq!(rendered, bytes, "{path}"),
+            None => assert!(expected_same.contains(path), "{path} is neither rendered nor as stored"),
+        }
+    }
+    assert_eq!(tree.len() + same.len(), whole.len());
+    for path in [drifted, missing, index] {
+        assert!(tree.get(path).is_some(), "{path} is left out");
+    }
+}

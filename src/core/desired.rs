@@ -170,12 +170,19 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
         // A partial view holds none of the wiring every environment shares: it stays as it is.
         partial: current.settled.is_some(),
     };
-    let mut desired = render::render_selected(config, &envs, &around, |m| !trusted.contains(m.env.as_str()))?;
     let mut compared: BTreeMap<String, BlobId> = current
         .owned_files(|env| !trusted.contains(env) && !untouched.contains(env))
         .into_iter()
         .filter(|(path, _)| !argo_kept.contains(path.as_str()) && !other_projects_flux(project, path))
         .collect();
+    // A rendered file that is as stored is no change: it leaves the comparison at once, not held
+    // until the end (`env_files_after` reads its id from the view, where it is the same).
+    let (mut desired, same) =
+        render::render_changed(config, &envs, &around, |m| !trusted.contains(m.env.as_str()), &compared)?;
+    for path in &same {
+        compared.remove(path.as_str());
+    }
+    drop(same);
     let (mut paths, mut metas) = (Vec::new(), Vec::new());
     for meta in envs
         .iter()

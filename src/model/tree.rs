@@ -80,6 +80,16 @@ impl Tree {
     }
 }
 
+/// Every file, path and bytes, in path order.
+impl IntoIterator for Tree {
+    type Item = (String, Arc<[u8]>);
+    type IntoIter = std::collections::btree_map::IntoIter<String, Arc<[u8]>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.files.into_iter()
+    }
+}
+
 fn check_path(path: &str) -> Result<()> {
     let bad = path.is_empty()
         || path.starts_with('/')
