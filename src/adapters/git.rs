@@ -436,10 +436,11 @@ impl EnvRepo {
         let body = self.tree_body(entry.id())?;
         let dirs = self.entries_of(entry.id(), &body)?;
         let removed: BTreeSet<&str> = change.removals.iter().map(String::as_str).collect();
-        for env in touched {
-            let Some(dir) = find_dir(&dirs, env) else {
-                continue;
-            };
+        let touched: Vec<&str> = touched.into_iter().collect();
+        // Each directory's metadata parsed and files hashed again: after a full sync, 10,000 of
+        // them, on every core.
+        let known = |env: &str| {
+            let dir = find_dir(&dirs, env)?;
             let meta = match change.upserts.get(&meta_path(env)) {
                 Some(bytes) => owned_meta(env, bytes).ok(),
                 None => base.envs.get(env).cloned(),
@@ -447,11 +448,15 @@ impl EnvRepo {
             let files = env_files_after(env, base, &change.upserts, |p| removed.contains(p));
             let tree = TreeId(dir.id_bytes());
             if TreeId::of_files(files.iter().copied()) != tree {
-                continue;
+                return None;
             }
-            if let Some(known) = meta.and_then(|m| KnownEnv::new(&m, files)) {
-                self.memory.remember_env(tree, known);
-            }
+            Some((tree, KnownEnv::new(&meta?, files)?))
+        };
+        let parts = crate::model::parallel::by_parts(&touched, |part| {
+            part.iter().filter_map(|env| known(env)).collect::<Vec<_>>()
+        });
+        for (tree, known) in parts.into_iter().flatten() {
+            self.memory.remember_env(tree, known);
         }
         Ok(())
     }

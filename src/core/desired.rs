@@ -480,7 +480,8 @@ fn newly_verified(
     changes: &Changes,
 ) -> Vec<(TreeId, Option<BlobId>)> {
     let removed = |path: &str| changes.removed.contains(path);
-    envs.iter()
+    let candidates: Vec<&&EnvMeta> = envs
+        .iter()
         .filter(|m| !trusted.contains(m.env.as_str()))
         .filter(|m| {
             let dir = format!("{}/", env_dir(m.env.as_str()));
@@ -490,21 +491,23 @@ fn newly_verified(
                 .next()
                 .is_none_or(|p| !p.starts_with(&dir))
         })
-        .map(|m| {
-            let files = diff::env_files_after(m.env.as_str(), current, desired, removed);
-            let env = m.env.as_str();
-            let path = if legacy.contains(env) {
-                flux_legacy_file(env)
-            } else {
-                flux_file(env)
-            };
-            let wiring = match desired.get(&path) {
-                Some(bytes) => Some(BlobId::of(bytes)),
-                None => current.owned_id(&path),
-            };
-            (TreeId::of_files(files), wiring)
-        })
-        .collect()
+        .collect();
+    // Every written file hashed: after a full sync's render, 60,000 of them, on every core.
+    let verified = |m: &&&EnvMeta| {
+        let files = diff::env_files_after(m.env.as_str(), current, desired, removed);
+        let env = m.env.as_str();
+        let path = if legacy.contains(env) {
+            flux_legacy_file(env)
+        } else {
+            flux_file(env)
+        };
+        let wiring = match desired.get(&path) {
+            Some(bytes) => Some(BlobId::of(bytes)),
+            None => current.owned_id(&path),
+        };
+        (TreeId::of_files(files), wiring)
+    };
+    crate::model::parallel::by_parts(&candidates, |part| part.iter().map(verified).collect::<Vec<_>>()).concat()
 }
 
 /// Kept environments whose files change anyway are updates, with the reason: their files drifted
