@@ -452,10 +452,10 @@ impl EnvRepo {
             }
             Some((tree, KnownEnv::new(&meta?, files)?))
         };
-        let parts = crate::model::parallel::by_parts(&touched, |part| {
-            part.iter().filter_map(|env| known(env)).collect::<Vec<_>>()
-        });
-        for (tree, known) in parts.into_iter().flatten() {
+        for (tree, known) in crate::model::parallel::map(&touched, |env| known(env))
+            .into_iter()
+            .flatten()
+        {
             self.memory.remember_env(tree, known);
         }
         Ok(())

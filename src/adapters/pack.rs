@@ -162,10 +162,7 @@ impl BlobPack {
     /// the deflated bytes held at a time. The entries are written in the order `add` would write
     /// them one by one, so the pack is the same bytes.
     pub fn add_all(&mut self, contents: &[&[u8]]) -> std::io::Result<Vec<BlobId>> {
-        let ids: Vec<BlobId> = parallel::by_parts(contents, |part| {
-            part.iter().map(|content| BlobId::of(content)).collect::<Vec<_>>()
-        })
-        .concat();
+        let ids = parallel::map(contents, |content| BlobId::of(content));
         let mut batch = Vec::new();
         let mut bytes = 0;
         for (id, content) in ids.iter().zip(contents) {

@@ -507,7 +507,7 @@ fn newly_verified(
         };
         (TreeId::of_files(files), wiring)
     };
-    crate::model::parallel::by_parts(&candidates, |part| part.iter().map(verified).collect::<Vec<_>>()).concat()
+    crate::model::parallel::map(&candidates, verified)
 }
 
 /// Kept environments whose files change anyway are updates, with the reason: their files drifted

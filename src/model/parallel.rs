@@ -1,5 +1,6 @@
 //! Work split across the machine's cores, in order: the few steps of a full sync that cost the
-//! same for each of thousands of environments (rendering them, encrypting their credentials).
+//! same for each of thousands of environments or files (rendering and verifying environments,
+//! encrypting their credentials, hashing and deflating the pack's blobs).
 
 /// Below this many items the work stays on the calling thread: a thread costs more than a few
 /// environments' work.
@@ -12,8 +13,8 @@ pub const PARALLEL_FROM: usize = 64;
 ///
 /// The first part stays here for memory more than for the thread it saves: glibc's malloc gives
 /// each new thread an arena of its own, and memory freed into a thread's arena serves only that
-/// arena's later allocations. With every part on a new thread, a sync that renders 10,000
-/// environments and then goes on on the main thread peaked at 154 MB, not 149.
+/// arena's later allocations. With every part on a new thread, a full sync of 10,000 peaked at
+/// 145 MB, not 138.
 pub fn by_parts<T: Sync, R: Send>(items: &[T], work: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores == 1 || items.len() < PARALLEL_FROM {
@@ -35,6 +36,14 @@ pub fn by_parts<T: Sync, R: Send>(items: &[T], work: impl Fn(&[T]) -> R + Sync) 
     })
 }
 
+/// `f` of each of `items`, in order, on every core (see [`by_parts`]).
+pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    by_parts(items, |part| part.iter().map(&f).collect::<Vec<_>>())
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +58,13 @@ mod tests {
                 assert_eq!(parts.len(), 1, "{len} items stay in one part");
             }
         }
+    }
+
+    #[test]
+    fn a_map_is_every_item_in_order() {
+        let items: Vec<usize> = (0..PARALLEL_FROM * 3 + 1).collect();
+        let doubled: Vec<usize> = items.iter().map(|i| i * 2).collect();
+        assert_eq!(map(&items, |i| i * 2), doubled);
     }
 
     #[test]
