@@ -1,7 +1,11 @@
 //! The local file system: the config file, age identities, the sealing certificate, `--prs` snapshot
 //! files, and directories prenv renders into (`render --out`) or scaffolds (`init`).
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::core::diff::{EntryKind, Found, Inventory, is_flux_index, template_dir};
@@ -11,7 +15,7 @@ use crate::model::config::Config;
 use crate::model::layout::{
     ARGOCD_APPLICATIONSET, ARGOCD_DIR, BlobId, ENVIRONMENTS_DIR, FLUX_DIR, META_FILE, PROJECTS_DIR,
 };
-use crate::model::pr::{self, Listing, Snapshot};
+use crate::model::pr::{self, Listing, Snapshot, Text};
 use crate::model::tree::Tree;
 use crate::secrets::{self, Material};
 
@@ -78,11 +82,41 @@ pub fn load_material(config: &Config) -> Result<Material> {
 pub struct SnapshotFile(pub PathBuf);
 
 impl SnapshotFile {
-    /// The file as a [`Listing`]: split into its elements, each digested, none built yet.
+    /// The file as a [`Listing`]: split into its elements as it is read, each digested, none
+    /// built yet. The few elements a run builds are read again from the same open file, so a
+    /// file renamed over it meanwhile changes nothing, and one written over in place is found
+    /// by their digests.
     pub fn listing(&self) -> Result<Listing> {
-        let text =
-            std::fs::read_to_string(&self.0).map_err(|e| Error::io("reading pull-request snapshot", &self.0, e))?;
-        Listing::new(text, &self.0.display().to_string())
+        let io = |e| Error::io("reading pull-request snapshot", &self.0, e);
+        let file = File::open(&self.0).map_err(io)?;
+        // The same open file: each read again seeks first, as the two share an offset.
+        let again = ListingFile(file.try_clone().map_err(io)?);
+        Listing::streamed(&file, Box::new(again), &self.0.display().to_string())
+    }
+}
+
+/// A snapshot file as a listing's [`Text`]: read again by range.
+struct ListingFile(File);
+
+impl Text for ListingFile {
+    fn whole(&self) -> std::io::Result<Cow<'_, [u8]>> {
+        let mut whole = Vec::new();
+        let mut file = &self.0;
+        file.seek(SeekFrom::Start(0))?;
+        file.read_to_end(&mut whole)?;
+        Ok(Cow::Owned(whole))
+    }
+
+    fn at(&self, range: Range<usize>) -> std::io::Result<Cow<'_, [u8]>> {
+        let mut file = &self.0;
+        file.seek(SeekFrom::Start(range.start as u64))?;
+        let mut bytes = Vec::with_capacity(range.len());
+        file.take(range.len() as u64).read_to_end(&mut bytes)?;
+        Ok(Cow::Owned(bytes))
+    }
+
+    fn may_change(&self) -> bool {
+        true
     }
 }
 

@@ -1,6 +1,9 @@
 //! Pull requests as prenv sees them, read from a snapshot in GitHub's REST shape
 //! (`GET /repos/{owner}/{repo}/pulls?state=all`). Unknown fields are ignored; missing ones are named.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -169,11 +172,41 @@ pub type Elements = std::collections::BTreeMap<u64, ElementId>;
 /// not know ([`Listing::read`]), the rest being byte for byte PRs it decided already. Splitting
 /// and digesting need nothing from the repository, so they can run while it is opened.
 pub struct Listing {
-    json: String,
+    text: Box<dyn Text>,
     origin: String,
-    /// Each element's place in `json`, and its digest.
-    elements: Vec<(std::ops::Range<usize>, ElementId)>,
+    /// Each element's place in the text, and its digest.
+    elements: Vec<(Range<usize>, ElementId)>,
 }
+
+/// Where the elements a [`Listing`] builds are read from, after it was split: the text itself, or
+/// a file read again by range ([`crate::adapters::fs::SnapshotFile`]).
+pub trait Text: Send {
+    /// The whole text.
+    fn whole(&self) -> std::io::Result<Cow<'_, [u8]>>;
+    /// The bytes at `range` of the text; fewer when the text has become shorter.
+    fn at(&self, range: Range<usize>) -> std::io::Result<Cow<'_, [u8]>>;
+    /// Whether the bytes read may differ from the ones split (a file someone writes to): then
+    /// each element built is checked against its digest.
+    fn may_change(&self) -> bool;
+}
+
+impl Text for String {
+    fn whole(&self) -> std::io::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(self.as_bytes()))
+    }
+
+    fn at(&self, range: Range<usize>) -> std::io::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(&self.as_bytes()[range]))
+    }
+
+    fn may_change(&self) -> bool {
+        false
+    }
+}
+
+/// At most this many elements to build are read one by one from a [`Text`]; more, and it is read
+/// whole once.
+const READ_ONE_BY_ONE: usize = 64;
 
 /// What [`Listing::read`] built.
 #[derive(Debug, Clone, Default)]
@@ -203,7 +236,7 @@ impl Listing {
                         start..start + element.get().len()
                     })
                     .collect(),
-                Err(e) => return Err(fault(&json, origin, &e)),
+                Err(e) => return Err(fault_in(json.as_bytes(), origin, &e)),
             },
         };
         let elements = ranges
@@ -214,7 +247,39 @@ impl Listing {
             })
             .collect();
         Ok(Listing {
-            json,
+            text: Box::new(json),
+            origin: origin.to_string(),
+            elements,
+        })
+    }
+
+    /// A listing split as it is read from `reader`, 64 kB at a time, without holding the text:
+    /// `text` reads the elements to build again (and the whole, when the text is not an array of
+    /// objects between its elements, for [`Listing::new`] to name what it is).
+    pub fn streamed(mut reader: impl std::io::Read, text: Box<dyn Text>, origin: &str) -> Result<Listing> {
+        let io = |e| Error::io("reading pull-request snapshot", origin, e);
+        let mut stream = super::split::Stream::new(64 << 10);
+        let mut elements = Vec::new();
+        let mut each = |range: Range<usize>, bytes: &[u8]| elements.push((range, element_id(bytes)));
+        let split = loop {
+            let n = match reader.read(stream.space()) {
+                Ok(0) => break stream.closed(),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(e)),
+            };
+            if stream.filled(n, &mut each).is_none() {
+                break false;
+            }
+        };
+        if !split {
+            let whole = text.whole().map_err(io)?.into_owned();
+            let json =
+                String::from_utf8(whole).map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+            return Listing::new(json, origin);
+        }
+        Ok(Listing {
+            text,
             origin: origin.to_string(),
             elements,
         })
@@ -225,15 +290,33 @@ impl Listing {
     /// keeps the newest: then every element is.
     pub fn read(&self, known: &rustc_hash::FxHashMap<ElementId, u64>) -> Result<Read> {
         let mut unread = Vec::with_capacity(self.elements.len());
-        let mut built = Vec::with_capacity(self.elements.len().min(64));
+        let mut to_build = Vec::with_capacity(self.elements.len().min(64));
         for (range, id) in &self.elements {
-            if let Some(pr) = known.get(id) {
-                unread.push(*pr);
-                continue;
+            match known.get(id) {
+                Some(pr) => unread.push(*pr),
+                None => to_build.push((range, id)),
             }
-            match serde_json::from_str::<Parsed>(&self.json[range.clone()]) {
+        }
+        let io = |e| Error::io("reading pull-request snapshot", &self.origin, e);
+        let whole = match to_build.len() > READ_ONE_BY_ONE {
+            true => Some(self.text.whole().map_err(io)?),
+            false => None,
+        };
+        let mut built = Vec::with_capacity(to_build.len());
+        for (range, id) in to_build {
+            let bytes = match &whole {
+                Some(whole) => Cow::Borrowed(whole.get(range.clone()).unwrap_or_default()),
+                None => self.text.at(range.clone()).map_err(io)?,
+            };
+            if self.text.may_change() && element_id(&bytes) != *id {
+                return Err(Error::Snapshot {
+                    origin: self.origin.clone(),
+                    message: "it changed while prenv read it; run again once it is written whole".into(),
+                });
+            }
+            match serde_json::from_slice::<Parsed>(&bytes) {
                 Ok(Parsed(pr)) => built.push((pr, *id)),
-                Err(e) => return Err(fault(&self.json, &self.origin, &e)),
+                Err(e) => return Err(self.fault(&e)),
             }
         }
         // Built are a few: each unread PR is looked up among them, not the other way round.
@@ -275,10 +358,28 @@ impl Listing {
     }
 }
 
-/// What is wrong with snapshot `json`, as [`parse_snapshot`] names it (the element and the field);
-/// `e` is what the quicker read found, in case the whole reads without fault.
-fn fault(json: &str, origin: &str, e: &serde_json::Error) -> Error {
-    parse_snapshot(json, origin).err().unwrap_or_else(|| Error::Snapshot {
+impl Listing {
+    /// What is wrong with the listing, as [`parse_snapshot`] names it (the element and the
+    /// field), read whole again; `e` is what the quicker read found.
+    fn fault(&self, e: &serde_json::Error) -> Error {
+        match self.text.whole() {
+            Ok(whole) => fault_in(&whole, &self.origin, e),
+            Err(read) => Error::io("reading pull-request snapshot", &self.origin, read),
+        }
+    }
+}
+
+/// What is wrong with snapshot `json`, as [`parse_snapshot`] names it (the element and the
+/// field); `e` is what the quicker read found, in case the whole reads without fault.
+fn fault_in(json: &[u8], origin: &str, e: &serde_json::Error) -> Error {
+    let found = match std::str::from_utf8(json) {
+        Ok(json) => parse_snapshot(json, origin).err(),
+        Err(utf8) => Some(Error::Snapshot {
+            origin: origin.to_string(),
+            message: format!("it is not UTF-8 text ({utf8})"),
+        }),
+    };
+    found.unwrap_or_else(|| Error::Snapshot {
         origin: origin.to_string(),
         message: e.to_string(),
     })

@@ -18,6 +18,72 @@ use std::ops::Range;
 /// text whole, for the error a parser names.
 pub fn array_of_objects(json: &[u8]) -> Option<Vec<Range<usize>>> {
     let mut elements = Vec::with_capacity(json.len() / 256);
+    let mut first = true;
+    let rest = scan(json, &mut first, &mut |range| elements.push(range))?;
+    closes(&json[rest..], first).then_some(elements)
+}
+
+/// [`array_of_objects`] over a text read piece by piece into a buffer of its own, which holds
+/// only what follows the last element found: each element is handed over, with its place in the
+/// text, while it is in the buffer, so a listing of 3.4 MB is split and digested in 64 kB.
+pub struct Stream {
+    buf: Vec<u8>,
+    /// How much of `buf` holds text.
+    len: usize,
+    /// Where `buf[0]` is in the text.
+    base: usize,
+    /// No element found yet.
+    first: bool,
+}
+
+impl Stream {
+    pub fn new(capacity: usize) -> Stream {
+        Stream {
+            buf: vec![0; capacity.max(64)],
+            len: 0,
+            base: 0,
+            first: true,
+        }
+    }
+
+    /// The space the next piece of text goes into, never empty: the buffer doubles when an
+    /// element not closed yet fills it.
+    pub fn space(&mut self) -> &mut [u8] {
+        if self.len == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        &mut self.buf[self.len..]
+    }
+
+    /// `n` more bytes of text are in [`Stream::space`]: each element that closes in them is
+    /// given to `found` with its range in the text and its bytes. `None` when the text between
+    /// the elements is not that of an array of objects, as [`array_of_objects`] refuses it.
+    pub fn filled(&mut self, n: usize, found: &mut impl FnMut(Range<usize>, &[u8])) -> Option<()> {
+        self.len += n;
+        let (buf, base) = (&self.buf[..self.len], self.base);
+        // The scan starts where the last one left off: just after an element (or at the start),
+        // outside any string, where nothing carries over.
+        let rest = scan(buf, &mut self.first, &mut |range| {
+            found(base + range.start..base + range.end, &buf[range]);
+        })?;
+        self.buf.copy_within(rest..self.len, 0);
+        self.len -= rest;
+        self.base += rest;
+        Some(())
+    }
+
+    /// The text has ended: whether it closed the array.
+    pub fn closed(&self) -> bool {
+        closes(&self.buf[..self.len], self.first)
+    }
+}
+
+/// Gives `found` the range of each element that closes in `text`, which starts between elements
+/// at depth 0 (before the array's `[` while `first`, which the first element found clears).
+/// Gives where the text after the last element found begins: text between elements not checked
+/// yet, or an element that does not close in `text`. `None` when the text between elements is
+/// not an array's, or a brace closes what was not opened.
+fn scan(text: &[u8], first: &mut bool, found: &mut impl FnMut(Range<usize>)) -> Option<usize> {
     // Where the text between elements, not yet checked, begins.
     let mut gap = 0;
     let mut depth = 0u32;
@@ -26,7 +92,7 @@ pub fn array_of_objects(json: &[u8]) -> Option<Vec<Range<usize>>> {
     // next block's first.
     let mut in_string = 0u64;
     let mut escape_next = false;
-    for (index, block) in json.chunks(64).enumerate() {
+    for (index, block) in text.chunks(64).enumerate() {
         let base = index * 64;
         let masks = Masks::of(block);
         let escaped = escaped(masks.backslash, &mut escape_next);
@@ -40,8 +106,7 @@ pub fn array_of_objects(json: &[u8]) -> Option<Vec<Range<usize>>> {
             let at = base + bit;
             if masks.open >> bit & 1 == 1 {
                 if depth == 0 {
-                    let first = elements.is_empty();
-                    if !between(&json[gap..at], if first { b'[' } else { b',' }) {
+                    if !between(&text[gap..at], if *first { b'[' } else { b',' }) {
                         return None;
                     }
                     start = at;
@@ -50,24 +115,29 @@ pub fn array_of_objects(json: &[u8]) -> Option<Vec<Range<usize>>> {
             } else {
                 depth = depth.checked_sub(1)?;
                 if depth == 0 {
-                    elements.push(start..at + 1);
+                    found(start..at + 1);
+                    *first = false;
                     gap = at + 1;
                 }
             }
         }
     }
-    if depth != 0 || in_string != 0 {
-        return None;
-    }
-    let tail = &json[gap..];
-    let closed = if elements.is_empty() {
+    Some(gap)
+}
+
+/// Whether `tail`, the text after the last element (all of it when there is none, `first`),
+/// closes the array.
+fn closes(tail: &[u8], first: bool) -> bool {
+    if first {
         // `[` and `]`, whitespace around and between them.
         let inner = trim(tail);
-        inner.len() >= 2 && inner[0] == b'[' && *inner.last()? == b']' && trim(&inner[1..inner.len() - 1]).is_empty()
+        inner.len() >= 2
+            && inner[0] == b'['
+            && inner[inner.len() - 1] == b']'
+            && trim(&inner[1..inner.len() - 1]).is_empty()
     } else {
         between(tail, b']')
-    };
-    closed.then_some(elements)
+    }
 }
 
 /// Whether `gap` is JSON whitespace around exactly one `sep`.
@@ -313,12 +383,60 @@ mod tests {
         })
     }
 
+    /// `json` through a [`Stream`] of `capacity`, read `piece` bytes at a time: the elements
+    /// found, each with its bytes checked, and whether the array closed; `None` when refused.
+    fn streamed(json: &[u8], capacity: usize, piece: usize) -> Option<Vec<Range<usize>>> {
+        let mut stream = Stream::new(capacity);
+        let mut found = Vec::new();
+        for part in json.chunks(piece.max(1)) {
+            let mut part = part;
+            while !part.is_empty() {
+                let space = stream.space();
+                let n = space.len().min(part.len());
+                space[..n].copy_from_slice(&part[..n]);
+                part = &part[n..];
+                stream.filled(n, &mut |range: Range<usize>, bytes: &[u8]| {
+                    assert_eq!(bytes, &json[range.clone()]);
+                    found.push(range);
+                })?;
+            }
+        }
+        stream.closed().then_some(found)
+    }
+
+    #[test]
+    fn a_stream_splits_as_the_whole_text_splits_across_every_piece_size() {
+        let long = format!(r#"{{"body":"{}\\"}}"#, "}{\\\"".repeat(40));
+        let json = format!(r#"[ {{"a":"}}"}},{long} ,{{"b":"x\\\"}}{{"}},{long}]"#);
+        let want = array_of_objects(json.as_bytes());
+        assert_eq!(want.as_ref().map(Vec::len), Some(4));
+        for piece in 1..json.len() + 1 {
+            // Smaller than an element, so the buffer grows; and larger than the text.
+            assert_eq!(streamed(json.as_bytes(), 64, piece), want, "pieces of {piece}");
+            assert_eq!(streamed(json.as_bytes(), 4096, piece), want, "pieces of {piece}");
+        }
+        for refused in ["[{}", "[{},]", "[{}{}]", "[{}] x", r#"["{}"]"#, "[{}}]", "", "[ ]]"] {
+            for piece in 1..4 {
+                assert_eq!(streamed(refused.as_bytes(), 64, piece), None, "{refused}");
+            }
+        }
+        assert_eq!(streamed(b" [ ] ", 64, 2), Some(Vec::new()));
+    }
+
     proptest! {
         #[test]
         fn a_valid_array_splits_as_a_parser_splits_it(json in arrays()) {
             let split = array_of_objects(json.as_bytes());
             prop_assert!(split.is_some());
             prop_assert_eq!(split, parsed(&json));
+        }
+
+        #[test]
+        fn a_stream_splits_any_text_as_the_whole_text_splits(
+            json in prop_oneof![arrays(), strings().prop_map(|s| format!("[{s}]"))],
+            piece in 1usize..100,
+        ) {
+            prop_assert_eq!(streamed(json.as_bytes(), 64, piece), array_of_objects(json.as_bytes()));
         }
 
         /// On any text, what it splits is what a parser would split, or the text is not valid.
