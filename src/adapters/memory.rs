@@ -60,8 +60,15 @@ const SETTLED_RECORD: u8 = 3;
 /// sharing one repository.
 const SETTLED_KEPT: usize = 32;
 const PRINTS_RECORD: u8 = 5;
+/// What changed in a project's fingerprints since the record before it ([`prints_delta`]).
+const PRINTS_DELTA: u8 = 6;
 /// The bytes of one PR in a fingerprints record.
 const PRINT_ENTRY: usize = 41;
+/// A fingerprints file is written whole again once the changes appended to it would pass this
+/// many (or a 64th of its PRs, when more) or this many records: a run that changes one PR of
+/// 10,000 appends 140 bytes instead of writing 410 kB, and a read applies a bounded few.
+const PRINTS_CHANGES: usize = 64;
+const PRINTS_DELTAS: usize = 64;
 /// Kilobytes of log per environment (plus a megabyte) past which partial reads stop appending
 /// (see [`RepoMemory::outgrown`]): a record and its verification are about 0.6 KB, so about five
 /// times what a compacted log holds.
@@ -250,6 +257,18 @@ impl std::hash::Hasher for IdHasher {
 /// A settled tree's fingerprints, with the tree they are about.
 type TreePrints = (TreeId, Arc<Prints>);
 
+/// What a project's fingerprints file held when it was read or written: the tree its records end
+/// at and the fingerprints there, the checksum of its last record (which a change appended after
+/// it names), and how many changes and records follow its whole record.
+#[derive(Clone)]
+struct PrintsFile {
+    root: TreeId,
+    prints: Arc<Prints>,
+    last: u64,
+    changes: usize,
+    deltas: usize,
+}
+
 /// The memory of one environments repository, loaded at open and saved after a run. Reads of the
 /// repository consult and extend it through `&self` (they hold git objects borrowed from the same
 /// adapter), hence the cells.
@@ -282,6 +301,8 @@ pub struct RepoMemory {
     /// Per project, the fingerprints of its latest settled tree ([`Prints`]), read from their own
     /// file when a settled fact is asked for; a file about another tree is not used.
     prints: RefCell<HashMap<String, Option<TreePrints>>>,
+    /// Per project, what its fingerprints file holds, as far as this run knows.
+    prints_file: RefCell<HashMap<String, PrintsFile>>,
     /// Fingerprints learned, by project, to save.
     pending_prints: Vec<(String, TreeId, Arc<Prints>)>,
     /// The log's length at load.
@@ -344,9 +365,12 @@ impl RepoMemory {
     /// The fingerprints of `project`'s settled tree `root`, when its file holds them.
     fn prints_of(&self, root: TreeId, project: &str) -> Option<Arc<Prints>> {
         let mut cache = self.prints.borrow_mut();
-        let known = cache
-            .entry(project.to_string())
-            .or_insert_with(|| read_prints(&self.prints_path(project)?));
+        let known = cache.entry(project.to_string()).or_insert_with(|| {
+            let file = read_prints(&self.prints_path(project)?)?;
+            let known = (file.root, file.prints.clone());
+            self.prints_file.borrow_mut().insert(project.to_string(), file);
+            Some(known)
+        });
         known.as_ref().filter(|(tree, _)| *tree == root).map(|(_, p)| p.clone())
     }
 
@@ -533,8 +557,33 @@ impl RepoMemory {
             let Some(path) = self.prints_path(&project) else {
                 continue;
             };
-            if let Err(e) = rewrite(&path, &[&prints_record(root, &prints)]) {
-                tracing::warn!(path = %path.display(), error = %e, "could not save the settled tree's fingerprints; the next run with every PR reads it whole");
+            let files = self.prints_file.get_mut();
+            let delta = files.get(&project).and_then(|file| prints_delta(file, root, &prints));
+            let saved = match delta {
+                Some((record, changes)) => append(&path, &[&record]).map(|()| {
+                    let file = &files[&project];
+                    (checksum(&record), file.changes + changes, file.deltas + 1)
+                }),
+                None => {
+                    let record = prints_record(root, &prints);
+                    rewrite(&path, &[&record]).map(|()| (checksum(&record), 0, 0))
+                }
+            };
+            match saved {
+                Ok((last, changes, deltas)) => {
+                    let file = PrintsFile {
+                        root,
+                        prints,
+                        last,
+                        changes,
+                        deltas,
+                    };
+                    files.insert(project, file);
+                }
+                Err(e) => {
+                    files.remove(&project);
+                    tracing::warn!(path = %path.display(), error = %e, "could not save the settled tree's fingerprints; the next run with every PR reads it whole");
+                }
             }
         }
         if std::mem::take(&mut self.settled_changed)
@@ -687,26 +736,95 @@ fn prints_record(root: TreeId, prints: &Prints) -> Vec<u8> {
     let mut out = Vec::with_capacity(57 + prints.entries.len() * PRINT_ENTRY);
     out.push(PRINTS_RECORD);
     out.extend_from_slice(&root.0);
-    out.extend_from_slice(&prints.at.timestamp().to_le_bytes());
-    out.extend_from_slice(&prints.at.timestamp_subsec_nanos().to_le_bytes());
-    out.extend_from_slice(&prints.key);
-    out.extend_from_slice(&(prints.entries.len() as u64).to_le_bytes());
+    prints_head(&mut out, prints, prints.entries.len());
     for entry in &prints.entries {
-        out.extend_from_slice(&entry.pr.to_le_bytes());
-        out.extend_from_slice(&entry.print);
-        out.push(u8::from(entry.env) | u8::from(entry.element.is_some()) << 1);
-        out.extend_from_slice(&entry.element.unwrap_or_default());
+        put_entry(&mut out, entry, false);
     }
     out
 }
 
-/// The fingerprints a record holds, `None` when it does not parse whole or its PRs are not in
-/// ascending order.
-fn prints_of_record(record: &[u8]) -> Option<(TreeId, Prints)> {
-    let mut r = meta_codec::Reader::new(record);
-    if r.byte().ok()? != PRINTS_RECORD {
+/// The time, key and entry count of a fingerprints record.
+fn prints_head(out: &mut Vec<u8>, prints: &Prints, entries: usize) {
+    out.extend_from_slice(&prints.at.timestamp().to_le_bytes());
+    out.extend_from_slice(&prints.at.timestamp_subsec_nanos().to_le_bytes());
+    out.extend_from_slice(&prints.key);
+    out.extend_from_slice(&(entries as u64).to_le_bytes());
+}
+
+/// One entry of a fingerprints record; `gone` (flag bit 2, in a change record only): the PR has
+/// no fingerprint any more.
+fn put_entry(out: &mut Vec<u8>, entry: &PrintEntry, gone: bool) {
+    out.extend_from_slice(&entry.pr.to_le_bytes());
+    out.extend_from_slice(&entry.print);
+    out.push(u8::from(entry.env) | u8::from(entry.element.is_some()) << 1 | u8::from(gone) << 2);
+    out.extend_from_slice(&entry.element.unwrap_or_default());
+}
+
+/// The change from what `file` holds to the fingerprints `prints` of tree `root`, as a record
+/// to append: the checksum of the file's last record (so a reader applies it only right after
+/// that record: a file another run wrote meanwhile does not take it), the root tree id, the
+/// time, key and count as in [`prints_record`], then each PR whose entry is new, changed or gone
+/// (flag bit 2). With how many; `None` when the file is to be written whole instead: other
+/// settings, or the changes past [`PRINTS_CHANGES`] or [`PRINTS_DELTAS`].
+fn prints_delta(file: &PrintsFile, root: TreeId, prints: &Prints) -> Option<(Vec<u8>, usize)> {
+    let (old, new) = (&file.prints.entries, &prints.entries);
+    if file.prints.key != prints.key || file.deltas >= PRINTS_DELTAS {
         return None;
     }
+    let limit = PRINTS_CHANGES.max(new.len() / 64);
+    let mut changed: Vec<(&PrintEntry, bool)> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a.pr == b.pr => {
+                if a != b {
+                    changed.push((b, false));
+                }
+                (i, j) = (i + 1, j + 1);
+            }
+            (Some(a), b) if b.is_none_or(|b| a.pr < b.pr) => {
+                changed.push((a, true));
+                i += 1;
+            }
+            (_, Some(b)) => {
+                changed.push((b, false));
+                j += 1;
+            }
+            (_, None) => unreachable!("one side has an entry left"),
+        }
+        if file.changes + changed.len() > limit {
+            return None;
+        }
+    }
+    let mut out = Vec::with_capacity(65 + changed.len() * PRINT_ENTRY);
+    out.push(PRINTS_DELTA);
+    out.extend_from_slice(&file.last.to_le_bytes());
+    out.extend_from_slice(&root.0);
+    prints_head(&mut out, prints, changed.len());
+    for (entry, gone) in &changed {
+        put_entry(&mut out, entry, *gone);
+    }
+    Some((out, changed.len()))
+}
+
+/// A fingerprints record, whole or a change: its root tree id, the checksum of the record it
+/// follows (a change's), time, key and entries, each with whether it is gone. `None` when it does
+/// not parse whole or its PRs are not in ascending order.
+struct PrintsRecord {
+    after: Option<u64>,
+    root: TreeId,
+    at: DateTime<Utc>,
+    key: Print,
+    entries: Vec<(PrintEntry, bool)>,
+}
+
+fn prints_of_record(record: &[u8]) -> Option<PrintsRecord> {
+    let mut r = meta_codec::Reader::new(record);
+    let after = match r.byte().ok()? {
+        PRINTS_RECORD => None,
+        PRINTS_DELTA => Some(u64::from_le_bytes(r.array().ok()?)),
+        _ => return None,
+    };
     let root = TreeId(r.array().ok()?);
     let secs = i64::from_le_bytes(r.array().ok()?);
     let nanos = u32::from_le_bytes(r.array().ok()?);
@@ -716,33 +834,101 @@ fn prints_of_record(record: &[u8]) -> Option<(TreeId, Prints)> {
     if record.len() - r.at() != count.checked_mul(PRINT_ENTRY)? {
         return None;
     }
-    let mut entries: Vec<PrintEntry> = Vec::with_capacity(count);
+    let mut entries: Vec<(PrintEntry, bool)> = Vec::with_capacity(count);
     // Sliced, not read field by field: 10,000 entries are read on every run of a settled tree.
     for bytes in record[r.at()..].chunks_exact(PRINT_ENTRY) {
         let (pr, rest) = bytes.split_first_chunk::<8>()?;
         let (print, rest) = rest.split_first_chunk::<16>()?;
         let (&flags, element) = rest.split_first()?;
         let (pr, print, element) = (u64::from_le_bytes(*pr), *print, ElementId::try_from(element).ok()?);
-        if flags > 3 || entries.last().is_some_and(|last| last.pr >= pr) {
+        let gone_allowed = if after.is_some() { 7 } else { 3 };
+        if flags > gone_allowed || entries.last().is_some_and(|(last, _)| last.pr >= pr) {
             return None;
         }
-        entries.push(PrintEntry {
+        let entry = PrintEntry {
             pr,
             print,
             env: flags & 1 == 1,
             element: (flags & 2 == 2).then_some(element),
-        });
+        };
+        entries.push((entry, flags & 4 == 4));
     }
-    Some((root, Prints { at, key, entries }))
+    Some(PrintsRecord {
+        after,
+        root,
+        at,
+        key,
+        entries,
+    })
 }
 
-/// The fingerprints of the file at `path`; none when it is absent, of another version or damaged.
-fn read_prints(path: &Path) -> Option<TreePrints> {
-    let bytes = std::fs::read(path).ok()?;
-    let at = header_len(&bytes)?;
-    let (start, end) = record_at(&bytes, at)?;
-    let (root, prints) = prints_of_record(&bytes[start..end])?;
-    Some((root, Arc::new(prints)))
+/// What the fingerprints file at `path` holds: its whole record, and each change after it that
+/// follows the record before it; none when it is absent, of another version or damaged. A change
+/// that does not follow (a cut record, or one another run appended to a file since rewritten)
+/// ends it.
+fn read_prints(path: &Path) -> Option<PrintsFile> {
+    read_prints_bytes(&read(path).ok()??)
+}
+
+fn read_prints_bytes(bytes: &[u8]) -> Option<PrintsFile> {
+    let (start, mut at) = record_at(bytes, header_len(bytes)?)?;
+    let whole = prints_of_record(&bytes[start..at]).filter(|r| r.after.is_none())?;
+    let mut last = checksum(&bytes[start..at]);
+    let mut prints = Prints {
+        at: whole.at,
+        key: whole.key,
+        entries: whole.entries.into_iter().map(|(entry, _)| entry).collect(),
+    };
+    let (mut root, mut changed, mut deltas) = (whole.root, std::collections::BTreeMap::new(), 0);
+    while let Some((start, end)) = record_at(bytes, at) {
+        let Some(delta) = prints_of_record(&bytes[start..end]).filter(|r| r.after == Some(last)) else {
+            break;
+        };
+        (root, prints.at, prints.key) = (delta.root, delta.at, delta.key);
+        changed.extend(
+            delta
+                .entries
+                .into_iter()
+                .map(|(entry, gone)| (entry.pr, (!gone).then_some(entry))),
+        );
+        (last, at, deltas) = (checksum(&bytes[start..end]), end, deltas + 1);
+    }
+    let changes = changed.len();
+    apply_changes(&mut prints.entries, changed);
+    Some(PrintsFile {
+        root,
+        prints: Arc::new(prints),
+        last,
+        changes,
+        deltas,
+    })
+}
+
+/// `entries` (by PR, ascending) with each PR of `changed` set to its entry, or removed: in place
+/// when only entries already there change, else merged into a new list.
+fn apply_changes(entries: &mut Vec<PrintEntry>, changed: std::collections::BTreeMap<u64, Option<PrintEntry>>) {
+    let mut moved = Vec::new();
+    for (pr, entry) in changed {
+        match (entries.binary_search_by_key(&pr, |e| e.pr), entry) {
+            (Ok(i), Some(entry)) => entries[i] = entry,
+            (_, entry) => moved.push((pr, entry)),
+        }
+    }
+    if moved.is_empty() {
+        return;
+    }
+    let old = std::mem::take(entries);
+    let mut moved = moved.into_iter().peekable();
+    for entry in old {
+        while let Some((_, new)) = moved.next_if(|(pr, _)| *pr < entry.pr) {
+            entries.extend(new);
+        }
+        match moved.next_if(|(pr, _)| *pr == entry.pr) {
+            Some((_, new)) => entries.extend(new),
+            None => entries.push(entry),
+        }
+    }
+    entries.extend(moved.filter_map(|(_, new)| new));
 }
 
 /// The fact a settled record holds, `None` when it does not parse whole.
@@ -1020,6 +1206,119 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let damaged = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
         assert_eq!(damaged.settled(TreeId([8; 20]), "shop"), Some(settled(2, None)));
+    }
+
+    /// Fingerprints of PRs `prs`, PR `bumped` with a fingerprint of its own.
+    fn prints_of_prs(prs: impl IntoIterator<Item = u64>, bumped: Option<(u64, u8)>) -> Prints {
+        Prints {
+            at: "2026-11-24T12:00:00Z".parse().unwrap(),
+            key: [5; 16],
+            entries: prs
+                .into_iter()
+                .map(|pr| PrintEntry {
+                    pr,
+                    print: match bumped {
+                        Some((p, print)) if p == pr => [print; 16],
+                        _ => [1; 16],
+                    },
+                    env: pr % 2 == 0,
+                    element: Some([pr as u8; 16]),
+                })
+                .collect(),
+        }
+    }
+
+    /// Settles tree `root` with `prints` in a fresh load of `dir`'s memory, as a run does.
+    fn settle_run(dir: &Path, root: u8, prints: &Prints) {
+        let mut run = RepoMemory::load(dir, Path::new("/nonexistent/repo.git"));
+        let fact = Settled {
+            prints: Some(Arc::new(prints.clone())),
+            ..settled(prints.entries.len(), None)
+        };
+        // A run asks about the tree it read first, which loads the file.
+        let _ = run.settled(TreeId([root.wrapping_sub(1); 20]), "shop");
+        run.settle(TreeId([root; 20]), &fact);
+        run.save();
+    }
+
+    fn prints_back(dir: &Path, root: u8) -> Option<Prints> {
+        let back = RepoMemory::load(dir, Path::new("/nonexistent/repo.git"));
+        back.settled(TreeId([root; 20]), "shop")?.prints.map(|p| (*p).clone())
+    }
+
+    #[test]
+    fn a_run_that_changes_a_few_fingerprints_appends_the_change_and_a_read_applies_only_changes_that_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = memory_at(dir.path()).prints_path("shop").unwrap();
+        let first = prints_of_prs(1..=1000, None);
+        settle_run(dir.path(), 1, &first);
+        let whole = std::fs::metadata(&path).unwrap().len();
+        assert!(whole > 41_000, "the first run writes every entry: {whole} bytes");
+        // One PR changed, one opened, one closed: a change of three entries is appended.
+        let second = prints_of_prs((2..=1000).chain([1001]), Some((500, 9)));
+        settle_run(dir.path(), 2, &second);
+        let grown = std::fs::metadata(&path).unwrap().len() - whole;
+        assert_eq!(grown, (ENVELOPE + 65 + 3 * PRINT_ENTRY) as u64);
+        assert_eq!(prints_back(dir.path(), 2), Some(second.clone()));
+        assert_eq!(prints_back(dir.path(), 1), None, "the file is about the later tree");
+        // Changes pile up to the limit, then the file is written whole again.
+        let mut last = second;
+        let mut root = 2u8;
+        let mut sizes = Vec::new();
+        for n in 0..PRINTS_DELTAS as u8 {
+            root += 1;
+            last = prints_of_prs((2..=1000).chain([1001]), Some((600, n)));
+            settle_run(dir.path(), root, &last);
+            sizes.push(std::fs::metadata(&path).unwrap().len());
+            assert_eq!(prints_back(dir.path(), root), Some(last.clone()), "after change {n}");
+        }
+        assert!(
+            sizes.windows(2).take(PRINTS_DELTAS - 2).all(|w| w[1] > w[0]),
+            "{sizes:?}"
+        );
+        assert!(*sizes.last().unwrap() < whole + 200, "written whole again: {sizes:?}");
+        // A change appended after a record it does not follow (the file another run rewrote
+        // meanwhile) is not applied: the read ends at the other run's tree.
+        let bytes = std::fs::read(&path).unwrap();
+        let mut other = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        let theirs = prints_of_prs(1..=10, None);
+        other.settle(
+            TreeId([200; 20]),
+            &Settled {
+                prints: Some(Arc::new(theirs.clone())),
+                ..settled(10, None)
+            },
+        );
+        other.save();
+        let mut ours = RepoMemory::load(dir.path(), Path::new("/nonexistent/repo.git"));
+        ours.prints_file.get_mut().insert(
+            "shop".into(),
+            read_prints_bytes(&bytes).expect("the file before the other run"),
+        );
+        ours.prints
+            .get_mut()
+            .insert("shop".into(), Some((TreeId([root; 20]), Arc::new(last.clone()))));
+        ours.settle(
+            TreeId([201; 20]),
+            &Settled {
+                prints: Some(Arc::new(prints_of_prs((2..=1000).chain([1001]), Some((700, 1))))),
+                ..settled(1000, None)
+            },
+        );
+        ours.save();
+        assert_eq!(prints_back(dir.path(), 201), None);
+        assert_eq!(prints_back(dir.path(), 200), Some(theirs.clone()));
+        // A change cut short ends the read before it.
+        settle_run(dir.path(), 202, &prints_of_prs(1..=10, Some((3, 3))));
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        assert_eq!(prints_back(dir.path(), 202), None);
+        assert_eq!(prints_back(dir.path(), 200), Some(theirs));
     }
 
     #[test]
