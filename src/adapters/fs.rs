@@ -393,6 +393,79 @@ pub fn write_keeping_edits(tree: &Tree, dir: &Path, force: bool) -> Result<Writt
 mod tests {
     use super::*;
 
+    fn pr_text(number: u64, sha: char) -> String {
+        let sha = sha.to_string().repeat(40);
+        format!(
+            r#"{{"number":{number},"state":"open","draft":false,"title":"PR {{}} \" {number}","labels":[],"head":{{"sha":"{sha}","ref":"f","repo":{{"full_name":"acme/shop"}}}},"base":{{"repo":{{"full_name":"acme/shop"}}}},"user":{{"login":"dev"}},"closed_at":null,"merged_at":null,"updated_at":"2026-11-20T10:00:00Z","body":"{}"}}"#,
+            "x".repeat(number as usize * 97 % 3000)
+        )
+    }
+
+    #[test]
+    fn a_snapshot_file_read_in_pieces_builds_what_its_whole_text_builds_and_a_file_changed_meanwhile_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prs.json");
+        // 400 PRs of up to 3 kB: 600 kB, many times the stream's buffer.
+        let prs: Vec<String> = (1..=400).map(|n| pr_text(n, 'a')).collect();
+        let text = format!("[\n  {}\n]\n", prs.join(",\n  "));
+        std::fs::write(&path, &text).unwrap();
+        let file = SnapshotFile(path.clone());
+        let streamed = file.listing().unwrap();
+        let whole = Listing::new(text.clone(), "prs.json").unwrap();
+        assert_eq!(streamed.len(), 400);
+        assert_eq!(streamed.every().unwrap().prs, whole.every().unwrap().prs);
+        assert_eq!(streamed.every().unwrap().elements, whole.every().unwrap().elements);
+        assert_eq!(
+            streamed.every().unwrap().prs,
+            file.snapshot(&BTreeSet::new()).unwrap().prs
+        );
+        // Knowing all but two, it reads those two again by range.
+        let all = whole.every().unwrap().elements;
+        let known = all
+            .iter()
+            .filter(|(pr, _)| ![7, 300].contains(*pr))
+            .map(|(pr, id)| (*id, *pr))
+            .collect();
+        let read = streamed.read(&known).unwrap();
+        assert_eq!(read.prs.iter().map(|p| p.number).collect::<Vec<_>>(), [7, 300]);
+        assert_eq!(read.unread, 398);
+        // PR 300 written over in place, the same length, after the split: refused, not mixed.
+        let mut changed = text.clone().into_bytes();
+        let start = text.find(&pr_text(300, 'a')).unwrap();
+        let at = start + text[start..].find(&"a".repeat(40)).unwrap();
+        changed[at..at + 40].copy_from_slice("b".repeat(40).as_bytes());
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new().write(true).open(&path).unwrap(),
+            &changed,
+        )
+        .unwrap();
+        let err = streamed.read(&known).unwrap_err().to_string();
+        assert!(
+            err.contains("prs.json") && err.contains("changed while prenv read it"),
+            "{err}"
+        );
+        assert!(streamed.every().is_err(), "the whole read is checked too");
+        // A file that is not an array of objects is named as a parser names it.
+        std::fs::write(&path, "[1, 2]").unwrap();
+        let err = SnapshotFile(path.clone())
+            .listing()
+            .and_then(|l| l.every())
+            .unwrap_err()
+            .to_string();
+        let want = Listing::new("[1, 2]".into(), &path.display().to_string())
+            .and_then(|l| l.every())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, want);
+        std::fs::write(&path, b"[{\"number\": \"\xff\"}]").unwrap();
+        let err = SnapshotFile(path)
+            .listing()
+            .and_then(|l| l.every())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not UTF-8"), "{err}");
+    }
+
     #[test]
     fn a_tree_written_and_read_back_is_the_same() {
         let dir = tempfile::tempdir().unwrap();
