@@ -808,14 +808,15 @@ fn prints_delta(file: &PrintsFile, root: TreeId, prints: &Prints) -> Option<(Vec
 }
 
 /// A fingerprints record, whole or a change: its root tree id, the checksum of the record it
-/// follows (a change's), time, key and entries, each with whether it is gone. `None` when it does
-/// not parse whole or its PRs are not in ascending order.
+/// follows (a change's), time, key, entries, and the PRs a change says are gone. `None` when it
+/// does not parse whole or its PRs are not in ascending order.
 struct PrintsRecord {
     after: Option<u64>,
     root: TreeId,
     at: DateTime<Utc>,
     key: Print,
-    entries: Vec<(PrintEntry, bool)>,
+    entries: Vec<PrintEntry>,
+    gone: Vec<u64>,
 }
 
 fn prints_of_record(record: &[u8]) -> Option<PrintsRecord> {
@@ -834,16 +835,22 @@ fn prints_of_record(record: &[u8]) -> Option<PrintsRecord> {
     if record.len() - r.at() != count.checked_mul(PRINT_ENTRY)? {
         return None;
     }
-    let mut entries: Vec<(PrintEntry, bool)> = Vec::with_capacity(count);
+    let (mut entries, mut gone) = (Vec::with_capacity(count), Vec::new());
+    let mut last = None;
     // Sliced, not read field by field: 10,000 entries are read on every run of a settled tree.
     for bytes in record[r.at()..].chunks_exact(PRINT_ENTRY) {
         let (pr, rest) = bytes.split_first_chunk::<8>()?;
         let (print, rest) = rest.split_first_chunk::<16>()?;
         let (&flags, element) = rest.split_first()?;
         let (pr, print, element) = (u64::from_le_bytes(*pr), *print, ElementId::try_from(element).ok()?);
-        let gone_allowed = if after.is_some() { 7 } else { 3 };
-        if flags > gone_allowed || entries.last().is_some_and(|(last, _)| last.pr >= pr) {
+        let allowed = if after.is_some() { 7 } else { 3 };
+        if flags > allowed || last.is_some_and(|last| last >= pr) {
             return None;
+        }
+        last = Some(pr);
+        if flags & 4 == 4 {
+            gone.push(pr);
+            continue;
         }
         let entry = PrintEntry {
             pr,
@@ -851,7 +858,7 @@ fn prints_of_record(record: &[u8]) -> Option<PrintsRecord> {
             env: flags & 1 == 1,
             element: (flags & 2 == 2).then_some(element),
         };
-        entries.push((entry, flags & 4 == 4));
+        entries.push(entry);
     }
     Some(PrintsRecord {
         after,
@@ -859,6 +866,7 @@ fn prints_of_record(record: &[u8]) -> Option<PrintsRecord> {
         at,
         key,
         entries,
+        gone,
     })
 }
 
@@ -877,7 +885,7 @@ fn read_prints_bytes(bytes: &[u8]) -> Option<PrintsFile> {
     let mut prints = Prints {
         at: whole.at,
         key: whole.key,
-        entries: whole.entries.into_iter().map(|(entry, _)| entry).collect(),
+        entries: whole.entries,
     };
     let (mut root, mut changed, mut deltas) = (whole.root, std::collections::BTreeMap::new(), 0);
     while let Some((start, end)) = record_at(bytes, at) {
@@ -885,12 +893,8 @@ fn read_prints_bytes(bytes: &[u8]) -> Option<PrintsFile> {
             break;
         };
         (root, prints.at, prints.key) = (delta.root, delta.at, delta.key);
-        changed.extend(
-            delta
-                .entries
-                .into_iter()
-                .map(|(entry, gone)| (entry.pr, (!gone).then_some(entry))),
-        );
+        changed.extend(delta.entries.into_iter().map(|entry| (entry.pr, Some(entry))));
+        changed.extend(delta.gone.into_iter().map(|pr| (pr, None)));
         (last, at, deltas) = (checksum(&bytes[start..end]), end, deltas + 1);
     }
     let changes = changed.len();

@@ -182,7 +182,7 @@ impl BlobPack {
 
     /// Writes the entries of `blobs`, each part of them encoded on a core of its own.
     fn write_blobs(&mut self, blobs: &[([u8; 20], &[u8])]) -> std::io::Result<()> {
-        let parts = parallel::by_parts(blobs, |part| {
+        let parts = parallel::by_cores(blobs, |part| {
             let mut coder = Coder::new();
             let mut encoded = Encoded {
                 bytes: Vec::with_capacity(part.iter().map(|(_, c)| c.len()).sum::<usize>() / 2),

@@ -110,7 +110,7 @@ pub fn render_changed(
     // An environment's files depend on it alone: a full sync renders them on every core (a
     // fifth of a full sync of 10,000 on one), and the parts join in order, so the first error
     // is the first environment's.
-    let mut tree = Tree::new();
+    let mut trees = Vec::new();
     let mut same = Vec::new();
     let parts = parallel::by_parts(&chosen, |part| {
         let mut rendered = Rendered::default();
@@ -118,9 +118,10 @@ pub fn render_changed(
     });
     for part in parts {
         let part = part?;
-        tree.append(part.tree);
+        trees.push(part.tree);
         same.extend(part.same);
     }
+    let mut tree = Tree::joined(trees);
     match config.engine {
         _ if around.partial => {}
         Engine::Flux => render_flux_indexes(config, envs, around, &mut tree)?,

@@ -59,6 +59,14 @@ impl Tree {
         self.files.retain(|p, _| keep(p));
     }
 
+    /// The files of all of `parts`, a path in more than one from the last: the map is built once
+    /// from all of them, where appending part after part would build it again for each.
+    pub fn joined(parts: impl IntoIterator<Item = Tree>) -> Tree {
+        Tree {
+            files: parts.into_iter().flat_map(|t| t.files).collect(),
+        }
+    }
+
     /// Adds every file of `other`, replacing files at the same paths.
     pub fn extend(&mut self, other: Tree) {
         self.files.extend(other.files);
