@@ -42,14 +42,14 @@ pub fn by_parts<T: Sync, R: Send>(items: &[T], work: impl Fn(&[T]) -> R + Sync) 
 }
 
 /// `work` of consecutive parts of `items`, one part per core: for work whose part costs
-/// something of its own to start (a compressor's tables). The first part is worked on the calling
+/// something of its own to start (a compressor's tables). One part is worked on the calling
 /// thread, each other on a scoped thread of its own, and the answers come in the parts' order;
 /// otherwise as [`by_parts`].
 ///
-/// The first part stays here for memory more than for the thread it saves: glibc's malloc gives
-/// each new thread an arena of its own, and memory freed into a thread's arena serves only that
-/// arena's later allocations. With every part on a new thread, a full sync of 10,000 peaked at
-/// 145 MB, not 138.
+/// The calling thread works (here and in [`by_parts`]) for memory more than for the thread it
+/// saves: glibc's malloc gives each new thread an arena of its own, and memory freed into a
+/// thread's arena serves only that arena's later allocations. With every part on a new thread, a
+/// full sync of 10,000 peaked at 145 MB, not 138.
 pub fn by_cores<T: Sync, R: Send>(items: &[T], work: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
     let cores = cores();
     if cores == 1 || items.len() < PARALLEL_FROM {
