@@ -66,7 +66,7 @@ const PRINTS_DELTA: u8 = 6;
 const PRINT_ENTRY: usize = 41;
 /// A fingerprints file is written whole again once the changes appended to it would pass this
 /// many (or a 64th of its PRs, when more) or this many records: a run that changes one PR of
-/// 10,000 appends 140 bytes instead of writing 410 kB, and a read applies a bounded few.
+/// 10,000 appends about 120 bytes instead of writing 410 kB, and a read applies a bounded few.
 const PRINTS_CHANGES: usize = 64;
 const PRINTS_DELTAS: usize = 64;
 /// Kilobytes of log per environment (plus a megabyte) past which partial reads stop appending
