@@ -356,9 +356,7 @@ impl Listing {
     pub fn every(&self) -> Result<Read> {
         self.read(&Default::default())
     }
-}
 
-impl Listing {
     /// What is wrong with the listing, as [`parse_snapshot`] names it (the element and the
     /// field), read whole again; `e` is what the quicker read found.
     fn fault(&self, e: &serde_json::Error) -> Error {
