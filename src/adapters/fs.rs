@@ -87,7 +87,7 @@ impl SnapshotFile {
     /// file renamed over it meanwhile changes nothing, and one written over in place is found
     /// by their digests.
     pub fn listing(&self) -> Result<Listing> {
-        let io = |e| Error::io("reading pull-request snapshot", &self.0, e);
+        let io = |e| pr::unreadable(&self.0, e);
         let file = File::open(&self.0).map_err(io)?;
         // The same open file: each read again seeks first, as the two share an offset.
         let again = ListingFile(file.try_clone().map_err(io)?);
@@ -122,8 +122,7 @@ impl Text for ListingFile {
 
 impl PrSource for SnapshotFile {
     fn snapshot(&self, _with_envs: &BTreeSet<u64>) -> Result<Snapshot> {
-        let text =
-            std::fs::read_to_string(&self.0).map_err(|e| Error::io("reading pull-request snapshot", &self.0, e))?;
+        let text = std::fs::read_to_string(&self.0).map_err(|e| pr::unreadable(&self.0, e))?;
         Ok(Snapshot {
             prs: pr::parse_snapshot(&text, &self.0.display().to_string())?,
             unconfirmed: Default::default(),

@@ -881,7 +881,7 @@ fn read_prints(path: &Path) -> Option<PrintsFile> {
 fn read_prints_bytes(bytes: &[u8]) -> Option<PrintsFile> {
     let (start, mut at) = record_at(bytes, header_len(bytes)?)?;
     let whole = prints_of_record(&bytes[start..at]).filter(|r| r.after.is_none())?;
-    let mut last = checksum(&bytes[start..at]);
+    let mut last = stored_checksum(bytes, start);
     let mut prints = Prints {
         at: whole.at,
         key: whole.key,
@@ -895,7 +895,7 @@ fn read_prints_bytes(bytes: &[u8]) -> Option<PrintsFile> {
         (root, prints.at, prints.key) = (delta.root, delta.at, delta.key);
         changed.extend(delta.entries.into_iter().map(|entry| (entry.pr, Some(entry))));
         changed.extend(delta.gone.into_iter().map(|pr| (pr, None)));
-        (last, at, deltas) = (checksum(&bytes[start..end]), end, deltas + 1);
+        (last, at, deltas) = (stored_checksum(bytes, start), end, deltas + 1);
     }
     let changes = changed.len();
     apply_changes(&mut prints.entries, changed);
@@ -1022,6 +1022,16 @@ fn record_at(buf: &[u8], at: usize) -> Option<(usize, usize)> {
     let end = start.checked_add(len)?;
     let record = buf.get(start..end)?;
     (checksum(record) == sum).then_some((start, end))
+}
+
+/// The checksum the envelope of the record starting at `start` holds: that of the record, once
+/// [`record_at`] has found it whole, without computing it again.
+fn stored_checksum(buf: &[u8], start: usize) -> u64 {
+    u64::from_le_bytes(
+        buf[start - 8..start]
+            .try_into()
+            .expect("an envelope ends with 8 bytes of checksum"),
+    )
 }
 
 fn envelope(out: &mut Vec<u8>, record: &[u8]) {

@@ -257,7 +257,7 @@ impl Listing {
     /// `text` reads the elements to build again (and the whole, when the text is not an array of
     /// objects between its elements, for [`Listing::new`] to name what it is).
     pub fn streamed(mut reader: impl std::io::Read, text: Box<dyn Text>, origin: &str) -> Result<Listing> {
-        let io = |e| Error::io("reading pull-request snapshot", origin, e);
+        let io = |e| unreadable(origin, e);
         let mut stream = super::split::Stream::new(64 << 10);
         let mut elements = Vec::new();
         let mut each = |range: Range<usize>, bytes: &[u8]| elements.push((range, element_id(bytes)));
@@ -297,7 +297,7 @@ impl Listing {
                 None => to_build.push((range, id)),
             }
         }
-        let io = |e| Error::io("reading pull-request snapshot", &self.origin, e);
+        let io = |e| unreadable(&self.origin, e);
         let whole = match to_build.len() > READ_ONE_BY_ONE {
             true => Some(self.text.whole().map_err(io)?),
             false => None,
@@ -362,9 +362,14 @@ impl Listing {
     fn fault(&self, e: &serde_json::Error) -> Error {
         match self.text.whole() {
             Ok(whole) => fault_in(&whole, &self.origin, e),
-            Err(read) => Error::io("reading pull-request snapshot", &self.origin, read),
+            Err(read) => unreadable(&self.origin, read),
         }
     }
+}
+
+/// The snapshot at `origin` could not be read.
+pub(crate) fn unreadable(origin: impl Into<std::path::PathBuf>, e: std::io::Error) -> Error {
+    Error::io("reading pull-request snapshot", origin, e)
 }
 
 /// What is wrong with snapshot `json`, as [`parse_snapshot`] names it (the element and the
