@@ -72,12 +72,6 @@ impl Tree {
         self.files.extend(other.files);
     }
 
-    /// Moves every file of `other` here, replacing files at the same paths, in time linear in
-    /// both (`BTreeMap::append` builds the map again from the two sorted runs).
-    pub fn append(&mut self, mut other: Tree) {
-        self.files.append(&mut other.files);
-    }
-
     /// The files under a directory prefix (given without a trailing slash).
     pub fn under<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
         let prefix = format!("{dir}/");
