@@ -2,7 +2,8 @@
 //! and real `age-keygen` keys: what prenv encrypts opens with sops, what sops encrypts opens with
 //! prenv, tampering is refused by both, and a rewrap changes who can read a file but not its values.
 //!
-//! The tools come from `$PRENV_SOPS` / `$PRENV_AGE_KEYGEN`, else PATH (scripts/tools.sh installs them).
+//! The tools come from `$PRENV_SOPS` / `$PRENV_AGE_KEYGEN` / `$PRENV_AGE`, else PATH (scripts/tools.sh
+//! installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -403,6 +404,69 @@ fn prenv_rewraps_a_file_sops_wrote() {
         dir.sops_decrypt(&dir.write("re.sops.yaml", &re), &new).unwrap(),
         secret()
     );
+}
+
+/// The age CLI's (Go, filippo.io/age) plaintext of one armored age file, decrypted with `key`.
+fn age_decrypt(dir: &Scratch, armored: &str, key: &Key) -> Vec<u8> {
+    let file = dir.path().join("stanza.age");
+    std::fs::write(&file, armored).unwrap();
+    let out = Command::new(tool("PRENV_AGE", "age"))
+        .arg("--decrypt")
+        .arg("--identity")
+        .arg(&key.file)
+        .arg(&file)
+        .output()
+        .expect("running age: set PRENV_AGE or install age (scripts/tools.sh)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// The X25519 share on the stanza line of an armored age file (`-> X25519 <share>`).
+fn share_of(armored: &str) -> String {
+    use std::io::Read;
+    let mut file = Vec::new();
+    age::armor::ArmoredReader::new(armored.as_bytes())
+        .read_to_end(&mut file)
+        .unwrap();
+    let header = String::from_utf8_lossy(&file);
+    let line = header
+        .lines()
+        .find(|l| l.starts_with("-> X25519 "))
+        .expect("an X25519 stanza");
+    line["-> X25519 ".len()..].to_string()
+}
+
+/// A batch wraps each file's data key with a table of the recipient's multiples
+/// (src/secrets/x25519.rs) instead of age's ladder: sops and the age CLI, both Go, open every file
+/// for each recipient, and every file has its own ephemeral share.
+#[test]
+fn files_encrypted_as_a_batch_open_with_sops_and_the_age_cli_for_each_recipient() {
+    let dir = Scratch::new();
+    let (a, b) = (dir.keygen("a.key"), dir.keygen("b.key"));
+    let listed = [a.public.clone(), b.public.clone(), a.public.clone()];
+    let batch = sops::Recipients::new(&listed, 10_000).unwrap();
+    assert_eq!(batch.tabled(), 2, "each distinct recipient has its table");
+    assert_eq!(
+        sops::Recipients::new(&listed, 1).unwrap().tabled(),
+        0,
+        "one file is not worth a table"
+    );
+    let mut shares = std::collections::HashSet::new();
+    for i in 0..6 {
+        let enc = sops::encrypt_for(&secret(), &batch, now()).unwrap();
+        assert_eq!(sops::recipients(&enc), vec![a.public.clone(), b.public.clone()]);
+        let file = dir.write(&format!("batch-{i}.sops.yaml"), &enc);
+        for (n, key) in [&a, &b].into_iter().enumerate() {
+            assert_eq!(dir.sops_decrypt(&file, key).unwrap(), secret());
+            assert_eq!(
+                sops::decrypt(&enc, std::slice::from_ref(&key.identity)).unwrap(),
+                secret()
+            );
+            let armored = enc["sops"]["age"][n]["enc"].as_str().unwrap();
+            assert_eq!(age_decrypt(&dir, armored, key).len(), 32, "the data key");
+            assert!(shares.insert(share_of(armored)), "a share used twice");
+        }
+    }
 }
 
 #[test]

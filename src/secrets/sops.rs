@@ -26,6 +26,8 @@ use regex::Regex;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha512};
 
+use super::x25519;
+
 /// Keys whose subtrees are encrypted, as Flux's documentation recommends for Secrets.
 pub use crate::model::layout::SOPS_ENCRYPTED_REGEX as ENCRYPTED_REGEX;
 /// The sops version recorded in files prenv writes (informational: sops reads any 3.x file).
@@ -168,6 +170,11 @@ impl Rule {
 /// every value under a `data` or `stringData` key becomes `ENC[...]`, and the `sops` metadata is
 /// appended with `now` as its last-modified time.
 pub fn encrypt(doc: &Value, recipients: &[String], now: DateTime<Utc>) -> Result<Value> {
+    encrypt_for(doc, &Recipients::new(recipients, 1)?, now)
+}
+
+/// [`encrypt`] for recipients parsed once for a batch of files.
+pub fn encrypt_for(doc: &Value, recipients: &Recipients, now: DateTime<Utc>) -> Result<Value> {
     let map = doc
         .as_object()
         .ok_or_else(|| SopsError::Format("a SOPS document must be a mapping".into()))?;
@@ -176,7 +183,7 @@ pub fn encrypt(doc: &Value, recipients: &[String], now: DateTime<Utc>) -> Result
             "the document is already encrypted (it has a `sops` key)".into(),
         ));
     }
-    if recipients.is_empty() {
+    if recipients.0.is_empty() {
         return Err(SopsError::Format(
             "no age recipients configured (secrets.age_recipients)".into(),
         ));
@@ -186,7 +193,7 @@ pub fn encrypt(doc: &Value, recipients: &[String], now: DateTime<Utc>) -> Result
     let key = DataKey(bytes);
     bytes.fill(0);
     // Wrap the key first: a bad recipient fails before any work is done.
-    let age = age_stanzas(recipients, &key)?;
+    let age = recipients.stanzas(&key)?;
 
     let rule = Rule::flux();
     let mut mac = Sha512::new();
@@ -237,7 +244,7 @@ pub fn rewrap(doc: &Value, identities: &[age::x25519::Identity], recipients: &[S
     let meta = metadata(doc)?;
     let key = data_key(meta, identities)?;
     open(doc, meta, &key)?;
-    let age = age_stanzas(recipients, &key)?;
+    let age = Recipients::new(recipients, 1)?.stanzas(&key)?;
     let mut out = doc.clone();
     out["sops"]["age"] = Value::Array(age);
     Ok(out)
@@ -501,41 +508,83 @@ fn data_key(meta: &Map<String, Value>, identities: &[age::x25519::Identity]) -> 
     Err(SopsError::NoIdentity(recipients))
 }
 
-/// One `{recipient, enc}` stanza per distinct recipient, each its own armored age file.
-fn age_stanzas(recipients: &[String], key: &DataKey) -> Result<Vec<Value>> {
-    let mut seen = std::collections::HashSet::new();
-    recipients
-        .iter()
-        .filter(|r| seen.insert(r.as_str()))
-        .map(|r| age_stanza(r, key))
-        .collect()
+/// The age recipients of a batch of files, parsed once, each once.
+pub struct Recipients(Vec<Recipient>);
+
+struct Recipient {
+    text: String,
+    wrap: Wrap,
 }
 
-fn age_stanza(recipient: &str, key: &DataKey) -> Result<Value> {
-    let parsed = age::x25519::Recipient::from_str(recipient)
-        .map_err(|e| SopsError::Format(format!("age recipient {recipient:?}: {e}")))?;
-    let encryptor = age::Encryptor::with_recipients(std::iter::once(&parsed as &dyn age::Recipient))
-        .map_err(|e| SopsError::Age(e.to_string()))?;
-    let mut armored = Vec::new();
-    let armor = age::armor::ArmoredWriter::wrap_output(&mut armored, age::armor::Format::AsciiArmor)
-        .map_err(|e| SopsError::Age(e.to_string()))?;
-    let mut writer = encryptor
-        .wrap_output(armor)
-        .map_err(|e| SopsError::Age(e.to_string()))?;
-    writer.write_all(&key.0).map_err(|e| SopsError::Age(e.to_string()))?;
-    writer
-        .finish()
-        .and_then(|armor| armor.finish())
-        .map_err(|e| SopsError::Age(e.to_string()))?;
-    let mut enc = String::from_utf8(armored).map_err(|e| SopsError::Age(e.to_string()))?;
-    // sops's armor ends with a newline; keeping it makes the YAML a `|` block like sops's own.
-    if !enc.ends_with('\n') {
-        enc.push('\n');
+/// How a recipient wraps a data key: age's own recipient, or the same stanza made with a table of
+/// the recipient's multiples, which pays from [`x25519::FILES_A_TABLE_PAYS_FOR`] files on.
+enum Wrap {
+    Ladder(age::x25519::Recipient),
+    Tabled(x25519::Tabled),
+}
+
+impl Recipients {
+    /// `recipients` (age public keys, duplicates dropped) for a batch of `files` files.
+    pub fn new(recipients: &[String], files: usize) -> Result<Recipients> {
+        let mut seen = std::collections::HashSet::new();
+        recipients
+            .iter()
+            .filter(|r| seen.insert(r.as_str()))
+            .map(|text| {
+                let parsed = age::x25519::Recipient::from_str(text)
+                    .map_err(|e| SopsError::Format(format!("age recipient {text:?}: {e}")))?;
+                let tabled = (files >= x25519::FILES_A_TABLE_PAYS_FOR)
+                    .then(|| x25519::key_of(text).and_then(x25519::Tabled::new))
+                    .flatten();
+                Ok(Recipient {
+                    text: text.clone(),
+                    wrap: tabled.map_or(Wrap::Ladder(parsed), Wrap::Tabled),
+                })
+            })
+            .collect::<Result<_>>()
+            .map(Recipients)
     }
-    let mut stanza = Map::new();
-    stanza.insert("recipient".into(), Value::String(recipient.into()));
-    stanza.insert("enc".into(), Value::String(enc));
-    Ok(Value::Object(stanza))
+
+    /// How many of the recipients wrap with a table (the rest with age's ladder).
+    pub fn tabled(&self) -> usize {
+        self.0.iter().filter(|r| matches!(r.wrap, Wrap::Tabled(_))).count()
+    }
+
+    /// One `{recipient, enc}` stanza per recipient, each its own armored age file.
+    fn stanzas(&self, key: &DataKey) -> Result<Vec<Value>> {
+        self.0.iter().map(|r| r.stanza(key)).collect()
+    }
+}
+
+impl Recipient {
+    fn stanza(&self, key: &DataKey) -> Result<Value> {
+        let wrap: &dyn age::Recipient = match &self.wrap {
+            Wrap::Ladder(recipient) => recipient,
+            Wrap::Tabled(recipient) => recipient,
+        };
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(wrap)).map_err(|e| SopsError::Age(e.to_string()))?;
+        let mut armored = Vec::new();
+        let armor = age::armor::ArmoredWriter::wrap_output(&mut armored, age::armor::Format::AsciiArmor)
+            .map_err(|e| SopsError::Age(e.to_string()))?;
+        let mut writer = encryptor
+            .wrap_output(armor)
+            .map_err(|e| SopsError::Age(e.to_string()))?;
+        writer.write_all(&key.0).map_err(|e| SopsError::Age(e.to_string()))?;
+        writer
+            .finish()
+            .and_then(|armor| armor.finish())
+            .map_err(|e| SopsError::Age(e.to_string()))?;
+        let mut enc = String::from_utf8(armored).map_err(|e| SopsError::Age(e.to_string()))?;
+        // sops's armor ends with a newline; keeping it makes the YAML a `|` block like sops's own.
+        if !enc.ends_with('\n') {
+            enc.push('\n');
+        }
+        let mut stanza = Map::new();
+        stanza.insert("recipient".into(), Value::String(self.text.clone()));
+        stanza.insert("enc".into(), Value::String(enc));
+        Ok(Value::Object(stanza))
+    }
 }
 
 #[cfg(test)]
