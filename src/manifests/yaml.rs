@@ -384,49 +384,48 @@ impl<'a> serde::Serializer for Node<'a> {
     }
 }
 
-impl serde::ser::SerializeSeq for Block<'_> {
-    type Ok = ();
-    type Error = Unwritable;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Written {
-        self.item(value)
-    }
-    fn end(self) -> Written {
-        self.finish()
-    }
+/// The sequence forms serde has (a sequence, a tuple, a tuple struct, a tuple variant's data):
+/// each element an item.
+macro_rules! items {
+    ($($form:ident :: $add:ident),*) => {$(
+        impl serde::ser::$form for Block<'_> {
+            type Ok = ();
+            type Error = Unwritable;
+            fn $add<T: Serialize + ?Sized>(&mut self, value: &T) -> Written {
+                self.item(value)
+            }
+            fn end(self) -> Written {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl serde::ser::SerializeTuple for Block<'_> {
-    type Ok = ();
-    type Error = Unwritable;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Written {
-        self.item(value)
-    }
-    fn end(self) -> Written {
-        self.finish()
-    }
+items!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
+
+/// A struct and a struct variant's data: each field an entry.
+macro_rules! fields {
+    ($($form:ident),*) => {$(
+        impl serde::ser::$form for Block<'_> {
+            type Ok = ();
+            type Error = Unwritable;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Written {
+                self.key(key);
+                self.value(value)
+            }
+            fn end(self) -> Written {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl serde::ser::SerializeTupleStruct for Block<'_> {
-    type Ok = ();
-    type Error = Unwritable;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Written {
-        self.item(value)
-    }
-    fn end(self) -> Written {
-        self.finish()
-    }
-}
-
-impl serde::ser::SerializeTupleVariant for Block<'_> {
-    type Ok = ();
-    type Error = Unwritable;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Written {
-        self.item(value)
-    }
-    fn end(self) -> Written {
-        self.finish()
-    }
-}
+fields!(SerializeStruct, SerializeStructVariant);
 
 impl serde::ser::SerializeMap for Block<'_> {
     type Ok = ();
@@ -438,30 +437,6 @@ impl serde::ser::SerializeMap for Block<'_> {
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Written {
-        self.value(value)
-    }
-    fn end(self) -> Written {
-        self.finish()
-    }
-}
-
-impl serde::ser::SerializeStruct for Block<'_> {
-    type Ok = ();
-    type Error = Unwritable;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Written {
-        self.key(key);
-        self.value(value)
-    }
-    fn end(self) -> Written {
-        self.finish()
-    }
-}
-
-impl serde::ser::SerializeStructVariant for Block<'_> {
-    type Ok = ();
-    type Error = Unwritable;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Written {
-        self.key(key);
         self.value(value)
     }
     fn end(self) -> Written {
