@@ -235,8 +235,12 @@ pub fn desired(inputs: &Inputs<'_>, current: &RepoView, credentials: &mut dyn Cr
     explain_rerendered(&mut plan, &changes, current);
     // The files to write are the changed part of the desired tree, moved, not copied: a full
     // sync of thousands of environments holds their bytes once.
+    // The changed paths are desired paths, each once (added ones are not in the repository,
+    // modified ones are): as many of them as desired paths, as on a full sync, is all of them.
     let mut upserts = desired;
-    upserts.retain(|p| changes.added.contains(p) || changes.modified.contains(p));
+    if changes.added.len() + changes.modified.len() != upserts.len() {
+        upserts.retain(|p| changes.added.contains(p) || changes.modified.contains(p));
+    }
     Ok(Desired {
         plan,
         changes,
@@ -371,10 +375,12 @@ fn hold_wiring(config: &Config, current: &RepoView, changes: &mut Changes) -> BT
             format!("{why}; kept as it is, and no file beside it is removed until it is fixed or deleted (then the next sync writes it)"),
         );
     }
+    let flux = format!("{FLUX_DIR}/");
     let taken: Vec<String> = changes
         .added
-        .iter()
-        .filter(|p| p.starts_with(&format!("{FLUX_DIR}/")) && current.strays.contains(*p))
+        .range(flux.clone()..)
+        .take_while(|p| p.starts_with(&flux))
+        .filter(|p| current.strays.contains(*p))
         .cloned()
         .collect();
     for path in taken {
@@ -513,6 +519,10 @@ fn newly_verified(
 /// Kept environments whose files change anyway are updates, with the reason: their files drifted
 /// from what prenv renders (restored), or the settings or templates changed.
 fn explain_rerendered(plan: &mut Plan, changes: &Changes, current: &RepoView) {
+    // A full sync keeps none: its 60,000 changed paths need no label.
+    if !plan.decisions.iter().any(|d| d.action == Action::Keep) {
+        return;
+    }
     let mut touched: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (path, how) in changes.labelled() {
         if let Some(env) = Place::of(path).env() {

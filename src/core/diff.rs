@@ -516,22 +516,26 @@ pub fn changes_of<'a, K: std::borrow::Borrow<str> + Ord>(
     desired: &Tree,
     stored: impl Fn(&str) -> Option<&'a [u8]>,
 ) -> Changes {
-    let mut c = Changes::default();
+    // Both walks go in path order, so each set is built from a sorted list in one pass rather
+    // than by 60,000 inserts on a full sync.
+    let (mut added, mut modified) = (Vec::new(), Vec::new());
     for (path, bytes) in desired.iter() {
         match current.get(path) {
-            None => {
-                c.added.insert(path.to_string());
-            }
-            Some(old) if stored(path) != Some(bytes) && *old != BlobId::of(bytes) => {
-                c.modified.insert(path.to_string());
-            }
+            None => added.push(path.to_string()),
+            Some(old) if stored(path) != Some(bytes) && *old != BlobId::of(bytes) => modified.push(path.to_string()),
             Some(_) => {}
         }
     }
-    for path in current.keys().map(|k| k.borrow()).filter(|p| desired.get(p).is_none()) {
-        c.removed.insert(path.to_string());
+    Changes {
+        added: added.into_iter().collect(),
+        modified: modified.into_iter().collect(),
+        removed: current
+            .keys()
+            .map(|k| k.borrow())
+            .filter(|p| desired.get(p).is_none())
+            .map(String::from)
+            .collect(),
     }
-    c
 }
 
 #[cfg(test)]
