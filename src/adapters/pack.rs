@@ -15,12 +15,12 @@
 //! checksum are known only at the end, and a full sync's pack is a third the size of the rendered
 //! tree that is still in memory beside it.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::Path;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
+use rustc_hash::FxHashSet;
 use sha1::{Digest, Sha1};
 use tempfile::NamedTempFile;
 
@@ -48,7 +48,12 @@ pub struct BlobPack {
     /// The offset of the next entry in the pack.
     offset: u64,
     index: Vec<IndexEntry>,
-    seen: HashSet<BlobId>,
+    seen: FxHashSet<BlobId>,
+    /// Trees added and not yet written, with their bytes: they come one at a time, on the main
+    /// thread, as the directories are walked, and are deflated side by side in batches of
+    /// [`BATCH`] bytes like blobs (a full sync of 10,000 environments writes 20,000 of them).
+    trees: Vec<([u8; 20], Vec<u8>)>,
+    tree_bytes: usize,
     /// One compressor for the entries added one at a time, reset between them, and the buffers it
     /// writes into: a new compressor allocates and zeroes its tables, which cost more than
     /// deflating a small file.
@@ -123,7 +128,9 @@ impl BlobPack {
             file,
             offset: PACK_HEADER,
             index: Vec::new(),
-            seen: HashSet::new(),
+            seen: FxHashSet::default(),
+            trees: Vec::new(),
+            tree_bytes: 0,
             coder: Coder::new(),
             encoded: Vec::new(),
         })
@@ -138,13 +145,25 @@ impl BlobPack {
         Ok(id)
     }
 
-    /// Adds a tree object (its body: the entries in git's order) and returns its id.
+    /// Adds a tree object (its body: the entries in git's order) and returns its id. Its entry
+    /// is written later, with other trees (a pack's objects may come in any order).
     pub fn add_tree(&mut self, body: &[u8]) -> std::io::Result<[u8; 20]> {
         let id = object_id("tree", body);
         if self.seen.insert(BlobId(id)) {
-            self.entry(OBJ_TREE, id, body)?;
+            self.trees.push((id, body.to_vec()));
+            self.tree_bytes += body.len();
+            if self.tree_bytes >= BATCH {
+                self.write_trees()?;
+            }
         }
         Ok(id)
+    }
+
+    fn write_trees(&mut self) -> std::io::Result<()> {
+        let trees = std::mem::take(&mut self.trees);
+        self.tree_bytes = 0;
+        let bodies: Vec<([u8; 20], &[u8])> = trees.iter().map(|(id, body)| (*id, body.as_slice())).collect();
+        self.write_entries(OBJ_TREE, &bodies)
     }
 
     /// Adds a commit object and returns its id.
@@ -170,26 +189,26 @@ impl BlobPack {
                 batch.push((id.0, *content));
                 bytes += content.len();
                 if bytes >= BATCH {
-                    self.write_blobs(&batch)?;
+                    self.write_entries(OBJ_BLOB, &batch)?;
                     batch.clear();
                     bytes = 0;
                 }
             }
         }
-        self.write_blobs(&batch)?;
+        self.write_entries(OBJ_BLOB, &batch)?;
         Ok(ids)
     }
 
-    /// Writes the entries of `blobs`, each part of them encoded on a core of its own.
-    fn write_blobs(&mut self, blobs: &[([u8; 20], &[u8])]) -> std::io::Result<()> {
-        let parts = parallel::by_cores(blobs, |part| {
+    /// Writes the entries of `objects` of `kind`, each part of them encoded on a core of its own.
+    fn write_entries(&mut self, kind: u8, objects: &[([u8; 20], &[u8])]) -> std::io::Result<()> {
+        let parts = parallel::by_cores(objects, |part| {
             let mut coder = Coder::new();
             let mut encoded = Encoded {
                 bytes: Vec::with_capacity(part.iter().map(|(_, c)| c.len()).sum::<usize>() / 2),
                 entries: Vec::with_capacity(part.len()),
             };
             for (id, content) in part {
-                let (len, crc) = coder.encode(OBJ_BLOB, content, &mut encoded.bytes)?;
+                let (len, crc) = coder.encode(kind, content, &mut encoded.bytes)?;
                 encoded.entries.push((*id, len, crc));
             }
             Ok::<_, std::io::Error>(encoded)
@@ -227,7 +246,8 @@ impl BlobPack {
     /// is renamed into place first, then the index, as git does (`finish_tmp_packfile`): readers
     /// find packs by their index, so none sees a pack before all of it is there. Returns the
     /// index's path.
-    pub fn finish(self, dir: &Path) -> std::io::Result<std::path::PathBuf> {
+    pub fn finish(mut self, dir: &Path) -> std::io::Result<std::path::PathBuf> {
+        self.write_trees()?;
         let BlobPack { file, mut index, .. } = self;
         let mut file = file.into_inner().map_err(std::io::IntoInnerError::into_error)?;
         let count =
