@@ -153,6 +153,8 @@ impl serde::ser::Error for Unwritable {
 }
 
 type Written = std::result::Result<(), Unwritable>;
+/// A collection opened in a slot, or why it cannot be.
+type Opened<'a> = std::result::Result<Block<'a>, Unwritable>;
 
 /// Serializes one value into its slot.
 struct Node<'a> {
@@ -184,6 +186,12 @@ impl<'a> Node<'a> {
             kind,
             first: true,
         }
+    }
+
+    /// `{variant: [...]}` or `{variant: {...}}`: the collection of a variant's data.
+    fn variant_block(self, variant: &'static str, kind: Kind) -> Block<'a> {
+        let (out, slot) = self.variant(variant);
+        Node { out, slot }.collection(kind)
     }
 
     /// `{variant: …}`, the form serde_json gives an enum variant with data: a map of one entry,
@@ -347,40 +355,26 @@ impl<'a> serde::Serializer for Node<'a> {
         let (out, slot) = self.variant(variant);
         value.serialize(Node { out, slot })
     }
-    fn serialize_seq(self, _len: Option<usize>) -> std::result::Result<Block<'a>, Unwritable> {
+    fn serialize_seq(self, _len: Option<usize>) -> Opened<'a> {
         Ok(self.collection(Kind::Seq))
     }
-    fn serialize_tuple(self, _len: usize) -> std::result::Result<Block<'a>, Unwritable> {
+    fn serialize_tuple(self, _len: usize) -> Opened<'a> {
         Ok(self.collection(Kind::Seq))
     }
-    fn serialize_tuple_struct(self, _name: &'static str, _len: usize) -> std::result::Result<Block<'a>, Unwritable> {
+    fn serialize_tuple_struct(self, _name: &'static str, _len: usize) -> Opened<'a> {
         Ok(self.collection(Kind::Seq))
     }
-    fn serialize_tuple_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-        _len: usize,
-    ) -> std::result::Result<Block<'a>, Unwritable> {
-        let (out, slot) = self.variant(variant);
-        Ok(Node { out, slot }.collection(Kind::Seq))
+    fn serialize_tuple_variant(self, _: &'static str, _: u32, variant: &'static str, _: usize) -> Opened<'a> {
+        Ok(self.variant_block(variant, Kind::Seq))
     }
-    fn serialize_map(self, _len: Option<usize>) -> std::result::Result<Block<'a>, Unwritable> {
+    fn serialize_map(self, _len: Option<usize>) -> Opened<'a> {
         Ok(self.collection(Kind::Map))
     }
-    fn serialize_struct(self, _name: &'static str, _len: usize) -> std::result::Result<Block<'a>, Unwritable> {
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Opened<'a> {
         Ok(self.collection(Kind::Map))
     }
-    fn serialize_struct_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        variant: &'static str,
-        _len: usize,
-    ) -> std::result::Result<Block<'a>, Unwritable> {
-        let (out, slot) = self.variant(variant);
-        Ok(Node { out, slot }.collection(Kind::Map))
+    fn serialize_struct_variant(self, _: &'static str, _: u32, variant: &'static str, _: usize) -> Opened<'a> {
+        Ok(self.variant_block(variant, Kind::Map))
     }
 }
 
@@ -454,6 +448,9 @@ impl Key<'_> {
         Ok(())
     }
 }
+
+/// What a key serializer answers for a collection: no key is one.
+type Refused = std::result::Result<serde::ser::Impossible<(), Unwritable>, Unwritable>;
 
 fn not_a_key() -> Unwritable {
     Unwritable("key must be a string".into())
@@ -531,54 +528,28 @@ impl serde::Serializer for Key<'_> {
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _name: &'static str, value: &T) -> Written {
         value.serialize(self)
     }
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _value: &T,
-    ) -> Written {
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(self, _: &str, _: u32, _: &str, _: &T) -> Written {
         Err(not_a_key())
     }
-    fn serialize_seq(self, _len: Option<usize>) -> std::result::Result<Self::SerializeSeq, Unwritable> {
+    fn serialize_seq(self, _: Option<usize>) -> Refused {
         Err(not_a_key())
     }
-    fn serialize_tuple(self, _len: usize) -> std::result::Result<Self::SerializeTuple, Unwritable> {
+    fn serialize_tuple(self, _: usize) -> Refused {
         Err(not_a_key())
     }
-    fn serialize_tuple_struct(
-        self,
-        _name: &'static str,
-        _len: usize,
-    ) -> std::result::Result<Self::SerializeTupleStruct, Unwritable> {
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Refused {
         Err(not_a_key())
     }
-    fn serialize_tuple_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _len: usize,
-    ) -> std::result::Result<Self::SerializeTupleVariant, Unwritable> {
+    fn serialize_tuple_variant(self, _: &'static str, _: u32, _: &'static str, _: usize) -> Refused {
         Err(not_a_key())
     }
-    fn serialize_map(self, _len: Option<usize>) -> std::result::Result<Self::SerializeMap, Unwritable> {
+    fn serialize_map(self, _: Option<usize>) -> Refused {
         Err(not_a_key())
     }
-    fn serialize_struct(
-        self,
-        _name: &'static str,
-        _len: usize,
-    ) -> std::result::Result<Self::SerializeStruct, Unwritable> {
+    fn serialize_struct(self, _: &'static str, _: usize) -> Refused {
         Err(not_a_key())
     }
-    fn serialize_struct_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _len: usize,
-    ) -> std::result::Result<Self::SerializeStructVariant, Unwritable> {
+    fn serialize_struct_variant(self, _: &'static str, _: u32, _: &'static str, _: usize) -> Refused {
         Err(not_a_key())
     }
 }
