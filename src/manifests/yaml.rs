@@ -135,16 +135,9 @@ impl Scalar<'_> {
 }
 
 /// Why a value has no YAML form here (a map key that is not a string, a number out of range).
-#[derive(Debug)]
-pub struct Unwritable(String);
-
-impl std::fmt::Display for Unwritable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unwritable {}
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unwritable(String);
 
 impl serde::ser::Error for Unwritable {
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
@@ -197,11 +190,10 @@ impl<'a> Node<'a> {
     /// `{variant: …}`, the form serde_json gives an enum variant with data: a map of one entry,
     /// whose value goes in the returned slot.
     fn variant(self, variant: &'static str) -> (&'a mut String, Slot) {
-        let indent = self.slot.keys();
-        self.slot.start(true, indent, self.out);
-        write_string(variant, self.out);
-        self.out.push(':');
-        (self.out, Slot::Value { indent })
+        let mut map = self.collection(Kind::Map);
+        map.key(variant);
+        let indent = map.slot.keys();
+        (map.out, Slot::Value { indent })
     }
 }
 
